@@ -1,0 +1,50 @@
+# The two commands a fresh machine needs: `make demo` and `make test`.
+# Both create .venv, install the pinned dependencies (and the Debian packages the
+# services need, when missing), then run.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_HOME ?= var/demo
+APT_PACKAGES := redis-server influxdb
+
+.PHONY: demo test lint typecheck bench system-deps clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+# Debian packages for the services (Redis for the queue server, influxd for the
+# InfluxDB parameter-store tests); installed only when missing.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v influxd >/dev/null 2>&1 || missing="$$missing influxdb"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: $(STAMP) system-deps
+	ORCHESTRION_HOME=$(DEMO_HOME) $(BIN)/python -m orchestrion.demo
+
+test: $(STAMP) system-deps
+	$(BIN)/ruff check src tests plans bench profile
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests plans bench profile
+	$(BIN)/ruff format --check src tests plans bench profile
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP) system-deps
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,91 @@
+"""Frequency calibration: find the resonance and write qubit.frequency back."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bluesky.utils import MsgGenerator
+
+from orchestrion.experiment import Experiment, ExperimentResult, ScanAxis, ScanPoint, run_experiment
+from orchestrion.lab import active_lab
+from orchestrion.parameters import ParameterSpec, ParameterType
+from orchestrion.sequence import PulseSequence
+
+from ._ion import GLOBAL_PARAMETERS, analyze_resonance, drive, shot
+
+DETUNING = ParameterSpec(
+    id="calibrate_frequency.detuning", type=ParameterType.FLOAT, default=0.0, unit="Hz",
+    minimum=-1e6, maximum=1e6, group="Calibration",
+    description="Drive frequency minus the current qubit.frequency",
+)  # fmt: skip
+MAX_CORRECTION = ParameterSpec(
+    id="calibrate_frequency.max_correction", type=ParameterType.FLOAT, default=100e3, unit="Hz",
+    minimum=0.0, maximum=1e6, group="Calibration",
+    description="A fitted correction larger than this is not written back",
+)  # fmt: skip
+
+_resonance = analyze_resonance(DETUNING.id)
+
+
+def build(p: Mapping[str, Any], shots: int) -> PulseSequence:
+    return shot(p, drive(p, detuning=p["calibrate_frequency.detuning"], duration=p["qubit.pi_time"], label="pi"), shots=shots)
+
+
+def analyze(points: Sequence[ScanPoint], readings: Sequence[Mapping[str, Any]], p: Mapping[str, Any]) -> dict[str, float] | None:
+    """The resonance fit, plus the corrected qubit frequency when the fit can be trusted."""
+    fit = _resonance(points, readings, p)
+    if fit is None:
+        return None
+    detunings = [pt.values[DETUNING.id] for pt in points]
+    inside = min(detunings) <= fit["center"] <= max(detunings)
+    if inside and abs(fit["center"]) <= p[MAX_CORRECTION.id] and fit["center_err"] < abs(max(detunings) - min(detunings)):
+        fit["qubit_frequency"] = float(p["qubit.frequency"]) + fit["center"]
+    return fit
+
+
+EXPERIMENT = Experiment(
+    name="calibrate_frequency",
+    description="Spectroscopy fit that writes the resonance back to qubit.frequency",
+    parameters=(*GLOBAL_PARAMETERS, DETUNING, MAX_CORRECTION),
+    build_sequence=build,
+    default_scans=(ScanAxis.linear(DETUNING.id, -100e3, 100e3, 41),),
+    analyze=analyze,
+    calibrates={"qubit_frequency": "qubit.frequency"},
+)
+
+
+def calibrate_frequency(
+    scan: list[str] | None = None,
+    parameters: dict[str, Any] | None = None,
+    shots: int | None = None,
+    repetitions: int = 1,
+    pattern: str = "linear",
+    md: dict[str, Any] | None = None,
+) -> MsgGenerator[ExperimentResult]:
+    """Measure the qubit resonance and store the fitted centre as qubit.frequency.
+
+    The correction is written only when the fit converged, its centre lies inside the
+    scan and within calibrate_frequency.max_correction of the stored value.
+
+    Parameters
+    ----------
+    scan
+        Scans as "ID=START:STOP:NUM"; default "calibrate_frequency.detuning=-100e3:100e3:41" (Hz).
+    parameters
+        Values for this run only, by parameter id; the stored values stay.
+    shots
+        Shots per point (default 100).
+    repetitions
+        How many times the whole scan is repeated.
+    pattern
+        "linear", "shuffled" or "centred".
+    md
+        Metadata added to the run's start document.
+    """
+    return (
+        yield from run_experiment(
+            EXPERIMENT, active_lab(), scans=scan, overrides=parameters, shots=shots,
+            repetitions=repetitions, pattern=pattern, md=md,
+        )
+    )  # fmt: skip

@@ -1,0 +1,74 @@
+"""Rabi flopping: the excitation as the drive pulse gets longer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bluesky.utils import MsgGenerator
+
+from orchestrion.experiment import Experiment, ExperimentResult, ScanAxis, run_experiment
+from orchestrion.lab import active_lab
+from orchestrion.parameters import ParameterSpec, ParameterType
+from orchestrion.sequence import PulseSequence
+
+from ._ion import GLOBAL_PARAMETERS, analyze_oscillation, drive, shot
+
+DURATION = ParameterSpec(
+    id="rabi_flop.duration", type=ParameterType.FLOAT, default=10e-6, unit="s",
+    minimum=0.0, maximum=1e-2, group="Rabi flopping",
+    description="Length of the drive pulse",
+)  # fmt: skip
+DETUNING = ParameterSpec(
+    id="rabi_flop.detuning", type=ParameterType.FLOAT, default=0.0, unit="Hz",
+    minimum=-5e6, maximum=5e6, group="Rabi flopping",
+    description="Drive frequency minus qubit.frequency",
+)  # fmt: skip
+
+
+def build(p: Mapping[str, Any], shots: int) -> PulseSequence:
+    pulse = drive(p, detuning=p["rabi_flop.detuning"], duration=p["rabi_flop.duration"], label="drive")
+    return shot(p, pulse, shots=shots)
+
+
+EXPERIMENT = Experiment(
+    name="rabi_flop",
+    description="Excitation vs drive-pulse length: Rabi oscillation",
+    parameters=(*GLOBAL_PARAMETERS, DURATION, DETUNING),
+    build_sequence=build,
+    default_scans=(ScanAxis.linear(DURATION.id, 0.0, 50e-6, 51),),
+    analyze=analyze_oscillation(DURATION.id),
+)
+
+
+def rabi_flop(
+    scan: list[str] | None = None,
+    parameters: dict[str, Any] | None = None,
+    shots: int | None = None,
+    repetitions: int = 1,
+    pattern: str = "linear",
+    md: dict[str, Any] | None = None,
+) -> MsgGenerator[ExperimentResult]:
+    """Scan the length of a resonant drive pulse: the qubit flops between dark and bright.
+
+    Parameters
+    ----------
+    scan
+        Scans as "ID=START:STOP:NUM"; default "rabi_flop.duration=0:50e-6:51" (s).
+    parameters
+        Values for this run only, by parameter id; the stored values stay.
+    shots
+        Shots per point (default 100).
+    repetitions
+        How many times the whole scan is repeated.
+    pattern
+        "linear", "shuffled" or "centred".
+    md
+        Metadata added to the run's start document.
+    """
+    return (
+        yield from run_experiment(
+            EXPERIMENT, active_lab(), scans=scan, overrides=parameters, shots=shots,
+            repetitions=repetitions, pattern=pattern, md=md,
+        )
+    )  # fmt: skip

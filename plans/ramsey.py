@@ -1,0 +1,86 @@
+"""Ramsey: two pi/2 pulses separated by a free-evolution time."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bluesky.utils import MsgGenerator
+
+from orchestrion.experiment import Experiment, ExperimentResult, ScanAxis, run_experiment
+from orchestrion.lab import active_lab
+from orchestrion.parameters import ParameterSpec, ParameterType
+from orchestrion.sequence import PulseSequence, Wait
+
+from ._ion import GLOBAL_PARAMETERS, analyze_oscillation, drive, shot
+
+WAIT = ParameterSpec(
+    id="ramsey.wait", type=ParameterType.FLOAT, default=50e-6, unit="s",
+    minimum=0.0, maximum=0.1, group="Ramsey",
+    description="Free evolution between the two pi/2 pulses",
+)  # fmt: skip
+DETUNING = ParameterSpec(
+    id="ramsey.detuning", type=ParameterType.FLOAT, default=20e3, unit="Hz",
+    minimum=-5e6, maximum=5e6, group="Ramsey",
+    description="Deliberate detuning of both pulses: the fringe frequency",
+)  # fmt: skip
+PHASE = ParameterSpec(
+    id="ramsey.phase", type=ParameterType.FLOAT, default=0.0, unit="rad",
+    minimum=-6.3, maximum=6.3, group="Ramsey",
+    description="Phase of the second pi/2 pulse",
+)  # fmt: skip
+
+
+def build(p: Mapping[str, Any], shots: int) -> PulseSequence:
+    half_pi = p["qubit.pi_time"] / 2.0
+    detuning = p["ramsey.detuning"]
+    return shot(
+        p,
+        drive(p, detuning=detuning, duration=half_pi, label="pi/2"),
+        Wait(duration=p["ramsey.wait"], label="wait"),
+        drive(p, detuning=detuning, duration=half_pi, phase=p["ramsey.phase"], label="pi/2 analysis"),
+        shots=shots,
+    )
+
+
+EXPERIMENT = Experiment(
+    name="ramsey",
+    description="Ramsey fringes vs free-evolution time",
+    parameters=(*GLOBAL_PARAMETERS, WAIT, DETUNING, PHASE),
+    build_sequence=build,
+    default_scans=(ScanAxis.linear(WAIT.id, 0.0, 200e-6, 41),),
+    analyze=analyze_oscillation(WAIT.id),
+)
+
+
+def ramsey(
+    scan: list[str] | None = None,
+    parameters: dict[str, Any] | None = None,
+    shots: int | None = None,
+    repetitions: int = 1,
+    pattern: str = "linear",
+    md: dict[str, Any] | None = None,
+) -> MsgGenerator[ExperimentResult]:
+    """Scan the wait between two pi/2 pulses: fringes at the detuning, decaying with T2*.
+
+    Parameters
+    ----------
+    scan
+        Scans as "ID=START:STOP:NUM"; default "ramsey.wait=0:200e-6:41" (s).
+    parameters
+        Values for this run only, by parameter id; the stored values stay.
+    shots
+        Shots per point (default 100).
+    repetitions
+        How many times the whole scan is repeated.
+    pattern
+        "linear", "shuffled" or "centred".
+    md
+        Metadata added to the run's start document.
+    """
+    return (
+        yield from run_experiment(
+            EXPERIMENT, active_lab(), scans=scan, overrides=parameters, shots=shots,
+            repetitions=repetitions, pattern=pattern, md=md,
+        )
+    )  # fmt: skip

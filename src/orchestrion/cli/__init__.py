@@ -1,0 +1,55 @@
+"""The `orchestrion` command line."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from ._common import config_from, json_option, print_json, reports_errors
+from ._run import devices, experiments, run
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """Orchestrion: run and schedule experiments on the lab."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.ensure_object(dict)
+
+
+@cli.command("config")
+@json_option
+@click.option("--schema", is_flag=True, help="Print the JSON schema of the configuration instead.")
+@click.pass_context
+@reports_errors
+def show_config(ctx: click.Context, as_json: bool, schema: bool) -> None:
+    """Show the configuration in effect (secrets masked)."""
+    from orchestrion.config import OrchestrionConfig
+
+    if schema:
+        print_json(OrchestrionConfig.model_json_schema())
+        return
+    print_json(config_from(ctx).model_dump(mode="json"))
+
+
+@cli.command("sequence-schema")
+def sequence_schema() -> None:
+    """Print the JSON schema of pulse sequences."""
+    from orchestrion.sequence import sequence_json_schema
+
+    print_json(sequence_json_schema())
+
+
+cli.add_command(run)
+cli.add_command(experiments)
+cli.add_command(devices)
+
+
+def main() -> None:
+    cli(prog_name="orchestrion")
+
+
+__all__ = ["cli", "main"]

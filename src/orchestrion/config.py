@@ -1,0 +1,101 @@
+"""The one configuration model: `$ORCHESTRION_HOME/config.yaml` under `ORCHESTRION_*` variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from orchestrion._yaml import load_yaml
+from orchestrion.errors import InputError
+
+# The checkout this package was installed from (editable installs): its plans/ and
+# devices/ are the defaults, so `orchestrion run` works from any directory.
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _default_dir(name: str) -> Path:
+    for candidate in (Path.cwd() / name, _SOURCE_ROOT / name):
+        if candidate.is_dir():
+            return candidate
+    return Path.cwd() / name
+
+
+class OrchestrionConfig(BaseSettings):
+    """Everything an Orchestrion process needs to know, validated once at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="ORCHESTRION_", extra="forbid", validate_default=True)
+
+    home: Path = Field(Path("var"), description="Where data, catalogs and local databases live")
+    plans_dir: Path = Field(default_factory=lambda: _default_dir("plans"), description="The experiment library")
+    devices_dir: Path = Field(default_factory=lambda: _default_dir("devices"), description="Device configuration")
+    profile_dir: Path = Field(default_factory=lambda: _default_dir("profile"), description="IPython and queue-server startup")
+
+    sim_time_scale: float = Field(
+        1.0, gt=0, description="Simulated hardware durations are multiplied by this (0.01 runs 100x faster)"
+    )
+    sim_seed: int | None = Field(None, description="Seed of the simulated lab's random numbers")
+
+    preprocess_workers: int = Field(2, ge=1, le=64, description="Threads compiling sequences ahead of the hardware")
+    preprocess_lookahead: int = Field(
+        8, ge=0, le=10_000, description="How many points ahead of the hardware sequences are compiled (0: none)"
+    )
+    setpoint_retries: int = Field(3, ge=1, le=100, description="Attempts to reach a device set-point before failing")
+
+    influx_url: str | None = Field(None, description="InfluxDB base URL; unset means the embedded SQLite store")
+    influx_database: str = Field("orchestrion", description="InfluxDB database (bucket on 2.x/3.x)")
+    influx_username: str | None = None
+    influx_password: SecretStr | None = None
+    influx_token: SecretStr | None = Field(None, description="Token for InfluxDB 2.x/3.x v1-compatibility auth")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file: a lab's config.yaml, a test's variable.
+        return env_settings, init_settings
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+
+def load_config(**overrides: Any) -> OrchestrionConfig:
+    """Read `$ORCHESTRION_HOME/config.yaml` (if any) and the environment.
+
+    Unknown keys, in the file or as `ORCHESTRION_*` variables, are an error.
+    """
+    home = Path(overrides.get("home") or os.environ.get("ORCHESTRION_HOME") or "var")
+    values: dict[str, Any] = {}
+    config_file = home / "config.yaml"
+    if config_file.is_file():
+        loaded = load_yaml(config_file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise InputError(f"{config_file}: expected a mapping of settings")
+        values.update(loaded)
+    unknown = sorted(
+        name
+        for name in os.environ
+        if name.startswith("ORCHESTRION_")
+        and name[len("ORCHESTRION_") :].lower() not in OrchestrionConfig.model_fields
+    )
+    if unknown:
+        raise InputError(f"unknown setting in the environment: {unknown[0]}")
+    values.update(overrides)
+    values.setdefault("home", home)
+    try:
+        config = OrchestrionConfig(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "configuration"
+        raise InputError(f"configuration: {where}: {first['msg']}") from None
+    return config.model_copy(update={"home": config.home.resolve()})

@@ -1,0 +1,58 @@
+"""The main job of `make demo`: calibrate the simulated qubit and measure it.
+
+Runs the experiment library in-process, as `orchestrion run` does, and prints what
+each experiment found.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from rich.console import Console
+
+from orchestrion.cli._run import print_summary
+from orchestrion.config import load_config
+from orchestrion.errors import OrchestrionError
+from orchestrion.session import EmbeddedSession, RunOptions
+
+DEMO_RUNS = (
+    RunOptions("spectroscopy"),
+    RunOptions("calibrate_frequency"),
+    RunOptions("spectroscopy", scans=["spectroscopy.detuning=-60e3:60e3:25"], pattern="centred"),
+    RunOptions("rabi_flop"),
+    RunOptions("ramsey"),
+)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    console = Console()
+    try:
+        config = load_config()
+        session = EmbeddedSession(config)
+    except OrchestrionError as exc:
+        console.print(f"error: {exc}")
+        return 2
+    console.print(f"Orchestrion demo: data under {config.home}\n")
+    failed = 0
+    try:
+        lab = session.open()
+        before = lab.parameters.get("qubit.frequency").value
+        for options in DEMO_RUNS:
+            summary = session.run(options)
+            print_summary(summary, console)
+            failed += summary.status != "success"
+        after = lab.parameters.get("qubit.frequency").value
+        true_now = session.devices.trap.qubit_frequency()
+        console.print(
+            f"\nqubit.frequency: stored {before:.1f} Hz before calibration, {after:.1f} Hz after; "
+            f"the simulated ion is at {true_now:.1f} Hz now ({after - true_now:+.1f} Hz off)."
+        )
+    finally:
+        session.close()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

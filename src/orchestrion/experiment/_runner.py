@@ -1,0 +1,364 @@
+"""Running an experiment: validate, snapshot parameters, pre-process, drive the hardware."""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections import ChainMap
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+from bluesky.utils import MsgGenerator
+from ophyd_async.core import StandardReadable, soft_signal_r_and_setter
+from ophyd_async.plan_stubs import ensure_connected
+
+import orchestrion
+from orchestrion.devices import DeviceRegistry, ReadoutRole
+from orchestrion.errors import DeviceError, InputError, ParameterError, ScanSpecError
+from orchestrion.parameters import ParameterValue, ParameterValueType
+from orchestrion.sequence import PulseSequence, SequenceError
+
+from ._experiment import Experiment
+from ._preprocess import Preprocessor
+from ._scan import ScanAxis, ScanPattern, ScanPoint, expand_scan
+
+if TYPE_CHECKING:
+    from orchestrion.lab import Lab
+
+logger = logging.getLogger(__name__)
+
+PRIMARY = "primary"
+ANALYSIS = "analysis"
+
+
+@dataclass(frozen=True)
+class AxisTarget:
+    """Where a scan axis lands: a stored parameter, or a device set before each point."""
+
+    axis: ScanAxis
+    device: Any | None  # None: a stored parameter, overridden point by point
+
+    @property
+    def kind(self) -> str:
+        return "parameter" if self.device is None else "device"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A validated request to run an experiment: everything checked, nothing moved yet."""
+
+    experiment: Experiment
+    axes: tuple[AxisTarget, ...]
+    overrides: Mapping[str, ParameterValueType]
+    device_settings: Mapping[str, tuple[Any, float]]
+    shots: int
+    repetitions: int
+    pattern: ScanPattern
+    seed: int
+    points: tuple[ScanPoint, ...] = field(repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "axes": [{"id": t.axis.id, "kind": t.kind, "values": list(t.axis.values)} for t in self.axes],
+            "pattern": self.pattern.value,
+            "repetitions": self.repetitions,
+            "shots": self.shots,
+            "seed": self.seed,
+            "num_points": len(self.points),
+        }
+
+
+def prepare_run(
+    experiment: Experiment,
+    devices: DeviceRegistry,
+    *,
+    scans: Sequence[str | ScanAxis] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    shots: int | None = None,
+    repetitions: int = 1,
+    pattern: str | ScanPattern = ScanPattern.LINEAR,
+    seed: int | None = None,
+) -> RunRequest:
+    """Check a run request completely, before any hardware moves.
+
+    Raises one `InputError` that names the problem: an unknown or out-of-bounds
+    parameter, a malformed scan, a device that cannot take the value.  Override values
+    may be typed values or text from a command line.
+    """
+    pattern = pattern if isinstance(pattern, ScanPattern) else ScanPattern.parse(pattern)
+    shots = experiment.default_shots if shots is None else shots
+    if not isinstance(shots, int) or isinstance(shots, bool) or not 1 <= shots <= 100_000:
+        raise InputError(f"shots must be a whole number from 1 to 100000, not {shots!r}")
+    if not isinstance(repetitions, int) or isinstance(repetitions, bool) or repetitions < 1:
+        raise InputError(f"repetitions must be a whole number of at least 1, not {repetitions!r}")
+
+    axes_given = [s if isinstance(s, ScanAxis) else ScanAxis.parse(s) for s in scans] if scans is not None else None
+    axes = list(experiment.default_scans) if axes_given is None else axes_given
+    targets = tuple(_axis_target(experiment, devices, axis) for axis in axes)
+
+    checked_overrides: dict[str, ParameterValueType] = {}
+    device_settings: dict[str, tuple[Any, float]] = {}
+    for parameter_id, raw in (overrides or {}).items():
+        spec = experiment.spec(parameter_id)
+        if spec is not None:
+            checked_overrides[parameter_id] = spec.parse_text(raw) if isinstance(raw, str) else spec.validate_value(raw)
+            continue
+        device = devices.resolve_settable(parameter_id)
+        if device is None:
+            raise ParameterError(f"experiment '{experiment.name}' reads no parameter '{parameter_id}'")
+        device_settings[parameter_id] = (device, _device_value(parameter_id, device, raw))
+    scanned = {t.axis.id for t in targets}
+    clash = scanned & (set(checked_overrides) | set(device_settings))
+    if clash:
+        raise InputError(f"parameter '{sorted(clash)[0]}' is both scanned and set")
+
+    seed = secrets.randbits(32) if seed is None else seed
+    points = tuple(expand_scan([t.axis for t in targets], pattern, repetitions, seed))
+    return RunRequest(experiment, targets, checked_overrides, device_settings, shots, repetitions, pattern, seed, points)
+
+
+def _axis_target(experiment: Experiment, devices: DeviceRegistry, axis: ScanAxis) -> AxisTarget:
+    spec = experiment.spec(axis.id)
+    if spec is not None:
+        if spec.type.value not in ("int", "float"):
+            raise ScanSpecError(f"scan '{axis.id}': a {spec.type.value} parameter cannot be scanned")
+        for value in axis.values:
+            spec.validate_value(value)
+        return AxisTarget(axis, None)
+    device = devices.resolve_settable(axis.id)
+    if device is None:
+        raise ScanSpecError(
+            f"scan '{axis.id}': neither a parameter of '{experiment.name}' nor a settable device parameter"
+        )
+    for value in axis.values:
+        _device_value(axis.id, device, value)
+    return AxisTarget(axis, device)
+
+
+def _device_value(parameter_id: str, device: Any, raw: Any) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{parameter_id}: {raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ParameterError(f"{parameter_id}: {raw!r} is not a finite number")
+    check = getattr(device, "check_value", None)
+    if callable(check):
+        try:
+            check(value)
+        except ValueError as exc:
+            raise ParameterError(f"{parameter_id}: {exc}") from None
+    return value
+
+
+class ScanPointInfo(StandardReadable):
+    """Which point an event belongs to, and the stored-parameter values scanned there."""
+
+    def __init__(self, parameter_ids: Sequence[str], name: str = "point") -> None:
+        self._setters: dict[str, Callable[[float], None]] = {}
+        with self.add_children_as_readables():
+            self.index, self._set_index = soft_signal_r_and_setter(int)
+            self.repetition, self._set_repetition = soft_signal_r_and_setter(int)
+            for parameter_id in parameter_ids:
+                signal, setter = soft_signal_r_and_setter(float)
+                setattr(self, data_key_suffix(parameter_id), signal)
+                self._setters[parameter_id] = setter
+        super().__init__(name=name)
+
+    def show(self, point: ScanPoint) -> None:
+        self._set_index(point.index)
+        self._set_repetition(point.repetition)
+        for parameter_id, setter in self._setters.items():
+            setter(point.values[parameter_id])
+
+
+class AnalysisResults(StandardReadable):
+    """Fit results, emitted once at the end of a run in the 'analysis' stream."""
+
+    def __init__(self, results: Mapping[str, float], name: str = "fit") -> None:
+        with self.add_children_as_readables():
+            for key, value in results.items():
+                signal, setter = soft_signal_r_and_setter(float)
+                setter(float(value))
+                setattr(self, key, signal)
+        super().__init__(name=name)
+
+
+def nest_by_id(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """{'qubit.frequency': x} -> {'qubit': {'frequency': x}}."""
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        *namespaces, name = dotted.split(".")
+        level = nested
+        for part in namespaces:
+            level = level.setdefault(part, {})
+        level[name] = value
+    return nested
+
+
+def flatten_ids(nested: Mapping[str, Any], is_leaf: Callable[[Any], bool]) -> dict[str, Any]:
+    """Inverse of `nest_by_id`, for leaves recognised by ``is_leaf``."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        if is_leaf(value):
+            flat[key] = value
+        else:
+            flat.update({f"{key}.{sub}": v for sub, v in flatten_ids(value, is_leaf).items()})
+    return flat
+
+
+def data_key_suffix(parameter_id: str) -> str:
+    """Parameter ids carry dots; event-model data keys and HDF5 names should not."""
+    return parameter_id.replace(".", "_")
+
+
+@dataclass
+class ExperimentResult:
+    """What a finished run of an experiment returns to the calling plan."""
+
+    run_uid: str
+    points: list[ScanPoint]
+    readings: list[dict[str, Any]]
+    analysis: dict[str, float]
+    parameters_written: dict[str, ParameterValue]
+
+
+def set_with_readback(target_id: str, device: Any, value: float, retries: int) -> MsgGenerator[float]:
+    """Set a device parameter, read it back, retry while it is out of tolerance."""
+    tolerance = float(getattr(device, "tolerance", 0.0))
+    readback = math.nan
+    for attempt in range(1, retries + 1):
+        yield from bps.mv(device, value)
+        location = yield from bps.locate(device)
+        readback = float(location["readback"])
+        if abs(readback - value) <= tolerance:
+            return readback
+        logger.warning("%s: read back %g after setting %g (attempt %d of %d)", target_id, readback, value, attempt, retries)
+    raise DeviceError(f"{target_id}: read back {readback:g} after setting {value:g}, {retries} attempts")
+
+
+def run_experiment(
+    experiment: Experiment,
+    lab: Lab,
+    *,
+    scans: Sequence[str | ScanAxis] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    shots: int | None = None,
+    repetitions: int = 1,
+    pattern: str | ScanPattern = ScanPattern.LINEAR,
+    seed: int | None = None,
+    md: Mapping[str, Any] | None = None,
+) -> MsgGenerator[ExperimentResult]:
+    """Run ``experiment`` on the lab: one event per point in 'primary', fits in 'analysis'.
+
+    Everything is validated and the first sequence compiled before the run opens; a bad
+    request raises `InputError` and no hardware moves.
+    """
+    request = prepare_run(
+        experiment, lab.devices, scans=scans, overrides=overrides, shots=shots,
+        repetitions=repetitions, pattern=pattern, seed=seed,
+    )  # fmt: skip
+    snapshot = lab.parameters.snapshot(experiment.parameter_ids)
+    values: dict[str, ParameterValueType] = {pid: v.value for pid, v in snapshot.items()}
+    values.update(request.overrides)
+
+    def compile_point(point: ScanPoint) -> PulseSequence:
+        point_values = {pid: v for pid, v in point.values.items() if experiment.spec(pid) is not None}
+        return experiment.build_sequence(ChainMap(point_values, values), request.shots)
+
+    try:
+        first = compile_point(request.points[0])
+    except SequenceError as exc:
+        raise InputError(f"{experiment.name}: {exc}") from None
+
+    sequencer = lab.devices.usable(experiment.sequencer)
+    parameter_axes = [t.axis.id for t in request.axes if t.device is None]
+    point_info = ScanPointInfo(parameter_axes)
+    device_axes = [t for t in request.axes if t.device is not None]
+    monitored = [d for d in lab.devices.with_role(ReadoutRole.MONITORED) if d is not sequencer]
+    detectors = [sequencer, point_info, *(t.device for t in device_axes), *monitored]
+    retries = lab.config.setpoint_retries
+
+    hinted = [f"point-{data_key_suffix(a)}" for a in parameter_axes] + [
+        _hinted_key(t.device) for t in device_axes
+    ]
+    start_md: dict[str, Any] = {
+        "plan_name": experiment.name,
+        "experiment": experiment.name,
+        "description": experiment.description,
+        "num_points": len(request.points),
+        "scan": request.describe(),
+        # Event-model metadata keys may not contain dots: ids nest by namespace.
+        "parameters": nest_by_id(
+            {
+                pid: {"value": v.value, "timestamp": v.timestamp.isoformat(), "source": v.source}
+                for pid, v in snapshot.items()
+            }
+        ),
+        "overrides": nest_by_id(dict(request.overrides)),
+        "device_settings": nest_by_id({k: v for k, (_, v) in request.device_settings.items()}),
+        "first_sequence_hash": first.content_hash,
+        "orchestrion_version": orchestrion.__version__,
+        "hints": {"dimensions": [([key], PRIMARY) for key in hinted] or [(["point-index"], PRIMARY)]},
+    }
+    start_md.update(md or {})
+
+    result = ExperimentResult(run_uid="", points=[], readings=[], analysis={}, parameters_written={})
+
+    def points_plan() -> MsgGenerator[None]:
+        yield from ensure_connected(point_info)
+        for setting_id, (device, value) in request.device_settings.items():
+            yield from set_with_readback(setting_id, device, value, retries)
+        with Preprocessor(
+            compile_point,
+            request.points,
+            lookahead=lab.config.preprocess_lookahead,
+            workers=lab.config.preprocess_workers,
+        ) as preprocessor:
+            for point in request.points:
+                try:
+                    sequence = yield from preprocessor.sequence_for(point.index)
+                except SequenceError as exc:
+                    raise InputError(f"{experiment.name}, point {point.index}: {exc}") from None
+                for target in device_axes:
+                    yield from set_with_readback(target.axis.id, target.device, point.values[target.axis.id], retries)
+                point_info.show(point)
+                yield from bps.mv(sequencer.program, sequence.to_json())
+                reading = yield from bps.trigger_and_read(detectors, name=PRIMARY)
+                result.points.append(point)
+                result.readings.append({k: r["value"] for k, r in reading.items()})
+        if experiment.analyze is not None:
+            fit = experiment.analyze(result.points, result.readings, values)
+            if fit:
+                result.analysis = dict(fit)
+                analysis_device = AnalysisResults(result.analysis)
+                yield from ensure_connected(analysis_device)
+                yield from bps.trigger_and_read([analysis_device], name=ANALYSIS)
+
+    plan: MsgGenerator[None] = points_plan()
+    baseline = lab.devices.with_role(ReadoutRole.BASELINE)
+    if baseline:
+        plan = bpp.baseline_wrapper(plan, baseline)
+    monitors = lab.devices.async_signals()
+    if monitors:
+        plan = bpp.monitor_during_wrapper(plan, monitors)
+    result.run_uid = yield from bpp.run_wrapper(plan, md=start_md)
+
+    for result_key, parameter_id in experiment.calibrates.items():
+        if result_key in result.analysis:
+            source = f"{experiment.name} run {result.run_uid}"
+            result.parameters_written[parameter_id] = lab.parameters.set(
+                parameter_id, result.analysis[result_key], source=source
+            )
+            logger.info("%s: wrote %s = %r", experiment.name, parameter_id, result.analysis[result_key])
+    return result
+
+
+def _hinted_key(device: Any) -> str:
+    hints = getattr(device, "hints", {}) or {}
+    fields = hints.get("fields") or []
+    return str(fields[0]) if fields else str(device.name)

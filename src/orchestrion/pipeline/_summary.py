@@ -1,0 +1,86 @@
+"""Run summaries: what the user is told when a run ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from event_model import DocumentRouter
+from event_model.documents import Event, EventDescriptor, EventPage, RunStart, RunStop
+
+from orchestrion.experiment import PRIMARY
+
+
+@dataclass
+class RunSummary:
+    run_uid: str
+    experiment: str
+    status: str = "running"
+    points: int = 0
+    expected_points: int = 0
+    reason: str = ""
+    started: float = 0.0
+    finished: float | None = None
+    hdf5: str | None = None
+    tiled: str | None = None
+    analysis: dict[str, float] = field(default_factory=dict)
+    parameters_written: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_uid": self.run_uid,
+            "experiment": self.experiment,
+            "status": self.status,
+            "points": self.points,
+            "expected_points": self.expected_points,
+            "reason": self.reason,
+            "started": self.started,
+            "finished": self.finished,
+            "duration": None if self.finished is None else self.finished - self.started,
+            "hdf5": self.hdf5,
+            "tiled": self.tiled,
+            "analysis": self.analysis,
+            "parameters_written": self.parameters_written,
+        }
+
+
+class RunSummaryCollector(DocumentRouter):
+    """Counts points and records how each run ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs: dict[str, RunSummary] = {}
+        self._primary: set[str] = set()
+        self._descriptor_run: dict[str, str] = {}
+
+    def start(self, doc: RunStart) -> RunStart | None:
+        self.runs[doc["uid"]] = RunSummary(
+            run_uid=doc["uid"],
+            experiment=str(doc.get("experiment", doc.get("plan_name", ""))),
+            expected_points=int(doc.get("num_points", 0) or 0),
+            started=doc["time"],
+        )
+        return doc
+
+    def descriptor(self, doc: EventDescriptor) -> EventDescriptor | None:
+        self._descriptor_run[doc["uid"]] = doc["run_start"]
+        if doc.get("name") == PRIMARY:
+            self._primary.add(doc["uid"])
+        return doc
+
+    def event(self, doc: Event) -> Event | None:
+        if doc["descriptor"] in self._primary:
+            self.runs[self._descriptor_run[doc["descriptor"]]].points += 1
+        return doc
+
+    def event_page(self, doc: EventPage) -> EventPage | None:
+        if doc["descriptor"] in self._primary:
+            self.runs[self._descriptor_run[doc["descriptor"]]].points += len(doc["seq_num"])
+        return doc
+
+    def stop(self, doc: RunStop) -> RunStop | None:
+        summary = self.runs[doc["run_start"]]
+        summary.status = doc["exit_status"]
+        summary.reason = doc.get("reason", "") or ""
+        summary.finished = doc["time"]
+        return doc
