@@ -339,14 +339,16 @@ def run_experiment(
                 yield from ensure_connected(analysis_device)
                 yield from bps.trigger_and_read([analysis_device], name=ANALYSIS)
 
-    plan: MsgGenerator[None] = points_plan()
+    # The baseline and monitor wrappers act on the open_run/close_run messages, so they
+    # must wrap the run, not the plan inside it.
+    plan: MsgGenerator[str] = bpp.run_wrapper(points_plan(), md=start_md)
     baseline = lab.devices.with_role(ReadoutRole.BASELINE)
     if baseline:
         plan = bpp.baseline_wrapper(plan, baseline)
     monitors = lab.devices.async_signals()
     if monitors:
         plan = bpp.monitor_during_wrapper(plan, monitors)
-    result.run_uid = yield from bpp.run_wrapper(plan, md=start_md)
+    result.run_uid = yield from plan
 
     for result_key, parameter_id in experiment.calibrates.items():
         if result_key in result.analysis:
