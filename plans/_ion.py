@@ -8,7 +8,7 @@ from typing import Any
 from orchestrion.analysis import fit_oscillation, fit_spectroscopy
 from orchestrion.experiment import ScanPoint
 from orchestrion.parameters import ParameterSpec, ParameterType
-from orchestrion.sequence import Cool, Detect, Operation, Pulse, PulseSequence
+from orchestrion.sequence import PulseSequence, parse_sequence
 
 QUBIT = "Qubit"
 DETECTION = "Detection"
@@ -61,27 +61,39 @@ def rabi_frequency(p: Mapping[str, Any]) -> float:
     return 1.0 / (2.0 * float(p["qubit.pi_time"]))
 
 
-def shot(p: Mapping[str, Any], *middle: Operation, shots: int) -> PulseSequence:
-    """Cool, then ``middle``, then detect."""
-    return PulseSequence(
-        shots=shots,
-        operations=(
-            Cool(duration=p["cooling.duration"], label="cool"),
-            *middle,
-            Detect(duration=p["detection.duration"], threshold=p["detection.threshold"], label="detect"),
-        ),
+def shot(p: Mapping[str, Any], *middle: dict[str, Any], shots: int) -> PulseSequence:
+    """Cool, then ``middle``, then detect; validated as a whole.
+
+    Operations are built as plain data and validated together, so that an error names
+    the operation (index and label) and the field at fault.
+    """
+    return parse_sequence(
+        {
+            "shots": shots,
+            "operations": [
+                {"op": "cool", "duration": p["cooling.duration"], "label": "cool"},
+                *middle,
+                {"op": "detect", "duration": p["detection.duration"], "threshold": p["detection.threshold"], "label": "detect"},
+            ],
+        }
     )
 
 
-def drive(p: Mapping[str, Any], *, detuning: float, duration: float, phase: float = 0.0, label: str = "") -> Pulse:
+def drive(p: Mapping[str, Any], *, detuning: float, duration: float, phase: float = 0.0, label: str = "") -> dict[str, Any]:
     """A pulse on the qubit at ``detuning`` (Hz) from qubit.frequency."""
-    return Pulse(
-        frequency=p["qubit.frequency"] + detuning,
-        duration=duration,
-        amplitude=p["qubit.amplitude"],
-        phase=phase,
-        label=label,
-    )
+    return {
+        "op": "pulse",
+        "frequency": p["qubit.frequency"] + detuning,
+        "duration": duration,
+        "amplitude": p["qubit.amplitude"],
+        "phase": phase,
+        "label": label,
+    }
+
+
+def wait(duration: float, label: str = "") -> dict[str, Any]:
+    """Free evolution for ``duration`` (s)."""
+    return {"op": "wait", "duration": duration, "label": label}
 
 
 def scanned(points: Sequence[ScanPoint], readings: Sequence[Mapping[str, Any]], axis: str) -> tuple[list[float], list[float]] | None:

@@ -10,9 +10,9 @@ from bluesky.utils import MsgGenerator
 from orchestrion.experiment import Experiment, ExperimentResult, ScanAxis, run_experiment
 from orchestrion.lab import active_lab
 from orchestrion.parameters import ParameterSpec, ParameterType
-from orchestrion.sequence import PulseSequence, Wait
+from orchestrion.sequence import PulseSequence
 
-from ._ion import GLOBAL_PARAMETERS, analyze_oscillation, drive, shot
+from ._ion import GLOBAL_PARAMETERS, analyze_oscillation, drive, shot, wait
 
 WAIT = ParameterSpec(
     id="ramsey.wait", type=ParameterType.FLOAT, default=50e-6, unit="s",
@@ -37,7 +37,7 @@ def build(p: Mapping[str, Any], shots: int) -> PulseSequence:
     return shot(
         p,
         drive(p, detuning=detuning, duration=half_pi, label="pi/2"),
-        Wait(duration=p["ramsey.wait"], label="wait"),
+        wait(p["ramsey.wait"], label="wait"),
         drive(p, detuning=detuning, duration=half_pi, phase=p["ramsey.phase"], label="pi/2 analysis"),
         shots=shots,
     )

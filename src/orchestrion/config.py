@@ -52,6 +52,19 @@ class OrchestrionConfig(BaseSettings):
     influx_password: SecretStr | None = None
     influx_token: SecretStr | None = Field(None, description="Token for InfluxDB 2.x/3.x v1-compatibility auth")
 
+    # Services (`orchestrion up`): every server binds 127.0.0.1; only the ports vary.
+    redis_port: int = Field(60379, ge=1, le=65535, description="Port of the stack's own redis-server (queue storage)")
+    zmq_control_port: int = Field(60615, ge=1, le=65535, description="Queue server control (0MQ REQ/REP) port")
+    zmq_info_port: int = Field(60625, ge=1, le=65535, description="Queue server console-output (0MQ PUB) port")
+    tiled_port: int = Field(60800, ge=1, le=65535, description="Port of the stack's Tiled server")
+    tiled_api_key: SecretStr | None = Field(
+        None, description="API key of the stack's Tiled server; unset: `up` makes one, kept 0600 under run/"
+    )
+    queue_user_group: str = Field("primary", description="Queue-server user group that this user submits as")
+    scheduler_poll_interval: float = Field(
+        0.05, gt=0, le=10, description="How often the scheduler checks the queue server's status (s)"
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -13,7 +13,7 @@ from typing import Any
 
 from bluesky.protocols import Movable, Readable
 from bluesky.run_engine import call_in_bluesky_event_loop
-from ophyd_async.core import Device, SignalR
+from ophyd_async.core import Device, Signal, SignalR
 
 from orchestrion.errors import DeviceConfigError
 from orchestrion.sim import IonTrap
@@ -81,7 +81,7 @@ class DeviceRegistry:
         return {d.name: d.device for d in self if d.state is DeviceState.CONNECTED}
 
     def resolve_settable(self, dotted: str) -> Any | None:
-        """The movable, readable child for an id like 'rf.frequency', or None."""
+        """The numeric, movable, readable child for an id like 'rf.frequency', or None."""
         head, _, rest = dotted.partition(".")
         lab_device = self.devices.get(head)
         if lab_device is None:
@@ -91,9 +91,13 @@ class DeviceRegistry:
             target = getattr(target, part, None)
             if target is None:
                 return None
-        if isinstance(target, Movable) and isinstance(target, Readable):
-            return target
-        return None
+        if not (isinstance(target, Movable) and isinstance(target, Readable)):
+            return None
+        # Scans and read-back checks are numeric: a string signal such as a sequencer's
+        # program is movable but no scan axis.
+        if isinstance(target, Signal) and target.datatype not in (int, float):
+            return None
+        return target
 
 
 def build_devices(config: LabConfig, *, time_scale: float = 1.0, seed: int | None = None) -> DeviceRegistry:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
+from pydantic import ValidationError
 from ophyd_async.core import StandardReadable, soft_signal_r_and_setter
 from ophyd_async.plan_stubs import ensure_connected
 
@@ -20,7 +21,7 @@ import orchestrion
 from orchestrion.devices import DeviceRegistry, ReadoutRole
 from orchestrion.errors import DeviceError, InputError, ParameterError, ScanSpecError
 from orchestrion.parameters import ParameterValue, ParameterValueType
-from orchestrion.sequence import PulseSequence, SequenceError
+from orchestrion.sequence import PulseSequence, SequenceError, as_sequence_error
 
 from ._experiment import Experiment
 from ._preprocess import Preprocessor
@@ -268,7 +269,10 @@ def run_experiment(
 
     def compile_point(point: ScanPoint) -> PulseSequence:
         point_values = {pid: v for pid, v in point.values.items() if experiment.spec(pid) is not None}
-        return experiment.build_sequence(ChainMap(point_values, values), request.shots)
+        try:
+            return experiment.build_sequence(ChainMap(point_values, values), request.shots)
+        except ValidationError as exc:  # a compiler that builds models directly
+            raise as_sequence_error(exc) from None
 
     try:
         first = compile_point(request.points[0])

@@ -9,6 +9,7 @@ from ._model import (
     PulseSequence,
     SequenceError,
     Wait,
+    as_sequence_error,
     parse_sequence,
     sequence_json_schema,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "PulseSequence",
     "SequenceError",
     "Wait",
+    "as_sequence_error",
     "parse_sequence",
     "sequence_json_schema",
 ]

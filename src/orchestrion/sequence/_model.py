@@ -144,6 +144,13 @@ def parse_sequence(data: str | bytes | dict[str, Any]) -> PulseSequence:
         raise SequenceError(f"invalid sequence: {_describe(dict(first), data)}{suffix}") from None
 
 
+def as_sequence_error(exc: ValidationError) -> SequenceError:
+    """A `SequenceError` for a model built directly (``Pulse(...)``), naming model and field."""
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"])
+    return SequenceError(f"invalid sequence: {exc.title.lower()}: field '{field}': {first['msg']}")
+
+
 def sequence_json_schema() -> dict[str, Any]:
     """The published JSON schema of `PulseSequence`."""
     return PulseSequence.model_json_schema()
