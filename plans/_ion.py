@@ -14,35 +14,65 @@ QUBIT = "Qubit"
 DETECTION = "Detection"
 
 QUBIT_FREQUENCY = ParameterSpec(
-    id="qubit.frequency", type=ParameterType.FLOAT, default=12.6428e9, unit="Hz",
-    minimum=12.0e9, maximum=13.0e9, group=QUBIT,
+    id="qubit.frequency",
+    type=ParameterType.FLOAT,
+    default=12.6428e9,
+    unit="Hz",
+    minimum=12.0e9,
+    maximum=13.0e9,
+    group=QUBIT,
     description="Qubit transition frequency: the drive is on resonance here",
-)  # fmt: skip
+)
 QUBIT_PI_TIME = ParameterSpec(
-    id="qubit.pi_time", type=ParameterType.FLOAT, default=10e-6, unit="s",
-    minimum=1e-7, maximum=1e-2, group=QUBIT,
+    id="qubit.pi_time",
+    type=ParameterType.FLOAT,
+    default=10e-6,
+    unit="s",
+    minimum=1e-7,
+    maximum=1e-2,
+    group=QUBIT,
     description="Duration of a pi pulse at qubit.amplitude",
-)  # fmt: skip
+)
 QUBIT_AMPLITUDE = ParameterSpec(
-    id="qubit.amplitude", type=ParameterType.FLOAT, default=0.5, unit="",
-    minimum=0.0, maximum=1.0, group=QUBIT,
+    id="qubit.amplitude",
+    type=ParameterType.FLOAT,
+    default=0.5,
+    unit="",
+    minimum=0.0,
+    maximum=1.0,
+    group=QUBIT,
     description="Drive amplitude, fraction of full scale",
-)  # fmt: skip
+)
 COOLING_DURATION = ParameterSpec(
-    id="cooling.duration", type=ParameterType.FLOAT, default=1e-3, unit="s",
-    minimum=1e-5, maximum=0.1, group="Cooling",
+    id="cooling.duration",
+    type=ParameterType.FLOAT,
+    default=1e-3,
+    unit="s",
+    minimum=1e-5,
+    maximum=0.1,
+    group="Cooling",
     description="Doppler cooling and optical pumping before each shot",
-)  # fmt: skip
+)
 DETECTION_DURATION = ParameterSpec(
-    id="detection.duration", type=ParameterType.FLOAT, default=200e-6, unit="s",
-    minimum=1e-6, maximum=0.01, group=DETECTION,
+    id="detection.duration",
+    type=ParameterType.FLOAT,
+    default=200e-6,
+    unit="s",
+    minimum=1e-6,
+    maximum=0.01,
+    group=DETECTION,
     description="Photon-counting window",
-)  # fmt: skip
+)
 DETECTION_THRESHOLD = ParameterSpec(
-    id="detection.threshold", type=ParameterType.INT, default=5, unit="counts",
-    minimum=0, maximum=1000, group=DETECTION,
+    id="detection.threshold",
+    type=ParameterType.INT,
+    default=5,
+    unit="counts",
+    minimum=0,
+    maximum=1000,
+    group=DETECTION,
     description="A shot is bright when it counts more photons than this",
-)  # fmt: skip
+)
 
 GLOBAL_PARAMETERS = (
     QUBIT_FREQUENCY,
@@ -73,13 +103,20 @@ def shot(p: Mapping[str, Any], *middle: dict[str, Any], shots: int) -> PulseSequ
             "operations": [
                 {"op": "cool", "duration": p["cooling.duration"], "label": "cool"},
                 *middle,
-                {"op": "detect", "duration": p["detection.duration"], "threshold": p["detection.threshold"], "label": "detect"},
+                {
+                    "op": "detect",
+                    "duration": p["detection.duration"],
+                    "threshold": p["detection.threshold"],
+                    "label": "detect",
+                },
             ],
         }
     )
 
 
-def drive(p: Mapping[str, Any], *, detuning: float, duration: float, phase: float = 0.0, label: str = "") -> dict[str, Any]:
+def drive(
+    p: Mapping[str, Any], *, detuning: float, duration: float, phase: float = 0.0, label: str = ""
+) -> dict[str, Any]:
     """A pulse on the qubit at ``detuning`` (Hz) from qubit.frequency."""
     return {
         "op": "pulse",
@@ -96,7 +133,9 @@ def wait(duration: float, label: str = "") -> dict[str, Any]:
     return {"op": "wait", "duration": duration, "label": label}
 
 
-def scanned(points: Sequence[ScanPoint], readings: Sequence[Mapping[str, Any]], axis: str) -> tuple[list[float], list[float]] | None:
+def scanned(
+    points: Sequence[ScanPoint], readings: Sequence[Mapping[str, Any]], axis: str
+) -> tuple[list[float], list[float]] | None:
     """(x, bright fraction) for points that scanned ``axis``; None if the scan did not."""
     if not points or axis not in points[0].values:
         return None
@@ -104,7 +143,9 @@ def scanned(points: Sequence[ScanPoint], readings: Sequence[Mapping[str, Any]], 
 
 
 def analyze_resonance(axis: str) -> Any:
-    def analyze(points: Sequence[ScanPoint], readings: Sequence[Mapping[str, Any]], p: Mapping[str, Any]) -> dict[str, float] | None:
+    def analyze(
+        points: Sequence[ScanPoint], readings: Sequence[Mapping[str, Any]], p: Mapping[str, Any]
+    ) -> dict[str, float] | None:
         data = scanned(points, readings, axis)
         if data is None:
             return None
@@ -115,7 +156,9 @@ def analyze_resonance(axis: str) -> Any:
 
 
 def analyze_oscillation(axis: str) -> Any:
-    def analyze(points: Sequence[ScanPoint], readings: Sequence[Mapping[str, Any]], p: Mapping[str, Any]) -> dict[str, float] | None:
+    def analyze(
+        points: Sequence[ScanPoint], readings: Sequence[Mapping[str, Any]], p: Mapping[str, Any]
+    ) -> dict[str, float] | None:
         data = scanned(points, readings, axis)
         if data is None:
             return None

@@ -15,31 +15,49 @@ from orchestrion.sequence import PulseSequence
 from ._ion import GLOBAL_PARAMETERS, analyze_resonance, drive, shot
 
 DETUNING = ParameterSpec(
-    id="calibrate_frequency.detuning", type=ParameterType.FLOAT, default=0.0, unit="Hz",
-    minimum=-1e6, maximum=1e6, group="Calibration",
+    id="calibrate_frequency.detuning",
+    type=ParameterType.FLOAT,
+    default=0.0,
+    unit="Hz",
+    minimum=-1e6,
+    maximum=1e6,
+    group="Calibration",
     description="Drive frequency minus the current qubit.frequency",
-)  # fmt: skip
+)
 MAX_CORRECTION = ParameterSpec(
-    id="calibrate_frequency.max_correction", type=ParameterType.FLOAT, default=100e3, unit="Hz",
-    minimum=0.0, maximum=1e6, group="Calibration",
+    id="calibrate_frequency.max_correction",
+    type=ParameterType.FLOAT,
+    default=100e3,
+    unit="Hz",
+    minimum=0.0,
+    maximum=1e6,
+    group="Calibration",
     description="A fitted correction larger than this is not written back",
-)  # fmt: skip
+)
 
 _resonance = analyze_resonance(DETUNING.id)
 
 
 def build(p: Mapping[str, Any], shots: int) -> PulseSequence:
-    return shot(p, drive(p, detuning=p["calibrate_frequency.detuning"], duration=p["qubit.pi_time"], label="pi"), shots=shots)
+    return shot(
+        p, drive(p, detuning=p["calibrate_frequency.detuning"], duration=p["qubit.pi_time"], label="pi"), shots=shots
+    )
 
 
-def analyze(points: Sequence[ScanPoint], readings: Sequence[Mapping[str, Any]], p: Mapping[str, Any]) -> dict[str, float] | None:
+def analyze(
+    points: Sequence[ScanPoint], readings: Sequence[Mapping[str, Any]], p: Mapping[str, Any]
+) -> dict[str, float] | None:
     """The resonance fit, plus the corrected qubit frequency when the fit can be trusted."""
     fit = _resonance(points, readings, p)
     if fit is None:
         return None
     detunings = [pt.values[DETUNING.id] for pt in points]
     inside = min(detunings) <= fit["center"] <= max(detunings)
-    if inside and abs(fit["center"]) <= p[MAX_CORRECTION.id] and fit["center_err"] < abs(max(detunings) - min(detunings)):
+    if (
+        inside
+        and abs(fit["center"]) <= p[MAX_CORRECTION.id]
+        and fit["center_err"] < abs(max(detunings) - min(detunings))
+    ):
         fit["qubit_frequency"] = float(p["qubit.frequency"]) + fit["center"]
     return fit
 
@@ -85,7 +103,13 @@ def calibrate_frequency(
     """
     return (
         yield from run_experiment(
-            EXPERIMENT, active_lab(), scans=scan, overrides=parameters, shots=shots,
-            repetitions=repetitions, pattern=pattern, md=md,
+            EXPERIMENT,
+            active_lab(),
+            scans=scan,
+            overrides=parameters,
+            shots=shots,
+            repetitions=repetitions,
+            pattern=pattern,
+            md=md,
         )
-    )  # fmt: skip
+    )

@@ -15,15 +15,25 @@ from orchestrion.sequence import PulseSequence
 from ._ion import GLOBAL_PARAMETERS, analyze_oscillation, drive, shot
 
 DURATION = ParameterSpec(
-    id="rabi_flop.duration", type=ParameterType.FLOAT, default=10e-6, unit="s",
-    minimum=0.0, maximum=1e-2, group="Rabi flopping",
+    id="rabi_flop.duration",
+    type=ParameterType.FLOAT,
+    default=10e-6,
+    unit="s",
+    minimum=0.0,
+    maximum=1e-2,
+    group="Rabi flopping",
     description="Length of the drive pulse",
-)  # fmt: skip
+)
 DETUNING = ParameterSpec(
-    id="rabi_flop.detuning", type=ParameterType.FLOAT, default=0.0, unit="Hz",
-    minimum=-5e6, maximum=5e6, group="Rabi flopping",
+    id="rabi_flop.detuning",
+    type=ParameterType.FLOAT,
+    default=0.0,
+    unit="Hz",
+    minimum=-5e6,
+    maximum=5e6,
+    group="Rabi flopping",
     description="Drive frequency minus qubit.frequency",
-)  # fmt: skip
+)
 
 
 def build(p: Mapping[str, Any], shots: int) -> PulseSequence:
@@ -68,7 +78,13 @@ def rabi_flop(
     """
     return (
         yield from run_experiment(
-            EXPERIMENT, active_lab(), scans=scan, overrides=parameters, shots=shots,
-            repetitions=repetitions, pattern=pattern, md=md,
+            EXPERIMENT,
+            active_lab(),
+            scans=scan,
+            overrides=parameters,
+            shots=shots,
+            repetitions=repetitions,
+            pattern=pattern,
+            md=md,
         )
-    )  # fmt: skip
+    )

@@ -15,20 +15,35 @@ from orchestrion.sequence import PulseSequence
 from ._ion import GLOBAL_PARAMETERS, analyze_oscillation, drive, shot, wait
 
 WAIT = ParameterSpec(
-    id="ramsey.wait", type=ParameterType.FLOAT, default=50e-6, unit="s",
-    minimum=0.0, maximum=0.1, group="Ramsey",
+    id="ramsey.wait",
+    type=ParameterType.FLOAT,
+    default=50e-6,
+    unit="s",
+    minimum=0.0,
+    maximum=0.1,
+    group="Ramsey",
     description="Free evolution between the two pi/2 pulses",
-)  # fmt: skip
+)
 DETUNING = ParameterSpec(
-    id="ramsey.detuning", type=ParameterType.FLOAT, default=20e3, unit="Hz",
-    minimum=-5e6, maximum=5e6, group="Ramsey",
+    id="ramsey.detuning",
+    type=ParameterType.FLOAT,
+    default=20e3,
+    unit="Hz",
+    minimum=-5e6,
+    maximum=5e6,
+    group="Ramsey",
     description="Deliberate detuning of both pulses: the fringe frequency",
-)  # fmt: skip
+)
 PHASE = ParameterSpec(
-    id="ramsey.phase", type=ParameterType.FLOAT, default=0.0, unit="rad",
-    minimum=-6.3, maximum=6.3, group="Ramsey",
+    id="ramsey.phase",
+    type=ParameterType.FLOAT,
+    default=0.0,
+    unit="rad",
+    minimum=-6.3,
+    maximum=6.3,
+    group="Ramsey",
     description="Phase of the second pi/2 pulse",
-)  # fmt: skip
+)
 
 
 def build(p: Mapping[str, Any], shots: int) -> PulseSequence:
@@ -80,7 +95,13 @@ def ramsey(
     """
     return (
         yield from run_experiment(
-            EXPERIMENT, active_lab(), scans=scan, overrides=parameters, shots=shots,
-            repetitions=repetitions, pattern=pattern, md=md,
+            EXPERIMENT,
+            active_lab(),
+            scans=scan,
+            overrides=parameters,
+            shots=shots,
+            repetitions=repetitions,
+            pattern=pattern,
+            md=md,
         )
-    )  # fmt: skip
+    )

@@ -15,10 +15,15 @@ from orchestrion.sequence import PulseSequence
 from ._ion import GLOBAL_PARAMETERS, analyze_resonance, drive, shot
 
 DETUNING = ParameterSpec(
-    id="spectroscopy.detuning", type=ParameterType.FLOAT, default=0.0, unit="Hz",
-    minimum=-5e6, maximum=5e6, group="Spectroscopy",
+    id="spectroscopy.detuning",
+    type=ParameterType.FLOAT,
+    default=0.0,
+    unit="Hz",
+    minimum=-5e6,
+    maximum=5e6,
+    group="Spectroscopy",
     description="Drive frequency minus qubit.frequency",
-)  # fmt: skip
+)
 
 
 def build(p: Mapping[str, Any], shots: int) -> PulseSequence:
@@ -63,7 +68,13 @@ def spectroscopy(
     """
     return (
         yield from run_experiment(
-            EXPERIMENT, active_lab(), scans=scan, overrides=parameters, shots=shots,
-            repetitions=repetitions, pattern=pattern, md=md,
+            EXPERIMENT,
+            active_lab(),
+            scans=scan,
+            overrides=parameters,
+            shots=shots,
+            repetitions=repetitions,
+            pattern=pattern,
+            md=md,
         )
-    )  # fmt: skip
+    )

@@ -33,7 +33,7 @@ def config(home: Path) -> OrchestrionConfig:
 
 
 @pytest.fixture
-def RE() -> Iterator[RunEngine]:  # noqa: N802 - bluesky's name for it
+def RE() -> Iterator[RunEngine]:
     run_engine = RunEngine({}, call_returns_result=True)
     yield run_engine
     if run_engine.state != "idle":
@@ -41,7 +41,7 @@ def RE() -> Iterator[RunEngine]:  # noqa: N802 - bluesky's name for it
 
 
 @pytest.fixture
-def lab(config: OrchestrionConfig, RE: RunEngine) -> Iterator[Lab]:  # noqa: N803
+def lab(config: OrchestrionConfig, RE: RunEngine) -> Iterator[Lab]:
     """The demo lab, connected in the RunEngine's loop and active for the library's plans."""
     opened = open_lab(config)
     activate(opened)
@@ -51,7 +51,7 @@ def lab(config: OrchestrionConfig, RE: RunEngine) -> Iterator[Lab]:  # noqa: N80
 
 
 @pytest.fixture
-def docs(RE: RunEngine) -> dict[str, list[Any]]:  # noqa: N803
+def docs(RE: RunEngine) -> dict[str, list[Any]]:
     """Every document the RunEngine emits, by name."""
     collected: dict[str, list[Any]] = defaultdict(list)
     RE.subscribe(lambda name, doc: collected[name].append(doc))

@@ -30,4 +30,6 @@ def wait_until(condition: Callable[[], T], timeout: float = 30.0, interval: floa
             if result:
                 return result
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+    raise TimeoutError(
+        f"timed out after {timeout} s waiting for {what}" + (f" (last error: {last_error})" if last_error else "")
+    )

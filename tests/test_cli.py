@@ -24,7 +24,9 @@ def orchestrion(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
 
 def test_run_json_reports_the_run(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    done = orchestrion("run", "spectroscopy", "--scan", "spectroscopy.detuning=-50e3:50e3:7", "--shots", "20", "--json", home=home)
+    done = orchestrion(
+        "run", "spectroscopy", "--scan", "spectroscopy.detuning=-50e3:50e3:7", "--shots", "20", "--json", home=home
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["status"] == "success"
@@ -35,10 +37,23 @@ def test_run_json_reports_the_run(tmp_path: Path) -> None:
 
 def test_run_with_grid_repetitions_and_pattern(tmp_path: Path) -> None:
     done = orchestrion(
-        "run", "rabi_flop", "--scan", "rabi_flop.duration=0:20e-6:3", "--scan", "rf.frequency=199.99e6:200.01e6:2",
-        "--repetitions", "2", "--pattern", "shuffled", "--shots", "10", "--set", "qubit.amplitude=0.4", "--json",
+        "run",
+        "rabi_flop",
+        "--scan",
+        "rabi_flop.duration=0:20e-6:3",
+        "--scan",
+        "rf.frequency=199.99e6:200.01e6:2",
+        "--repetitions",
+        "2",
+        "--pattern",
+        "shuffled",
+        "--shots",
+        "10",
+        "--set",
+        "qubit.amplitude=0.4",
+        "--json",
         home=tmp_path / "home",
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["points"] == 12
 
@@ -55,17 +70,28 @@ def test_run_summary_on_a_terminal_less_stdout(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["run", "nonexistent"], "error: unknown experiment 'nonexistent'"),
-        (["run", "spectroscopy", "--set", "qubit.nothing=1"], "error: experiment 'spectroscopy' reads no parameter 'qubit.nothing'"),
+        (
+            ["run", "spectroscopy", "--set", "qubit.nothing=1"],
+            "error: experiment 'spectroscopy' reads no parameter 'qubit.nothing'",
+        ),
         (["run", "spectroscopy", "--set", "qubit.frequency=loud"], "error: qubit.frequency: 'loud' is not a number"),
         (["run", "spectroscopy", "--set", "qubit.amplitude=2"], "error: qubit.amplitude: 2.0 is above the maximum 1"),
         (["run", "spectroscopy", "--set", "qubit.amplitude"], "error: --set 'qubit.amplitude': expected ID=VALUE"),
-        (["run", "spectroscopy", "--scan", "spectroscopy.detuning=1:2"], "error: scan 'spectroscopy.detuning=1:2': expected ID=START:STOP:NUM"),
+        (
+            ["run", "spectroscopy", "--scan", "spectroscopy.detuning=1:2"],
+            "error: scan 'spectroscopy.detuning=1:2': expected ID=START:STOP:NUM",
+        ),
         (["run", "spectroscopy", "--scan", "rf.frequency=0:1e6:3"], "error: rf.frequency: 0 Hz is outside the range"),
         (["run", "spectroscopy", "--shots", "0"], "error: shots must be a whole number from 1 to 100000"),
-        (["run", "spectroscopy", "--set", "detection.threshold=2.5"], "error: detection.threshold: '2.5' is not an integer"),
+        (
+            ["run", "spectroscopy", "--set", "detection.threshold=2.5"],
+            "error: detection.threshold: '2.5' is not an integer",
+        ),
     ],
 )
-def test_bad_input_exits_non_zero_with_one_line_and_writes_nothing(tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_input_exits_non_zero_with_one_line_and_writes_nothing(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
     home = tmp_path / "home"
     done = orchestrion(*args, home=home)
     assert done.returncode != 0
@@ -93,7 +119,11 @@ def test_devices_json_lists_class_role_and_state(tmp_path: Path) -> None:
     done = orchestrion("devices", "--json", home=tmp_path / "home")
     assert done.returncode == 0, done.stderr
     devices = {d["name"]: d for d in json.loads(done.stdout)}
-    assert devices["sequencer"] == devices["sequencer"] | {"class": "orchestrion.sim.Sequencer", "role": "monitored", "state": "connected"}
+    assert devices["sequencer"] == devices["sequencer"] | {
+        "class": "orchestrion.sim.Sequencer",
+        "role": "monitored",
+        "state": "connected",
+    }
     assert devices["field"]["role"] == "async"
     assert devices["rf"]["role"] == "baseline"
 

@@ -22,7 +22,7 @@ def _write(tmp_path: Path, text: str) -> Path:
     return directory
 
 
-def test_demo_lab_builds_with_roles(RE: RunEngine) -> None:  # noqa: N803
+def test_demo_lab_builds_with_roles(RE: RunEngine) -> None:
     registry = build_devices(load_lab_config(LAB), time_scale=0.01, seed=1)
     connect_devices(registry)
     roles = {d.name: d.role for d in registry}
@@ -37,10 +37,19 @@ def test_demo_lab_builds_with_roles(RE: RunEngine) -> None:  # noqa: N803
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [
-        ("devices:\n  rf:\n    class: orchestrion.sim.NoSuchSynth\n", r"device 'rf' \(.*lab.yaml\): module 'orchestrion.sim' has no class 'NoSuchSynth'"),
+        (
+            "devices:\n  rf:\n    class: orchestrion.sim.NoSuchSynth\n",
+            r"device 'rf' \(.*lab.yaml\): module 'orchestrion.sim' has no class 'NoSuchSynth'",
+        ),
         ("devices:\n  rf:\n    class: nowhere.Synth\n", r"device 'rf' .*cannot import module 'nowhere'"),
-        ("devices:\n  rf:\n    class: orchestrion.sim.RFSynthesizer\n    args: {trap: '@simulation', colour: red}\n", r"device 'rf' .*cannot build orchestrion.sim.RFSynthesizer"),
-        ("devices:\n  seq:\n    class: orchestrion.sim.Sequencer\n    args: {trap: '@simulation', lo: '@rf'}\n", r"device 'seq' .*refers to '@rf', which is not defined"),
+        (
+            "devices:\n  rf:\n    class: orchestrion.sim.RFSynthesizer\n    args: {trap: '@simulation', colour: red}\n",
+            r"device 'rf' .*cannot build orchestrion.sim.RFSynthesizer",
+        ),
+        (
+            "devices:\n  seq:\n    class: orchestrion.sim.Sequencer\n    args: {trap: '@simulation', lo: '@rf'}\n",
+            r"device 'seq' .*refers to '@rf', which is not defined",
+        ),
         ("devices:\n  rf:\n    class: orchestrion.sim.RFSynthesizer\n    role: sometimes\n", r"device 'rf': role"),
         ("devices:\n  rf:\n    klass: orchestrion.sim.RFSynthesizer\n", r"device 'rf'"),
         ("gadgets: {}\n", r"unknown section 'gadgets'"),
@@ -55,7 +64,8 @@ def test_a_device_that_cannot_be_built_stops_the_load_naming_it(tmp_path: Path, 
 def test_disabled_devices_are_listed_but_not_built(tmp_path: Path) -> None:
     directory = _write(
         tmp_path,
-        "devices:\n  rf:\n    class: orchestrion.sim.RFSynthesizer\n    enabled: false\n    args: {trap: '@simulation'}\n",
+        "devices:\n  rf:\n    class: orchestrion.sim.RFSynthesizer\n"
+        "    enabled: false\n    args: {trap: '@simulation'}\n",
     )
     registry = build_devices(load_lab_config(directory))
     assert registry.devices["rf"].state is DeviceState.DISABLED
@@ -74,7 +84,7 @@ def _synth_registry(tmp_path: Path, glitch: float) -> object:
     return registry
 
 
-def test_set_with_readback_retries_until_the_device_reaches_the_value(tmp_path: Path, RE: RunEngine) -> None:  # noqa: N803
+def test_set_with_readback_retries_until_the_device_reaches_the_value(tmp_path: Path, RE: RunEngine) -> None:
     registry = _synth_registry(tmp_path, glitch=0.5)
     channel = registry.usable("rf").frequency  # type: ignore[attr-defined]
     reached = []
@@ -84,14 +94,14 @@ def test_set_with_readback_retries_until_the_device_reaches_the_value(tmp_path: 
     assert reached == pytest.approx([150e6, 151e6, 152e6, 153e6, 154e6, 155e6], abs=1.0)
 
 
-def test_set_with_readback_fails_clearly_when_the_device_never_gets_there(tmp_path: Path, RE: RunEngine) -> None:  # noqa: N803
+def test_set_with_readback_fails_clearly_when_the_device_never_gets_there(tmp_path: Path, RE: RunEngine) -> None:
     registry = _synth_registry(tmp_path, glitch=1.0)
     channel = registry.usable("rf").frequency  # type: ignore[attr-defined]
     with pytest.raises(DeviceError, match=r"rf.frequency: read back .* after setting 1.5e\+08, 3 attempts"):
         RE(set_with_readback("rf.frequency", channel, 150e6, retries=3))
 
 
-def test_out_of_range_set_is_refused_by_the_device(tmp_path: Path, RE: RunEngine) -> None:  # noqa: N803
+def test_out_of_range_set_is_refused_by_the_device(tmp_path: Path, RE: RunEngine) -> None:
     registry = _synth_registry(tmp_path, glitch=0.0)
     channel = registry.usable("rf").frequency  # type: ignore[attr-defined]
     with pytest.raises(Exception, match=r"rf-frequency: 1e\+10 Hz is outside the range"):

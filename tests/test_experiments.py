@@ -29,7 +29,9 @@ def test_library_lists_the_four_experiments_with_declared_parameters(lab: Lab) -
         assert all(spec.unit is not None and spec.description for spec in experiment.parameters)
 
 
-def test_spectroscopy_emits_one_event_per_point_with_metadata(lab: Lab, RE: RunEngine, docs: dict[str, list[Any]]) -> None:  # noqa: N803
+def test_spectroscopy_emits_one_event_per_point_with_metadata(
+    lab: Lab, RE: RunEngine, docs: dict[str, list[Any]]
+) -> None:
     result = RE(_plan(lab, "spectroscopy")(scan=["spectroscopy.detuning=-100e3:100e3:11"], shots=50, md={"job_id": 7}))
     assert result.exit_status == "success"
     (start,) = docs["start"]
@@ -42,7 +44,7 @@ def test_spectroscopy_emits_one_event_per_point_with_metadata(lab: Lab, RE: RunE
     assert set(parameters) == set(lab.library.experiment("spectroscopy").parameter_ids)
     primary = _events(docs, "primary")
     assert [e["data"]["point-index"] for e in primary] == list(range(11))
-    assert [e["data"]["point-spectroscopy_detuning"] for e in primary][0] == -100e3
+    assert next(e["data"]["point-spectroscopy_detuning"] for e in primary) == -100e3
     assert all(len(e["data"]["sequencer-counts"]) == 50 for e in primary)
     assert len(_events(docs, "baseline")) == 2
     (analysis,) = _events(docs, "analysis")
@@ -50,7 +52,9 @@ def test_spectroscopy_emits_one_event_per_point_with_metadata(lab: Lab, RE: RunE
     assert docs["stop"][0]["exit_status"] == "success"
 
 
-def test_scanning_a_device_parameter_sets_and_reads_it_back(lab: Lab, RE: RunEngine, docs: dict[str, list[Any]]) -> None:  # noqa: N803
+def test_scanning_a_device_parameter_sets_and_reads_it_back(
+    lab: Lab, RE: RunEngine, docs: dict[str, list[Any]]
+) -> None:
     RE(_plan(lab, "spectroscopy")(scan=["rf.frequency=199.95e6:200.05e6:5"], shots=20))
     primary = _events(docs, "primary")
     readbacks = [e["data"]["rf-frequency-readback"] for e in primary]
@@ -58,7 +62,7 @@ def test_scanning_a_device_parameter_sets_and_reads_it_back(lab: Lab, RE: RunEng
     assert docs["start"][0]["scan"]["axes"][0]["kind"] == "device"
 
 
-def test_calibration_finds_the_true_frequency_and_writes_it_back(lab: Lab, RE: RunEngine) -> None:  # noqa: N803
+def test_calibration_finds_the_true_frequency_and_writes_it_back(lab: Lab, RE: RunEngine) -> None:
     before = lab.parameters.get("qubit.frequency").value
     true_frequency = lab.devices.trap.qubit_frequency()
     result = RE(_plan(lab, "calibrate_frequency")(shots=200))
@@ -71,7 +75,7 @@ def test_calibration_finds_the_true_frequency_and_writes_it_back(lab: Lab, RE: R
     assert "calibrate_frequency run" in lab.parameters.get("qubit.frequency").source
 
 
-def test_rabi_flop_fit_gives_the_rabi_frequency_of_the_configured_amplitude(lab: Lab, RE: RunEngine) -> None:  # noqa: N803
+def test_rabi_flop_fit_gives_the_rabi_frequency_of_the_configured_amplitude(lab: Lab, RE: RunEngine) -> None:
     # On resonance: use the true frequency for this run only.
     on_resonance = {"qubit.frequency": lab.devices.trap.qubit_frequency()}
     result = RE(_plan(lab, "rabi_flop")(parameters=on_resonance, shots=200))
@@ -96,13 +100,20 @@ def test_rabi_flop_fit_gives_the_rabi_frequency_of_the_configured_amplitude(lab:
     ],
 )
 def test_bad_input_is_refused_before_any_document_or_hardware_move(
-    lab: Lab, RE: RunEngine, docs: dict[str, list[Any]], kwargs: dict[str, Any], error: type[Exception] | None, message: str | None  # noqa: N803
+    lab: Lab,
+    RE: RunEngine,
+    docs: dict[str, list[Any]],
+    kwargs: dict[str, Any],
+    error: type[Exception] | None,
+    message: str | None,
 ) -> None:
     if error is None:
         # Valid but long: only check it validates (the sequence compiles) without running it.
         from orchestrion.experiment import prepare_run
 
-        prepare_run(lab.library.experiment("spectroscopy"), lab.devices, overrides=kwargs["parameters"], shots=kwargs["shots"])
+        prepare_run(
+            lab.library.experiment("spectroscopy"), lab.devices, overrides=kwargs["parameters"], shots=kwargs["shots"]
+        )
         return
     sequencer = lab.devices.usable("sequencer")
     with pytest.raises(error, match=message):
@@ -112,7 +123,9 @@ def test_bad_input_is_refused_before_any_document_or_hardware_move(
     assert lab.parameters.get("qubit.frequency").source == "default"
 
 
-def test_an_invalid_sequence_is_refused_before_the_run_opens(lab: Lab, RE: RunEngine, docs: dict[str, list[Any]]) -> None:  # noqa: N803
+def test_an_invalid_sequence_is_refused_before_the_run_opens(
+    lab: Lab, RE: RunEngine, docs: dict[str, list[Any]]
+) -> None:
     # A pi time at its declared maximum is a valid parameter but too long a pulse for the sequencer.
     with pytest.raises(InputError, match=r"broken: invalid sequence: operation 1 \(pulse 'pi'\)"):
         RE(_invalid(lab))
@@ -128,5 +141,11 @@ def _invalid(lab: Lab) -> Any:
     def too_long(p: Any, shots: int) -> PulseSequence:
         return base.build_sequence({**p, "qubit.pi_time": 2.0}, shots)
 
-    broken = Experiment(name="broken", description="", parameters=base.parameters, build_sequence=too_long, default_scans=base.default_scans)
+    broken = Experiment(
+        name="broken",
+        description="",
+        parameters=base.parameters,
+        build_sequence=too_long,
+        default_scans=base.default_scans,
+    )
     return run_experiment(broken, lab)

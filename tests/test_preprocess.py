@@ -36,7 +36,7 @@ def _slow_experiment(lab: Lab, compiled_in: list[str]) -> Experiment:
     )
 
 
-def _idle_gaps(lab: Lab, RE: RunEngine, lookahead: int) -> tuple[list[float], list[str]]:  # noqa: N803
+def _idle_gaps(lab: Lab, RE: RunEngine, lookahead: int) -> tuple[list[float], list[str]]:
     lab.config = lab.config.model_copy(update={"preprocess_lookahead": lookahead, "preprocess_workers": 2})
     # Each point keeps the sequencer busy ~60 ms, twice the compile cost.
     lab.devices.trap.time_scale = 0.5
@@ -48,7 +48,7 @@ def _idle_gaps(lab: Lab, RE: RunEngine, lookahead: int) -> tuple[list[float], li
     return sequencer.idle_gaps(), compiled_in
 
 
-def test_lookahead_hides_compilation_behind_execution(lab: Lab, RE: RunEngine) -> None:  # noqa: N803
+def test_lookahead_hides_compilation_behind_execution(lab: Lab, RE: RunEngine) -> None:
     serial_gaps, _ = _idle_gaps(lab, RE, lookahead=0)
     overlapped_gaps, threads = _idle_gaps(lab, RE, lookahead=4)
     # Without look-ahead the hardware waits for every compilation.
@@ -61,17 +61,25 @@ def test_lookahead_hides_compilation_behind_execution(lab: Lab, RE: RunEngine) -
 
 
 @pytest.mark.parametrize("lookahead", [0, 3])
-def test_every_point_gets_its_own_sequence_in_order(lab: Lab, RE: RunEngine, lookahead: int) -> None:  # noqa: N803
+def test_every_point_gets_its_own_sequence_in_order(lab: Lab, RE: RunEngine, lookahead: int) -> None:
     lab.config = lab.config.model_copy(update={"preprocess_lookahead": lookahead})
     sequencer = lab.devices.usable("sequencer")
     result = RE(lab.library.entry("spectroscopy").plan(scan=["spectroscopy.detuning=-2e3:2e3:5"], shots=10))
     hashes = [execution.sequence_hash for execution in sequencer.executions]
     expected = [
-        lab.library.experiment("spectroscopy").build_sequence(
-            {**{pid: v.value for pid, v in lab.parameters.snapshot(lab.library.experiment("spectroscopy").parameter_ids).items()},
-             "spectroscopy.detuning": d}, 10,
-        ).content_hash
+        lab.library.experiment("spectroscopy")
+        .build_sequence(
+            {
+                **{
+                    pid: v.value
+                    for pid, v in lab.parameters.snapshot(lab.library.experiment("spectroscopy").parameter_ids).items()
+                },
+                "spectroscopy.detuning": d,
+            },
+            10,
+        )
+        .content_hash
         for d in (-2e3, -1e3, 0.0, 1e3, 2e3)
-    ]  # fmt: skip
+    ]
     assert hashes == expected
     assert result.exit_status == "success"

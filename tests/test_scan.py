@@ -42,8 +42,13 @@ def test_malformed_scans_are_refused_with_the_reason(text: str, message: str) ->
 def test_grid_is_the_cartesian_product_first_axis_outermost() -> None:
     points = expand_scan([ScanAxis("a.x", (1.0, 2.0)), ScanAxis("a.y", (10.0, 20.0, 30.0))], ScanPattern.LINEAR)
     assert [(p.values["a.x"], p.values["a.y"]) for p in points] == [
-        (1, 10), (1, 20), (1, 30), (2, 10), (2, 20), (2, 30),
-    ]  # fmt: skip
+        (1, 10),
+        (1, 20),
+        (1, 30),
+        (2, 10),
+        (2, 20),
+        (2, 30),
+    ]
     assert [p.index for p in points] == list(range(6))
 
 

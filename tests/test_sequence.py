@@ -42,7 +42,10 @@ def test_hash_depends_on_content_only() -> None:
         (_sequence(frequency="fast"), "operation 1 (pulse 'pi'), field 'frequency'"),
         (_sequence(colour="red"), "operation 1 (pulse 'pi'), field 'colour'"),
         ({"shots": 0, "operations": [{"op": "detect", "duration": 1e-4, "threshold": 1}]}, "field 'shots'"),
-        ({"shots": 1, "operations": [{"op": "zap"}, {"op": "detect", "duration": 1e-4, "threshold": 1}]}, "operation 0 (zap)"),
+        (
+            {"shots": 1, "operations": [{"op": "zap"}, {"op": "detect", "duration": 1e-4, "threshold": 1}]},
+            "operation 0 (zap)",
+        ),
         ({"shots": 1, "operations": [{"op": "cool", "duration": 1e-3}]}, "exactly one detect"),
         ("{not json", "not JSON"),
     ],
@@ -68,4 +71,7 @@ def test_schema_is_published_and_describes_operations() -> None:
     for op in ("cool", "pulse", "wait", "detect"):
         assert f'"{op}"' in text
     assert "Drive frequency (Hz)" in text
-    assert PulseSequence(shots=1, operations=(Cool(duration=1e-3), Detect(duration=1e-4, threshold=1))).detection.threshold == 1
+    assert (
+        PulseSequence(shots=1, operations=(Cool(duration=1e-3), Detect(duration=1e-4, threshold=1))).detection.threshold
+        == 1
+    )

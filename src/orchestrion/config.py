@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -33,7 +32,9 @@ class OrchestrionConfig(BaseSettings):
     home: Path = Field(Path("var"), description="Where data, catalogs and local databases live")
     plans_dir: Path = Field(default_factory=lambda: _default_dir("plans"), description="The experiment library")
     devices_dir: Path = Field(default_factory=lambda: _default_dir("devices"), description="Device configuration")
-    profile_dir: Path = Field(default_factory=lambda: _default_dir("profile"), description="IPython and queue-server startup")
+    profile_dir: Path = Field(
+        default_factory=lambda: _default_dir("profile"), description="IPython and queue-server startup"
+    )
 
     sim_time_scale: float = Field(
         1.0, gt=0, description="Simulated hardware durations are multiplied by this (0.01 runs 100x faster)"
@@ -98,8 +99,7 @@ def load_config(**overrides: Any) -> OrchestrionConfig:
     unknown = sorted(
         name
         for name in os.environ
-        if name.startswith("ORCHESTRION_")
-        and name[len("ORCHESTRION_") :].lower() not in OrchestrionConfig.model_fields
+        if name.startswith("ORCHESTRION_") and name[len("ORCHESTRION_") :].lower() not in OrchestrionConfig.model_fields
     )
     if unknown:
         raise InputError(f"unknown setting in the environment: {unknown[0]}")

@@ -38,12 +38,12 @@ def main() -> int:
     failed = 0
     try:
         lab = session.open()
-        before = lab.parameters.get("qubit.frequency").value
+        before = float(lab.parameters.get("qubit.frequency").value)
         for options in DEMO_RUNS:
             summary = session.run(options)
             print_summary(summary, console)
             failed += summary.status != "success"
-        after = lab.parameters.get("qubit.frequency").value
+        after = float(lab.parameters.get("qubit.frequency").value)
         true_now = session.devices.trap.qubit_frequency()
         console.print(
             f"\nqubit.frequency: stored {before:.1f} Hz before calibration, {after:.1f} Hz after; "

@@ -45,9 +45,7 @@ def active_lab() -> Lab:
 def load_library_and_devices(config: OrchestrionConfig) -> tuple[ExperimentLibrary, DeviceRegistry]:
     """Everything that can be checked without writing anything or touching hardware."""
     library = ExperimentLibrary.load(config.plans_dir)
-    devices = build_devices(
-        load_lab_config(config.devices_dir), time_scale=config.sim_time_scale, seed=config.sim_seed
-    )
+    devices = build_devices(load_lab_config(config.devices_dir), time_scale=config.sim_time_scale, seed=config.sim_seed)
     return library, devices
 
 

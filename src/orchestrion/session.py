@@ -46,9 +46,14 @@ class EmbeddedSession:
         """Check a request completely; raises `InputError`; writes nothing."""
         experiment = self.library.experiment(options.experiment)
         return prepare_run(
-            experiment, self.devices, scans=options.scans, overrides=options.overrides,
-            shots=options.shots, repetitions=options.repetitions, pattern=options.pattern,
-        )  # fmt: skip
+            experiment,
+            self.devices,
+            scans=options.scans,
+            overrides=options.overrides,
+            shots=options.shots,
+            repetitions=options.repetitions,
+            pattern=options.pattern,
+        )
 
     def open(self) -> Lab:
         """Open stores, connect devices, subscribe the pipeline; idempotent."""
@@ -59,7 +64,9 @@ class EmbeddedSession:
             self.pipeline.subscribe(self.RE)
         return self.lab
 
-    def run(self, options: RunOptions, *, extra_callbacks: Sequence[Callable[[str, dict[str, Any]], Any]] = ()) -> RunSummary:
+    def run(
+        self, options: RunOptions, *, extra_callbacks: Sequence[Callable[[str, dict[str, Any]], Any]] = ()
+    ) -> RunSummary:
         """Run one experiment to its end; returns the run's summary."""
         self.validate(options)
         lab = self.open()

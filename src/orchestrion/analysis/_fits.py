@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,20 +32,33 @@ class FitResult:
         return out
 
 
-def rabi_lineshape(detuning: NDArray[np.float64], center: float, rabi: float, pulse_time: float, contrast: float, offset: float) -> NDArray[np.float64]:
+def rabi_lineshape(
+    detuning: NDArray[np.float64], center: float, rabi: float, pulse_time: float, contrast: float, offset: float
+) -> NDArray[np.float64]:
     """Excitation after a square pulse vs drive detuning (Hz): the Rabi 'sinc squared'."""
     omega = TWO_PI * rabi
     delta = TWO_PI * (detuning - center)
     generalized = np.sqrt(omega**2 + delta**2)
-    return offset + contrast * (omega / generalized) ** 2 * np.sin(generalized * pulse_time / 2.0) ** 2
+    shape: NDArray[np.float64] = (omega / generalized) ** 2 * np.sin(generalized * pulse_time / 2.0) ** 2
+    return offset + contrast * shape
 
 
-def damped_sine(t: NDArray[np.float64], frequency: float, tau: float, contrast: float, offset: float, phase: float) -> NDArray[np.float64]:
+def damped_sine(
+    t: NDArray[np.float64], frequency: float, tau: float, contrast: float, offset: float, phase: float
+) -> NDArray[np.float64]:
     """Rabi flopping or Ramsey fringes: offset - contrast/2 cos(2 pi f t + phase) e^(-t/tau)."""
     return offset - 0.5 * contrast * np.cos(TWO_PI * frequency * t + phase) * np.exp(-t / tau)
 
 
-def _fit(model_name: str, func, x: ArrayLike, y: ArrayLike, p0: list[float], names: list[str], bounds: tuple[list[float], list[float]]) -> FitResult | None:  # type: ignore[no-untyped-def]
+def _fit(
+    model_name: str,
+    func: Callable[..., NDArray[np.float64]],
+    x: ArrayLike,
+    y: ArrayLike,
+    p0: list[float],
+    names: list[str],
+    bounds: tuple[list[float], list[float]],
+) -> FitResult | None:
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if xs.size < len(p0) + 1:
         logger.info("%s fit skipped: %d points for %d parameters", model_name, xs.size, len(p0))
@@ -57,7 +71,9 @@ def _fit(model_name: str, func, x: ArrayLike, y: ArrayLike, p0: list[float], nam
     errors = np.sqrt(np.clip(np.diag(pcov), 0, None))
     if not np.all(np.isfinite(popt)):
         return None
-    return FitResult(model_name, dict(zip(names, map(float, popt), strict=True)), dict(zip(names, map(float, errors), strict=True)))
+    return FitResult(
+        model_name, dict(zip(names, map(float, popt), strict=True)), dict(zip(names, map(float, errors), strict=True))
+    )
 
 
 def fit_spectroscopy(detuning: ArrayLike, bright: ArrayLike, pulse_time: float, rabi_guess: float) -> FitResult | None:
@@ -72,15 +88,20 @@ def fit_spectroscopy(detuning: ArrayLike, bright: ArrayLike, pulse_time: float, 
     center0 = float(x[np.argmax(y)])
     span = float(np.ptp(x)) or 1.0
 
-    def model(d: NDArray[np.float64], center: float, rabi: float, contrast: float, offset: float) -> NDArray[np.float64]:
+    def model(
+        d: NDArray[np.float64], center: float, rabi: float, contrast: float, offset: float
+    ) -> NDArray[np.float64]:
         return rabi_lineshape(d, center, rabi, pulse_time, contrast, offset)
 
     return _fit(
-        "rabi_lineshape", model, x, y,
+        "rabi_lineshape",
+        model,
+        x,
+        y,
         p0=[center0, rabi_guess, max(float(np.ptp(y)), 0.1), float(np.min(y))],
         names=["center", "rabi_frequency", "contrast", "offset"],
         bounds=([float(x.min()) - span, rabi_guess / 2, 0.0, -0.1], [float(x.max()) + span, rabi_guess * 2, 1.2, 1.0]),
-    )  # fmt: skip
+    )
 
 
 def fit_oscillation(t: ArrayLike, bright: ArrayLike, frequency_guess: float | None = None) -> FitResult | None:
@@ -103,8 +124,14 @@ def fit_oscillation(t: ArrayLike, bright: ArrayLike, frequency_guess: float | No
         key=lambda ph: float(np.sum((damped_sine(x, frequency_guess, 10 * span, contrast0, offset0, ph) - y) ** 2)),
     )
     return _fit(
-        "damped_sine", damped_sine, x, y,
+        "damped_sine",
+        damped_sine,
+        x,
+        y,
         p0=[frequency_guess, 10 * span, contrast0, offset0, phase0],
         names=["frequency", "tau", "contrast", "offset", "phase"],
-        bounds=([0.0, span / 100, 0.0, -0.1, -2 * math.pi], [frequency_guess * 4 + 1.0, 1e3 * span, 1.2, 1.1, 2 * math.pi]),
-    )  # fmt: skip
+        bounds=(
+            [0.0, span / 100, 0.0, -0.1, -2 * math.pi],
+            [frequency_guess * 4 + 1.0, 1e3 * span, 1.2, 1.1, 2 * math.pi],
+        ),
+    )

@@ -36,10 +36,14 @@ def run_options(func: Any) -> Any:
     """The options `run` and `submit` share."""
     options = [
         click.option("--set", "assignments", multiple=True, metavar="ID=VALUE", help="Parameter value for this run."),
-        click.option("--scan", "scans", multiple=True, metavar="ID=START:STOP:NUM", help="Scan a parameter (repeatable: a grid)."),
+        click.option(
+            "--scan", "scans", multiple=True, metavar="ID=START:STOP:NUM", help="Scan a parameter (repeatable: a grid)."
+        ),
         click.option("--shots", type=int, default=None, help="Shots per point."),
         click.option("--repetitions", type=int, default=1, show_default=True, help="Repeat the whole scan."),
-        click.option("--pattern", type=click.Choice([p.value for p in ScanPattern]), default="linear", show_default=True),
+        click.option(
+            "--pattern", type=click.Choice([p.value for p in ScanPattern]), default="linear", show_default=True
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -56,7 +60,7 @@ class ProgressBar(DocumentRouter):
         self._primary: set[str] = set()
 
     def start(self, doc: RunStart) -> RunStart | None:
-        total = int(doc.get("num_points", 0) or 0) or None
+        total = _count(doc.get("num_points")) or None
         self._task = self._progress.add_task(str(doc.get("experiment", "run")), total=total)
         return doc
 
@@ -65,22 +69,28 @@ class ProgressBar(DocumentRouter):
             self._primary.add(doc["uid"])
         return doc
 
-    def event(self, doc: Event) -> Event | None:
+    def event(self, doc: Event) -> Event:
         if doc["descriptor"] in self._primary:
             self._progress.advance(self._task)
         return doc
 
-    def event_page(self, doc: EventPage) -> EventPage | None:
+    def event_page(self, doc: EventPage) -> EventPage:
         if doc["descriptor"] in self._primary:
             self._progress.advance(self._task, len(doc["seq_num"]))
         return doc
 
 
+def _count(value: object) -> int:
+    return value if isinstance(value, int) else 0
+
+
 def print_summary(summary: RunSummary, console: Console) -> None:
     status_style = "green" if summary.status == "success" else "red"
     duration = "" if summary.finished is None else f" in {summary.finished - summary.started:.1f} s"
-    console.print(f"[bold]{summary.experiment}[/bold] run {summary.run_uid[:8]}: "
-                  f"[{status_style}]{summary.status}[/{status_style}], {summary.points} points{duration}")  # fmt: skip
+    console.print(
+        f"[bold]{summary.experiment}[/bold] run {summary.run_uid[:8]}: "
+        f"[{status_style}]{summary.status}[/{status_style}], {summary.points} points{duration}"
+    )
     if summary.reason:
         console.print(f"  reason: {summary.reason}")
     if summary.hdf5:
@@ -102,16 +112,26 @@ def print_summary(summary: RunSummary, console: Console) -> None:
 @click.pass_context
 @reports_errors
 def run(
-    ctx: click.Context, experiment: str, assignments: tuple[str, ...], scans: tuple[str, ...],
-    shots: int | None, repetitions: int, pattern: str, as_json: bool,
-) -> None:  # fmt: skip
+    ctx: click.Context,
+    experiment: str,
+    assignments: tuple[str, ...],
+    scans: tuple[str, ...],
+    shots: int | None,
+    repetitions: int,
+    pattern: str,
+    as_json: bool,
+) -> None:
     """Run EXPERIMENT in this process on the lab, and report what it found."""
     config = config_from(ctx)
     session = EmbeddedSession(config)
     options = RunOptions(
-        experiment, scans=list(scans) if scans else None, overrides=parse_assignments(assignments),
-        shots=shots, repetitions=repetitions, pattern=pattern,
-    )  # fmt: skip
+        experiment,
+        scans=list(scans) if scans else None,
+        overrides=parse_assignments(assignments),
+        shots=shots,
+        repetitions=repetitions,
+        pattern=pattern,
+    )
     session.validate(options)  # refuses bad input before anything is opened or written
     console = Console(stderr=as_json)
     interactive = sys.stdout.isatty() and not as_json
@@ -140,7 +160,7 @@ def experiments(ctx: click.Context, as_json: bool) -> None:
     """List the experiment library with parameters and scan options."""
     config = config_from(ctx)
     session = EmbeddedSession(config)
-    listing = [
+    listing: list[dict[str, Any]] = [
         {
             "name": e.name,
             "description": e.description,

@@ -38,7 +38,9 @@ class DeviceEntry(BaseModel):
     description: str = ""
     args: dict[str, Any] = Field(
         default_factory=dict,
-        description="Keyword arguments of the class; '@name' refers to another device, '@simulation' to the simulated ion",
+        description=(
+            "Keyword arguments of the class; '@name' refers to another device, '@simulation' to the simulated ion"
+        ),
     )
 
 
@@ -84,5 +86,7 @@ def load_lab_config(directory: Path) -> LabConfig:
         model = IonTrapModel.model_validate(simulation)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise DeviceConfigError(f"{directory}: simulation.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        raise DeviceConfigError(
+            f"{directory}: simulation.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+        ) from None
     return LabConfig(simulation=model, devices=devices, sources=sources)

@@ -129,7 +129,9 @@ def connect_devices(registry: DeviceRegistry, timeout: float = 10.0) -> None:
 
     async def connect_all() -> dict[str, BaseException | None]:
         targets = {d.name: d.device for d in registry if isinstance(d.device, Device)}
-        results = await asyncio.gather(*(dev.connect(timeout=timeout) for dev in targets.values()), return_exceptions=True)
+        results = await asyncio.gather(
+            *(dev.connect(timeout=timeout) for dev in targets.values()), return_exceptions=True
+        )
         return {name: (r if isinstance(r, BaseException) else None) for name, r in zip(targets, results, strict=True)}
 
     for name, error in call_in_bluesky_event_loop(connect_all()).items():

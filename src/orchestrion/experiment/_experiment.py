@@ -14,9 +14,7 @@ from ._scan import ScanAxis, ScanPoint
 BuildSequence = Callable[[Mapping[str, Any], int], PulseSequence]
 """Compile one data point: (parameter values by id, shots) -> the point's sequence."""
 
-Analyze = Callable[
-    [Sequence[ScanPoint], Sequence[Mapping[str, Any]], Mapping[str, Any]], Mapping[str, float] | None
-]
+Analyze = Callable[[Sequence[ScanPoint], Sequence[Mapping[str, Any]], Mapping[str, Any]], Mapping[str, float] | None]
 """Fit a finished scan: (points, their readings, parameter values) -> named results, or None."""
 
 

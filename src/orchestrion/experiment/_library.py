@@ -52,7 +52,8 @@ class ExperimentLibrary:
         spec = importlib.util.spec_from_file_location(
             PACKAGE, directory / "__init__.py", submodule_search_locations=[str(directory)]
         )
-        assert spec is not None and spec.loader is not None
+        assert spec is not None
+        assert spec.loader is not None
         package = importlib.util.module_from_spec(spec)
         sys.modules[PACKAGE] = package
         spec.loader.exec_module(package)
@@ -69,7 +70,9 @@ class ExperimentLibrary:
             if not callable(plan):
                 raise LibraryError(f"{path}: defines no plan function named '{experiment.name}'")
             if experiment.name in entries:
-                raise LibraryError(f"{path}: experiment '{experiment.name}' is already defined in {entries[experiment.name].module}")
+                raise LibraryError(
+                    f"{path}: experiment '{experiment.name}' is already defined in {entries[experiment.name].module}"
+                )
             entries[experiment.name] = LibraryEntry(experiment, plan, str(path))
         return cls(entries, directory)
 

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
-from bluesky.utils import MsgGenerator
-from pydantic import ValidationError
+from bluesky.protocols import Location
+from bluesky.utils import Msg, MsgGenerator
 from ophyd_async.core import StandardReadable, soft_signal_r_and_setter
 from ophyd_async.plan_stubs import ensure_connected
+from pydantic import ValidationError
 
 import orchestrion
 from orchestrion.devices import DeviceRegistry, ReadoutRole
@@ -119,7 +120,9 @@ def prepare_run(
 
     seed = secrets.randbits(32) if seed is None else seed
     points = tuple(expand_scan([t.axis for t in targets], pattern, repetitions, seed))
-    return RunRequest(experiment, targets, checked_overrides, device_settings, shots, repetitions, pattern, seed, points)
+    return RunRequest(
+        experiment, targets, checked_overrides, device_settings, shots, repetitions, pattern, seed, points
+    )
 
 
 def _axis_target(experiment: Experiment, devices: DeviceRegistry, axis: ScanAxis) -> AxisTarget:
@@ -234,11 +237,13 @@ def set_with_readback(target_id: str, device: Any, value: float, retries: int) -
     readback = math.nan
     for attempt in range(1, retries + 1):
         yield from bps.mv(device, value)
-        location = yield from bps.locate(device)
+        location: Location[float] = yield Msg("locate", device, squeeze=True)
         readback = float(location["readback"])
         if abs(readback - value) <= tolerance:
             return readback
-        logger.warning("%s: read back %g after setting %g (attempt %d of %d)", target_id, readback, value, attempt, retries)
+        logger.warning(
+            "%s: read back %g after setting %g (attempt %d of %d)", target_id, readback, value, attempt, retries
+        )
     raise DeviceError(f"{target_id}: read back {readback:g} after setting {value:g}, {retries} attempts")
 
 
@@ -260,9 +265,15 @@ def run_experiment(
     request raises `InputError` and no hardware moves.
     """
     request = prepare_run(
-        experiment, lab.devices, scans=scans, overrides=overrides, shots=shots,
-        repetitions=repetitions, pattern=pattern, seed=seed,
-    )  # fmt: skip
+        experiment,
+        lab.devices,
+        scans=scans,
+        overrides=overrides,
+        shots=shots,
+        repetitions=repetitions,
+        pattern=pattern,
+        seed=seed,
+    )
     snapshot = lab.parameters.snapshot(experiment.parameter_ids)
     values: dict[str, ParameterValueType] = {pid: v.value for pid, v in snapshot.items()}
     values.update(request.overrides)
@@ -287,9 +298,7 @@ def run_experiment(
     detectors = [sequencer, point_info, *(t.device for t in device_axes), *monitored]
     retries = lab.config.setpoint_retries
 
-    hinted = [f"point-{data_key_suffix(a)}" for a in parameter_axes] + [
-        _hinted_key(t.device) for t in device_axes
-    ]
+    hinted = [f"point-{data_key_suffix(a)}" for a in parameter_axes] + [_hinted_key(t.device) for t in device_axes]
     start_md: dict[str, Any] = {
         "plan_name": experiment.name,
         "experiment": experiment.name,

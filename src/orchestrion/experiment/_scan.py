@@ -95,9 +95,7 @@ class ScanPoint:
     values: Mapping[str, float]
 
 
-def expand_scan(
-    axes: Sequence[ScanAxis], pattern: ScanPattern, repetitions: int = 1, seed: int = 0
-) -> list[ScanPoint]:
+def expand_scan(axes: Sequence[ScanAxis], pattern: ScanPattern, repetitions: int = 1, seed: int = 0) -> list[ScanPoint]:
     """The Cartesian product of the axes (first axis outermost), repeated.
 
     With no axes, each repetition is one point (a 'count').

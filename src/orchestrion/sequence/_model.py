@@ -62,7 +62,7 @@ class PulseSequence(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: Literal[1] = SCHEMA_VERSION
+    version: Literal[1] = 1
     shots: int = Field(ge=1, le=100_000, description="Repetitions of the shot at this point")
     operations: tuple[Operation, ...] = Field(min_length=1)
 

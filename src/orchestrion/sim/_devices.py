@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -115,7 +116,7 @@ class RFSynthesizer(StandardReadable):
 
     async def frequency_offset(self) -> float:
         """Read-back minus nominal frequency (Hz)."""
-        return await self.frequency.readback.get_value() - self.nominal_frequency
+        return float(await self.frequency.readback.get_value()) - self.nominal_frequency
 
 
 class Sequencer(StandardReadable):
@@ -159,7 +160,7 @@ class Sequencer(StandardReadable):
     def idle_gaps(self) -> list[float]:
         """Seconds the sequencer waited between consecutive executions."""
         runs = self.executions
-        return [b.started - a.finished for a, b in zip(runs, runs[1:], strict=False)]
+        return [b.started - a.finished for a, b in itertools.pairwise(runs)]
 
 
 class FieldMonitor(StandardReadable):

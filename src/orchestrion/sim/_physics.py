@@ -82,7 +82,9 @@ class IonTrap:
         m = self.model
         return m.rest_frequency + m.zeeman_coefficient * (self.magnetic_field(at) - m.reference_field)
 
-    def excitation(self, sequence: PulseSequence, drive_offset: float = 0.0, shots: int | None = None) -> NDArray[np.float64]:
+    def excitation(
+        self, sequence: PulseSequence, drive_offset: float = 0.0, shots: int | None = None
+    ) -> NDArray[np.float64]:
         """Probability of the bright state at detection, one value per shot.
 
         ``drive_offset`` (Hz) is added to every pulse frequency: the error of the local
@@ -115,7 +117,9 @@ class IonTrap:
         bright = self.rng.random(excitation.shape[0]) < excitation
         rate = np.where(bright, self.model.bright_rate, self.model.dark_rate)
         counts = self.rng.poisson(rate * detection.duration).astype(np.int64)
-        return ShotResults(counts=counts, bright=counts > detection.threshold, bright_probability=float(np.mean(excitation)))
+        return ShotResults(
+            counts=counts, bright=counts > detection.threshold, bright_probability=float(np.mean(excitation))
+        )
 
     def run(self, sequence: PulseSequence, drive_offset: float = 0.0) -> ShotResults:
         """Execute every shot of a sequence (no waiting: the sequencer device keeps time)."""
