@@ -14,6 +14,7 @@ from orchestrion.errors import ParameterError
 
 ParameterValueType = bool | int | float | str
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _ID = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 
@@ -69,9 +70,13 @@ class ParameterSpec(BaseModel):
         checked = self._coerce(value)
         if isinstance(checked, int | float) and not isinstance(checked, bool):
             if self.minimum is not None and checked < self.minimum:
-                raise ParameterError(f"{self.id}: {checked!r} is below the minimum {self.minimum:g} {self.unit}".rstrip())
+                raise ParameterError(
+                    f"{self.id}: {checked!r} is below the minimum {self.minimum:g} {self.unit}".rstrip()
+                )
             if self.maximum is not None and checked > self.maximum:
-                raise ParameterError(f"{self.id}: {checked!r} is above the maximum {self.maximum:g} {self.unit}".rstrip())
+                raise ParameterError(
+                    f"{self.id}: {checked!r} is above the maximum {self.maximum:g} {self.unit}".rstrip()
+                )
         if self.allowed is not None and checked not in self.allowed:
             choices = ", ".join(repr(a) for a in self.allowed)
             raise ParameterError(f"{self.id}: {checked!r} is not one of {choices}")
@@ -90,7 +95,9 @@ class ParameterSpec(BaseModel):
             try:
                 number: int | float = int(text) if self.type is ParameterType.INT else float(text)
             except ValueError:
-                raise ParameterError(f"{self.id}: '{text}' is not {'an integer' if self.type is ParameterType.INT else 'a number'}") from None
+                raise ParameterError(
+                    f"{self.id}: '{text}' is not {'an integer' if self.type is ParameterType.INT else 'a number'}"
+                ) from None
             return self.validate_value(number)
         if self.type is ParameterType.ENUM and self.allowed and not all(isinstance(a, str) for a in self.allowed):
             for candidate in self.allowed:
@@ -104,10 +111,16 @@ class ParameterSpec(BaseModel):
             if isinstance(value, bool):
                 return value
         elif kind is ParameterType.INT:
+            number: int | None = None
             if isinstance(value, int) and not isinstance(value, bool):
-                return value
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
+                number = value
+            elif isinstance(value, float) and value.is_integer():
+                number = int(value)
+            if number is not None:
+                # Stores keep 64-bit integers (InfluxDB, SQLite): larger ones cannot round-trip.
+                if not _INT64_MIN <= number <= _INT64_MAX:
+                    raise ParameterError(f"{self.id}: {number!r} is outside the 64-bit integer range")
+                return number
         elif kind is ParameterType.FLOAT:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 if not math.isfinite(value):
