@@ -52,6 +52,9 @@ class OrchestrionConfig(BaseSettings):
     influx_username: str | None = None
     influx_password: SecretStr | None = None
     influx_token: SecretStr | None = Field(None, description="Token for InfluxDB 2.x/3.x v1-compatibility auth")
+    influx_timeout: float = Field(
+        5.0, gt=0, le=300, description="Seconds to wait for InfluxDB before reporting it unreachable"
+    )
 
     # Services (`orchestrion up`): every server binds 127.0.0.1; only the ports vary.
     redis_port: int = Field(60379, ge=1, le=65535, description="Port of the stack's own redis-server (queue storage)")
