@@ -7,6 +7,7 @@ import logging
 import click
 
 from ._common import config_from, json_option, print_json, reports_errors
+from ._params import params
 from ._run import devices, experiments, run
 
 
@@ -46,6 +47,7 @@ def sequence_schema() -> None:
 cli.add_command(run)
 cli.add_command(experiments)
 cli.add_command(devices)
+cli.add_command(params)
 
 
 def main() -> None:
