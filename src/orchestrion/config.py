@@ -69,6 +69,21 @@ class OrchestrionConfig(BaseSettings):
         0.05, gt=0, le=10, description="How often the scheduler checks the queue server's status (s)"
     )
 
+    # Document pipeline: bundler, HDF5 files under home/data, Tiled catalog.
+    tiled_uri: str | None = Field(
+        None, description="Tiled server runs are catalogued in (with tiled_api_key); unset: embedded catalog under home"
+    )
+    tiled_enabled: bool = Field(True, description="Catalogue runs in Tiled (false: HDF5 files only)")
+    tiled_batch_size: int = Field(100, ge=1, le=100_000, description="Events TiledWriter collects per write")
+    hdf5_buffer_points: int = Field(64, ge=1, le=100_000, description="Points buffered before an HDF5 write")
+    hdf5_flush_interval: float = Field(
+        1.0, gt=0, le=3600, description="Longest time (s) a point waits in the buffer for HDF5 readers"
+    )
+    hdf5_file_prefix: str = Field(
+        "{date}_scan{scan_id}_{experiment}_{uid8}",
+        description="HDF5 file name template: date, scan_id, experiment, uid, uid8, start[KEY]",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -1,0 +1,37 @@
+"""The lab's services: Redis, the queue server, Tiled and the scheduler, on loopback.
+
+`up`, `down` and `status` supervise them as processes with pid files and logs under
+`$ORCHESTRION_HOME/run/`.
+"""
+
+from ._addresses import (
+    HOST,
+    queue_server_api,
+    redis_address,
+    run_dir,
+    tiled_api_key,
+    tiled_uri,
+    zmq_control_address,
+    zmq_info_address,
+)
+from ._supervisor import SERVICES, Service, ServiceError, ServiceStatus, down, service, status, tiled_paths, up
+
+__all__ = [
+    "HOST",
+    "SERVICES",
+    "Service",
+    "ServiceError",
+    "ServiceStatus",
+    "down",
+    "queue_server_api",
+    "redis_address",
+    "run_dir",
+    "service",
+    "status",
+    "tiled_api_key",
+    "tiled_paths",
+    "tiled_uri",
+    "up",
+    "zmq_control_address",
+    "zmq_info_address",
+]
