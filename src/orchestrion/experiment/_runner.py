@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 PRIMARY = "primary"
 ANALYSIS = "analysis"
+SEQUENCES = "sequences"
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,20 @@ class ScanPointInfo(StandardReadable):
         self._set_repetition(point.repetition)
         for parameter_id, setter in self._setters.items():
             setter(point.values[parameter_id])
+
+
+class SequenceRecord(StandardReadable):
+    """Each distinct pulse sequence of a run, once, in the "sequences" stream (for the file)."""
+
+    def __init__(self, name: str = "sequence") -> None:
+        with self.add_children_as_readables():
+            self.hash, self._set_hash = soft_signal_r_and_setter(str)
+            self.json, self._set_json = soft_signal_r_and_setter(str)
+        super().__init__(name=name)
+
+    def show(self, sequence: PulseSequence) -> None:
+        self._set_hash(sequence.content_hash)
+        self._set_json(sequence.to_json())
 
 
 class AnalysisResults(StandardReadable):
@@ -324,6 +339,8 @@ def run_experiment(
 
     def points_plan() -> MsgGenerator[None]:
         yield from ensure_connected(point_info)
+        record, recorded = SequenceRecord(), set[str]()
+        yield from ensure_connected(record)
         for setting_id, (device, value) in request.device_settings.items():
             yield from set_with_readback(setting_id, device, value, retries)
         with Preprocessor(
@@ -341,6 +358,10 @@ def run_experiment(
                     yield from set_with_readback(target.axis.id, target.device, point.values[target.axis.id], retries)
                 point_info.show(point)
                 yield from bps.mv(sequencer.program, sequence.to_json())
+                if sequence.content_hash not in recorded:
+                    recorded.add(sequence.content_hash)
+                    record.show(sequence)
+                    yield from bps.trigger_and_read([record], name=SEQUENCES)
                 reading = yield from bps.trigger_and_read(detectors, name=PRIMARY)
                 result.points.append(point)
                 result.readings.append({k: r["value"] for k, r in reading.items()})
