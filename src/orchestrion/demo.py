@@ -11,10 +11,10 @@ import sys
 
 from rich.console import Console
 
-from orchestrion.cli._run import print_summary
 from orchestrion.config import load_config
 from orchestrion.errors import OrchestrionError
 from orchestrion.session import EmbeddedSession, RunOptions
+from orchestrion.shell import print_run_summary
 
 DEMO_RUNS = (
     RunOptions("spectroscopy"),
@@ -41,7 +41,7 @@ def main() -> int:
         before = float(lab.parameters.get("qubit.frequency").value)
         for options in DEMO_RUNS:
             summary = session.run(options)
-            print_summary(summary, console)
+            print_run_summary(summary, console)
             failed += summary.status != "success"
         after = float(lab.parameters.get("qubit.frequency").value)
         true_now = session.devices.trap.qubit_frequency()

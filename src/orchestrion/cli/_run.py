@@ -6,16 +6,13 @@ import sys
 from typing import Any
 
 import click
-from event_model import DocumentRouter
-from event_model.documents import Event, EventDescriptor, EventPage, RunStart
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from orchestrion.devices import DeviceState
 from orchestrion.errors import InputError
-from orchestrion.experiment import PRIMARY, ScanPattern
-from orchestrion.pipeline import RunSummary
+from orchestrion.experiment import ScanPattern
 from orchestrion.session import EmbeddedSession, RunOptions
+from orchestrion.shell import ProgressDisplay, print_run_summary
 
 from ._common import config_from, json_option, print_json, reports_errors
 
@@ -50,61 +47,6 @@ def run_options(func: Any) -> Any:
     return func
 
 
-class ProgressBar(DocumentRouter):
-    """A terminal progress bar over a run's primary events."""
-
-    def __init__(self, progress: Progress) -> None:
-        super().__init__()
-        self._progress = progress
-        self._task: Any = None
-        self._primary: set[str] = set()
-
-    def start(self, doc: RunStart) -> RunStart | None:
-        total = _count(doc.get("num_points")) or None
-        self._task = self._progress.add_task(str(doc.get("experiment", "run")), total=total)
-        return doc
-
-    def descriptor(self, doc: EventDescriptor) -> EventDescriptor | None:
-        if doc.get("name") == PRIMARY:
-            self._primary.add(doc["uid"])
-        return doc
-
-    def event(self, doc: Event) -> Event:
-        if doc["descriptor"] in self._primary:
-            self._progress.advance(self._task)
-        return doc
-
-    def event_page(self, doc: EventPage) -> EventPage:
-        if doc["descriptor"] in self._primary:
-            self._progress.advance(self._task, len(doc["seq_num"]))
-        return doc
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) else 0
-
-
-def print_summary(summary: RunSummary, console: Console) -> None:
-    status_style = "green" if summary.status == "success" else "red"
-    duration = "" if summary.finished is None else f" in {summary.finished - summary.started:.1f} s"
-    console.print(
-        f"[bold]{summary.experiment}[/bold] run {summary.run_uid[:8]}: "
-        f"[{status_style}]{summary.status}[/{status_style}], {summary.points} points{duration}"
-    )
-    if summary.reason:
-        console.print(f"  reason: {summary.reason}")
-    if summary.hdf5:
-        console.print(f"  file:   {summary.hdf5}")
-    if summary.tiled:
-        console.print(f"  tiled:  {summary.tiled}")
-    values = {k: v for k, v in summary.analysis.items() if not k.endswith("_err")}
-    for key, value in values.items():
-        error = summary.analysis.get(f"{key}_err")
-        console.print(f"  fit {key} = {value:.10g}" + (f" ± {error:.2g}" if error is not None else ""))
-    for parameter_id, written in summary.parameters_written.items():
-        console.print(f"  wrote {parameter_id} = {written['value']!r}")
-
-
 @click.command()
 @click.argument("experiment")
 @run_options
@@ -136,18 +78,13 @@ def run(
     console = Console(stderr=as_json)
     interactive = sys.stdout.isatty() and not as_json
     try:
-        if interactive:
-            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-            with Progress(*columns, console=console, transient=True) as progress:
-                summary = session.run(options, extra_callbacks=[ProgressBar(progress)])
-        else:
-            summary = session.run(options)
+        summary = session.run(options, extra_callbacks=[ProgressDisplay(console)] if interactive else [])
     finally:
         session.close()
     if as_json:
         print_json(summary.to_dict())
     else:
-        print_summary(summary, console)
+        print_run_summary(summary, console)
     if summary.status != "success":
         sys.exit(1)
 

@@ -100,11 +100,15 @@ class DeviceRegistry:
         return target
 
 
-def build_devices(config: LabConfig, *, time_scale: float = 1.0, seed: int | None = None) -> DeviceRegistry:
+def build_devices(
+    config: LabConfig, *, time_scale: float = 1.0, seed: int | None = None, strict: bool = True
+) -> DeviceRegistry:
     """Instantiate every enabled device, in file order, resolving '@name' references.
 
     A device that cannot be built stops the load with an error naming the device and
-    the file of its entry; connecting is a separate step (`connect_devices`).
+    the file of its entry.  With ``strict=False`` (an interactive session that should
+    start with what works) it is marked failed instead, with that error, and devices
+    that refer to it fail in turn.  Connecting is a separate step (`connect_devices`).
     """
     model = config.simulation if seed is None else config.simulation.model_copy(update={"seed": seed})
     registry = DeviceRegistry(trap=IonTrap(model=model, time_scale=time_scale))
@@ -113,15 +117,26 @@ def build_devices(config: LabConfig, *, time_scale: float = 1.0, seed: int | Non
         if not entry.enabled:
             registry.devices[name] = LabDevice(name, entry, None, DeviceState.DISABLED)
             continue
-        cls = _import_class(entry.class_, where)
-        kwargs = {key: _resolve(value, registry, where) for key, value in entry.args.items()}
         try:
-            inspect.signature(cls).bind(**kwargs, name=name)
-            device = cls(**kwargs, name=name)
-        except Exception as exc:
-            raise DeviceConfigError(f"{where}: cannot build {entry.class_}: {exc}") from None
+            device = _build(name, entry, registry, where)
+        except DeviceConfigError as exc:
+            if strict:
+                raise
+            logger.warning("%s", exc)
+            registry.devices[name] = LabDevice(name, entry, None, DeviceState.FAILED, str(exc))
+            continue
         registry.devices[name] = LabDevice(name, entry, device, DeviceState.CONNECTED)
     return registry
+
+
+def _build(name: str, entry: DeviceEntry, registry: DeviceRegistry, where: str) -> Any:
+    cls = _import_class(entry.class_, where)
+    kwargs = {key: _resolve(value, registry, where) for key, value in entry.args.items()}
+    try:
+        inspect.signature(cls).bind(**kwargs, name=name)
+        return cls(**kwargs, name=name)
+    except Exception as exc:
+        raise DeviceConfigError(f"{where}: cannot build {entry.class_}: {exc}") from None
 
 
 def connect_devices(registry: DeviceRegistry, timeout: float = 10.0) -> None:
@@ -165,7 +180,7 @@ def _resolve(value: Any, registry: DeviceRegistry, where: str) -> Any:
         if lab_device is None:
             raise DeviceConfigError(f"{where}: refers to '{value}', which is not defined before it")
         if lab_device.device is None:
-            raise DeviceConfigError(f"{where}: refers to '{value}', which is disabled")
+            raise DeviceConfigError(f"{where}: refers to '{value}', which is {lab_device.state.value}")
         return lab_device.device
     return value
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import secrets
@@ -163,13 +164,14 @@ def _device_value(parameter_id: str, device: Any, raw: Any) -> float:
 class ScanPointInfo(StandardReadable):
     """Which point an event belongs to, and the stored-parameter values scanned there."""
 
-    def __init__(self, parameter_ids: Sequence[str], name: str = "point") -> None:
+    def __init__(self, axes: Sequence[tuple[ScanAxis, str]], name: str = "point") -> None:
         self._setters: dict[str, Callable[[float], None]] = {}
         with self.add_children_as_readables():
             self.index, self._set_index = soft_signal_r_and_setter(int)
             self.repetition, self._set_repetition = soft_signal_r_and_setter(int)
-            for parameter_id in parameter_ids:
-                signal, setter = soft_signal_r_and_setter(float)
+            for axis, unit in axes:
+                parameter_id = axis.id
+                signal, setter = soft_signal_r_and_setter(float, units=unit, precision=_precision(axis.values))
                 setattr(self, data_key_suffix(parameter_id), signal)
                 self._setters[parameter_id] = setter
         super().__init__(name=name)
@@ -205,6 +207,13 @@ class AnalysisResults(StandardReadable):
                 setter(float(value))
                 setattr(self, key, signal)
         super().__init__(name=name)
+
+
+def _precision(values: Sequence[float]) -> int:
+    """Decimal places that tell neighbouring scan values apart (for tables and plots)."""
+    steps = [abs(b - a) for a, b in itertools.pairwise(sorted(set(values))) if b != a]
+    smallest = min(steps) if steps else max((abs(v) for v in values), default=1.0) or 1.0
+    return max(0, min(12, 1 - math.floor(math.log10(smallest))))
 
 
 def nest_by_id(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -307,7 +316,9 @@ def run_experiment(
 
     sequencer = lab.devices.usable(experiment.sequencer)
     parameter_axes = [t.axis.id for t in request.axes if t.device is None]
-    point_info = ScanPointInfo(parameter_axes)
+    point_info = ScanPointInfo(
+        [(t.axis, _unit(experiment, t.axis.id)) for t in request.axes if t.device is None]
+    )
     device_axes = [t for t in request.axes if t.device is not None]
     monitored = [d for d in lab.devices.with_role(ReadoutRole.MONITORED) if d is not sequencer]
     detectors = [sequencer, point_info, *(t.device for t in device_axes), *monitored]
@@ -350,6 +361,9 @@ def run_experiment(
             workers=lab.config.preprocess_workers,
         ) as preprocessor:
             for point in request.points:
+                # A checkpoint per point: a deferred pause (Ctrl-C once) stops here, and
+                # resuming repeats at most the current point.
+                yield from bps.checkpoint()
                 try:
                     sequence = yield from preprocessor.sequence_for(point.index)
                 except SequenceError as exc:
@@ -392,6 +406,11 @@ def run_experiment(
             )
             logger.info("%s: wrote %s = %r", experiment.name, parameter_id, result.analysis[result_key])
     return result
+
+
+def _unit(experiment: Experiment, parameter_id: str) -> str:
+    spec = experiment.spec(parameter_id)
+    return spec.unit if spec is not None else ""
 
 
 def _hinted_key(device: Any) -> str:

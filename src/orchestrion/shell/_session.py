@@ -1,0 +1,155 @@
+"""An interactive session: the lab, a RunEngine with the document pipeline, and helpers.
+
+The session starts with whatever works: a device that cannot be built, a parameter
+store that cannot be reached or a catalog that cannot be opened is reported, and the
+rest is there.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from bluesky import RunEngine
+from bluesky.callbacks.best_effort import BestEffortCallback
+from rich.console import Console
+
+from orchestrion.config import OrchestrionConfig, load_config
+from orchestrion.devices import DeviceRegistry, DeviceState, build_devices, connect_devices, load_lab_config
+from orchestrion.experiment import ExperimentLibrary
+from orchestrion.lab import Lab, activate
+from orchestrion.parameters import open_parameter_store
+from orchestrion.pipeline import DocumentPipeline, RunSummary, build_pipeline
+
+from ._display import ProgressDisplay, SummaryPrinter, has_display, print_run_summary
+from ._params import ParameterBrowser
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Problem:
+    """Something the session could not set up, and why."""
+
+    part: str
+    message: str
+
+
+@dataclass
+class ShellSession:
+    """Everything a user's namespace holds; built by `ShellSession.start`."""
+
+    config: OrchestrionConfig
+    RE: RunEngine
+    console: Console
+    library: ExperimentLibrary | None = None
+    devices: DeviceRegistry | None = None
+    lab: Lab | None = None
+    params: ParameterBrowser | None = None
+    pipeline: DocumentPipeline | None = None
+    table: BestEffortCallback | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, config: OrchestrionConfig | None = None, console: Console | None = None) -> ShellSession:
+        session = cls(config=config or load_config(), RE=RunEngine({}), console=console or Console())
+        session._load()
+        return session
+
+    def _attempt(self, part: str, action: Any) -> Any:
+        try:
+            return action()
+        except Exception as exc:
+            logger.debug("session start-up: %s failed", part, exc_info=True)
+            self.problems.append(Problem(part, str(exc) or type(exc).__name__))
+            return None
+
+    def _load(self) -> None:
+        config = self.config
+        self.library = self._attempt("experiment library", lambda: ExperimentLibrary.load(config.plans_dir))
+        self.devices = self._attempt(
+            "devices",
+            lambda: build_devices(
+                load_lab_config(config.devices_dir),
+                time_scale=config.sim_time_scale,
+                seed=config.sim_seed,
+                strict=False,
+            ),
+        )
+        if self.devices is not None:
+            connect_devices(self.devices)
+            for device in self.devices:
+                if device.state is DeviceState.FAILED:
+                    self.problems.append(Problem(f"device {device.name}", device.error))
+        store = self._attempt("parameters", lambda: open_parameter_store(config))
+        if store is not None and self.library is not None:
+            library = self.library
+            if self._attempt("parameters", lambda: store.declare(library.parameter_specs())) is None:
+                store.close()
+                store = None
+        if store is not None:
+            self.params = ParameterBrowser(store)
+        if store is not None and self.library is not None and self.devices is not None:
+            self.lab = Lab(config=config, library=self.library, devices=self.devices, parameters=store)
+            activate(self.lab)
+        elif store is not None:
+            store.close()
+        self.pipeline = self._attempt("document pipeline", lambda: build_pipeline(config))
+        if self.pipeline is not None:
+            self.pipeline.subscribe(self.RE)
+        self._subscribe_display()
+
+    def _subscribe_display(self) -> None:
+        self.table = BestEffortCallback()
+        self.table.disable_baseline()
+        if not has_display():
+            self.table.disable_plots()
+        self.RE.subscribe(self.table)
+        progress = ProgressDisplay(self.console)
+        self.RE.subscribe(progress)
+        self.RE.state_hook = progress.on_state_change  # type: ignore[assignment]  # typed None upstream
+        # After the pipeline: by 'stop' its writers have named the file and catalog node.
+        self.RE.subscribe(SummaryPrinter(self.summary_of, lambda s: print_run_summary(s, self.console)))
+
+    def summary_of(self, run_uid: str) -> RunSummary | None:
+        return self.pipeline.summaries.runs.get(run_uid) if self.pipeline is not None else None
+
+    def namespace(self) -> dict[str, Any]:
+        """What the user's namespace gets: RE, the devices, the experiments as plans, params..."""
+        names: dict[str, Any] = {"RE": self.RE, "session": self, "bec": self.table}
+        if self.devices is not None:
+            names.update(self.devices.namespace())
+        if self.library is not None:
+            names.update(self.library.plans())
+        if self.lab is not None:
+            names["lab"] = self.lab
+        if self.params is not None:
+            names["params"] = self.params
+        names.update(self.extras)
+        return names
+
+    def banner(self) -> str:
+        lines = [f"Orchestrion session, home {self.config.home}"]
+        if self.library is not None:
+            lines.append(f"  experiments: {', '.join(self.library.names())}   run one: RE(spectroscopy())")
+        if self.devices is not None:
+            ready = [d.name for d in self.devices if d.state is DeviceState.CONNECTED]
+            lines.append(f"  devices:     {', '.join(ready) or 'none'}")
+        if self.params is not None:
+            lines.append('  params:      params["qubit.frequency"], params.history(id), params.at(time)')
+        for name in sorted(self.extras):
+            lines.append(f"  {name + ':':12} {type(self.extras[name]).__name__}")
+        if self.problems:
+            lines.append("Not available:")
+            lines.extend(f"  {p.part}: {p.message}" for p in self.problems)
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.unsubscribe(self.RE)
+            self.pipeline.close()
+        if self.lab is not None:
+            activate(None)
+            self.lab.close()

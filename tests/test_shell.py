@@ -1,0 +1,143 @@
+"""A real IPython session with the Orchestrion profile, driven through a terminal (pexpect)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+ORCHESTRION = str(Path(sys.executable).with_name("orchestrion"))
+PROMPT = r"In \[\d+\]: "
+
+
+class Session:
+    """An `orchestrion shell` in a pseudo-terminal: type lines, wait for output."""
+
+    def __init__(self, home: Path, time_scale: float = 0.02, devices_dir: Path | None = None) -> None:
+        env = os.environ | {
+            "ORCHESTRION_HOME": str(home),
+            "ORCHESTRION_SIM_TIME_SCALE": str(time_scale),
+            "ORCHESTRION_SIM_SEED": "5",
+            "TERM": "dumb",
+        }
+        env.pop("DISPLAY", None)
+        if devices_dir is not None:
+            env["ORCHESTRION_DEVICES_DIR"] = str(devices_dir)
+        self.child = pexpect.spawn(
+            ORCHESTRION,
+            ["shell", "--simple-prompt", "--colors=NoColor"],
+            env=env,
+            encoding="utf-8",
+            timeout=90,
+            dimensions=(50, 250),
+        )
+        self.banner = self.wait_prompt()
+
+    def wait_prompt(self) -> str:
+        self.child.expect(PROMPT)
+        return str(self.child.before)
+
+    def run(self, line: str) -> str:
+        """Type a line, return everything printed until the next prompt."""
+        self.child.sendline(line)
+        return self.wait_prompt()
+
+    def expect(self, pattern: str) -> str:
+        self.child.expect(pattern)
+        return str(self.child.before) + str(self.child.after)
+
+    def close(self) -> None:
+        if self.child.isalive():
+            self.child.sendline("exit")
+            self.child.expect(pexpect.EOF)
+        self.child.close()
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
+    # One session for the tests that only type into it: IPython with the stack takes seconds to start.
+    shell = Session(tmp_path_factory.mktemp("shell") / "home")
+    yield shell
+    shell.close()
+
+
+def test_namespace_has_the_lab_experiments_and_parameters(session: Session) -> None:
+    assert "experiments: calibrate_frequency, rabi_flop, ramsey, spectroscopy" in session.banner
+    assert "Not available" not in session.banner
+    names = "('RE', 'params', 'spectroscopy', 'ramsey', 'sequencer', 'rf', 'field', 'missing')"
+    out = session.run(f"print(sorted(n for n in {names} if n in globals()))")
+    assert "['RE', 'field', 'params', 'ramsey', 'rf', 'sequencer', 'spectroscopy']" in out
+    assert "12642800000.0" in session.run('params["qubit.frequency"]')
+    # Tab completion offers parameter ids inside the brackets.
+    assert "qubit.pi_time" in session.run("params._ipython_key_completions_()")
+
+
+def test_an_experiment_runs_and_its_summary_appears(session: Session) -> None:
+    out = session.run('RE(spectroscopy(shots=20, scan=["spectroscopy.detuning=-60e3:60e3:7"]))')
+    assert re.search(r"spectroscopy run [0-9a-f]{8}: success, 7 points", out), out
+    assert "sequencer-bright_fraction" in out  # the live table
+    assert "Traceback" not in out
+
+
+def test_a_bad_value_gives_one_line_and_the_session_survives(session: Session) -> None:
+    out = session.run('RE(spectroscopy(parameters={"qubit.amplitude": 3}))')
+    errors = [line for line in out.splitlines() if line.strip()]
+    assert errors[-1].startswith("error: qubit.amplitude: 3.0 is above the maximum 1"), out
+    assert "Traceback" not in out
+    out = session.run('params["qubit.frequency"] = 5')
+    assert "error: qubit.frequency: 5.0 is below the minimum" in out
+    assert "Traceback" not in out
+    # The full traceback is still there for whoever wants it.
+    assert "ParameterError" in session.run("%tb")
+    assert "still alive" in session.run('print("still alive")')
+    assert "12642800000.0" in session.run('params["qubit.frequency"]')
+
+
+def test_parameter_history_and_as_of_reads(session: Session) -> None:
+    session.run('params["qubit.pi_time"] = 11e-6')
+    assert "1.1e-05" in session.run('params["qubit.pi_time"]')
+    out = session.run('[(h.value, h.source.split(":")[0]) for h in params.history("qubit.pi_time")]')
+    assert "(1e-05, 'default')" in out
+    assert "(1.1e-05, 'shell')" in out
+    assert "1e-05" in session.run('params.at(params.history("qubit.pi_time")[0].timestamp)["qubit.pi_time"]')
+
+
+def test_ctrl_c_pauses_and_the_run_can_be_aborted(tmp_path: Path) -> None:
+    shell = Session(tmp_path / "home", time_scale=1.0)  # real time: a point takes ~0.12 s
+    try:
+        shell.child.sendline("RE(rabi_flop())")
+        shell.expect(r"\|\s+3 \|")  # the third point is in the table
+        shell.child.sendintr()
+        shell.expect("deferred pause")
+        shell.child.sendintr()
+        shell.expect(r"RE.resume\(\)\s+Resume the plan")
+        shell.wait_prompt()
+        out = shell.run("RE.state")
+        assert "'paused'" in out
+        out = shell.run("RE.abort()")
+        assert re.search(r"rabi_flop run [0-9a-f]{8}: abort, \d+ points", out), out
+        assert "'idle'" in shell.run("RE.state")
+    finally:
+        shell.close()
+
+
+def test_startup_with_a_broken_device_starts_with_what_works(tmp_path: Path) -> None:
+    devices = tmp_path / "devices"
+    devices.mkdir()
+    lab = (Path(__file__).resolve().parents[1] / "devices" / "lab.yaml").read_text()
+    lab += "  laser:\n    class: orchestrion.sim.NoSuchLaser\n    role: baseline\n"
+    (devices / "lab.yaml").write_text(lab)
+    shell = Session(tmp_path / "home", devices_dir=devices)
+    try:
+        assert "Not available:" in shell.banner
+        assert "device laser: device 'laser'" in shell.banner
+        assert "has no class 'NoSuchLaser'" in shell.banner
+        out = shell.run('RE(spectroscopy(shots=10, scan=["spectroscopy.detuning=0:1e3:2"]))')
+        assert re.search(r"spectroscopy run [0-9a-f]{8}: success, 2 points", out), out
+    finally:
+        shell.close()
