@@ -1,10 +1,54 @@
 """The document pipeline: every callback a run's documents go through, in one place.
 
-Both ways to run (embedded, services) subscribe the same pipeline; the bundler, the
-HDF5 writer and the Tiled catalog join it here.
+RunEngine -> `Bundler` (one record per scan point, the "bundled" stream) -> the HDF5
+writer (`Hdf5Writer`, one `Serializer` per run) and the Tiled catalog (`TiledSink`).
+Both ways to run (embedded, services) subscribe the same `build_pipeline(config)`.
 """
 
+from ._bundler import BUNDLED, COMPLETE_KEY, POINT_KEY, Bundler
+from ._checks import DocumentChecker, DocumentError
+from ._guard import Guarded
+from ._hdf5 import (
+    DEFAULT_FILE_PREFIX,
+    PLUGIN_GROUP,
+    Hdf5Plugin,
+    Hdf5Writer,
+    InstrumentPlugin,
+    RunDocuments,
+    Serializer,
+    file_name_for,
+    load_plugins,
+)
 from ._pipeline import DocumentPipeline, build_pipeline
+from ._recovery import recover_file, recover_incomplete
 from ._summary import RunSummary, RunSummaryCollector
+from ._tiled import CatalogConnection, TiledSink, connect_catalog, open_embedded_catalog
 
-__all__ = ["DocumentPipeline", "RunSummary", "RunSummaryCollector", "build_pipeline"]
+__all__ = [
+    "BUNDLED",
+    "COMPLETE_KEY",
+    "DEFAULT_FILE_PREFIX",
+    "PLUGIN_GROUP",
+    "POINT_KEY",
+    "Bundler",
+    "CatalogConnection",
+    "DocumentChecker",
+    "DocumentError",
+    "DocumentPipeline",
+    "Guarded",
+    "Hdf5Plugin",
+    "Hdf5Writer",
+    "InstrumentPlugin",
+    "RunDocuments",
+    "RunSummary",
+    "RunSummaryCollector",
+    "Serializer",
+    "TiledSink",
+    "build_pipeline",
+    "connect_catalog",
+    "file_name_for",
+    "load_plugins",
+    "open_embedded_catalog",
+    "recover_file",
+    "recover_incomplete",
+]

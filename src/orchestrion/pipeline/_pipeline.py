@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bluesky import RunEngine
@@ -26,14 +27,14 @@ class DocumentPipeline:
         self._tokens: list[int] = []
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
-        self.summaries(name, doc)  # type: ignore[arg-type]
+        self.summaries(name, doc)
         for callback in self.callbacks:
             callback(name, doc)
 
-    def subscribe(self, RE: RunEngine) -> None:  # noqa: N803 - bluesky's name for it
+    def subscribe(self, RE: RunEngine) -> None:
         self._tokens.append(RE.subscribe(self))
 
-    def unsubscribe(self, RE: RunEngine) -> None:  # noqa: N803
+    def unsubscribe(self, RE: RunEngine) -> None:
         for token in self._tokens:
             RE.unsubscribe(token)
         self._tokens.clear()
@@ -46,5 +47,50 @@ class DocumentPipeline:
 
 
 def build_pipeline(config: OrchestrionConfig) -> DocumentPipeline:
-    """The pipeline the configuration asks for."""
-    return DocumentPipeline()
+    """The pipeline the configuration asks for: bundler, then HDF5 files and Tiled.
+
+    Documents go RunEngine -> bundler -> (HDF5 writer, Tiled); the bundler passes every
+    document on and adds the "bundled" stream.  Files whose writer died in an earlier
+    process are recovered first.  The pipeline is a plain ``(name, doc)`` callable, so
+    any transport (a RunEngine subscription, a queue-server worker, a message bus) can
+    feed it.  Each stage is guarded: its failure on one run is logged with the run uid
+    and does not stop the run or the other stages.
+    """
+    from ._bundler import BUNDLED, Bundler
+    from ._guard import Guarded
+    from ._hdf5 import Hdf5Writer
+    from ._recovery import recover_incomplete
+
+    pipeline = DocumentPipeline()
+    recover_incomplete(config.data_dir)
+
+    def on_file(run_uid: str, path: Path) -> None:
+        summary = pipeline.summaries.runs.get(run_uid)
+        if summary is not None:
+            summary.hdf5 = str(path)
+
+    writer = Hdf5Writer(
+        config.data_dir,
+        on_file=on_file,
+        file_prefix=config.hdf5_file_prefix,
+        data_stream=BUNDLED,
+        skip_streams=("primary",),  # every primary reading is in the bundled points
+        buffer_points=config.hdf5_buffer_points,
+        flush_interval=config.hdf5_flush_interval,
+    )
+    sinks: list[DocumentCallback] = [Guarded(writer, "HDF5 writer")]
+    if config.tiled_enabled:
+        from ._tiled import TiledSink, connect_catalog
+
+        def on_run(run_uid: str, address: str) -> None:
+            summary = pipeline.summaries.runs.get(run_uid)
+            if summary is not None:
+                summary.tiled = address
+
+        sink = TiledSink(
+            connect_catalog(config), batch_size=config.tiled_batch_size,
+            on_run=on_run, hdf5_path=writer.files.get,
+        )  # fmt: skip
+        sinks.append(Guarded(sink, "Tiled writer"))
+    pipeline.callbacks.append(Guarded(Bundler(sinks), "bundler"))
+    return pipeline

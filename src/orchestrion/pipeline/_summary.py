@@ -57,7 +57,7 @@ class RunSummaryCollector(DocumentRouter):
         self.runs[doc["uid"]] = RunSummary(
             run_uid=doc["uid"],
             experiment=str(doc.get("experiment", doc.get("plan_name", ""))),
-            expected_points=int(doc.get("num_points", 0) or 0),
+            expected_points=int(str(doc.get("num_points", 0) or 0)),
             started=doc["time"],
         )
         return doc
@@ -68,12 +68,12 @@ class RunSummaryCollector(DocumentRouter):
             self._primary.add(doc["uid"])
         return doc
 
-    def event(self, doc: Event) -> Event | None:
+    def event(self, doc: Event) -> Event:
         if doc["descriptor"] in self._primary:
             self.runs[self._descriptor_run[doc["descriptor"]]].points += 1
         return doc
 
-    def event_page(self, doc: EventPage) -> EventPage | None:
+    def event_page(self, doc: EventPage) -> EventPage:
         if doc["descriptor"] in self._primary:
             self.runs[self._descriptor_run[doc["descriptor"]]].points += len(doc["seq_num"])
         return doc

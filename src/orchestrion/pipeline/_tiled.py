@@ -1,0 +1,138 @@
+"""Every run into a Tiled catalog, through bluesky-tiled-plugins' TiledWriter.
+
+Embedded (no ``tiled_uri`` configured): a persistent catalog under
+``$ORCHESTRION_HOME/tiled`` (``catalog.db``, file storage ``files/`` and SQL table
+storage ``tables.db``: TiledWriter needs the SQL storage for event tables), served
+in-process.  Services: the Tiled server at ``tiled_uri`` with ``tiled_api_key``.
+
+Besides what TiledWriter stores (the start and stop documents as metadata, each stream
+as a table), each run's metadata gets ``orchestrion: {hdf5: PATH, analysis: {fits}}``
+at its stop, so its HDF5 file is reachable from its catalog entry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrion.config import OrchestrionConfig
+
+logger = logging.getLogger(__name__)
+
+ANALYSIS_STREAM = "analysis"
+
+
+@dataclass
+class CatalogConnection:
+    """A Tiled client and how to name a run in it."""
+
+    client: Any
+    location: str  # the catalog: a URI
+    served: bool
+    _context: Any = None
+
+    def run_address(self, run_uid: str) -> str:
+        """A served run's metadata URL, or the embedded catalog's URI with the node path."""
+        if self.served:
+            return f"{self.location.rstrip('/')}/api/v1/metadata/{run_uid}"
+        return f"{self.location}#/{run_uid}"
+
+    def close(self) -> None:
+        if self._context is not None:
+            self._context.close()
+            self._context = None
+
+
+def embedded_catalog_paths(home: Path) -> dict[str, Path]:
+    root = home / "tiled"
+    return {"root": root, "catalog": root / "catalog.db", "files": root / "files", "tables": root / "tables.db"}
+
+
+def connect_catalog(config: OrchestrionConfig) -> CatalogConnection:
+    """The configured Tiled server, or the embedded persistent catalog under the home."""
+    from tiled.client import from_uri
+
+    if config.tiled_uri:
+        api_key = config.tiled_api_key.get_secret_value() if config.tiled_api_key else None
+        client = from_uri(config.tiled_uri, api_key=api_key)
+        return CatalogConnection(client=client, location=config.tiled_uri, served=True)
+    return open_embedded_catalog(config.home)
+
+
+def open_embedded_catalog(home: Path) -> CatalogConnection:
+    """A persistent catalog under ``home/tiled``, served in this process."""
+    from tiled.catalog import from_uri as catalog_from_uri
+    from tiled.client import Context, from_context
+    from tiled.server.app import build_app
+
+    paths = embedded_catalog_paths(home)
+    paths["files"].mkdir(parents=True, exist_ok=True)
+    catalog_uri = f"sqlite:///{paths['catalog']}"
+    adapter = catalog_from_uri(
+        catalog_uri,
+        writable_storage=[str(paths["files"]), f"sqlite:///{paths['tables']}"],
+        init_if_not_exists=True,
+    )
+    context = Context.from_app(build_app(adapter))
+    client = from_context(context)
+    return CatalogConnection(client=client, location=catalog_uri, served=False, _context=context)
+
+
+class TiledSink:
+    """TiledWriter (batched) plus, at each stop, the run's HDF5 path and fit results.
+
+    ``on_run(run_uid, address)`` is called at each start; ``hdf5_path(run_uid)`` says
+    where the run's file is, if anywhere.
+    """
+
+    def __init__(
+        self,
+        connection: CatalogConnection,
+        *,
+        batch_size: int = 100,
+        on_run: Callable[[str, str], Any] | None = None,
+        hdf5_path: Callable[[str], Path | None] | None = None,
+    ) -> None:
+        from bluesky_tiled_plugins import TiledWriter
+
+        self.connection = connection
+        self.writer = TiledWriter(connection.client, batch_size=batch_size)
+        self.on_run = on_run
+        self.hdf5_path = hdf5_path
+        self._analysis_descriptors: dict[str, str] = {}
+        self._fits: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        self.writer(name, doc)
+        if name == "start" and self.on_run is not None:
+            self.on_run(doc["uid"], self.connection.run_address(doc["uid"]))
+        elif name == "descriptor" and doc.get("name") == ANALYSIS_STREAM:
+            self._analysis_descriptors[doc["uid"]] = doc["run_start"]
+        elif name == "event" and doc["descriptor"] in self._analysis_descriptors:
+            run_uid = self._analysis_descriptors[doc["descriptor"]]
+            self._fits[run_uid] = _fit_values(doc["data"])
+        elif name == "stop":
+            self._annotate(doc["run_start"])
+
+    def _annotate(self, run_uid: str) -> None:
+        extra: dict[str, Any] = {}
+        path = self.hdf5_path(run_uid) if self.hdf5_path is not None else None
+        if path is not None:
+            extra["hdf5"] = str(path)
+        fits = self._fits.pop(run_uid, None)
+        if fits:
+            extra["analysis"] = fits
+        self._analysis_descriptors = {k: v for k, v in self._analysis_descriptors.items() if v != run_uid}
+        if extra:
+            node = self.connection.client[run_uid]
+            node.update_metadata(metadata={"orchestrion": extra}, drop_revision=True)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _fit_values(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {(k.split("-", 1)[1] if k.startswith("fit-") else k): float(v) for k, v in data.items()}
