@@ -14,18 +14,21 @@ accepted; a refused submission raises `InputError` and leaves nothing behind.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
 from orchestrion.config import OrchestrionConfig, load_config
 from orchestrion.devices import DeviceRegistry
+from orchestrion.errors import InputError
 from orchestrion.experiment import ExperimentLibrary
 from orchestrion.jobs import (
     Job,
     JobRequest,
     JobStatus,
     JobStore,
+    QueueServerError,
     abort_running,
     cancel_job,
     default_submitter,
@@ -34,6 +37,20 @@ from orchestrion.jobs import (
 )
 from orchestrion.services import queue_server_api, tiled_api_key, tiled_uri
 from orchestrion.worker import code_version
+
+
+@contextmanager
+def _refused(action: str) -> Iterator[None]:
+    """The queue server's refusals as one-line user errors."""
+    from bluesky_queueserver_api.comm_base import RequestFailedError, RequestTimeoutError
+
+    try:
+        yield
+    except RequestFailedError as exc:
+        message = str(exc).strip().splitlines()[0].removeprefix("Request failed: ")
+        raise InputError(f"cannot {action}: {message}") from None
+    except RequestTimeoutError as exc:
+        raise QueueServerError(f"cannot {action}: the queue server does not answer ({exc})") from None
 
 
 class JobHandle:
@@ -167,20 +184,26 @@ class Client:
         return self.store.list(JobStatus(status) if status is not None else None)
 
     def cancel(self, job_id: int) -> Job:
-        return cancel_job(self.store, self.api, job_id)
+        """Remove a queued job from the queue, or abort it if it runs."""
+        with _refused(f"cancel job {job_id}"):
+            return cancel_job(self.store, self.api, job_id)
 
     # -- the RunEngine ---------------------------------------------------------------------
 
     def pause(self, *, immediate: bool = False) -> None:
         """Pause the running job (at its next checkpoint, or at once)."""
-        self.api.re_pause(option="immediate" if immediate else "deferred")
+        with _refused("pause"):
+            self.api.re_pause(option="immediate" if immediate else "deferred")
 
     def resume(self) -> None:
-        self.api.re_resume()
+        """Resume the paused job."""
+        with _refused("resume"):
+            self.api.re_resume()
 
     def abort(self) -> None:
         """Abort the running job: it is recorded cancelled and the queue goes on."""
-        abort_running(self.api)
+        with _refused("abort"):
+            abort_running(self.api)
 
     # -- data ------------------------------------------------------------------------------
 

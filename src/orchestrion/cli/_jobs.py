@@ -1,0 +1,149 @@
+"""`orchestrion submit`, `jobs`, `job`, `cancel`, `pause`, `resume`, `abort`: the queue."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ._common import config_from, json_option, print_json, reports_errors
+from ._run import parse_assignments, run_options
+
+STATUSES = ["submitted", "queued", "running", "done", "failed", "cancelled"]
+
+
+def _client(ctx: click.Context, user_group: str | None = None) -> Any:
+    from orchestrion.client import Client
+
+    return Client(config_from(ctx), user_group=user_group)
+
+
+def _job_line(job: Any) -> str:
+    run = f" run {job.run_uid[:8]}" if job.run_uid else ""
+    error = f"  ({job.error})" if job.error else ""
+    return f"{job.id:5}  {job.status.value:9}  p{job.priority:<3} {job.experiment:22} {job.submitter}{run}{error}"
+
+
+def _job_details(job: Any) -> None:
+    document = job.to_dict()
+    for key in ("id", "experiment", "status", "priority", "submitter", "user_group", "run_uid", "points",
+                "hdf5", "tiled", "error", "parameters_timestamp", "code_commit", "code_clean"):  # fmt: skip
+        if document.get(key) is not None:
+            click.echo(f"{key:21} {document[key]}")
+    if job.scan:
+        click.echo(f"{'scan':21} {' '.join(job.scan)}")
+
+
+@click.command()
+@click.argument("experiment")
+@run_options
+@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs sooner; ties: first come.")
+@click.option("--group", "user_group", default=None, help="Queue-server user group (default: queue_user_group).")
+@click.option("--wait", is_flag=True, help="Wait until the job has run; exit status 1 unless it is done.")
+@json_option
+@click.pass_context
+@reports_errors
+def submit(
+    ctx: click.Context, experiment: str, assignments: tuple[str, ...], scans: tuple[str, ...],
+    shots: int | None, repetitions: int, pattern: str, priority: int, user_group: str | None,
+    wait: bool, as_json: bool,
+) -> None:  # fmt: skip
+    """Queue EXPERIMENT on the stack's RunEngine (validated before it is accepted)."""
+    with _client(ctx, user_group) as client:
+        handle = client.submit(
+            experiment, scan=list(scans) if scans else None, parameters=parse_assignments(assignments),
+            shots=shots, repetitions=repetitions, pattern=pattern, priority=priority,
+        )  # fmt: skip
+        job = handle.wait() if wait else handle.refresh()
+    if as_json:
+        print_json(job.to_dict())
+    elif wait:
+        click.echo(_job_line(job))
+    else:
+        click.echo(f"job {job.id} {job.status.value}")
+    if wait and job.status.value != "done":
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--status", "status", type=click.Choice(STATUSES), default=None, help="Only jobs in this state.")
+@json_option
+@click.pass_context
+@reports_errors
+def jobs(ctx: click.Context, status: str | None, as_json: bool) -> None:
+    """The job table, newest first."""
+    from orchestrion.jobs import JobStatus, JobStore
+
+    store = JobStore.open(config_from(ctx))
+    try:
+        rows = store.list(JobStatus(status) if status else None)
+    finally:
+        store.close()
+    if as_json:
+        print_json([job.to_dict() for job in rows])
+        return
+    for job in rows:
+        click.echo(_job_line(job))
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@json_option
+@click.pass_context
+@reports_errors
+def job(ctx: click.Context, job_id: int, as_json: bool) -> None:
+    """One job: status, run uid, points, HDF5 file, Tiled node, code version."""
+    from orchestrion.jobs import JobStore
+
+    store = JobStore.open(config_from(ctx))
+    try:
+        row = store.get(job_id)
+    finally:
+        store.close()
+    if as_json:
+        print_json(row.to_dict())
+    else:
+        _job_details(row)
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@json_option
+@click.pass_context
+@reports_errors
+def cancel(ctx: click.Context, job_id: int, as_json: bool) -> None:
+    """Remove a queued job from the queue, or abort it if it is running."""
+    with _client(ctx) as client:
+        row = client.cancel(job_id)
+        if not row.status.terminal:
+            row = client.job(job_id).wait(timeout=60)
+    print_json(row.to_dict()) if as_json else click.echo(f"job {row.id} {row.status.value}")
+
+
+@click.command()
+@click.option("--immediate", is_flag=True, help="Pause at once, not at the next checkpoint.")
+@click.pass_context
+@reports_errors
+def pause(ctx: click.Context, immediate: bool) -> None:
+    """Pause the running job (the queue waits with it)."""
+    with _client(ctx) as client:
+        client.pause(immediate=immediate)
+
+
+@click.command()
+@click.pass_context
+@reports_errors
+def resume(ctx: click.Context) -> None:
+    """Resume the paused job."""
+    with _client(ctx) as client:
+        client.resume()
+
+
+@click.command()
+@click.pass_context
+@reports_errors
+def abort(ctx: click.Context) -> None:
+    """Abort the running job (recorded cancelled); the queue goes on with the next."""
+    with _client(ctx) as client:
+        client.abort()
