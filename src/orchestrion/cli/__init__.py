@@ -7,8 +7,10 @@ import logging
 import click
 
 from ._common import config_from, json_option, print_json, reports_errors
+from ._jobs import abort, cancel, job, jobs, pause, resume, submit
 from ._params import params
 from ._run import devices, experiments, run
+from ._services import down, status, up
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,6 +50,8 @@ cli.add_command(run)
 cli.add_command(experiments)
 cli.add_command(devices)
 cli.add_command(params)
+for _command in (up, down, status, submit, jobs, job, cancel, pause, resume, abort):
+    cli.add_command(_command)
 
 
 def main() -> None:
