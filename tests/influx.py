@@ -1,7 +1,8 @@
 """A real influxd (Debian's 1.6.7) for tests: loopback only, data in a temporary directory.
 
-Use `running_influxd(directory)` as a context manager, or the `influxd` fixture that
-`tests/test_parameters.py` builds on it. Other test files can import both.
+Use `running_influxd(directory)` as a context manager, or import the session-wide
+`influxd` fixture into a test module (`from tests.influx import influxd`): one server
+for the whole run, so give each test a database of its own.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.support import free_port, wait_until
 
@@ -135,3 +138,10 @@ def running_influxd(directory: Path, *, auth: bool = False, password: str = "s3c
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
+    """One influxd for the test session, stopped at its end."""
+    with running_influxd(tmp_path_factory.mktemp("influxd")) as server:
+        yield server

@@ -37,8 +37,11 @@ from orchestrion.parameters import (
     open_parameter_store,
     parameter_signal,
 )
+from tests import influx
 from tests.influx import InfluxServer, running_influxd
 from tests.support import free_port
+
+influxd = influx.influxd  # the session's influxd (a fixture)
 
 FREQUENCY = ParameterSpec(
     id="qubit.frequency", type=ParameterType.FLOAT, default=12.6428e9, unit="Hz", minimum=1e9, maximum=20e9,
@@ -50,13 +53,6 @@ ENABLED = ParameterSpec(id="cooling.enabled", type=ParameterType.BOOL, default=T
 NOTE = ParameterSpec(id="lab.note", type=ParameterType.STR, default="hello", group="Lab book")
 MODE = ParameterSpec(id="detection.mode", type=ParameterType.ENUM, default="fast", allowed=("fast", "slow"))
 SPECS = [FREQUENCY, PI_TIME, THRESHOLD, ENABLED, NOTE, MODE]
-
-
-@pytest.fixture(scope="session")
-def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
-    """One influxd for the session; each test gets a database of its own."""
-    with running_influxd(tmp_path_factory.mktemp("influxd")) as server:
-        yield server
 
 
 @dataclass
