@@ -1,0 +1,213 @@
+"""The job table, submission checks and the worker's startup code, without services running."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+from bluesky import RunEngine
+
+from orchestrion.client import Client
+from orchestrion.config import OrchestrionConfig
+from orchestrion.errors import InputError, OrchestrionError
+from orchestrion.jobs import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    JobRequest,
+    JobStatus,
+    JobStore,
+    NewJob,
+    UnknownJobError,
+    insert_position,
+    jobs_db_path,
+)
+from orchestrion.worker import (
+    JOB_ID_KEY,
+    PLANS_AND_DEVICES_FILE,
+    WorkerEnvironment,
+    existing_plans_and_devices,
+    latest_parameter_timestamp,
+)
+
+PROFILE = Path(__file__).resolve().parents[1] / "profile"
+
+
+def new_job(priority: int = 0, **values: object) -> NewJob:
+    return NewJob(
+        experiment="spectroscopy", arguments={}, priority=priority, submitter="tester", user_group="primary",
+        **values,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_jobs_round_trip_through_the_table(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job_id = store.insert(new_job(3, scan=["spectroscopy.detuning=-1:1:3"], shots=10, code_commit="abc"))
+    store.update(job_id, status=JobStatus.QUEUED, item_uid="item-1")
+    store.add_run_uids(job_id, ["run-a"])
+    store.add_run_uids(job_id, ["run-a", "run-b"])
+    job = store.get(job_id)
+    assert (job.status, job.priority, job.item_uid, job.run_uids) == (JobStatus.QUEUED, 3, "item-1", ["run-a", "run-b"])
+    assert job.scan == ["spectroscopy.detuning=-1:1:3"]
+    assert job.to_dict()["run_uid"] == "run-b"
+    assert [j.id for j in store.list(JobStatus.QUEUED)] == [job_id]
+    assert store.list(JobStatus.DONE) == []
+    with pytest.raises(UnknownJobError, match="no job 99"):
+        store.get(99)
+    store.close()
+
+
+def test_a_failed_write_leaves_no_row(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+
+    def refused_submission() -> None:
+        with store.write():
+            store.insert(new_job())
+            raise RuntimeError("the queue server refused")
+
+    with pytest.raises(RuntimeError):
+        refused_submission()
+    assert store.list() == []
+    store.close()
+
+
+def test_migrations_upgrade_an_old_table_and_keep_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite"
+    old = JobStore(path, migrate_to=1)
+    assert old.schema_version == 1
+    with old.write():
+        old._db.execute(
+            "INSERT INTO jobs (experiment, submitter, created, status) VALUES ('ramsey', 'ann', 1.0, 'done')"
+        )
+    old.close()
+    store = JobStore(path)
+    assert store.schema_version == SCHEMA_VERSION == len(MIGRATIONS)
+    job = store.get(1)
+    assert (job.experiment, job.status, job.user_group, job.points) == ("ramsey", JobStatus.DONE, "primary", None)
+    store.close()
+
+
+def test_a_table_from_a_newer_orchestrion_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite"
+    JobStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(OrchestrionError, match="newer than this Orchestrion knows"):
+        JobStore(path)
+
+
+def test_insert_position_keeps_priority_order_and_submission_order_within_it(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    for priority, uid in ((5, "a"), (5, "b"), (1, "c")):
+        store.insert(new_job(priority, item_uid=uid, status=JobStatus.QUEUED))
+    items = [{"item_uid": uid} for uid in ("a", "b", "c", "foreign")]
+    assert insert_position(store, items, 9) == "a"  # overtakes everything queued
+    assert insert_position(store, items, 5) == "c"  # behind its equals, before lower ones
+    assert insert_position(store, items, 1) == "foreign"  # plain-client items count as 0
+    assert insert_position(store, items, 0) is None  # the back
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (JobRequest("no_such_experiment"), "unknown experiment 'no_such_experiment'"),
+        (JobRequest("spectroscopy", parameters={"qubit.amplitude": "2"}), "qubit.amplitude"),
+        (JobRequest("spectroscopy", scan=["spectroscopy.detuning=1:2"]), "spectroscopy.detuning"),
+        (JobRequest("spectroscopy", scan=["nothing.here=1:2:3"]), "nothing.here"),
+        (JobRequest("spectroscopy", shots=0), "shots"),
+        (JobRequest("spectroscopy", priority=1.5), "priority"),  # type: ignore[arg-type]
+        (JobRequest("spectroscopy", md={JOB_ID_KEY: 3}), JOB_ID_KEY),
+    ],
+)
+def test_bad_submissions_are_refused_before_anything_is_written(
+    config: OrchestrionConfig, request_: JobRequest, message: str
+) -> None:
+    # No services run for this configuration: a refusal must come before any request.
+    with Client(config) as client:
+        with pytest.raises(InputError, match=message):
+            client.submit(
+                request_.experiment, scan=request_.scan, parameters=request_.parameters, shots=request_.shots,
+                priority=request_.priority, md=request_.md,
+            )  # fmt: skip
+        assert client.jobs() == []
+    assert jobs_db_path(config).is_file()
+
+
+def test_validation_types_the_values_given_as_text(config: OrchestrionConfig) -> None:
+    with Client(config) as client:
+        kwargs = client.validate(
+            JobRequest("spectroscopy", parameters={"qubit.amplitude": "0.25", "rf.frequency": "2e8"}, shots=7)
+        )
+    assert kwargs["parameters"] == {"qubit.amplitude": 0.25, "rf.frequency": 2e8}
+    assert kwargs["shots"] == 7
+    assert "scan" not in kwargs
+
+
+def test_the_checked_in_plan_list_matches_the_library(config: OrchestrionConfig, tmp_path: Path) -> None:
+    """`profile/existing_plans_and_devices.yaml` never drifts from plans/ and devices/.
+
+    Regenerate it with `python -m orchestrion.worker` after changing a plan's signature.
+    """
+    plans, devices = existing_plans_and_devices(config)
+    checked_in = yaml.safe_load((PROFILE / PLANS_AND_DEVICES_FILE).read_text())
+    assert sorted(checked_in["existing_plans"]) == sorted(plans) == sorted(config_library_names(config))
+    assert checked_in == yaml.safe_load(yaml.safe_dump({"existing_devices": devices, "existing_plans": plans}))
+
+
+def config_library_names(config: OrchestrionConfig) -> list[str]:
+    from orchestrion.experiment import ExperimentLibrary
+
+    return ExperimentLibrary.load(config.plans_dir).names()
+
+
+def test_plan_signatures_reach_the_queue_server_as_types(config: OrchestrionConfig) -> None:
+    plans, _ = existing_plans_and_devices(config)
+    annotations = {p["name"]: p["annotation"]["type"] for p in plans["spectroscopy"]["parameters"]}
+    # Evaluated, not the quoted strings of postponed annotations (ADR 0302).
+    assert annotations["scan"] == "list[str] | None"
+    assert annotations["parameters"] == "dict[str, typing.Any] | None"
+
+
+def test_permissions_define_the_groups_a_lab_needs() -> None:
+    groups = yaml.safe_load((PROFILE / "user_group_permissions.yaml").read_text())["user_groups"]
+    assert {"root", "primary", "admin", "observer"} <= set(groups)
+    assert groups["observer"]["forbidden_plans"] == [":.*"]
+    assert groups["admin"]["allowed_plans"] == [None]
+    assert groups["admin"]["forbidden_plans"] == [None]
+
+
+def test_the_worker_records_each_run_of_a_job(config: OrchestrionConfig) -> None:
+    environment = WorkerEnvironment(config, worker=True)
+    try:
+        namespace = environment.namespace()
+        assert isinstance(namespace["RE"], RunEngine)
+        assert {"sequencer", "rf", "field", "spectroscopy", "calibrate_frequency"} <= set(namespace)
+        store = JobStore.open(config)
+        job_id = store.insert(new_job())
+        plan = namespace["spectroscopy"](scan=["spectroscopy.detuning=-1e5:1e5:4"], shots=5, md={JOB_ID_KEY: job_id})
+        environment.RE(plan)
+        job = store.get(job_id)
+        assert job.points == 4
+        assert len(job.run_uids) == 1
+        assert job.parameters_timestamp is not None
+        assert job.parameters_timestamp.startswith("20")
+        assert job.code_commit == environment.code[0]
+        store.close()
+    finally:
+        if environment.recorder is not None:
+            environment.recorder.close()
+        if environment.pipeline is not None:
+            environment.pipeline.close()
+        if environment.lab is not None:
+            environment.lab.close()
+
+
+def test_latest_parameter_timestamp_reads_the_nested_snapshot() -> None:
+    start = {
+        "uid": "u", "time": 0.0,
+        "parameters": {"qubit": {"frequency": {"value": 1.0, "timestamp": "2026-01-02T00:00:00+00:00", "source": "x"},
+                                 "pi_time": {"value": 1.0, "timestamp": "2026-03-01T00:00:00+00:00", "source": "x"}}},
+    }  # fmt: skip
+    assert latest_parameter_timestamp(start) == "2026-03-01T00:00:00+00:00"  # type: ignore[arg-type]
