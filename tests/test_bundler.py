@@ -1,0 +1,268 @@
+"""The bundler: one record per scan point, whatever order the streams arrive in."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import event_model
+import pytest
+from event_model import DocumentNames, compose_run, pack_event_page, schema_validators
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from orchestrion.pipeline import BUNDLED, COMPLETE_KEY, Bundler
+
+NUMBER = {"dtype": "number", "shape": [], "source": "sim://x"}
+INTEGER = {"dtype": "integer", "shape": [], "source": "sim://index"}
+ARRAY = {"dtype": "array", "shape": [3], "dtype_numpy": "<i8", "source": "sim://counts"}
+MONITORED = {
+    "primary": {"point-index": INTEGER, "det-value": NUMBER, "det-counts": ARRAY},
+    "aux": {"point-index": INTEGER, "aux-value": NUMBER},
+}
+ASYNC = {"field-field_monitor": {"field-field": NUMBER}, "temp-temp_monitor": {"temp-temp": NUMBER}}
+
+
+@dataclass
+class Scenario:
+    """A run's streams, each in its own order, before they are interleaved."""
+
+    start: dict[str, Any]
+    descriptors: dict[str, dict[str, Any]]
+    streams: dict[str, list[dict[str, Any]]]
+    stop: dict[str, Any]
+    monitored: list[str]
+    asyncs: list[str]
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def make_scenario(
+    points: int, monitored: Sequence[str], asyncs: Sequence[str], missing: set[tuple[str, int]],
+    async_times: dict[str, list[float]], exit_status: str = "success",
+) -> Scenario:  # fmt: skip
+    run = compose_run(metadata={"experiment": "test", "bundle": {"monitored": list(monitored), "async": list(asyncs)}})
+    descriptors = {
+        name: run.compose_descriptor(name=name, data_keys=MONITORED[name] if name in MONITORED else ASYNC[name])
+        for name in [*monitored, *asyncs]
+    }
+    streams: dict[str, list[dict[str, Any]]] = {name: [] for name in descriptors}
+    for index in range(points):
+        for offset, name in enumerate(monitored):
+            if (name, index) in missing:
+                continue
+            when = 100.0 + index + 0.1 * offset
+            data: dict[str, Any] = {"point-index": index}
+            for key, spec in MONITORED[name].items():
+                if key != "point-index":
+                    data[key] = [index, 2 * index, 3 * index] if spec is ARRAY else index + 0.5 + offset
+            streams[name].append(
+                descriptors[name].compose_event(data=data, timestamps=dict.fromkeys(data, when), time=when)
+            )
+    for name in asyncs:
+        (key,) = ASYNC[name]
+        for stamp in sorted(async_times.get(name, [])):
+            streams[name].append(
+                descriptors[name].compose_event(data={key: stamp * 10}, timestamps={key: stamp}, time=stamp + 0.01)
+            )
+    stop = run.compose_stop(exit_status=exit_status)
+    documents = {k: v.descriptor_doc for k, v in descriptors.items()}
+    return Scenario(run.start_doc, documents, streams, stop, list(monitored), list(asyncs))  # type: ignore[arg-type]
+
+
+def reference_join(scenario: Scenario) -> dict[int, dict[str, Any]]:
+    """What the bundled stream must hold, point by point, computed from all data at once."""
+    by_point: dict[int, dict[str, dict[str, Any]]] = {}
+    for name in scenario.monitored:
+        for event in scenario.streams[name]:
+            by_point.setdefault(event["data"]["point-index"], {})[name] = event
+    expected: dict[int, dict[str, Any]] = {}
+    for point, events in by_point.items():
+        when = max(e["time"] for e in events.values())
+        row: dict[str, Any] = {}
+        for name in scenario.monitored:
+            if name in events:
+                for key, value in events[name]["data"].items():
+                    row.setdefault(key, value)
+        for name in scenario.asyncs:
+            (key,) = ASYNC[name]
+            before = [e for e in scenario.streams[name] if e["timestamps"][key] <= when]
+            row[key] = before[-1]["data"][key] if before else math.nan
+        for name in scenario.monitored:
+            for key, spec in MONITORED[name].items():
+                row.setdefault(key, event_model_fill(spec))
+        row[COMPLETE_KEY] = all(name in events for name in scenario.monitored)
+        expected[point] = row
+    return expected
+
+
+def event_model_fill(spec: dict[str, Any]) -> Any:
+    return [0, 0, 0] if spec is ARRAY else math.nan
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)
+
+
+def collect(bundler_kwargs: dict[str, Any] | None = None) -> tuple[Bundler, list[tuple[str, dict[str, Any]]]]:
+    out: list[tuple[str, dict[str, Any]]] = []
+    bundler = Bundler(lambda name, doc: out.append((name, doc)), **(bundler_kwargs or {}))
+    return bundler, out
+
+
+def bundled(out: list[tuple[str, dict[str, Any]]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    descriptors = [d for n, d in out if n == "descriptor" and d["name"] == BUNDLED]
+    uids = {d["uid"] for d in descriptors}
+    return descriptors, [d for n, d in out if n == "event" and d["descriptor"] in uids]
+
+
+@st.composite
+def scenarios_and_orders(draw: st.DrawFn) -> tuple[Scenario, list[tuple[str, dict[str, Any]]]]:
+    points = draw(st.integers(0, 7))
+    monitored = draw(st.sampled_from([["primary"], ["primary", "aux"]]))
+    asyncs = draw(st.sampled_from([[], ["field-field_monitor"], ["field-field_monitor", "temp-temp_monitor"]]))
+    missing = draw(st.sets(st.tuples(st.sampled_from(monitored), st.integers(0, max(points - 1, 0)))))
+    if len(monitored) == 1:
+        missing = set()  # a point only one stream reports is never seen: nothing to flag
+    stamp = st.floats(95.0, 110.0, allow_nan=False).map(lambda x: round(x, 3) + 0.0005)
+    async_times = {name: draw(st.lists(stamp, max_size=6, unique=True)) for name in asyncs}
+    exit_status = draw(st.sampled_from(["success", "fail", "abort"]))
+    scenario = make_scenario(points, monitored, asyncs, missing, async_times, exit_status)
+    # Interleave: each stream keeps its order and its descriptor comes first; across
+    # streams anything goes.  Runs of one stream's events sometimes travel as a page.
+    queues = {
+        name: [("descriptor", scenario.descriptors[name])] + [("event", e) for e in events]
+        for name, events in scenario.streams.items()
+    }
+    order: list[tuple[str, dict[str, Any]]] = [("start", scenario.start)]
+    while any(queues.values()):
+        name = draw(st.sampled_from(sorted(n for n, q in queues.items() if q)))
+        queue = queues[name]
+        if queue[0][0] == "event" and draw(st.booleans()):
+            take = draw(st.integers(1, len(queue)))
+            page = pack_event_page(*[doc for _, doc in queue[:take]])  # type: ignore[arg-type]
+            del queue[:take]
+            order.append(("event_page", page))
+        else:
+            order.append(queue.pop(0))
+    order.append(("stop", scenario.stop))
+    return scenario, order
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios_and_orders())
+def test_any_interleaving_gives_the_reference_join(case: tuple[Scenario, list[tuple[str, dict[str, Any]]]]) -> None:
+    scenario, order = case
+    bundler, out = collect({"async_wait": math.inf})
+    for name, doc in order:
+        bundler(name, doc)
+    descriptors, events = bundled(out)
+    expected = reference_join(scenario)
+    assert len(descriptors) == (1 if expected else 0)
+    got = {e["data"]["point-index"]: e for e in events}
+    assert len(got) == len(events), "a point was emitted twice"
+    assert set(got) == set(expected), "a point was dropped or invented"
+    for point, row in expected.items():
+        data = got[point]["data"]
+        assert set(data) == set(row)
+        for key, value in row.items():
+            assert same(data[key], value), (point, key, data[key], value)
+    for descriptor in descriptors:
+        schema_validators[DocumentNames.descriptor].validate(descriptor)
+    for event in events:
+        schema_validators[DocumentNames.event].validate(event)
+        assert set(event["data"]) == set(descriptors[0]["data_keys"])
+    # Every input document was passed on, and the stop (last) counts the bundled points.
+    made = {d["uid"] for d in descriptors} | {e["uid"] for e in events}
+    passed = [(n, d) for n, d in out if not (n in ("descriptor", "event") and d["uid"] in made)]
+    assert [n for n, _ in passed] == [n for n, _ in order]
+    assert all(a is b for (_, a), (_, b) in zip(passed[:-1], order[:-1], strict=True))
+    assert out[-1][0] == "stop"
+    assert out[-1][1]["num_events"][BUNDLED] == len(events)
+
+
+def test_points_go_out_as_soon_as_every_monitored_stream_reported() -> None:
+    scenario = make_scenario(
+        3, ["primary", "aux"], ["field-field_monitor"], set(), {"field-field_monitor": [99.0, 101.05]}
+    )
+    bundler, out = collect()
+    docs = [("start", scenario.start)] + [("descriptor", d) for d in scenario.descriptors.values()]
+    field_events = scenario.streams["field-field_monitor"]
+    docs.append(("event", field_events[0]))
+    for index in range(3):
+        docs.append(("event", scenario.streams["primary"][index]))
+        docs.append(("event", scenario.streams["aux"][index]))
+        if index == 1:
+            docs.append(("event", field_events[1]))
+    for name, doc in docs:
+        bundler(name, doc)
+    _, events = bundled(out)
+    # No stop yet: all three points are out, each right after its last monitored reading.
+    assert [e["data"]["point-index"] for e in events] == [0, 1, 2]
+    assert [e["data"]["field-field"] for e in events] == [990.0, 990.0, 1010.5]
+    assert all(e["data"][COMPLETE_KEY] for e in events)
+    flow = [(n, d) for n, d in out if not (n == "descriptor" and d["name"] == BUNDLED)]
+    positions = [i for i, (n, d) in enumerate(flow) if n == "event" and d in events]
+    aux_positions = [i for i, (n, d) in enumerate(flow) if n == "event" and d in scenario.streams["aux"]]
+    assert positions == [p + 1 for p in aux_positions]
+
+
+def test_a_failed_run_flags_incomplete_points_at_its_stop() -> None:
+    scenario = make_scenario(4, ["primary", "aux"], [], {("aux", 2), ("aux", 3)}, {}, exit_status="fail")
+    bundler, out = collect()
+    bundler("start", scenario.start)
+    for name in ("primary", "aux"):
+        bundler("descriptor", scenario.descriptors[name])
+    for event in scenario.streams["primary"] + scenario.streams["aux"]:
+        bundler("event", event)
+    assert [e["data"]["point-index"] for e in bundled(out)[1]] == [0, 1]
+    bundler("stop", scenario.stop)
+    _, events = bundled(out)
+    assert [(e["data"]["point-index"], e["data"][COMPLETE_KEY]) for e in events] == [
+        (0, True),
+        (1, True),
+        (2, False),
+        (3, False),
+    ]
+    assert math.isnan(events[3]["data"]["aux-value"])
+    assert out[-1][1]["exit_status"] == "fail"
+
+
+def test_streams_without_a_point_key_pair_by_sequence_number() -> None:
+    run = compose_run()
+    primary = run.compose_descriptor(name="primary", data_keys={"det": NUMBER})
+    bundler, out = collect()
+    bundler("start", run.start_doc)
+    bundler("descriptor", primary.descriptor_doc)
+    for n in range(3):
+        bundler("event", primary.compose_event(data={"det": float(n)}, timestamps={"det": 1.0 + n}, time=1.0 + n))
+    bundler("stop", run.compose_stop())
+    assert [e["data"]["det"] for e in bundled(out)[1]] == [0.0, 1.0, 2.0]
+
+
+def test_bad_documents_are_logged_with_their_run_and_other_runs_go_on(caplog: pytest.LogCaptureFixture) -> None:
+    good, bad = make_scenario(2, ["primary"], [], set(), {}), make_scenario(2, ["primary"], [], set(), {})
+    bundler, out = collect()
+    caplog.set_level(logging.ERROR)
+    # An event before its run's start.
+    bundler("descriptor", bad.descriptors["primary"])
+    assert f"run {bad.start['uid']}" in caplog.text
+    assert "before the run's start" in caplog.text
+    bundler("start", good.start)
+    bundler("descriptor", good.descriptors["primary"])
+    bundler("event", good.streams["primary"][0])
+    # The same event again, then an event of a descriptor nobody announced.
+    caplog.clear()
+    bundler("event", good.streams["primary"][0])
+    assert f"run {good.start['uid']}: event uid {good.streams['primary'][0]['uid']} is used twice" in caplog.text
+    stray = event_model.compose_run().compose_descriptor(name="primary", data_keys={"det": NUMBER})
+    bundler("event", stray.compose_event(data={"det": 1.0}, timestamps={"det": 1.0}))
+    assert "unknown descriptor" in caplog.text
+    bundler("event", good.streams["primary"][1])
+    bundler("stop", good.stop)
+    _, events = bundled(out)
+    assert [e["data"]["point-index"] for e in events] == [0, 1]

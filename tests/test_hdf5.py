@@ -1,0 +1,337 @@
+"""The HDF5 writer: NeXus layout, read back with h5py and nexusformat, live and after a crash."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+from nexusformat.nexus import nxload
+
+from orchestrion.pipeline import (
+    Hdf5Writer,
+    InstrumentPlugin,
+    RunDocuments,
+    Serializer,
+    file_name_for,
+    load_plugins,
+    recover_incomplete,
+)
+
+from .pipeline_docs import fake_run, sequence_hash, sequence_json, whole_run
+from .support import wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+FIT = {"center": 1234.5, "center_err": 12.0, "contrast": 0.9, "contrast_err": 0.01}
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def write_run(directory: Path, points: int = 12, **options: Any) -> Path:
+    with Serializer(directory, **options) as serializer:
+        for name, doc in whole_run(points, fit=FIT):
+            serializer(name, doc)
+    (path,) = serializer.artifacts["stream_data"]
+    return path
+
+
+def test_a_run_becomes_one_nexus_file(tmp_path: Path) -> None:
+    path = write_run(tmp_path, points=12, buffer_points=5)
+    assert path.parent == tmp_path.resolve()
+    with h5py.File(path, "r") as f:
+        entry = f["entry"]
+        assert text(entry["status"][()]) == "success"
+        assert entry["points"][()] == 12
+        assert text(entry["experiment"][()]) == "spectroscopy"
+        assert text(entry["job_id"][()]) == "job-42"
+        assert entry["scan_id"][()] == 7
+        assert text(entry["start_time"][()])
+        assert text(entry["end_time"][()])
+        start = json.loads(text(entry["metadata/start"][()]))
+        assert text(entry["run_uid"][()]) == start["uid"]
+        assert json.loads(text(entry["metadata/stop"][()]))["exit_status"] == "success"
+        # The default plot: signal and axes.
+        assert f.attrs["default"] == "entry"
+        assert entry.attrs["default"] == "data"
+        data = entry["data"]
+        assert data.attrs["NX_class"] == "NXdata"
+        assert data.attrs["signal"] == "sequencer_bright_fraction"
+        assert list(data.attrs["axes"]) == ["point_qubit_detuning"]
+        assert data["point_index"][:].tolist() == list(range(12))
+        assert data["point_qubit_detuning"].attrs["units"] == "Hz"
+        # Per-shot counts: points x shots, also as their own NXdata.
+        assert data["sequencer_counts"].shape == (12, 4)
+        assert data["sequencer_counts"][3].tolist() == [3, 4, 5, 6]
+        assert entry["shots/sequencer_counts"].shape == (12, 4)
+        assert list(entry["shots"].attrs["axes"]) == ["point_qubit_detuning", "shot"]
+        # The parameter snapshot: value and timestamp per id.
+        threshold = entry["parameters/detection.threshold"]
+        assert threshold["value"][()] == 5
+        assert threshold.attrs["timestamp"] == "2026-01-02T00:00:00+00:00"
+        assert threshold.attrs["source"] == "calibration"
+        assert entry["parameters/qubit.frequency/value"][()] == pytest.approx(12.6428e9)
+        # Sequences: five distinct ones stored once, and which one each point ran.
+        sequences = entry["sequences"]
+        assert sequences["hash"].shape == (5,)
+        rows = sequences["point_sequence"][:]
+        assert rows.tolist() == [i % 5 for i in range(12)]
+        for point, row in enumerate(rows):
+            stored = text(sequences["json"][row])
+            assert sequence_hash(stored) == text(data["sequencer_sequence_hash"][point])
+            assert stored == sequence_json(-2e3 + 1e3 * (point % 5))
+        # Fit results and the other streams.
+        assert entry["analysis/center"][()] == pytest.approx(1234.5)
+        assert entry["analysis/center_err"][()] == pytest.approx(12.0)
+        assert entry["streams/baseline/rf_frequency_readback"][:].tolist() == [200e6, 200e6 + 1]
+        assert "sequences" not in entry["streams"]
+        # The built-in plugin (entry point) describes the instrument.
+        assert entry["instrument"].attrs["NX_class"] == "NXinstrument"
+    assert not list((tmp_path / ".writing").glob("*.lock"))
+
+
+def test_a_generic_nexus_reader_finds_the_default_plot(tmp_path: Path) -> None:
+    root = nxload(str(write_run(tmp_path)))
+    plot = root.plottable_data
+    assert plot is not None
+    assert plot.nxsignal.nxname == "sequencer_bright_fraction"
+    assert [axis.nxname for axis in plot.nxaxes] == ["point_qubit_detuning"]
+    assert plot.nxsignal.shape == (12,)
+
+
+def test_file_names_carry_date_scan_and_experiment_and_stay_in_the_directory(tmp_path: Path) -> None:
+    start = dict(next(iter(fake_run().head()))[1])
+    name = file_name_for(start)
+    assert "scan7" in name
+    assert "spectroscopy" in name
+    assert name.startswith(datetime.fromtimestamp(start["time"]).strftime("%Y%m%d-"))
+    for hostile in ("../../etc/passwd", "/abs/path", "..", "a/../../b", "nul\x00l", ""):
+        start["experiment"] = hostile
+        name = file_name_for(start, "{experiment}")
+        assert "/" not in name
+        assert not name.startswith(".")
+        assert (tmp_path / name).resolve().parent == tmp_path.resolve()
+    # A whole run with hostile metadata writes its file inside the directory.
+    with Serializer(tmp_path / "data", file_prefix="{experiment}") as serializer:
+        for name, doc in whole_run(2, experiment="../../escaped"):
+            serializer(name, doc)
+    (path,) = serializer.artifacts["stream_data"]
+    assert path.parent == (tmp_path / "data").resolve()
+    assert path.name == "escaped.h5"
+    # Metadata in the template, and a template that does not fit this run.
+    assert file_name_for({**start, "sample": "a/b"}, "{start[sample]}") == "a_b.h5"
+    assert "scan7" in file_name_for(start, "{start[missing]}")
+
+
+def test_two_runs_with_the_same_name_get_two_files(tmp_path: Path) -> None:
+    first = write_run(tmp_path, points=2, file_prefix="{experiment}")
+    second = write_run(tmp_path, points=2, file_prefix="{experiment}")
+    assert first != second
+    assert {first.name, second.name} == {"spectroscopy.h5", "spectroscopy-1.h5"}
+
+
+class RecordingPlugin:
+    def start(self, entry: h5py.Group, start: dict[str, Any]) -> None:
+        entry.create_dataset("lab_sample", data=str(start.get("sample", "")))
+
+    def stop(self, entry: h5py.Group, run: RunDocuments) -> None:
+        entry.create_dataset("lab_streams", data=",".join(sorted(run.descriptors)))
+
+
+class BrokenPlugin:
+    def start(self, entry: h5py.Group, start: dict[str, Any]) -> None:
+        raise RuntimeError("plugin bug")
+
+    def stop(self, entry: h5py.Group, run: RunDocuments) -> None:
+        raise RuntimeError("plugin bug")
+
+
+def test_plugins_extend_the_layout_and_cannot_break_the_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert any(isinstance(p, InstrumentPlugin) for p in load_plugins())
+    with Serializer(tmp_path, plugins=[BrokenPlugin(), RecordingPlugin()]) as serializer:
+        for name, doc in whole_run(3, fit=FIT, sample="Ca40"):
+            serializer(name, doc)
+    assert "plugin bug" in caplog.text
+    with h5py.File(serializer.artifacts["stream_data"][0], "r") as f:
+        assert text(f["entry/lab_sample"][()]) == "Ca40"
+        assert text(f["entry/lab_streams"][()]) == "analysis,baseline,primary,sequences"
+        assert text(f["entry/status"][()]) == "success"
+
+
+def test_bad_documents_close_that_runs_file_marked_and_other_runs_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR)
+    files: dict[str, Path] = {}
+    writer = Hdf5Writer(tmp_path, on_file=lambda uid, path: files.__setitem__(uid, path))
+    good, bad = fake_run(), fake_run()
+    for name, doc in [*good.head(), *bad.head()]:
+        writer(name, doc)
+    for index in range(3):
+        for name, doc in good.point(index):
+            writer(name, doc)
+    replayed = None
+    for name, doc in bad.point(0):
+        writer(name, doc)
+        replayed = (name, doc)
+    assert replayed is not None
+    writer(*replayed)  # the same event uid twice
+    assert f"run {bad.uid}: event uid {replayed[1]['uid']} is used twice" in caplog.text
+    for name, doc in bad.point(1):  # later documents of the broken run are ignored
+        writer(name, doc)
+    for index in range(3, 6):
+        for name, doc in good.point(index):
+            writer(name, doc)
+    for name, doc in good.tail():
+        writer(name, doc)
+    # An event before any start, and the stop of a run nobody started.
+    stray = fake_run()
+    writer("event", next(d for n, d in stray.point(0) if n == "event"))
+    writer("stop", dict(stray.run.compose_stop()))
+    assert "before any start document" in caplog.text
+    assert f"run {stray.uid}: stop arrived before the run's start document" in caplog.text
+    with h5py.File(files[bad.uid], "r") as f:  # closed consistent: a plain reader opens it
+        assert text(f["entry/status"][()]) == "error"
+        assert "used twice" in text(f["entry/reason"][()])
+        assert f["entry/points"][()] == 1
+    with h5py.File(files[good.uid], "r") as f:
+        assert text(f["entry/status"][()]) == "success"
+        assert f["entry/data/point_index"][:].tolist() == list(range(6))
+    assert len(list(tmp_path.glob("*.h5"))) == 2
+
+
+def test_closing_the_writer_mid_run_marks_the_file_incomplete(tmp_path: Path) -> None:
+    writer = Hdf5Writer(tmp_path)
+    run = fake_run()
+    for name, doc in [*run.head(), *run.point(0), *run.point(1)]:
+        writer(name, doc)
+    writer.close()
+    with h5py.File(writer.files[run.uid], "r") as f:
+        assert text(f["entry/status"][()]) == "incomplete"
+        assert f["entry/points"][()] == 2
+
+
+READER = textwrap.dedent(
+    """
+    import sys, time, h5py
+    path, progress = sys.argv[1], sys.argv[2]
+    seen = -1
+    with h5py.File(path, "r", swmr=True) as f:
+        index = f["entry/data/point_index"]
+        while True:
+            index.refresh()
+            n = index.shape[0]
+            if n != seen:
+                seen = n
+                values = index[:].tolist()
+                assert values == list(range(n)), values
+                with open(progress, "a") as out:
+                    out.write(f"{n}\\n")
+            if n >= 20:
+                break
+            time.sleep(0.005)
+    """
+)
+
+
+def test_another_process_reads_the_file_while_the_run_writes_it(tmp_path: Path) -> None:
+    run = fake_run(detunings=5)
+    serializer = Serializer(tmp_path, buffer_points=10, flush_interval=3600)
+    for name, doc in run.head():
+        serializer(name, doc)
+    for name, doc in run.point(0):
+        serializer(name, doc)
+    path = serializer.artifacts["stream_data"][0]
+    progress = tmp_path / "progress.txt"
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(path), str(progress)])
+    try:
+        seen = lambda: [int(x) for x in progress.read_text().split()] if progress.exists() else []  # noqa: E731
+        wait_until(lambda: seen(), timeout=30, what="the reader to open the file")
+        for index in range(1, 10):
+            for name, doc in run.point(index):
+                serializer(name, doc)
+        wait_until(lambda: 10 in seen(), timeout=30, what="the reader to see the first 10 points")
+        for index in range(10, 20):
+            for name, doc in run.point(index):
+                serializer(name, doc)
+        wait_until(lambda: 20 in seen(), timeout=30, what="the reader to see 20 points")
+        assert reader.wait(timeout=30) == 0
+        # It saw the points in buffer-sized steps while the writer still had the file open.
+        assert seen() == [0, 10, 20]
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    for name, doc in run.tail():
+        serializer(name, doc)
+    with h5py.File(path, "r") as f:
+        assert f["entry/points"][()] == 20
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, sys.argv[2])
+    from orchestrion.pipeline import Serializer
+    from tests.pipeline_docs import fake_run
+    run = fake_run(detunings=5)
+    serializer = Serializer(sys.argv[1], buffer_points=5, flush_interval=3600)
+    for name, doc in run.head():
+        serializer(name, doc)
+    print(serializer.artifacts["stream_data"][0], flush=True)
+    index = 0
+    while True:
+        for name, doc in run.point(index):
+            serializer(name, doc)
+        index += 1
+        if index % 5 == 0:  # the buffer of 5 points was just written
+            print(index, flush=True)
+        time.sleep(0.002)
+    """
+)
+
+
+def test_a_writer_killed_mid_run_leaves_a_readable_file_with_every_flushed_point(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(data), str(REPO)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None
+        path = Path(writer.stdout.readline().strip())
+        flushed = 0
+        while flushed < 40:
+            flushed = int(writer.stdout.readline())
+        # The lock of a live writer keeps recovery away from its file.
+        assert recover_incomplete(data) == []
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=30)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+        if writer.stdout is not None:
+            writer.stdout.close()
+    with h5py.File(path, "r", swmr=True) as f:
+        points = f["entry/data/point_index"][:]
+        assert text(f["entry/status"][()]) == "running"
+    assert len(points) >= flushed
+    assert points.tolist() == list(range(len(points)))
+    # Recovery: a plain readable file, marked incomplete, every point kept.
+    assert recover_incomplete(data) == [path]
+    with h5py.File(path, "r") as f:
+        assert text(f["entry/status"][()]) == "incomplete"
+        assert f["entry/points"][()] == len(points)
+        assert np.array_equal(f["entry/data/point_index"][:], points)
+        assert f["entry/data"].attrs["signal"] == "sequencer_bright_fraction"
+        assert f["entry/data/point_qubit_detuning"].shape == (len(points),)
+    assert recover_incomplete(data) == []
