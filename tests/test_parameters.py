@@ -293,6 +293,26 @@ def test_a_value_written_elsewhere_is_seen_through_the_cache(backend: Backend) -
     assert store.history("qubit.frequency")[-1] == outside
 
 
+def test_a_cached_snapshot_sees_values_written_elsewhere(backend: Backend) -> None:
+    many = [ParameterSpec(id=f"bulk.p{i:03d}", type=ParameterType.INT, default=i) for i in range(60)]
+    store = backend.open(many)
+    other = backend.open(many)
+    assert store.snapshot(["bulk"])["bulk.p007"].value == 7  # the cache now holds all 60
+    with backend.count_queries(store) as cached:
+        assert store.snapshot(["bulk"])["bulk.p007"].value == 7
+    assert len(cached) <= 1, cached
+
+    written = other.set("bulk.p007", 70, source="other process")
+    assert store.snapshot(["bulk"])["bulk.p007"] == written
+    outside = ParameterValue(id="bulk.p059", value=590, timestamp=_utc_now(), source="raw")
+    backend.write_elsewhere(outside, many[59])
+    seen = store.snapshot(["bulk"])
+    assert (seen["bulk.p007"], seen["bulk.p059"]) == (written, outside)
+    assert [v.value for pid, v in seen.items() if pid not in ("bulk.p007", "bulk.p059")] == [
+        i for i in range(60) if i not in (7, 59)
+    ]
+
+
 def test_invalidate_rereads_even_a_backdated_edit(backend: Backend) -> None:
     spec = ParameterSpec(id="old.value", type=ParameterType.INT, default=0)
     store = backend.open(specs=None)

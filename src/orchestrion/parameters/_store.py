@@ -75,6 +75,10 @@ class BaseParameterStore(ABC):
     Reads "as of" a time always go to the backend: the past can be edited too.
     """
 
+    # Reads of fewer ids than this skip the cache: for a backend whose cache check costs
+    # a round trip, reading them outright is as cheap and needs no check.
+    direct_read_below = 0
+
     def __init__(self) -> None:
         self._specs: dict[str, ParameterSpec] = {}
         self._lock = threading.RLock()
@@ -161,6 +165,9 @@ class BaseParameterStore(ABC):
         with self._lock:
             if at is not None:
                 found = self._read(wanted, utc(at))
+            elif len(wanted) < self.direct_read_below:
+                found = self._read(wanted, None)
+                self._cache.update(found)
             else:
                 self._revalidate_cache()
                 found = {i: self._cache[i] for i in wanted if i in self._cache}
