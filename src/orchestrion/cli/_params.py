@@ -112,7 +112,8 @@ def list_params(ctx: click.Context, namespaces: tuple[str, ...], as_json: bool) 
         return
     width = max((len(pid) for pid in values), default=0)
     for pid, value in values.items():
-        click.echo(f"{pid:{width}}  {_shown(value, specs[pid]):24}  {value.timestamp:%Y-%m-%d %H:%M:%S}  {value.source}")
+        when = f"{value.timestamp:%Y-%m-%d %H:%M:%S}"
+        click.echo(f"{pid:{width}}  {_shown(value, specs[pid]):24}  {when}  {value.source}")
 
 
 @params.command("get")
@@ -163,9 +164,7 @@ def set_param(ctx: click.Context, parameter_id: str, value: str, as_json: bool) 
 @json_option
 @click.pass_context
 @reports_errors
-def history_param(
-    ctx: click.Context, parameter_id: str, since: str | None, until: str | None, as_json: bool
-) -> None:
+def history_param(ctx: click.Context, parameter_id: str, since: str | None, until: str | None, as_json: bool) -> None:
     """Every value ID had, oldest first, with when and by whom it was set."""
     start, end = parse_time(since, "--since"), parse_time(until, "--until")
     config = config_from(ctx)
