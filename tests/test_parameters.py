@@ -508,3 +508,18 @@ def test_line_protocol_layout() -> None:
     )
     lab_book = ParameterValue(id="lab.note", value="a b", timestamp=datetime(2026, 1, 1, tzinfo=UTC), source="")
     assert line_protocol(lab_book, NOTE).startswith("parameter,group=Lab\\ book,id=lab.note,namespace=lab,type=str ")
+
+
+def test_a_job_reads_its_own_parameters_as_of_a_time_and_shared_ones_now(backend: Backend) -> None:
+    store = backend.open()
+    store.set("detection.mode", "slow", source="job submitted")
+    submitted = store.get("detection.mode").timestamp
+    store.set("detection.mode", "fast", source="later edit")
+    store.set("qubit.frequency", 12.9e9, source="calibration after submission")
+
+    values = store.snapshot(["detection"], at=submitted, latest=["qubit"])
+    assert list(values) == ["detection.threshold", "detection.mode", "qubit.frequency", "qubit.pi_time"]
+    assert values["detection.mode"].value == "slow"
+    assert values["qubit.frequency"].value == 12.9e9
+    # An id named in both is read at its latest.
+    assert store.snapshot(["detection.mode"], at=submitted, latest=["detection.mode"])["detection.mode"].value == "fast"

@@ -44,8 +44,15 @@ class ParameterStore(Protocol):
         """The value now, or as it was at ``at``."""
         ...
 
-    def snapshot(self, ids: Iterable[str], at: datetime | None = None) -> dict[str, ParameterValue]:
-        """Several values in one read, as of one time; namespaces stand for all their ids."""
+    def snapshot(
+        self, ids: Iterable[str], at: datetime | None = None, *, latest: Iterable[str] = ()
+    ) -> dict[str, ParameterValue]:
+        """Several values in one read, as of ``at``; namespaces stand for all their ids.
+
+        Ids and namespaces in ``latest`` are added and read at their latest even when
+        ``at`` is given: a queued job reads its own experiment's parameters as of its
+        submission and the shared ones (qubit, detection) as they are now.
+        """
         ...
 
     def set(self, parameter_id: str, value: Any, source: str) -> ParameterValue:
@@ -160,27 +167,38 @@ class BaseParameterStore(ABC):
         self.spec(parameter_id)
         return self.snapshot([parameter_id], at)[parameter_id]
 
-    def snapshot(self, ids: Iterable[str], at: datetime | None = None) -> dict[str, ParameterValue]:
-        wanted = self.expand(ids)
+    def snapshot(
+        self, ids: Iterable[str], at: datetime | None = None, *, latest: Iterable[str] = ()
+    ) -> dict[str, ParameterValue]:
+        at_latest = self.expand(latest)
+        wanted = list(dict.fromkeys([*self.expand(ids), *at_latest]))
+        current = set(wanted) if at is None else set(at_latest)
+        then = [i for i in wanted if i not in current]
         with self._lock:
-            if at is not None:
-                found = self._read(wanted, utc(at))
-            elif len(wanted) < self.direct_read_below:
-                found = self._read(wanted, None)
-                self._cache.update(found)
-            else:
-                self._revalidate_cache()
-                found = {i: self._cache[i] for i in wanted if i in self._cache}
-                missing = [i for i in wanted if i not in found]
-                if missing:
-                    fresh = self._read(missing, None)
-                    self._cache.update(fresh)
-                    found.update(fresh)
+            found = self._read(then, utc(at)) if then and at is not None else {}
+            found.update(self._latest([i for i in wanted if i in current]))
         absent = [i for i in wanted if i not in found]
         if absent:
-            when = f" at {at.isoformat()}" if at else ""
+            when = f" at {at.isoformat()}" if at and absent[0] not in current else ""
             raise ParameterError(f"parameter '{absent[0]}' has no value{when}")
         return {i: found[i] for i in wanted}
+
+    def _latest(self, wanted: list[str]) -> dict[str, ParameterValue]:
+        """Latest values through the cache (call with the lock held)."""
+        if not wanted:
+            return {}
+        if len(wanted) < self.direct_read_below:
+            found = self._read(wanted, None)
+            self._cache.update(found)
+            return found
+        self._revalidate_cache()
+        found = {i: self._cache[i] for i in wanted if i in self._cache}
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            fresh = self._read(missing, None)
+            self._cache.update(fresh)
+            found.update(fresh)
+        return found
 
     def set(self, parameter_id: str, value: Any, source: str) -> ParameterValue:
         spec = self.spec(parameter_id)
