@@ -1,7 +1,7 @@
 """Every run into a Tiled catalog, through bluesky-tiled-plugins' TiledWriter.
 
 Embedded (no ``tiled_uri`` configured): a persistent catalog under
-``$ORCHESTRION_HOME/tiled`` (``catalog.db``, file storage ``files/`` and SQL table
+``$ORCHESTRION_HOME/tiled`` (``catalog.db``, file storage ``data/`` and SQL table
 storage ``tables.db``: TiledWriter needs the SQL storage for event tables), served
 in-process.  Services: the Tiled server at ``tiled_uri`` with ``tiled_api_key``.
 
@@ -48,7 +48,8 @@ class CatalogConnection:
 
 def embedded_catalog_paths(home: Path) -> dict[str, Path]:
     root = home / "tiled"
-    return {"root": root, "catalog": root / "catalog.db", "files": root / "files", "tables": root / "tables.db"}
+    # The same layout `orchestrion up` serves, so either way finds the same runs.
+    return {"root": root, "catalog": root / "catalog.db", "files": root / "data", "tables": root / "tables.db"}
 
 
 def connect_catalog(config: OrchestrionConfig) -> CatalogConnection:
@@ -58,7 +59,7 @@ def connect_catalog(config: OrchestrionConfig) -> CatalogConnection:
     if config.tiled_uri:
         api_key = config.tiled_api_key.get_secret_value() if config.tiled_api_key else None
         client = from_uri(config.tiled_uri, api_key=api_key)
-        return CatalogConnection(client=client, location=config.tiled_uri, served=True)
+        return CatalogConnection(client=client, location=config.tiled_uri, served=True, _context=client.context)
     return open_embedded_catalog(config.home)
 
 
@@ -99,7 +100,9 @@ class TiledSink:
         from bluesky_tiled_plugins import TiledWriter
 
         self.connection = connection
-        self.writer = TiledWriter(connection.client, batch_size=batch_size)
+        # Arrays go to array storage whatever their size: the SQL table storage takes
+        # no list columns (per-shot counts of a few shots failed with HTTP 500).
+        self.writer = TiledWriter(connection.client, batch_size=batch_size, max_array_size=0)
         self.on_run = on_run
         self.hdf5_path = hdf5_path
         self._analysis_descriptors: dict[str, str] = {}

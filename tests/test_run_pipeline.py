@@ -1,0 +1,82 @@
+"""End to end: `orchestrion run --json` sends the run through the bundler to HDF5 and Tiled."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+from tiled.queries import Key
+
+from orchestrion.config import OrchestrionConfig
+from orchestrion.pipeline import BUNDLED, open_embedded_catalog
+from orchestrion.session import EmbeddedSession, RunOptions
+
+ORCHESTRION = Path(sys.executable).with_name("orchestrion")
+
+
+def test_orchestrion_run_reports_its_hdf5_file_and_tiled_node(home: Path) -> None:
+    result = subprocess.run(
+        [str(ORCHESTRION), "run", "spectroscopy", "--scan", "spectroscopy.detuning=-1e5:1e5:11",
+         "--shots", "8", "--json"],
+        capture_output=True, text=True, env=os.environ.copy(), timeout=240, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "success"
+    assert report["points"] == 11
+    path = Path(report["hdf5"])
+    assert path.parent == (home / "data").resolve()
+    assert "spectroscopy" in path.name
+    with h5py.File(path, "r") as f:
+        entry = f["entry"]
+        assert entry["status"][()] == b"success"
+        assert entry["run_uid"][()].decode() == report["run_uid"]
+        data = entry["data"]
+        assert data.attrs["signal"] == "sequencer_bright_fraction"
+        assert list(data.attrs["axes"]) == ["point_spectroscopy_detuning"]
+        assert data["point_index"][:].tolist() == list(range(11))
+        assert data["sequencer_counts"].shape == (11, 8)
+        assert data["bundle_complete"][:].all()
+        assert "field_field" in data  # the async monitor, joined by time
+        assert entry["sequences/point_sequence"].shape == (11,)
+        assert entry["sequences/hash"].shape == (11,)  # every detuning is its own sequence
+        assert entry["analysis/center"][()] == pytest.approx(report["analysis"]["center"])
+        assert entry["parameters/qubit.frequency/value"][()] > 12e9
+        assert "baseline" in entry["streams"]
+    uid = report["run_uid"]
+    assert report["tiled"] == f"sqlite:///{(home / 'tiled' / 'catalog.db').resolve()}#/{uid}"
+    catalog = open_embedded_catalog(home.resolve())
+    try:
+        assert list(catalog.client.search(Key("start.experiment") == "spectroscopy")) == [uid]
+        run = catalog.client[uid]
+        assert run[BUNDLED].read()["point-index"].values.tolist() == list(range(11))
+        assert run.metadata["orchestrion"]["hdf5"] == report["hdf5"]
+        assert run.metadata["orchestrion"]["analysis"]["center"] == pytest.approx(report["analysis"]["center"])
+    finally:
+        catalog.close()
+
+
+def test_an_embedded_session_writes_one_file_per_run(config: OrchestrionConfig) -> None:
+    session = EmbeddedSession(config.model_copy(update={"tiled_enabled": False}))
+    try:
+        first = session.run(
+            RunOptions("rabi_flop", scans=["rabi_flop.duration=0:40e-6:9"], shots=5, md={"job_id": "j-1"})
+        )
+        second = session.run(RunOptions("ramsey", scans=["ramsey.wait=0:200e-6:7"], shots=5))
+    finally:
+        session.close()
+    assert first.tiled is None
+    assert first.hdf5 is not None
+    assert second.hdf5 is not None
+    assert first.hdf5 != second.hdf5
+    with h5py.File(first.hdf5, "r") as f:
+        assert f["entry/job_id"][()].decode() == "j-1"
+        assert f["entry/points"][()] == 9
+    with h5py.File(second.hdf5, "r") as f:
+        assert f["entry/experiment"][()].decode() == "ramsey"
+        assert f["entry/points"][()] == 7

@@ -1,0 +1,149 @@
+"""Runs in a Tiled catalog: a served one (with an API key) and the embedded persistent one."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import httpx
+import pytest
+from tiled.client import from_uri
+from tiled.queries import Key
+
+from orchestrion.config import OrchestrionConfig
+from orchestrion.pipeline import (
+    BUNDLED,
+    Bundler,
+    Guarded,
+    Hdf5Writer,
+    TiledSink,
+    connect_catalog,
+    open_embedded_catalog,
+)
+
+from .pipeline_docs import whole_run
+from .support import free_port, wait_until
+
+TILED = Path(sys.executable).with_name("tiled")
+FIT = {"center": 1234.5, "center_err": 12.0}
+
+
+@dataclass
+class TiledServer:
+    uri: str
+    api_key: str
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def tiled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TiledServer]:
+    """`tiled serve catalog` with file and SQL table storage, on a free loopback port."""
+    root = tmp_path_factory.mktemp("tiled")
+    (root / "data").mkdir()
+    port, key = free_port(), secrets.token_hex(16)
+    log = (root / "server.log").open("wb")
+    server = subprocess.Popen(
+        [
+            str(TILED), "serve", "catalog", str(root / "catalog.db"), "--init",
+            "-w", str(root / "data"), "-w", f"sqlite:///{root / 'tables.db'}",
+            "--api-key", key, "--host", "127.0.0.1", "--port", str(port),
+        ],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: server.poll() is None and httpx.get(f"{uri}/api/v1/", timeout=1).status_code == 200,
+            timeout=90, what="the tiled server",
+        )  # fmt: skip
+        yield TiledServer(uri, key, root)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def pipeline_for(config: OrchestrionConfig, data_dir: Path) -> tuple[Bundler, Hdf5Writer, TiledSink, dict[str, str]]:
+    addresses: dict[str, str] = {}
+    writer = Hdf5Writer(data_dir, data_stream=BUNDLED, skip_streams=("primary",))
+    sink = TiledSink(connect_catalog(config), batch_size=7, on_run=addresses.__setitem__, hdf5_path=writer.files.get)
+    return Bundler([Guarded(writer, "hdf5"), Guarded(sink, "tiled")]), writer, sink, addresses
+
+
+def test_runs_are_catalogued_in_a_served_tiled_and_found_by_their_metadata(
+    tiled_server: TiledServer, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    config = OrchestrionConfig(home=tmp_path, tiled_uri=tiled_server.uri, tiled_api_key=tiled_server.api_key)  # type: ignore[arg-type]
+    bundler, writer, sink, addresses = pipeline_for(config, tmp_path / "data")
+    before = time.time()
+    uids = []
+    for experiment, job, points in (("spectroscopy", "job-1", 23), ("ramsey", "job-2", 5)):
+        docs = list(whole_run(points, fit=FIT, experiment=experiment, job_id=job))
+        uids.append(docs[0][1]["uid"])
+        for name, doc in docs:
+            bundler(name, doc)
+    bundler.close()
+
+    client = from_uri(tiled_server.uri, api_key=tiled_server.api_key)
+    assert uids[0] in client
+    assert addresses[uids[0]] == f"{tiled_server.uri}/api/v1/metadata/{uids[0]}"
+    assert httpx.get(addresses[uids[0]], headers={"Authorization": f"Apikey {tiled_server.api_key}"}).status_code == 200
+    # Found by experiment, job id, time range and any metadata.
+    assert list(client.search(Key("start.experiment") == "ramsey")) == [uids[1]]
+    assert list(client.search(Key("start.job_id") == "job-1")) == [uids[0]]
+    recent = client.search(Key("start.time") >= before).search(Key("start.time") <= time.time())
+    assert set(recent) == set(uids)
+    assert list(client.search(Key("start.time") < before - 3600)) == []
+    assert list(client.search(Key("start.parameters.detection.threshold.value") == 5)) == uids
+
+    run = client[uids[0]]
+    assert {"primary", BUNDLED, "baseline", "analysis", "sequences"} <= set(run)
+    bundled = run[BUNDLED].read()
+    assert bundled["point-index"].values.tolist() == list(range(23))
+    assert bundled["sequencer-counts"].shape == (23, 4)
+    assert bool(bundled["bundle-complete"].all())
+    # The run's HDF5 file is reachable from its entry, with the fits.
+    extra = run.metadata["orchestrion"]
+    assert extra["analysis"] == FIT
+    with h5py.File(extra["hdf5"], "r") as f:
+        assert f["entry/run_uid"][()].decode() == uids[0]
+        assert f["entry/points"][()] == 23
+    assert run.metadata["stop"]["num_events"][BUNDLED] == 23
+    # The key opens the catalog; without it the server refuses.
+    assert httpx.get(f"{tiled_server.uri}/api/v1/search/").status_code == 401
+    sink.close()
+    client.context.close()
+    assert tiled_server.api_key not in capfd.readouterr().err
+    for path in writer.files.values():
+        assert tiled_server.api_key.encode() not in path.read_bytes()
+
+
+def test_the_embedded_catalog_persists_under_the_home(tmp_path: Path) -> None:
+    config = OrchestrionConfig(home=tmp_path)
+    bundler, _, sink, addresses = pipeline_for(config, tmp_path / "data")
+    docs = list(whole_run(4, fit=FIT, experiment="rabi_flop"))
+    for name, doc in docs:
+        bundler(name, doc)
+    sink.close()
+    uid = docs[0][1]["uid"]
+    assert addresses[uid] == f"sqlite:///{tmp_path / 'tiled' / 'catalog.db'}#/{uid}"
+    # Another connection (as a later process would open it) finds the run and its data.
+    again = open_embedded_catalog(tmp_path)
+    try:
+        (found,) = again.client.search(Key("start.experiment") == "rabi_flop")
+        assert found == uid
+        run = again.client[uid]
+        assert run[BUNDLED].read()["point-index"].values.tolist() == [0, 1, 2, 3]
+        assert run.metadata["orchestrion"]["analysis"]["center"] == 1234.5
+    finally:
+        again.close()
