@@ -185,7 +185,7 @@ class InfluxParameterStore(BaseParameterStore):
 
     def _check_server(self) -> None:
         response = self._request("GET", "/ping")
-        if response.status_code != 204:
+        if response.status_code not in (200, 204):  # 1.x and 2.x answer 204, 3.x 200
             raise ParameterStoreUnavailable(
                 f"{self.url} is not an InfluxDB server (/ping: HTTP {response.status_code})"
             )
@@ -195,7 +195,10 @@ class InfluxParameterStore(BaseParameterStore):
             raise
         except ParameterStoreError as exc:
             if "database not found" not in str(exc):
-                raise
+                # Servers that speak only part of InfluxQL (2.x/3.x compatibility) may not
+                # know the statement: the first real read or write will tell.
+                logger.warning("could not check database %s on %s: %s", self.database, self.url, exc)
+                return
             try:
                 self._query(f"CREATE DATABASE {self._identifier(self.database)}", database=False)
             except ParameterStoreError as create_failed:
