@@ -35,7 +35,7 @@ from orchestrion.jobs import (
     submit_job,
     validate_request,
 )
-from orchestrion.services import queue_server_api, tiled_api_key, tiled_uri
+from orchestrion.services import close_api, queue_server_api, tiled_api_key, tiled_uri
 from orchestrion.worker import code_version
 
 
@@ -114,6 +114,7 @@ class Client:
         self._api: Any = None
         self._lab: tuple[ExperimentLibrary, DeviceRegistry] | None = None
         self._code: tuple[str | None, bool | None] | None = None
+        self._catalog: Any = None
 
     # -- context ---------------------------------------------------------------------------
 
@@ -125,8 +126,11 @@ class Client:
 
     def close(self) -> None:
         if self._api is not None:
-            self._api.close()
+            close_api(self._api)
             self._api = None
+        if self._catalog is not None:
+            self._catalog.context.close()
+            self._catalog = None
         self.store.close()
 
     @property
@@ -209,6 +213,8 @@ class Client:
 
     def catalog(self) -> Any:
         """The stack's Tiled catalog (a tiled client node)."""
-        from tiled.client import from_uri
+        if self._catalog is None:
+            from tiled.client import from_uri
 
-        return from_uri(tiled_uri(self.config), api_key=tiled_api_key(self.config))
+            self._catalog = from_uri(tiled_uri(self.config), api_key=tiled_api_key(self.config))
+        return self._catalog

@@ -32,7 +32,7 @@ def main() -> int:
             logging.getLogger("orchestrion.jobs").warning("waiting for the queue server: %s", exc)
             stop.wait(1.0)
     scheduler.serve(stop)
-    scheduler.store.close()
+    scheduler.close()
     return 0
 
 

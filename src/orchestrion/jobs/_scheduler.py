@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrion.config import OrchestrionConfig
-from orchestrion.services._addresses import queue_server_api, run_dir
+from orchestrion.services._addresses import close_api, queue_server_api, run_dir
 from orchestrion.worker import JOB_ID_KEY
 
 from ._store import ACTIVE, Job, JobStatus, JobStore, NewJob
@@ -84,6 +84,10 @@ class Scheduler:
         self._history_uid: str | None = None
         self._seen_history: set[str] = set()
         self._last_status: tuple[Any, ...] | None = None
+
+    def close(self) -> None:
+        close_api(self.api)
+        self.store.close()
 
     # -- keeping the queue server ready --------------------------------------------------
 

@@ -6,6 +6,7 @@
 
 from ._addresses import (
     HOST,
+    close_api,
     queue_server_api,
     redis_address,
     run_dir,
@@ -14,7 +15,18 @@ from ._addresses import (
     zmq_control_address,
     zmq_info_address,
 )
-from ._supervisor import SERVICES, Service, ServiceError, ServiceStatus, down, service, status, tiled_paths, up
+from ._supervisor import (
+    SERVICES,
+    Service,
+    ServiceError,
+    ServiceStatus,
+    down,
+    service,
+    status,
+    stop_service,
+    tiled_paths,
+    up,
+)
 
 __all__ = [
     "HOST",
@@ -22,12 +34,14 @@ __all__ = [
     "Service",
     "ServiceError",
     "ServiceStatus",
+    "close_api",
     "down",
     "queue_server_api",
     "redis_address",
     "run_dir",
     "service",
     "status",
+    "stop_service",
     "tiled_api_key",
     "tiled_paths",
     "tiled_uri",

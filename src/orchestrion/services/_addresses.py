@@ -67,3 +67,15 @@ def tiled_api_key(config: OrchestrionConfig, *, create: bool = False) -> str | N
     with os.fdopen(fd, "w") as handle:
         handle.write(secrets.token_hex(32))
     return path.read_text().strip()
+
+
+def close_api(api: Any) -> None:
+    """Close a queue-server API client, 0MQ context included.
+
+    bluesky-queueserver 0.0.25's client closes its socket but never terminates its
+    zmq.Context, which then warns (ResourceWarning) when collected.
+    """
+    api.close()
+    context = getattr(getattr(api, "_client", None), "_ctx", None)
+    if context is not None:
+        context.destroy(linger=0)

@@ -28,6 +28,7 @@ from orchestrion.errors import OrchestrionError
 
 from ._addresses import (
     HOST,
+    close_api,
     queue_server_api,
     redis_address,
     redis_name_prefix,
@@ -197,7 +198,7 @@ def _manager_check(config: OrchestrionConfig) -> tuple[bool, str]:
     try:
         status = api.status(reload=True)
     finally:
-        api.close()
+        close_api(api)
     environment = "open" if status["worker_environment_exists"] else "closed"
     detail = (
         f"manager {status['manager_state']}, environment {environment}, "
@@ -362,8 +363,7 @@ def _open_environment(config: OrchestrionConfig) -> None:
             f"see {service('queue-server').log_file(config)}"
         ) from None
     finally:
-        scheduler.api.close()
-        scheduler.store.close()
+        scheduler.close()
 
 
 def down(config: OrchestrionConfig, *, force: bool = False) -> list[ServiceStatus]:
@@ -394,7 +394,7 @@ def _manager_state(config: OrchestrionConfig) -> str:
     try:
         return str(api.status(reload=True)["manager_state"])
     finally:
-        api.close()
+        close_api(api)
 
 
 def _stop(svc: Service, config: OrchestrionConfig, timeout: float = 30.0) -> None:
@@ -446,9 +446,15 @@ def _close_environment(config: OrchestrionConfig) -> None:
                     api.environment_destroy()
                 api.wait_for_condition(lambda s: not s["worker_environment_exists"], timeout=20.0)
         finally:
-            api.close()
+            close_api(api)
     except Exception as exc:  # a hung manager still gets its SIGTERM
         logger.warning("could not close the worker environment: %s", exc)
+
+
+def stop_service(config: OrchestrionConfig, name: str) -> None:
+    """Stop one service (the others keep running); `up` starts it again."""
+    with _exclusive(config):
+        _stop(service(name), config)
 
 
 def status(config: OrchestrionConfig) -> list[ServiceStatus]:

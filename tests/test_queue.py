@@ -1,0 +1,282 @@
+"""The stack for real: Redis, the queue server, Tiled and the scheduler on free loopback ports.
+
+One stack serves the module (it takes ~15 s to start); every test leaves the queue empty
+and the manager idle, so the tests stay independent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bluesky_queueserver_api import BPlan
+from bluesky_queueserver_api.zmq import REManagerAPI
+from click.testing import CliRunner
+
+from orchestrion.cli import cli
+from orchestrion.client import Client, JobHandle
+from orchestrion.config import OrchestrionConfig, load_config
+from orchestrion.errors import InputError
+from orchestrion.jobs import JobStatus, JobStore
+from orchestrion.services import (
+    ServiceError,
+    close_api,
+    down,
+    queue_server_api,
+    status,
+    stop_service,
+    up,
+    zmq_control_address,
+    zmq_info_address,
+)
+
+from .support import free_port, wait_until
+
+# About 300 points: long enough to be caught running and paused, short enough to finish.
+LONG = {"scan": ["spectroscopy.detuning=-1e5:1e5:300"], "shots": 20}
+SHORT = {"scan": ["spectroscopy.detuning=-1e5:1e5:3"], "shots": 5}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrchestrionConfig]:
+    ports: set[int] = set()
+    while len(ports) < 4:
+        ports.add(free_port())
+    redis_port, control_port, info_port, tiled_port = sorted(ports)
+    config = load_config(
+        home=tmp_path_factory.mktemp("stack") / "home", sim_time_scale=0.02, sim_seed=1234,
+        redis_port=redis_port, zmq_control_port=control_port, zmq_info_port=info_port,
+        tiled_port=tiled_port, scheduler_poll_interval=0.02,
+    )  # fmt: skip
+    try:
+        up(config)
+        yield config
+    finally:
+        down(config, force=True)
+
+
+@pytest.fixture
+def api(stack: OrchestrionConfig) -> Iterator[Any]:
+    client = REManagerAPI(zmq_control_addr=zmq_control_address(stack), zmq_info_addr=zmq_info_address(stack))
+    yield client
+    close_api(client)
+
+
+@pytest.fixture
+def client(stack: OrchestrionConfig, api: Any) -> Iterator[Client]:
+    with Client(stack) as opened:
+        yield opened
+        settle(opened, api)
+
+
+def settle(client: Client, api: Any) -> None:
+    """Leave the queue empty, the manager idle and every job finished."""
+    if api.status(reload=True)["manager_state"] == "paused":
+        api.re_abort()
+    for job in client.store.list([JobStatus.QUEUED, JobStatus.SUBMITTED]):
+        with contextlib.suppress(InputError):  # it may have finished meanwhile
+            client.cancel(job.id)
+    wait_until(lambda: api.status(reload=True)["manager_state"] == "idle", timeout=60, what="an idle manager")
+    wait_until(lambda: not client.store.list([JobStatus.QUEUED, JobStatus.RUNNING]), timeout=30, what="jobs settled")
+    wait_until(lambda: api.status(reload=True)["items_in_queue"] == 0, timeout=30, what="an empty queue")
+
+
+def wait_status(job: JobHandle, *statuses: JobStatus, timeout: float = 60.0) -> Any:
+    return wait_until(
+        lambda: (row := job.refresh()).status in statuses and row, timeout=timeout, what=f"job {job.id} {statuses}"
+    )
+
+
+def pause_running(client: Client, api: Any, job: JobHandle) -> None:
+    wait_status(job, JobStatus.RUNNING)
+    client.pause()
+    wait_until(lambda: api.status(reload=True)["manager_state"] == "paused", timeout=30, what="a paused manager")
+
+
+def queued_uids(api: Any) -> list[str]:
+    return [item["item_uid"] for item in api.queue_get(reload=True)["items"]]
+
+
+def listening_addresses(ports: set[int]) -> set[str]:
+    """Local addresses of the TCP sockets listening on ``ports`` (from /proc/net/tcp{,6})."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, port = fields[1].split(":")
+            if fields[3] == "0A" and int(port, 16) in ports:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_up_is_idempotent_and_every_service_listens_on_loopback_only(stack: OrchestrionConfig) -> None:
+    before = {s.name: s for s in status(stack)}
+    again = {s.name: s for s in up(stack)}
+    assert set(before) == {"redis", "tiled", "queue-server", "scheduler"}
+    assert {name: s.pid for name, s in again.items()} == {name: s.pid for name, s in before.items()}
+    assert all(s.health == "ok" for s in again.values()), again
+    ports = {stack.redis_port, stack.zmq_control_port, stack.zmq_info_port, stack.tiled_port}
+    assert listening_addresses(ports) == {"0100007F"}  # 127.0.0.1, and nothing else
+
+    result = CliRunner().invoke(cli, ["status", "--json"], obj={"config": stack})
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [row["name"] for row in rows] == ["redis", "tiled", "queue-server", "scheduler"]
+    assert all(row["pid"] and row["health"] == "ok" for row in rows)
+    assert rows[2]["address"] == f"tcp://127.0.0.1:{stack.zmq_control_port}"
+
+
+def test_submit_wait_reports_the_run_its_file_and_its_catalog_node(stack: OrchestrionConfig, client: Client) -> None:
+    runner = CliRunner()
+    result = runner.invoke(
+        cli, ["submit", "spectroscopy", "--scan", "spectroscopy.detuning=-1e5:1e5:4", "--shots", "5",
+              "--set", "qubit.amplitude=0.4", "--wait", "--json"],
+        obj={"config": stack},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    submitted = json.loads(result.output)
+    assert submitted["status"] == "done"
+    assert submitted["arguments"]["parameters"] == {"qubit.amplitude": 0.4}
+    shown = runner.invoke(cli, ["job", str(submitted["id"]), "--json"], obj={"config": stack})
+    job = json.loads(shown.output)
+    assert job["points"] == 4
+    assert job["run_uid"] is not None
+    assert Path(job["hdf5"]).is_file()
+    assert job["run_uid"] in job["tiled"]
+    assert job["code_commit"]
+    listing = json.loads(runner.invoke(cli, ["jobs", "--status", "done", "--json"], obj={"config": stack}).output)
+    assert submitted["id"] in [row["id"] for row in listing]
+    run = client.job(job["id"]).data()
+    assert run.metadata["start"]["uid"] == job["run_uid"]
+    assert run.metadata["start"]["job_id"] == job["id"]
+
+
+def test_a_plain_queue_server_client_runs_the_same_plans(client: Client, api: Any) -> None:
+    response = api.item_add(BPlan("rabi_flop", scan=["rabi_flop.duration=0:2e-5:3"], shots=5))
+    uid = response["item"]["item_uid"]
+
+    def finished() -> dict[str, Any] | None:
+        return next((h for h in api.history_get(reload=True)["items"] if h["item_uid"] == uid), None)
+
+    item = wait_until(finished, timeout=60, what="the item in the history")
+    assert item["result"]["exit_status"] == "completed"
+    adopted = wait_until(lambda: client.store.by_item_uids([uid]).get(uid), timeout=30, what="the adopted job")
+    adopted = wait_until(lambda: (j := client.store.get(adopted.id)).status.terminal and j, what="its end")
+    assert (adopted.source, adopted.status, adopted.experiment) == ("queueserver", JobStatus.DONE, "rabi_flop")
+    assert adopted.run_uids == item["result"]["run_uids"]
+
+
+def test_a_higher_priority_overtakes_queued_jobs_but_not_the_running_one(client: Client, api: Any) -> None:
+    running = client.submit("spectroscopy", **LONG)
+    pause_running(client, api, running)
+    low_a = client.submit("spectroscopy", **SHORT)
+    low_b = client.submit("spectroscopy", **SHORT)
+    high = client.submit("spectroscopy", priority=5, **SHORT)
+    assert queued_uids(api) == [high.record.item_uid, low_a.record.item_uid, low_b.record.item_uid]
+    assert running.status is JobStatus.RUNNING  # never interrupted by the newcomer
+    client.resume()
+    jobs = [job.wait(timeout=120) for job in (running, high, low_a, low_b)]
+    assert [j.status for j in jobs] == [JobStatus.DONE] * 4
+    starts = [j.started for j in jobs]
+    assert starts == sorted(starts), "ran in priority order, ties by submission time"
+    assert jobs[0].finished is not None
+    assert jobs[0].finished <= starts[1]
+
+
+def test_cancel_removes_a_queued_job_and_aborts_a_running_one(
+    stack: OrchestrionConfig, client: Client, api: Any
+) -> None:
+    running = client.submit("spectroscopy", **LONG)
+    pause_running(client, api, running)
+    queued = client.submit("spectroscopy", **SHORT)
+    with pytest.raises(ServiceError, match="a job is paused"):
+        down(stack)  # `down` does not kill a job unasked
+
+    result = CliRunner().invoke(cli, ["cancel", str(queued.id), "--json"], obj={"config": stack})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["status"] == "cancelled"
+    assert queued_uids(api) == []
+
+    row = client.cancel(running.id)
+    row = running.wait(timeout=60)
+    assert row.status is JobStatus.CANCELLED
+    assert "aborted" in (row.error or "")
+    # The queue server pushed the aborted item back to its queue: the scheduler removes
+    # it, and the queue goes on with the next job.
+    after = client.submit("spectroscopy", **SHORT)
+    assert after.wait(timeout=60).status is JobStatus.DONE
+    assert queued.status is JobStatus.CANCELLED
+    assert queued.record.started is None
+    with pytest.raises(InputError, match="already cancelled"):
+        client.cancel(queued.id)
+
+
+def test_a_failed_job_is_recorded_failed_and_the_next_job_runs(client: Client, api: Any) -> None:
+    # Orchestrion refuses a bad scan at submission; a plain client's item reaches the
+    # worker and fails there, as a plan failing on the hardware would.
+    response = api.item_add(BPlan("spectroscopy", scan=["nothing.here=1:2:3"]))
+    uid = response["item"]["item_uid"]
+    after = client.submit("spectroscopy", **SHORT)
+    assert after.wait(timeout=60).status is JobStatus.DONE
+    failed = wait_until(lambda: (j := client.store.by_item_uids([uid]).get(uid)) and j.status.terminal and j)
+    assert failed.status is JobStatus.FAILED
+    assert "nothing.here" in (failed.error or "")
+    assert failed.finished is not None
+    assert failed.finished <= after.record.started  # type: ignore[operator]
+
+
+def test_a_group_without_permission_is_refused_and_nothing_is_queued(stack: OrchestrionConfig, api: Any) -> None:
+    store = JobStore.open(stack)
+    before = [j.id for j in store.list()]
+    observer = Client(stack, user_group="observer")
+    with observer, pytest.raises(InputError, match="user group 'observer' may not run 'spectroscopy'"):
+        observer.submit("spectroscopy", **SHORT)
+    student = Client(stack, user_group="student")
+    with student, pytest.raises(InputError, match="may not run 'calibrate_frequency'"):
+        student.submit("calibrate_frequency")
+    result = CliRunner().invoke(cli, ["submit", "ramsey", "--group", "observer"], obj={"config": stack})
+    assert result.exit_code == 2
+    assert result.output.startswith("error: user group 'observer' may not run 'ramsey'")
+    assert [j.id for j in store.list()] == before
+    assert queued_uids(api) == []
+    store.close()
+
+
+def test_the_scheduler_catches_up_after_a_restart(stack: OrchestrionConfig, client: Client, api: Any) -> None:
+    stop_service(stack, "scheduler")
+    job = client.submit("spectroscopy", **SHORT)
+    uid = job.record.item_uid
+    # The queue server runs it without the scheduler; the table does not know yet.
+    wait_until(lambda: any(h["item_uid"] == uid for h in api.history_get(reload=True)["items"]), timeout=60)
+    assert job.status is JobStatus.QUEUED
+    up(stack)
+    row = job.wait(timeout=30)
+    assert row.status is JobStatus.DONE
+    assert row.run_uid is not None
+    assert row.started is not None
+
+
+def test_queued_jobs_survive_a_restart_of_the_stack_and_run_in_order(
+    stack: OrchestrionConfig, client: Client, api: Any
+) -> None:
+    stop_service(stack, "scheduler")
+    api.queue_autostart(False)  # hold the queue so that the jobs are still queued at `down`
+    first = client.submit("spectroscopy", **SHORT)
+    second = client.submit("rabi_flop", priority=2, scan=["rabi_flop.duration=0:2e-5:3"], shots=5)
+    assert queued_uids(api) == [second.record.item_uid, first.record.item_uid]
+    stopped = down(stack)
+    assert {s.health for s in stopped} == {"down"}
+    up(stack)
+    restarted = queue_server_api(stack)
+    try:
+        rows = [second.wait(timeout=60), first.wait(timeout=60)]
+    finally:
+        close_api(restarted)
+    assert [r.status for r in rows] == [JobStatus.DONE, JobStatus.DONE]
+    assert rows[0].started is not None
+    assert rows[1].started is not None
+    assert rows[0].started < rows[1].started
