@@ -41,6 +41,7 @@ class DocumentChecker:
     def __init__(self) -> None:
         self._runs: dict[str, _RunState] = {}
         self._descriptor_run: dict[str, str] = {}
+        self._unknown: set[str] = set()
 
     def open_runs(self) -> list[str]:
         return [uid for uid, state in self._runs.items() if not state.stopped and not state.broken]
@@ -103,9 +104,12 @@ class DocumentChecker:
             return run_uid
         open_runs = self.open_runs()
         guess = open_runs[0] if len(open_runs) == 1 else None
+        # One report per unknown descriptor, not one per event.
+        reported = descriptor in self._unknown
+        self._unknown.add(descriptor)
         if guess is None and not open_runs:
-            raise DocumentError(f"{what} before any start document (descriptor {descriptor})", None)
-        raise DocumentError(f"{what} refers to unknown descriptor {descriptor}", guess)
+            raise DocumentError(f"{what} before any start document (descriptor {descriptor})", None, reported=reported)
+        raise DocumentError(f"{what} refers to unknown descriptor {descriptor}", guess, reported=reported)
 
     def _live(self, run_uid: str, what: str) -> _RunState:
         state = self._runs.get(run_uid)

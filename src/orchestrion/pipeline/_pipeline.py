@@ -80,17 +80,48 @@ def build_pipeline(config: OrchestrionConfig) -> DocumentPipeline:
     )
     sinks: list[DocumentCallback] = [Guarded(writer, "HDF5 writer")]
     if config.tiled_enabled:
-        from ._tiled import TiledSink, connect_catalog
+        from ._offload import ProcessSink, ThreadedSink
+        from ._tiled import TiledSink, connect_catalog, make_tiled_sink
 
-        def on_run(run_uid: str, address: str) -> None:
-            summary = pipeline.summaries.runs.get(run_uid)
-            if summary is not None:
-                summary.tiled = address
+        # Off the RunEngine's thread: the embedded catalog in a helper process (its
+        # server side would otherwise share this interpreter), a served one in a thread
+        # (HTTP waits).  Both wait at each stop until the run is catalogued.
+        tiled: Callable[[str, dict[str, Any]], Any]
+        if config.tiled_uri:
+            tiled = ThreadedSink(
+                Guarded(TiledSink(connect_catalog(config), batch_size=config.tiled_batch_size), "Tiled writer"),
+                "Tiled writer",
+            )
+        else:
+            tiled = ProcessSink(make_tiled_sink, config, "Tiled writer")
 
-        sink = TiledSink(
-            connect_catalog(config), batch_size=config.tiled_batch_size,
-            on_run=on_run, hdf5_path=writer.files.get,
-        )  # fmt: skip
-        sinks.append(Guarded(sink, "Tiled writer"))
+        sinks.append(Guarded(_TiledFeed(tiled, pipeline, writer, config), "Tiled writer"))
     pipeline.callbacks.append(Guarded(Bundler(sinks), "bundler"))
     return pipeline
+
+
+class _TiledFeed:
+    """Hands documents to the Tiled stage; tells the summary and the stage where things are."""
+
+    def __init__(
+        self, tiled: DocumentCallback, pipeline: DocumentPipeline, writer: Any, config: OrchestrionConfig
+    ) -> None:
+        self.tiled, self.pipeline, self.writer, self.config = tiled, pipeline, writer, config
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        from ._tiled import HDF5_NOTICE, run_address
+
+        if name == "start":
+            summary = self.pipeline.summaries.runs.get(doc["uid"])
+            if summary is not None:
+                summary.tiled = run_address(self.config, doc["uid"])
+        elif name == "stop":
+            path = self.writer.files.get(doc["run_start"])
+            if path is not None:
+                self.tiled(HDF5_NOTICE, {"run": doc["run_start"], "path": str(path)})
+        self.tiled(name, doc)
+
+    def close(self) -> None:
+        close = getattr(self.tiled, "close", None)
+        if callable(close):
+            close()

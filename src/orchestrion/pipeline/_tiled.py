@@ -23,6 +23,14 @@ from orchestrion.config import OrchestrionConfig
 logger = logging.getLogger(__name__)
 
 ANALYSIS_STREAM = "analysis"
+HDF5_NOTICE = "orchestrion_hdf5"  # not an event-model document: {run, path}, before a stop
+
+
+def run_address(config: OrchestrionConfig, run_uid: str) -> str:
+    """Where a run is in the configured catalog (see `CatalogConnection.run_address`)."""
+    if config.tiled_uri:
+        return f"{config.tiled_uri.rstrip('/')}/api/v1/metadata/{run_uid}"
+    return f"sqlite:///{embedded_catalog_paths(config.home)['catalog']}#/{run_uid}"
 
 
 @dataclass
@@ -86,14 +94,14 @@ class TiledSink:
     """TiledWriter (batched) plus, at each stop, the run's HDF5 path and fit results.
 
     ``on_run(run_uid, address)`` is called at each start; ``hdf5_path(run_uid)`` says
-    where the run's file is, if anywhere.
+    where the run's file is, if anywhere (else what ``orchestrion_hdf5`` notices said).
     """
 
     def __init__(
         self,
         connection: CatalogConnection,
         *,
-        batch_size: int = 100,
+        batch_size: int = 500,
         on_run: Callable[[str, str], Any] | None = None,
         hdf5_path: Callable[[str], Path | None] | None = None,
     ) -> None:
@@ -102,13 +110,19 @@ class TiledSink:
         self.connection = connection
         # Arrays go to array storage whatever their size: the SQL table storage takes
         # no list columns (per-shot counts of a few shots failed with HTTP 500).
-        self.writer = TiledWriter(connection.client, batch_size=batch_size, max_array_size=0)
+        # No normalizer: the documents are current event-model ones already, and its
+        # per-document schema validation was a third of the writer's time.
+        self.writer = TiledWriter(connection.client, batch_size=batch_size, max_array_size=0, normalizer=None)
         self.on_run = on_run
         self.hdf5_path = hdf5_path
         self._analysis_descriptors: dict[str, str] = {}
         self._fits: dict[str, dict[str, Any]] = {}
+        self._paths: dict[str, str] = {}
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        if name == HDF5_NOTICE:
+            self._paths[str(doc["run"])] = str(doc["path"])
+            return
         self.writer(name, doc)
         if name == "start" and self.on_run is not None:
             self.on_run(doc["uid"], self.connection.run_address(doc["uid"]))
@@ -122,7 +136,7 @@ class TiledSink:
 
     def _annotate(self, run_uid: str) -> None:
         extra: dict[str, Any] = {}
-        path = self.hdf5_path(run_uid) if self.hdf5_path is not None else None
+        path = self.hdf5_path(run_uid) if self.hdf5_path is not None else self._paths.pop(run_uid, None)
         if path is not None:
             extra["hdf5"] = str(path)
         fits = self._fits.pop(run_uid, None)
@@ -135,6 +149,13 @@ class TiledSink:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def make_tiled_sink(config: OrchestrionConfig) -> Callable[[str, dict[str, Any]], Any]:
+    """The Tiled stage as the pipeline runs it in its helper process."""
+    from ._guard import Guarded
+
+    return Guarded(TiledSink(connect_catalog(config), batch_size=config.tiled_batch_size), "Tiled writer")
 
 
 def _fit_values(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,143 @@
+"""Document pipeline: events/s through RunEngine -> bundler -> HDF5 + Tiled, against bare bluesky.
+
+Throughput: the same plan (a 1,000-point ``bp.scan([det], motor, -1, 1, 1000)`` of
+ophyd.sim devices) on one RunEngine in this process, bare and with the pipeline that
+``orchestrion run`` subscribes (`build_pipeline`: bundler, HDF5 writer, embedded
+Tiled catalog with TiledWriter batching), and with the HDF5 writer alone.  The runs
+alternate (bare, pipeline, HDF5 only, bare, ...) and each figure is the median of the
+repeats; the ratio is pipeline / bare.
+
+Bandwidth: 1 MiB array points (131,072 float64 each) through the HDF5 `Serializer`
+(buffered, SWMR) against plain sequential h5py writes of the same rows, same chunking,
+same directory.
+
+    python -m bench pipeline
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bluesky.plans as bp
+import h5py
+import numpy as np
+from bluesky import RunEngine
+from event_model import compose_run
+from ophyd.sim import det, motor
+
+from orchestrion.config import load_config
+from orchestrion.pipeline import Serializer, build_pipeline
+
+POINTS = 1000
+REPEATS = 5
+ROW = 1 << 17  # float64 values: 1 MiB
+ROWS = 128
+
+
+def scan_seconds(RE: RunEngine, callback: Callable[[str, dict[str, Any]], Any] | None) -> float:
+    token = RE.subscribe(callback) if callback is not None else None
+    try:
+        start = time.perf_counter()
+        RE(bp.scan([det], motor, -1, 1, POINTS))
+        return time.perf_counter() - start
+    finally:
+        if token is not None:
+            RE.unsubscribe(token)
+
+
+def throughput(home: Path) -> dict[str, float]:
+    RE = RunEngine({})
+    with_tiled = build_pipeline(load_config(home=home))
+    hdf5_only = build_pipeline(load_config(home=home, tiled_enabled=False))
+    times: dict[str, list[float]] = {"bare": [], "pipeline": [], "hdf5 only": []}
+    scan_seconds(RE, with_tiled)  # warm up imports, the catalog, the file system
+    for _ in range(REPEATS):
+        times["bare"].append(scan_seconds(RE, None))
+        times["pipeline"].append(scan_seconds(RE, with_tiled))
+        times["hdf5 only"].append(scan_seconds(RE, hdf5_only))
+    # What the callbacks cost the RunEngine's thread, apart from the machine's load: the
+    # documents of one run replayed through a fresh pipeline (stop excluded: it waits for
+    # the catalog to catch up, once per run).
+    documents: list[tuple[str, dict[str, Any]]] = []
+    RE.subscribe(lambda name, doc: documents.append((name, doc)))
+    RE(bp.scan([det], motor, -1, 1, POINTS))
+    replay = build_pipeline(load_config(home=home))
+    start = time.perf_counter()
+    for name, doc in documents[:-1]:
+        replay(name, doc)
+    per_event = (time.perf_counter() - start) / POINTS
+    replay(*documents[-1])
+    for pipeline in (with_tiled, hdf5_only, replay):
+        pipeline.close()
+    rates = {name: POINTS / statistics.median(values) for name, values in times.items()}
+    rates["replay_ms"] = per_event * 1e3
+    return rates
+
+
+def serializer_seconds(directory: Path) -> float:
+    run = compose_run(metadata={"experiment": "bandwidth"})
+    key = {"dtype": "array", "shape": [ROW], "dtype_numpy": "<f8", "source": "bench"}
+    primary = run.compose_descriptor(name="primary", data_keys={"image": key})
+    row = np.random.default_rng(0).random(ROW)
+    start = time.perf_counter()
+    with Serializer(directory, plugins=[]) as serializer:
+        serializer("start", run.start_doc)  # type: ignore[arg-type]
+        serializer("descriptor", primary.descriptor_doc)  # type: ignore[arg-type]
+        for _ in range(ROWS):
+            serializer("event", primary.compose_event(data={"image": row}, timestamps={"image": 0.0}))  # type: ignore[arg-type]
+        serializer("stop", run.compose_stop())  # type: ignore[arg-type]
+    elapsed = time.perf_counter() - start
+    for path in serializer.artifacts["stream_data"]:
+        path.unlink()
+    return elapsed
+
+
+def plain_h5py_seconds(directory: Path) -> float:
+    row = np.random.default_rng(0).random(ROW)
+    path = directory / "plain.h5"
+    start = time.perf_counter()
+    with h5py.File(path, "w") as f:
+        dataset = f.create_dataset("image", (0, ROW), maxshape=(None, ROW), dtype=np.float64, chunks=(1, ROW))
+        for index in range(ROWS):
+            dataset.resize(index + 1, axis=0)
+            dataset[index] = row
+    elapsed = time.perf_counter() - start
+    path.unlink()
+    return elapsed
+
+
+def bandwidth(directory: Path) -> dict[str, float]:
+    directory.mkdir(parents=True, exist_ok=True)
+    mib = ROWS * ROW * 8 / (1 << 20)
+    plain, ours = [], []
+    for _ in range(REPEATS):
+        plain.append(plain_h5py_seconds(directory))
+        ours.append(serializer_seconds(directory))
+    return {"plain h5py": mib / statistics.median(plain), "Serializer": mib / statistics.median(ours)}
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        rates = throughput(Path(tmp) / "home")
+        bare = rates["bare"]
+        replay_ms = rates.pop("replay_ms")
+        print(f"1,000-point bp.scan of ophyd.sim det/motor, median of {REPEATS}, events/s:")
+        for name, rate in rates.items():
+            print(f"  {name:<10} {rate:8.0f} events/s   ratio to bare {rate / bare:5.2f}")
+        print(f"  pipeline / bare = {rates['pipeline'] / bare:.2f} (goal >= 0.9)")
+        print(f"  callbacks' cost on the RunEngine thread: {replay_ms:.3f} ms/event "
+              f"(bare: {1e3 / bare:.3f} ms/event)")  # fmt: skip
+        rates_mib = bandwidth(Path(tmp) / "bandwidth")
+        print(f"HDF5 write bandwidth, {ROWS} points of 1 MiB, median of {REPEATS}:")
+        for name, rate in rates_mib.items():
+            print(f"  {name:<10} {rate:8.0f} MiB/s")
+        print(f"  Serializer / plain h5py = {rates_mib['Serializer'] / rates_mib['plain h5py']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
