@@ -74,7 +74,9 @@ class OrchestrionConfig(BaseSettings):
         None, description="Tiled server runs are catalogued in (with tiled_api_key); unset: embedded catalog under home"
     )
     tiled_enabled: bool = Field(True, description="Catalogue runs in Tiled (false: HDF5 files only)")
-    tiled_batch_size: int = Field(100, ge=1, le=100_000, description="Events TiledWriter collects per write")
+    tiled_batch_size: int = Field(
+        500, ge=1, le=100_000, description="Events TiledWriter collects per write (and at each stop)"
+    )
     hdf5_buffer_points: int = Field(64, ge=1, le=100_000, description="Points buffered before an HDF5 write")
     hdf5_flush_interval: float = Field(
         1.0, gt=0, le=3600, description="Longest time (s) a point waits in the buffer for HDF5 readers"
