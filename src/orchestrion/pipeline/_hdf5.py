@@ -13,9 +13,9 @@ Layout (``/entry`` is an NXentry, its default plot ``/entry/data`` an NXdata)::
     /entry/streams/NAME    the other streams (baseline, monitors), written at the stop
     /entry/metadata        start and stop documents as JSON
 
-The file is created at the start document; the data stream's datasets when its
-descriptor arrives, after which the file is switched to SWMR so other processes can
-read it (``h5py.File(path, "r", swmr=True)``).  Points are buffered and written every
+The file's name is reserved at the start document; the file is created, with the
+data stream's datasets, when that stream's descriptor arrives, and at once switched to
+SWMR so other processes can read it (``h5py.File(path, "r", swmr=True)``).  Points are buffered and written every
 ``buffer_points`` points or ``flush_interval`` seconds.  At the stop document the file
 is reopened without SWMR to add what has no fixed shape in advance (other streams,
 fits, the stop document); ``status`` then holds the run's exit status.  A writer that
@@ -300,11 +300,11 @@ def _scalar(value: Any) -> Any:
 class Serializer:
     """Writes the documents of one run to one HDF5 file (the suitcase serializer interface).
 
-    ``Serializer(directory, file_prefix=...)`` is a callable ``(name, doc)``; the file is
-    created at the start document under ``directory`` and named from ``file_prefix`` (see
-    `file_name_for`).  ``data_stream`` is the stream that becomes ``/entry/data``;
-    ``skip_streams`` are not copied to ``/entry/streams``.  ``artifacts`` lists the file
-    written; `close` ends the file (as "incomplete" if the stop document never came).
+    ``Serializer(directory, file_prefix=...)`` is a callable ``(name, doc)``; the file's
+    name (under ``directory``, from ``file_prefix``, see `file_name_for`) is fixed at the
+    start document, the file created with the data stream's layout.  ``data_stream`` is
+    the stream that becomes ``/entry/data``; ``skip_streams`` are not copied to
+    ``/entry/streams``.  ``artifacts`` lists the file written; `close` ends the file (as "incomplete" if the stop document never came).
     """
 
     def __init__(
@@ -367,7 +367,7 @@ class Serializer:
         except DocumentError as exc:
             if not exc.reported:
                 logger.error("HDF5 writer: %s", exc)
-            if self._file is not None:
+            if self.path is not None:
                 self.abandon(str(exc))
             return name, doc
         handler = getattr(self, "_on_" + name, None)
@@ -377,13 +377,13 @@ class Serializer:
 
     def close(self) -> None:
         """End the file; a run without its stop document is marked "incomplete"."""
-        if self._file is not None and not self._closed:
+        if self.path is not None and not self._closed:
             self._finish(None, STATUS_INCOMPLETE, "the writer was closed before the run's stop document")
         self._closed = True
 
     def abandon(self, reason: str) -> None:
         """Close the file consistent, marked "error" with ``reason``; later documents are ignored."""
-        if self._file is not None and not self._closed:
+        if self.path is not None and not self._closed:
             logger.error("HDF5 file %s of run %s closed as broken: %s", self.path, self.run_uid, reason)
             self._finish(None, STATUS_ERROR, reason)
         self._closed = True
@@ -397,6 +397,16 @@ class Serializer:
         self._lock = _hold_lock(self.directory, path.name)
         self.path = path
         self._start_doc = doc
+
+    def _open_file(self) -> None:
+        """Create the file with its metadata: with the data layout, just before SWMR starts.
+
+        Until then there is no file (only its reserved name), so a writer killed before
+        the first point leaves nothing half-written that SWMR readers could not open.
+        """
+        path, doc = self.path, self._start_doc
+        assert path is not None
+        assert doc is not None
         f = h5py.File(path, "x", libver="latest")
         self._file = f
         f.attrs.update({
@@ -436,6 +446,7 @@ class Serializer:
         if stream == self.data_stream:
             if self._data is None:
                 self._data = _Columns(doc["data_keys"])
+                self._open_file()
                 self._create_live_layout()
             elif set(doc["data_keys"]) - set(self._data.specs):
                 logger.warning("run %s: a later %r descriptor adds data keys; they are not written",
@@ -568,9 +579,12 @@ class Serializer:
         return None, axis
 
     def _finish(self, stop: Mapping[str, Any] | None, status: str, reason: str) -> None:
-        f, path = self._file, self.path
-        if f is None or path is None:
+        if self.path is None:
             return
+        if self._file is None:
+            self._open_file()
+        f, path = self._file, self.path
+        assert f is not None
         try:
             self.flush()
         except Exception:
@@ -626,7 +640,7 @@ class Serializer:
         if path.parent != self.directory:  # cannot happen after safe_name; checked all the same
             raise ValueError(f"file name {name!r} leaves {self.directory}")
         stem, n = path.stem, 1
-        while path.exists():
+        while path.exists() or _lock_path(self.directory, path.name).exists():
             path = self.directory / f"{stem}-{n}.h5"
             n += 1
         return path
