@@ -304,7 +304,8 @@ class Serializer:
     name (under ``directory``, from ``file_prefix``, see `file_name_for`) is fixed at the
     start document, the file created with the data stream's layout.  ``data_stream`` is
     the stream that becomes ``/entry/data``; ``skip_streams`` are not copied to
-    ``/entry/streams``.  ``artifacts`` lists the file written; `close` ends the file (as "incomplete" if the stop document never came).
+    ``/entry/streams``.  ``artifacts`` lists the file written; `close` ends the file
+    (as "incomplete" if the stop document never came).
     """
 
     def __init__(
