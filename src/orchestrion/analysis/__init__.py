@@ -1,5 +1,23 @@
 """Analysis of scans: fits with uncertainties."""
 
-from ._fits import FitResult, damped_sine, fit_oscillation, fit_spectroscopy, rabi_lineshape
+from ._fits import (
+    FitResult,
+    damped_sine,
+    fit_lorentzian,
+    fit_oscillation,
+    fit_spectroscopy,
+    lorentzian,
+    rabi_lineshape,
+)
+from ._live import LiveFit
 
-__all__ = ["FitResult", "damped_sine", "fit_oscillation", "fit_spectroscopy", "rabi_lineshape"]
+__all__ = [
+    "FitResult",
+    "LiveFit",
+    "damped_sine",
+    "fit_lorentzian",
+    "fit_oscillation",
+    "fit_spectroscopy",
+    "lorentzian",
+    "rabi_lineshape",
+]
