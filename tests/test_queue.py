@@ -147,6 +147,7 @@ def test_submit_wait_reports_the_run_its_file_and_its_catalog_node(stack: Orches
     assert job["run_uid"] is not None
     assert Path(job["hdf5"]).is_file()
     assert job["run_uid"] in job["tiled"]
+    assert job["tiled"].startswith(f"http://127.0.0.1:{stack.tiled_port}/")  # through the stack's server
     assert job["code_commit"]
     listing = json.loads(runner.invoke(cli, ["jobs", "--status", "done", "--json"], obj={"config": stack}).output)
     assert submitted["id"] in [row["id"] for row in listing]

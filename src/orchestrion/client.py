@@ -216,5 +216,6 @@ class Client:
         if self._catalog is None:
             from tiled.client import from_uri
 
-            self._catalog = from_uri(tiled_uri(self.config), api_key=tiled_api_key(self.config))
+            uri = self.config.tiled_uri or tiled_uri(self.config)
+            self._catalog = from_uri(uri, api_key=tiled_api_key(self.config))
         return self._catalog

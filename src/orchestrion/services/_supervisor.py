@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -254,11 +255,17 @@ def service_environment(config: OrchestrionConfig) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
+        elif isinstance(value, list | tuple | dict):
+            value = json.dumps(value)  # how pydantic-settings reads complex values
         env[f"ORCHESTRION_{name.upper()}"] = str(value)
     key = tiled_api_key(config, create=True)
     assert key is not None
     env["TILED_SINGLE_USER_API_KEY"] = key  # the server's key
     env["TILED_API_KEY"] = key  # what tiled clients in the worker present
+    env["ORCHESTRION_TILED_API_KEY"] = key
+    # The worker's pipeline catalogues runs through the stack's Tiled server (the same
+    # catalog files the embedded mode opens), unless the lab names another server.
+    env.setdefault("ORCHESTRION_TILED_URI", tiled_uri(config))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
