@@ -31,6 +31,8 @@ from orchestrion.worker import (
     latest_parameter_timestamp,
 )
 
+from .support import free_port
+
 PROFILE = Path(__file__).resolve().parents[1] / "profile"
 
 
@@ -211,3 +213,13 @@ def test_latest_parameter_timestamp_reads_the_nested_snapshot() -> None:
                                  "pi_time": {"value": 1.0, "timestamp": "2026-03-01T00:00:00+00:00", "source": "x"}}},
     }  # fmt: skip
     assert latest_parameter_timestamp(start) == "2026-03-01T00:00:00+00:00"  # type: ignore[arg-type]
+
+
+def test_a_submission_without_a_queue_server_fails_clearly_and_leaves_no_row(config: OrchestrionConfig) -> None:
+    from orchestrion.jobs import QueueServerError
+
+    unreachable = config.model_copy(update={"zmq_control_port": free_port(), "zmq_info_port": free_port()})
+    with Client(unreachable, timeout=0.3) as client:
+        with pytest.raises(QueueServerError, match="orchestrion up"):
+            client.submit("spectroscopy", scan=["spectroscopy.detuning=0:0:1"])
+        assert client.jobs() == []

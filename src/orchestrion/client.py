@@ -106,8 +106,10 @@ class Client:
         *,
         user: str | None = None,
         user_group: str | None = None,
+        timeout: float = 5.0,
     ) -> None:
         self.config = config or load_config()
+        self.timeout = timeout
         self.user = user or default_submitter()
         self.user_group = user_group or self.config.queue_user_group
         self.store = JobStore.open(self.config)
@@ -137,7 +139,7 @@ class Client:
     def api(self) -> Any:
         """The bluesky-queueserver-api client (0MQ) of the stack's queue server."""
         if self._api is None:
-            self._api = queue_server_api(self.config)
+            self._api = queue_server_api(self.config, timeout=self.timeout)
         return self._api
 
     # -- jobs ------------------------------------------------------------------------------

@@ -131,8 +131,11 @@ class Scheduler:
         # The fetches happen under the table's write lock: a submission (which adds its
         # item under the same lock) is then either wholly before or wholly after them.
         with self.store.write():
-            status = self.api.status(reload=True)
+            # Queue first, then status and history: an item that leaves the queue (or
+            # the running slot) between the two reads is then already in the history
+            # read after, never in neither.
             queue = self.api.queue_get(reload=True)
+            status = self.api.status(reload=True)
             if status["plan_history_uid"] != self._history_uid:
                 self._history = list(self.api.history_get(reload=True)["items"])
                 self._history_uid = status["plan_history_uid"]
