@@ -84,6 +84,15 @@ def test_an_experiment_runs_and_its_summary_appears(session: Session) -> None:
     assert "Traceback" not in out
 
 
+def test_past_runs_are_browsable_in_the_catalog_and_through_db(session: Session) -> None:
+    session.run('RE(rabi_flop(shots=10, scan=["rabi_flop.duration=0:10e-6:4"]))')
+    assert "'rabi_flop'" in session.run('catalog[-1].metadata["start"]["experiment"]')
+    assert "'rabi_flop'" in session.run(
+        'catalog.search(Key("experiment") == "rabi_flop").values()[-1].metadata["start"]["experiment"]'
+    )
+    assert "4" in session.run("len(db[-1].table())")
+
+
 def test_a_bad_value_gives_one_line_and_the_session_survives(session: Session) -> None:
     out = session.run('RE(spectroscopy(parameters={"qubit.amplitude": 3}))')
     errors = [line for line in out.splitlines() if line.strip()]

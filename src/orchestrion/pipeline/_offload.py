@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 from collections.abc import Callable
 from multiprocessing.context import SpawnProcess
@@ -90,10 +91,20 @@ class ProcessSink:
             raise RuntimeError(f"{self.label}: the helper process has exited")
         self._inbox.put((name, doc))
         if name == "stop":
+            self._wait_for_ack(doc.get("run_start"))
+
+    def _wait_for_ack(self, run_uid: object) -> None:
+        # In short slices: a helper that died must not hold up the RunEngine for minutes.
+        waited = 0.0
+        while waited < STOP_WAIT:
             try:
-                self._acks.get(timeout=STOP_WAIT)
+                self._acks.get(timeout=0.5)
+                return
             except queue.Empty:
-                logger.error("%s: run %s not acknowledged within %.0f s", self.label, doc.get("run_start"), STOP_WAIT)
+                waited += 0.5
+                if not self._process.is_alive():
+                    raise RuntimeError(f"{self.label}: the helper process exited before run {run_uid} was written")
+        logger.error("%s: run %s not acknowledged within %.0f s", self.label, run_uid, STOP_WAIT)
 
     def close(self) -> None:
         if self._process.is_alive():
@@ -115,6 +126,9 @@ def _serve(
     acks: Any,
     parent: int,
 ) -> None:
+    # Ctrl-C in a terminal reaches the whole process group; it is the RunEngine's to
+    # handle (pause), and this helper must go on writing what it was given.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         sink = factory(argument)
     except Exception as exc:

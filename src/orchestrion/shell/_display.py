@@ -128,10 +128,11 @@ def print_run_summary(summary: RunSummary, console: Console) -> None:
     )
     if summary.reason:
         console.print(f"  reason: {summary.reason}")
+    # Paths and URIs stay on one line, so they can be copied.
     if summary.hdf5:
-        console.print(f"  file:   {summary.hdf5}")
+        console.print(f"  file:   {summary.hdf5}", soft_wrap=True)
     if summary.tiled:
-        console.print(f"  tiled:  {summary.tiled}")
+        console.print(f"  tiled:  {summary.tiled}", soft_wrap=True)
     values = {k: v for k, v in summary.analysis.items() if not k.endswith("_err")}
     for key, value in values.items():
         error = summary.analysis.get(f"{key}_err")

@@ -13,6 +13,7 @@ from typing import Any
 
 from bluesky import RunEngine
 from bluesky.callbacks.best_effort import BestEffortCallback
+from pydantic import SecretStr
 from rich.console import Console
 
 from orchestrion.config import OrchestrionConfig, load_config
@@ -51,6 +52,7 @@ class ShellSession:
     table: BestEffortCallback | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    _catalog_connection: Any = None
 
     @classmethod
     def start(cls, config: OrchestrionConfig | None = None, console: Console | None = None) -> ShellSession:
@@ -96,10 +98,50 @@ class ShellSession:
             activate(self.lab)
         elif store is not None:
             store.close()
+        if self._services_up():
+            self._connect_services()
+        config = self.config
         self.pipeline = self._attempt("document pipeline", lambda: build_pipeline(config))
         if self.pipeline is not None:
             self.pipeline.subscribe(self.RE)
         self._subscribe_display()
+        self._open_catalog()
+
+    def _services_up(self) -> bool:
+        """Whether `orchestrion up` runs the stack for this configuration."""
+        from orchestrion.services import status
+
+        try:
+            return all(service.health == "ok" for service in status(self.config))
+        except Exception:
+            return False
+
+    def _connect_services(self) -> None:
+        """Point the pipeline at the stack's Tiled server and offer the queue."""
+        from orchestrion.client import Client
+        from orchestrion.services import tiled_api_key, tiled_uri
+
+        key = tiled_api_key(self.config)
+        self.config = self.config.model_copy(
+            update={"tiled_uri": tiled_uri(self.config), "tiled_api_key": SecretStr(key) if key else None}
+        )
+        client = self._attempt("queue", lambda: Client(self.config))
+        if client is not None:
+            self.extras.update({"client": client, "submit": client.submit, "jobs": client.jobs})
+
+    def _open_catalog(self) -> None:
+        from orchestrion.pipeline import connect_catalog
+
+        connection = self._attempt("catalog", lambda: connect_catalog(self.config))
+        if connection is None:
+            return
+        self._catalog_connection = connection
+        catalog = _runs_catalog(connection.client)
+        self.extras["catalog"] = catalog
+        # databroker's v1 view, for users of older profiles: `db[-1].table()`.
+        db = self._attempt("db (databroker v1 view)", lambda: catalog.v1)
+        if db is not None:
+            self.extras["db"] = db
 
     def _subscribe_display(self) -> None:
         self.table = BestEffortCallback()
@@ -128,6 +170,10 @@ class ShellSession:
         if self.params is not None:
             names["params"] = self.params
         names.update(self.extras)
+        if "catalog" in self.extras:
+            from tiled.queries import Key
+
+            names["Key"] = Key  # catalog.search(Key("experiment") == "ramsey")
         return names
 
     def banner(self) -> str:
@@ -139,17 +185,39 @@ class ShellSession:
             lines.append(f"  devices:     {', '.join(ready) or 'none'}")
         if self.params is not None:
             lines.append('  params:      params["qubit.frequency"], params.history(id), params.at(time)')
-        for name in sorted(self.extras):
-            lines.append(f"  {name + ':':12} {type(self.extras[name]).__name__}")
+        descriptions = {
+            "catalog": 'past runs: catalog[-1], catalog.search(Key("experiment") == "ramsey")',
+            "db": "databroker's v1 view of the catalog: db[-1].table()",
+            "submit": 'the queue: submit("ramsey", priority=5), jobs(), client',
+        }
+        for name, text in descriptions.items():
+            if name in self.extras:
+                lines.append(f"  {name + ':':12} {text}")
         if self.problems:
             lines.append("Not available:")
             lines.extend(f"  {p.part}: {p.message}" for p in self.problems)
         return "\n".join(lines)
 
     def close(self) -> None:
+        client = self.extras.get("client")
+        if client is not None:
+            client.close()
+        if self._catalog_connection is not None:
+            self._catalog_connection.close()
         if self.pipeline is not None:
             self.pipeline.unsubscribe(self.RE)
             self.pipeline.close()
         if self.lab is not None:
             activate(None)
             self.lab.close()
+
+
+def _runs_catalog(client: Any) -> Any:
+    """The catalog's root with bluesky conveniences: `catalog[-1]`, `catalog[scan_id]`, `.v1`.
+
+    TiledWriter writes runs at the root, which carries no 'CatalogOfBlueskyRuns' spec, so
+    the client class is applied here rather than chosen by Tiled.
+    """
+    from bluesky_tiled_plugins import CatalogOfBlueskyRuns
+
+    return CatalogOfBlueskyRuns(client.context, item=client.item, structure_clients=client.structure_clients)
