@@ -103,7 +103,9 @@ class ProcessSink:
             except queue.Empty:
                 waited += 0.5
                 if not self._process.is_alive():
-                    raise RuntimeError(f"{self.label}: the helper process exited before run {run_uid} was written")
+                    raise RuntimeError(
+                        f"{self.label}: the helper process exited before run {run_uid} was written"
+                    ) from None
         logger.error("%s: run %s not acknowledged within %.0f s", self.label, run_uid, STOP_WAIT)
 
     def close(self) -> None:
