@@ -46,6 +46,17 @@ def sequence_schema() -> None:
     print_json(sequence_json_schema())
 
 
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+@reports_errors
+def shell(ctx: click.Context) -> None:
+    """Start IPython with the Orchestrion profile (extra arguments go to IPython)."""
+    from IPython import start_ipython
+
+    profile = config_from(ctx).profile_dir / "ipython"
+    start_ipython(argv=["--profile-dir", str(profile), *ctx.args])
+
+
 cli.add_command(run)
 cli.add_command(experiments)
 cli.add_command(devices)
