@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import h5py
 import pytest
+from event_model import compose_run
 from tiled.queries import Key
 
 from orchestrion.config import OrchestrionConfig
 from orchestrion.pipeline import BUNDLED, open_embedded_catalog
+from orchestrion.pipeline._offload import ProcessSink
 from orchestrion.session import EmbeddedSession, RunOptions
 
 ORCHESTRION = Path(sys.executable).with_name("orchestrion")
@@ -80,3 +83,49 @@ def test_an_embedded_session_writes_one_file_per_run(config: OrchestrionConfig) 
     with h5py.File(second.hdf5, "r") as f:
         assert f["entry/experiment"][()].decode() == "ramsey"
         assert f["entry/points"][()] == 7
+
+
+def test_an_embedded_session_with_tiled_has_the_run_catalogued_when_run_returns(config: OrchestrionConfig) -> None:
+    session = EmbeddedSession(config)
+    try:
+        summary = session.run(RunOptions("rabi_flop", scans=["rabi_flop.duration=0:40e-6:6"], shots=5))
+        assert summary.tiled is not None
+        assert summary.tiled.endswith(f"#/{summary.run_uid}")
+    finally:
+        session.close()
+    catalog = open_embedded_catalog(config.home)
+    try:
+        run = catalog.client[summary.run_uid]
+        assert run.metadata["stop"]["exit_status"] == "success"
+        assert run.metadata["orchestrion"]["hdf5"] == summary.hdf5
+    finally:
+        catalog.close()
+
+
+def test_the_helper_process_acknowledges_runs_whatever_its_stage_prints() -> None:
+    run = compose_run()
+    # functools.partial(print): a stage that writes every document to its stdout.
+    sink = ProcessSink(functools.partial, print, "echo")
+    try:
+        sink("start", dict(run.start_doc))
+        sink("stop", dict(run.compose_stop()))  # returns once acknowledged
+    finally:
+        sink.close()
+
+
+def test_a_helper_whose_stage_cannot_be_built_fails_the_stop_instead_of_hanging(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    run = compose_run()
+    sink = ProcessSink(int, "not a number", "broken")  # int("not a number") raises
+
+    def one_run() -> None:
+        sink("start", dict(run.start_doc))
+        sink("stop", dict(run.compose_stop()))
+
+    try:
+        with pytest.raises(RuntimeError, match="helper process"):
+            one_run()
+    finally:
+        sink.close()
+    assert "ValueError" in caplog.text
