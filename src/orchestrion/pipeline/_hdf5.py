@@ -61,6 +61,7 @@ STATUS_ERROR = "error"
 STATUS_INCOMPLETE = "incomplete"
 
 _STATUS_DTYPE = "S32"
+_LARGE_ROW = 64 * 1024  # bytes per point from which array rows are written one by one
 _STR = h5py.string_dtype()
 
 
@@ -239,10 +240,23 @@ class _Columns:
         self._write("time", first, last, np.array([r[0] for r in pending], dtype=np.float64))
         self._write("seq_num", first, last, np.array([r[1] for r in pending], dtype=np.int64))
         for key, spec in self.specs.items():
-            self._write(key, first, last, self._values(key, spec, [r[2] for r in pending]))
+            dtype, shape, as_json = _column_type(spec)
+            if not as_json and dtype is not _STR and math.prod(shape) * np.dtype(dtype).itemsize >= _LARGE_ROW:
+                self._write_rows(key, first, [r[2].get(key) for r in pending], dtype, shape)
+            else:
+                self._write(key, first, last, self._values(key, spec, [r[2] for r in pending]))
         self.written = last
         self.rows = []  # rows on disk are not kept in memory
         return len(pending)
+
+    def _write_rows(self, key: str, first: int, values: list[Any], dtype: Any, shape: tuple[int, ...]) -> None:
+        # Large rows (images, traces) go one by one, straight from the event's array:
+        # stacking a buffer of them first would copy every byte once more.
+        dataset = self.datasets[key]
+        dataset.resize(first + len(values), axis=0)
+        for offset, value in enumerate(values):
+            row = np.full(shape, np.nan if np.dtype(dtype).kind == "f" else 0) if value is None else value
+            dataset[first + offset] = np.asarray(row, dtype=dtype).reshape(shape)
 
     def _write(self, key: str, first: int, last: int, values: Any) -> None:
         dataset = self.datasets[key]
