@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+from event_model import compose_run
 from nexusformat.nexus import nxload
 
 from orchestrion.pipeline import (
@@ -335,3 +337,28 @@ def test_a_writer_killed_mid_run_leaves_a_readable_file_with_every_flushed_point
         assert f["entry/data"].attrs["signal"] == "sequencer_bright_fraction"
         assert f["entry/data/point_qubit_detuning"].shape == (len(points),)
     assert recover_incomplete(data) == []
+
+
+def test_large_array_points_are_written_row_by_row_and_read_back_whole(tmp_path: Path) -> None:
+    run = compose_run(metadata={"experiment": "camera"})
+    key = {"dtype": "array", "shape": [100, 300], "dtype_numpy": "<f8", "source": "sim://camera"}
+    primary = run.compose_descriptor(
+        name="primary", data_keys={"image": key, "point-index": {"dtype": "integer", "shape": [], "source": "x"}}
+    )
+    images = [np.random.default_rng(n).random((100, 300)) for n in range(5)]
+    with Serializer(tmp_path, buffer_points=2) as serializer:
+        serializer("start", dict(run.start_doc))
+        serializer("descriptor", dict(primary.descriptor_doc))
+        for n, image in enumerate(images):
+            event = primary.compose_event(
+                data={"image": image, "point-index": n}, timestamps={"image": 0.0, "point-index": 0.0}, validate=False
+            )
+            serializer("event", dict(event))
+        serializer("stop", dict(run.compose_stop()))
+    with h5py.File(serializer.artifacts["stream_data"][0], "r") as f:
+        stored = f["entry/data/image"]
+        assert stored.shape == (5, 100, 300)
+        assert stored.chunks[1:] == (100, 300)
+        assert math.prod(stored.chunks) * 8 <= 1 << 20  # chunks of at most 1 MiB
+        for n, image in enumerate(images):
+            assert np.array_equal(stored[n], image)
