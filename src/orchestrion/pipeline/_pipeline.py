@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -93,9 +92,6 @@ def build_pipeline(config: OrchestrionConfig) -> DocumentPipeline:
                 Guarded(TiledSink(connect_catalog(config), batch_size=config.tiled_batch_size), "Tiled writer"),
                 "Tiled writer",
             )
-        elif multiprocessing.current_process().daemon:
-            # A daemonic process (as some hosts run their RunEngine in) may not start one.
-            tiled = ThreadedSink(make_tiled_sink(config), "Tiled writer")
         else:
             tiled = ProcessSink(make_tiled_sink, config, "Tiled writer")
 
