@@ -23,6 +23,7 @@ from orchestrion.pipeline import (
     Guarded,
     Hdf5Writer,
     TiledSink,
+    build_pipeline,
     connect_catalog,
     open_embedded_catalog,
 )
@@ -147,3 +148,28 @@ def test_the_embedded_catalog_persists_under_the_home(tmp_path: Path) -> None:
         assert run.metadata["orchestrion"]["analysis"]["center"] == 1234.5
     finally:
         again.close()
+
+
+def test_the_pipeline_catalogues_into_the_configured_server(tiled_server: TiledServer, tmp_path: Path) -> None:
+    config = OrchestrionConfig(home=tmp_path, tiled_uri=tiled_server.uri, tiled_api_key=tiled_server.api_key)  # type: ignore[arg-type]
+    pipeline = build_pipeline(config)
+    docs = list(whole_run(6, fit=FIT, experiment="calibrate_frequency", job_id="job-pipeline"))
+    uid = docs[0][1]["uid"]
+    try:
+        for name, doc in docs:
+            pipeline(name, doc)
+        summary = pipeline.summaries.runs[uid]
+        # Catalogued by the time the stop document has gone through.
+        client = from_uri(tiled_server.uri, api_key=tiled_server.api_key)
+        try:
+            run = client[uid]
+            assert run.metadata["start"]["job_id"] == "job-pipeline"
+            assert run.metadata["orchestrion"]["hdf5"] == summary.hdf5
+            assert run[BUNDLED].read()["point-index"].values.tolist() == list(range(6))
+        finally:
+            client.context.close()
+    finally:
+        pipeline.close()
+    assert summary.tiled == f"{tiled_server.uri}/api/v1/metadata/{uid}"
+    assert summary.hdf5 is not None
+    assert Path(summary.hdf5).parent == (tmp_path / "data").resolve()
