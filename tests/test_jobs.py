@@ -181,7 +181,8 @@ def test_permissions_define_the_groups_a_lab_needs() -> None:
 
 
 def test_the_worker_records_each_run_of_a_job(config: OrchestrionConfig) -> None:
-    environment = WorkerEnvironment(config, worker=True)
+    # The recorder reads the pipeline's summary; the catalog is not needed (and slow to start).
+    environment = WorkerEnvironment(config.model_copy(update={"tiled_enabled": False}), worker=True)
     try:
         namespace = environment.namespace()
         assert isinstance(namespace["RE"], RunEngine)

@@ -84,6 +84,7 @@ class Scheduler:
         self._history_uid: str | None = None
         self._seen_history: set[str] = set()
         self._last_status: tuple[Any, ...] | None = None
+        self._missing: set[int] = set()  # active jobs whose item was not seen last time
 
     def close(self) -> None:
         close_api(self.api)
@@ -128,18 +129,18 @@ class Scheduler:
 
     def sync(self) -> None:
         """Bring the job table in line with the queue server's queue and history."""
-        # The fetches happen under the table's write lock: a submission (which adds its
-        # item under the same lock) is then either wholly before or wholly after them.
+        # Queue first, then status and history: an item that leaves the queue (or the
+        # running slot) between the reads is then already in the history read after.
+        # The reads happen outside the table's write lock, which the worker's recorder
+        # and submissions also take: holding it across requests to the queue server
+        # would make them wait.
+        queue = self.api.queue_get(reload=True)
+        status = self.api.status(reload=True)
+        if status["plan_history_uid"] != self._history_uid:
+            self._history = list(self.api.history_get(reload=True)["items"])
+            self._history_uid = status["plan_history_uid"]
+        running = queue.get("running_item") or {}
         with self.store.write():
-            # Queue first, then status and history: an item that leaves the queue (or
-            # the running slot) between the two reads is then already in the history
-            # read after, never in neither.
-            queue = self.api.queue_get(reload=True)
-            status = self.api.status(reload=True)
-            if status["plan_history_uid"] != self._history_uid:
-                self._history = list(self.api.history_get(reload=True)["items"])
-                self._history_uid = status["plan_history_uid"]
-            running = queue.get("running_item") or {}
             requeue_needed = self._sync_history(self._history)
             self._sync_running(running)
             requeue_needed |= self._sync_queue(list(queue["items"]))
@@ -227,13 +228,23 @@ class Scheduler:
             logger.debug("queue item %s: %s", item_uid, exc)
 
     def _sync_missing(self, present: set[str]) -> None:
+        # A job submitted just after this look at the queue server is not in what was
+        # read: only a job missing from two looks in a row has really left.
+        suspects: set[int] = set()
         for job in self.store.list(list(ACTIVE)):
-            if job.item_uid is not None and job.item_uid not in present:
-                logger.warning("job %d: its item left the queue server without running", job.id)
-                self.store.update(
-                    job.id, status=JobStatus.CANCELLED, finished=time.time(),
-                    error="removed from the queue server's queue outside Orchestrion",
-                )  # fmt: skip
+            if job.item_uid is None or job.item_uid in present:
+                continue
+            if job.id not in self._missing:
+                suspects.add(job.id)
+                continue
+            logger.warning("job %d: its item left the queue server without running", job.id)
+            self.store.update(
+                job.id, status=JobStatus.CANCELLED, finished=time.time(),
+                error="removed from the queue server's queue outside Orchestrion",
+            )  # fmt: skip
+        self._missing = suspects
+        if suspects:
+            self._last_status = None  # look again at the next poll, not in 5 s
 
     def _keep_running(self, status: Mapping[str, Any], interrupted: bool) -> None:
         """After an abort the queue server stops its queue; the lab's queue goes on."""
