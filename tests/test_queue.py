@@ -202,6 +202,12 @@ def test_cancel_removes_a_queued_job_and_aborts_a_running_one(
     assert json.loads(result.output)["status"] == "cancelled"
     assert queued_uids(api) == []
 
+    # Removed by a plain queue-server client: the table follows.
+    removed = client.submit("spectroscopy", **SHORT)
+    api.item_remove(uid=removed.record.item_uid)
+    row = wait_status(removed, JobStatus.CANCELLED, timeout=30)
+    assert "outside Orchestrion" in (row.error or "")
+
     row = client.cancel(running.id)
     row = running.wait(timeout=60)
     assert row.status is JobStatus.CANCELLED
