@@ -447,7 +447,7 @@ class Serializer:
         parameters = entry.create_group("parameters")
         parameters.attrs["NX_class"] = "NXcollection"
         for pid, leaf in _flatten_parameters(doc.get("parameters") or {}).items():
-            group = parameters.create_group(pid)
+            group = parameters.create_group(pid.replace("/", "_"))
             group.create_dataset("value", data=_scalar(leaf.get("value")))
             group.attrs["timestamp"] = str(leaf.get("timestamp", ""))
             group.attrs["source"] = str(leaf.get("source", ""))
