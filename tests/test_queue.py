@@ -27,8 +27,10 @@ from orchestrion.services import (
     close_api,
     down,
     queue_server_api,
+    run_dir,
     status,
     stop_service,
+    tiled_api_key,
     up,
     zmq_control_address,
     zmq_info_address,
@@ -121,6 +123,13 @@ def test_up_is_idempotent_and_every_service_listens_on_loopback_only(stack: Orch
     assert all(s.health == "ok" for s in again.values()), again
     ports = {stack.redis_port, stack.zmq_control_port, stack.zmq_info_port, stack.tiled_port}
     assert listening_addresses(ports) == {"0100007F"}  # 127.0.0.1, and nothing else
+
+    key = tiled_api_key(stack)
+    assert key
+    for log in run_dir(stack).glob("*.log"):  # the secret is in no log and no command line
+        assert key not in log.read_text(errors="replace"), log
+    for service_status in again.values():
+        assert key not in Path(f"/proc/{service_status.pid}/cmdline").read_bytes().decode(errors="replace")
 
     result = CliRunner().invoke(cli, ["status", "--json"], obj={"config": stack})
     assert result.exit_code == 0, result.output

@@ -164,7 +164,9 @@ def tiled_paths(config: OrchestrionConfig) -> tuple[Path, Path, Path]:
 def _tiled_command(config: OrchestrionConfig) -> list[str]:
     catalog, data, tables = tiled_paths(config)
     data.mkdir(parents=True, exist_ok=True)
+    # Through the redacting wrapper: tiled prints its URL with the API key.
     return [
+        sys.executable, "-m", "orchestrion.services._redact",
         _executable("tiled"), "serve", "catalog", str(catalog), "--init", "-w", str(data),
         "-w", f"sqlite:///{tables}", "--host", HOST, "--port", str(config.tiled_port),
     ]  # fmt: skip
