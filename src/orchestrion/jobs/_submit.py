@@ -182,6 +182,13 @@ def cancel_job(store: JobStore, api: Any, job_id: int, *, timeout: float = 30.0)
             else:
                 store.update(job_id, status=JobStatus.CANCELLED, finished=time.time(), error="cancelled before it ran")
                 return store.get(job_id)
+    # Abort only if it is this job that runs: the table may be a poll behind.
+    running = (api.queue_get(reload=True).get("running_item") or {}).get("item_uid")
+    if running != job.item_uid:
+        job = store.get(job_id)
+        if job.status.terminal:
+            return job
+        raise InputError(f"job {job_id} is not running (it is {job.status.value}); try again")
     abort_running(api, timeout=timeout)
     return store.get(job_id)
 
