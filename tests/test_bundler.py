@@ -266,3 +266,34 @@ def test_bad_documents_are_logged_with_their_run_and_other_runs_go_on(caplog: py
     bundler("stop", good.stop)
     _, events = bundled(out)
     assert [e["data"]["point-index"] for e in events] == [0, 1]
+
+
+def test_a_stream_with_several_descriptors_is_one_stream() -> None:
+    run = compose_run()
+    keys = {"point-index": INTEGER, "det-value": NUMBER}
+    first = run.compose_descriptor(name="primary", data_keys=keys)
+    second = run.compose_descriptor(
+        name="primary",
+        data_keys=keys,
+        configuration={"det": {"data": {"gain": 2}, "timestamps": {"gain": 0.0}, "data_keys": {"gain": NUMBER}}},
+    )
+    bundler, out = collect()
+    bundler("start", run.start_doc)
+    bundler("descriptor", first.descriptor_doc)
+    bundler(
+        "event",
+        first.compose_event(
+            data={"point-index": 0, "det-value": 1.0}, timestamps={"point-index": 1.0, "det-value": 1.0}, time=1.0
+        ),
+    )
+    bundler("descriptor", second.descriptor_doc)
+    bundler(
+        "event",
+        second.compose_event(
+            data={"point-index": 1, "det-value": 2.0}, timestamps={"point-index": 2.0, "det-value": 2.0}, time=2.0
+        ),
+    )
+    bundler("stop", run.compose_stop())
+    descriptors, events = bundled(out)
+    assert len(descriptors) == 1
+    assert [(e["data"]["point-index"], e["data"]["det-value"]) for e in events] == [(0, 1.0), (1, 2.0)]
