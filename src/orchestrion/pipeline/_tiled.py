@@ -13,6 +13,7 @@ at its stop, so its HDF5 file is reachable from its catalog entry.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,13 @@ def open_embedded_catalog(home: Path) -> CatalogConnection:
         writable_storage=[str(paths["files"]), f"sqlite:///{paths['tables']}"],
         init_if_not_exists=True,
     )
-    context = Context.from_app(build_app(adapter))
+    # An in-process app is no server: its start-up banner ("Tiled version ...") is noise
+    # on a user's terminal, and so is starlette's deprecation of the test client that
+    # tiled 0.2.20 uses to talk to it in-process.
+    logging.getLogger("tiled.server.app").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
+        context = Context.from_app(build_app(adapter))
     client = from_context(context)
     return CatalogConnection(client=client, location=catalog_uri, served=False, _context=context)
 
