@@ -91,7 +91,6 @@ class EmbeddedSession:
         summary = self.pipeline.summaries.runs[uids[-1]]
         result = getattr(outcome, "plan_result", None)
         if isinstance(result, ExperimentResult):
-            summary.analysis = result.analysis
             summary.parameters_written = {
                 pid: {"value": v.value, "timestamp": v.timestamp.isoformat()}
                 for pid, v in result.parameters_written.items()

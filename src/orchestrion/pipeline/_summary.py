@@ -8,7 +8,7 @@ from typing import Any
 from event_model import DocumentRouter
 from event_model.documents import Event, EventDescriptor, EventPage, RunStart, RunStop
 
-from orchestrion.experiment import PRIMARY
+from orchestrion.experiment import ANALYSIS, PRIMARY
 
 
 @dataclass
@@ -51,6 +51,7 @@ class RunSummaryCollector(DocumentRouter):
         super().__init__()
         self.runs: dict[str, RunSummary] = {}
         self._primary: set[str] = set()
+        self._analysis: set[str] = set()
         self._descriptor_run: dict[str, str] = {}
 
     def start(self, doc: RunStart) -> RunStart | None:
@@ -66,11 +67,22 @@ class RunSummaryCollector(DocumentRouter):
         self._descriptor_run[doc["uid"]] = doc["run_start"]
         if doc.get("name") == PRIMARY:
             self._primary.add(doc["uid"])
+        elif doc.get("name") == ANALYSIS:
+            self._analysis.add(doc["uid"])
         return doc
 
     def event(self, doc: Event) -> Event:
         if doc["descriptor"] in self._primary:
             self.runs[self._descriptor_run[doc["descriptor"]]].points += 1
+        elif doc["descriptor"] in self._analysis:
+            # Fit results: data keys are 'fit-<name>'; numbers only.
+            self.runs[self._descriptor_run[doc["descriptor"]]].analysis.update(
+                {
+                    key.split("-", 1)[-1]: float(value)
+                    for key, value in doc["data"].items()
+                    if isinstance(value, int | float) and not isinstance(value, bool)
+                }
+            )
         return doc
 
     def event_page(self, doc: EventPage) -> EventPage:

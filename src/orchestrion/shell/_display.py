@@ -136,6 +136,6 @@ def print_run_summary(summary: RunSummary, console: Console) -> None:
     values = {k: v for k, v in summary.analysis.items() if not k.endswith("_err")}
     for key, value in values.items():
         error = summary.analysis.get(f"{key}_err")
-        console.print(f"  fit {key} = {value:.10g}" + (f" ± {error:.2g}" if error is not None else ""))
+        console.print(f"  fit {key} = {value:.12g}" + (f" ± {error:.2g}" if error is not None else ""))
     for parameter_id, written in summary.parameters_written.items():
         console.print(f"  wrote {parameter_id} = {written['value']!r}")
