@@ -49,9 +49,11 @@ def test_jobs_round_trip_through_the_table(tmp_path: Path) -> None:
     store.update(job_id, status=JobStatus.QUEUED, item_uid="item-1")
     store.add_run_uids(job_id, ["run-a"])
     store.add_run_uids(job_id, ["run-a", "run-b"])
+    store.update(job_id, analysis={"center": 1.5, "center_err": 0.1})
     job = store.get(job_id)
     assert (job.status, job.priority, job.item_uid, job.run_uids) == (JobStatus.QUEUED, 3, "item-1", ["run-a", "run-b"])
     assert job.scan == ["spectroscopy.detuning=-1:1:3"]
+    assert job.analysis == {"center": 1.5, "center_err": 0.1}
     assert job.to_dict()["run_uid"] == "run-b"
     assert [j.id for j in store.list(JobStatus.QUEUED)] == [job_id]
     assert store.list(JobStatus.DONE) == []
@@ -189,10 +191,11 @@ def test_the_worker_records_each_run_of_a_job(config: OrchestrionConfig) -> None
         assert {"sequencer", "rf", "field", "spectroscopy", "calibrate_frequency"} <= set(namespace)
         store = JobStore.open(config)
         job_id = store.insert(new_job())
-        plan = namespace["spectroscopy"](scan=["spectroscopy.detuning=-1e5:1e5:4"], shots=5, md={JOB_ID_KEY: job_id})
+        plan = namespace["spectroscopy"](scan=["spectroscopy.detuning=-1e5:1e5:21"], shots=50, md={JOB_ID_KEY: job_id})
         environment.RE(plan)
         job = store.get(job_id)
-        assert job.points == 4
+        assert job.points == 21
+        assert "center" in job.analysis  # the fit, from the run's analysis stream
         assert len(job.run_uids) == 1
         assert job.parameters_timestamp is not None
         assert job.parameters_timestamp.startswith("20")

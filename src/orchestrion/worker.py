@@ -97,6 +97,7 @@ class JobRecorder(DocumentRouter):
                 parameters_timestamp=parameters_timestamp,
                 code_commit=self._code[0],
                 code_clean=self._code[1],
+                analysis=dict(summary.analysis),
             )
         except Exception:  # the run itself went fine: bookkeeping must not fail it
             logger.exception("job %s: could not record run %s in the job table", job_id, summary.run_uid)

@@ -33,6 +33,10 @@ def _job_details(job: Any) -> None:
             click.echo(f"{key:21} {document[key]}")
     if job.scan:
         click.echo(f"{'scan':21} {' '.join(job.scan)}")
+    for key, value in job.analysis.items():
+        if not key.endswith("_err"):
+            error = job.analysis.get(f"{key}_err")
+            click.echo(f"{'fit ' + key:21} {value:.10g}" + (f" ± {error:.2g}" if error is not None else ""))
 
 
 @click.command()

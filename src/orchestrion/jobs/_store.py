@@ -74,6 +74,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN code_commit TEXT;
     ALTER TABLE jobs ADD COLUMN code_clean INTEGER;
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN analysis TEXT NOT NULL DEFAULT '{}';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -106,6 +109,7 @@ class Job:
     parameters_timestamp: str | None = None
     code_commit: str | None = None
     code_clean: bool | None = None
+    analysis: dict[str, float] = field(default_factory=dict)
 
     @property
     def run_uid(self) -> str | None:
@@ -145,7 +149,7 @@ _COLUMNS = (
     "id", "experiment", "status", "priority", "submitter", "created", "arguments", "scan",
     "repetitions", "shots", "pattern", "user_group", "source", "started", "finished", "error",
     "item_uid", "run_uids", "points", "hdf5", "tiled", "parameters_timestamp", "code_commit",
-    "code_clean",
+    "code_clean", "analysis",
 )  # fmt: skip
 
 
@@ -155,6 +159,7 @@ def _row_to_job(row: sqlite3.Row) -> Job:
     values["arguments"] = json.loads(values["arguments"])
     values["scan"] = None if values["scan"] is None else json.loads(values["scan"])
     values["run_uids"] = json.loads(values["run_uids"])
+    values["analysis"] = json.loads(values["analysis"])
     values["code_clean"] = None if values["code_clean"] is None else bool(values["code_clean"])
     return Job(**values)
 
@@ -315,6 +320,7 @@ class JobStore:
         parameters_timestamp: str | None,
         code_commit: str | None,
         code_clean: bool | None,
+        analysis: dict[str, float] | None = None,
     ) -> None:
         """What the worker knows of a finished run of the job (the queue server does not)."""
         with self.write():
@@ -323,12 +329,12 @@ class JobStore:
             self.add_run_uids(job_id, [run_uid])
             self.update(
                 job_id, points=points, hdf5=hdf5, tiled=tiled, parameters_timestamp=parameters_timestamp,
-                code_commit=code_commit, code_clean=code_clean,
+                code_commit=code_commit, code_clean=code_clean, analysis=dict(analysis or {}),
             )  # fmt: skip
 
 
 def _encode(column: str, value: Any) -> Any:
-    if column in ("arguments", "run_uids", "scan"):
+    if column in ("arguments", "run_uids", "scan", "analysis"):
         return None if value is None else json.dumps(value, default=str)
     if isinstance(value, JobStatus):
         return value.value
