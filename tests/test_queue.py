@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,6 +180,22 @@ def test_a_plain_queue_server_client_runs_the_same_plans(client: Client, api: An
     adopted = wait_until(lambda: (j := client.store.get(adopted.id)).status.terminal and j, what="its end")
     assert (adopted.source, adopted.status, adopted.experiment) == ("queueserver", JobStatus.DONE, "rabi_flop")
     assert adopted.run_uids == item["result"]["run_uids"]
+
+
+def test_the_qserver_command_line_client_works_too(stack: OrchestrionConfig, client: Client) -> None:
+    before = {j.id for j in client.jobs()}
+    plan = json.dumps({"name": "ramsey", "kwargs": {"scan": ["ramsey.wait=0:1e-5:3"], "shots": 5}})
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "qserver"), "-a", zmq_control_address(stack), "queue", "add", "plan", plan],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    def adopted_ramsey() -> Any:
+        return next((j for j in client.jobs() if j.id not in before and j.status.terminal), None)
+
+    job = wait_until(adopted_ramsey, timeout=60, what="the qserver item run and adopted")
+    assert (job.experiment, job.status, job.source) == ("ramsey", JobStatus.DONE, "queueserver")
 
 
 def test_a_higher_priority_overtakes_queued_jobs_but_not_the_running_one(client: Client, api: Any) -> None:
