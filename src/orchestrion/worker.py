@@ -71,7 +71,7 @@ class JobRecorder(DocumentRouter):
         from orchestrion.jobs import JobStore
 
         self._pipeline = pipeline
-        self._store = JobStore.open(config)
+        self._store = JobStore.open(config, durable=False)
         self._code = code
         self._runs: dict[str, tuple[int, str | None]] = {}  # run uid -> (job id, parameter time)
 
