@@ -1,7 +1,5 @@
 """Frequency calibration: find the resonance and write qubit.frequency back."""
 
-from __future__ import annotations
-
 from collections.abc import Mapping, Sequence
 from typing import Any
 

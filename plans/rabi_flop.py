@@ -1,7 +1,5 @@
 """Rabi flopping: the excitation as the drive pulse gets longer."""
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from typing import Any
 

@@ -1,7 +1,5 @@
 """Ramsey: two pi/2 pulses separated by a free-evolution time."""
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from typing import Any
 

@@ -1,7 +1,5 @@
 """Spectroscopy: a pi pulse scanned in frequency across the qubit resonance."""
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from typing import Any
 

@@ -149,3 +149,21 @@ def _invalid(lab: Lab) -> Any:
         default_scans=base.default_scans,
     )
     return run_experiment(broken, lab)
+
+
+def test_a_job_reads_its_own_parameters_as_of_submission_and_shared_ones_at_their_latest(
+    lab: Lab,
+    RE: RunEngine,  # noqa: N803
+    docs: dict[str, list[Any]],
+) -> None:
+    from datetime import UTC, datetime
+
+    lab.parameters.set("spectroscopy.detuning", 1e3, source="test")
+    submitted = datetime.now(UTC).isoformat()
+    lab.parameters.set("spectroscopy.detuning", 2e3, source="edited after submission")
+    lab.parameters.set("qubit.pi_time", 12e-6, source="calibrated after submission")
+    RE(_plan(lab, "spectroscopy")(scan=["qubit.amplitude=0.5:0.5:1"], shots=5, md={"parameters_at": submitted}))
+    parameters = flatten_ids(docs["start"][0]["parameters"], lambda leaf: isinstance(leaf, dict) and "value" in leaf)
+    assert parameters["spectroscopy.detuning"]["value"] == 1e3
+    assert parameters["qubit.pi_time"]["value"] == 12e-6
+    assert docs["start"][0]["parameters_at"] == submitted

@@ -5,6 +5,7 @@ from ._library import ExperimentLibrary, LibraryEntry, LibraryError
 from ._preprocess import Preprocessor
 from ._runner import (
     ANALYSIS,
+    PARAMETERS_AT,
     PRIMARY,
     ExperimentResult,
     RunRequest,
@@ -12,6 +13,7 @@ from ._runner import (
     flatten_ids,
     nest_by_id,
     prepare_run,
+    read_parameters,
     run_experiment,
     set_with_readback,
 )
@@ -19,6 +21,7 @@ from ._scan import ScanAxis, ScanPattern, ScanPoint, expand_scan
 
 __all__ = [
     "ANALYSIS",
+    "PARAMETERS_AT",
     "PRIMARY",
     "Analyze",
     "BuildSequence",
@@ -37,6 +40,7 @@ __all__ = [
     "flatten_ids",
     "nest_by_id",
     "prepare_run",
+    "read_parameters",
     "run_experiment",
     "set_with_readback",
 ]

@@ -6,6 +6,7 @@ import itertools
 import logging
 import math
 import secrets
+from datetime import datetime
 from collections import ChainMap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 PRIMARY = "primary"
 ANALYSIS = "analysis"
+PARAMETERS_AT = "parameters_at"
+"""Metadata key: an ISO-8601 time as of which a run reads its own experiment's parameters."""
 SEQUENCES = "sequences"
 
 
@@ -255,6 +258,26 @@ class ExperimentResult:
     parameters_written: dict[str, ParameterValue]
 
 
+def read_parameters(experiment: Experiment, lab: Lab, at: object) -> dict[str, ParameterValue]:
+    """The run's parameter snapshot, in one read.
+
+    Without ``at``: every parameter at its latest.  With ``at`` (a queued job's
+    submission time, ICON's rule): the experiment's own parameters ('spectroscopy.*') as
+    they were then, so later edits do not change a job already accepted, and the shared
+    ones (qubit, detection, ...) at their latest, so a calibration that ran in between
+    is used.
+    """
+    if at is None:
+        return lab.parameters.snapshot(experiment.parameter_ids)
+    try:
+        moment = datetime.fromisoformat(str(at))
+    except ValueError:
+        raise InputError(f"metadata {PARAMETERS_AT}: '{at}' is not an ISO-8601 time") from None
+    own = f"{experiment.name}."
+    shared = [pid for pid in experiment.parameter_ids if not pid.startswith(own)]
+    return lab.parameters.snapshot(experiment.parameter_ids, at=moment, latest=shared)
+
+
 def set_with_readback(target_id: str, device: Any, value: float, retries: int) -> MsgGenerator[float]:
     """Set a device parameter, read it back, retry while it is out of tolerance."""
     tolerance = float(getattr(device, "tolerance", 0.0))
@@ -298,7 +321,7 @@ def run_experiment(
         pattern=pattern,
         seed=seed,
     )
-    snapshot = lab.parameters.snapshot(experiment.parameter_ids)
+    snapshot = read_parameters(experiment, lab, (md or {}).get(PARAMETERS_AT))
     values: dict[str, ParameterValueType] = {pid: v.value for pid, v in snapshot.items()}
     values.update(request.overrides)
 

@@ -7,11 +7,12 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from orchestrion.devices import DeviceRegistry
 from orchestrion.errors import InputError, OrchestrionError
-from orchestrion.experiment import ExperimentLibrary, prepare_run
+from orchestrion.experiment import PARAMETERS_AT, ExperimentLibrary, prepare_run
 from orchestrion.worker import JOB_ID_KEY
 
 from ._store import Job, JobStatus, JobStore, NewJob
@@ -124,7 +125,8 @@ def submit_job(
                         code_commit=code[0], code_clean=code[1],
                     )
                 )  # fmt: skip
-                md = {**dict(request.md), JOB_ID_KEY: job_id}
+                # The job reads its own experiment's parameters as they are now (ICON's rule).
+                md = {**dict(request.md), JOB_ID_KEY: job_id, PARAMETERS_AT: datetime.now(UTC).isoformat()}
                 item = BPlan(request.experiment, **kwargs, md=md)
                 try:
                     before = insert_position(store, api.queue_get(reload=True)["items"], request.priority)
