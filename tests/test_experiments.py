@@ -153,7 +153,7 @@ def _invalid(lab: Lab) -> Any:
 
 def test_a_job_reads_its_own_parameters_as_of_submission_and_shared_ones_at_their_latest(
     lab: Lab,
-    RE: RunEngine,  # noqa: N803
+    RE: RunEngine,
     docs: dict[str, list[Any]],
 ) -> None:
     from datetime import UTC, datetime

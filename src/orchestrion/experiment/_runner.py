@@ -6,10 +6,10 @@ import itertools
 import logging
 import math
 import secrets
-from datetime import datetime
 from collections import ChainMap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import bluesky.plan_stubs as bps
