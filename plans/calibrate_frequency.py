@@ -3,10 +3,7 @@
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bluesky.utils import MsgGenerator
-
-from orchestrion.experiment import Experiment, ExperimentResult, ScanAxis, ScanPoint, run_experiment
-from orchestrion.lab import active_lab
+from orchestrion.experiment import Experiment, ScanAxis, ScanPoint, experiment_plan
 from orchestrion.parameters import ParameterSpec, ParameterType
 from orchestrion.sequence import PulseSequence
 
@@ -71,43 +68,11 @@ EXPERIMENT = Experiment(
 )
 
 
-def calibrate_frequency(
-    scan: list[str] | None = None,
-    parameters: dict[str, Any] | None = None,
-    shots: int | None = None,
-    repetitions: int = 1,
-    pattern: str = "linear",
-    md: dict[str, Any] | None = None,
-) -> MsgGenerator[ExperimentResult]:
+calibrate_frequency = experiment_plan(
+    EXPERIMENT,
     """Measure the qubit resonance and store the fitted centre as qubit.frequency.
 
-    The correction is written only when the fit converged, its centre lies inside the
-    scan and within calibrate_frequency.max_correction of the stored value.
-
-    Parameters
-    ----------
-    scan
-        Scans as "ID=START:STOP:NUM"; default "calibrate_frequency.detuning=-100e3:100e3:41" (Hz).
-    parameters
-        Values for this run only, by parameter id; the stored values stay.
-    shots
-        Shots per point (default 100).
-    repetitions
-        How many times the whole scan is repeated.
-    pattern
-        "linear", "shuffled" or "centred".
-    md
-        Metadata added to the run's start document.
-    """
-    return (
-        yield from run_experiment(
-            EXPERIMENT,
-            active_lab(),
-            scans=scan,
-            overrides=parameters,
-            shots=shots,
-            repetitions=repetitions,
-            pattern=pattern,
-            md=md,
-        )
-    )
+The correction is written only when the fit converged, its centre lies inside the
+scan and within calibrate_frequency.max_correction of the stored value.""",
+    __name__,
+)

@@ -3,10 +3,7 @@
 from collections.abc import Mapping
 from typing import Any
 
-from bluesky.utils import MsgGenerator
-
-from orchestrion.experiment import Experiment, ExperimentResult, ScanAxis, run_experiment
-from orchestrion.lab import active_lab
+from orchestrion.experiment import Experiment, ScanAxis, experiment_plan
 from orchestrion.parameters import ParameterSpec, ParameterType
 from orchestrion.sequence import PulseSequence
 
@@ -49,40 +46,8 @@ EXPERIMENT = Experiment(
 )
 
 
-def rabi_flop(
-    scan: list[str] | None = None,
-    parameters: dict[str, Any] | None = None,
-    shots: int | None = None,
-    repetitions: int = 1,
-    pattern: str = "linear",
-    md: dict[str, Any] | None = None,
-) -> MsgGenerator[ExperimentResult]:
-    """Scan the length of a resonant drive pulse: the qubit flops between dark and bright.
-
-    Parameters
-    ----------
-    scan
-        Scans as "ID=START:STOP:NUM"; default "rabi_flop.duration=0:50e-6:51" (s).
-    parameters
-        Values for this run only, by parameter id; the stored values stay.
-    shots
-        Shots per point (default 100).
-    repetitions
-        How many times the whole scan is repeated.
-    pattern
-        "linear", "shuffled" or "centred".
-    md
-        Metadata added to the run's start document.
-    """
-    return (
-        yield from run_experiment(
-            EXPERIMENT,
-            active_lab(),
-            scans=scan,
-            overrides=parameters,
-            shots=shots,
-            repetitions=repetitions,
-            pattern=pattern,
-            md=md,
-        )
-    )
+rabi_flop = experiment_plan(
+    EXPERIMENT,
+    """Scan the length of a resonant drive pulse: the qubit flops between dark and bright.""",
+    __name__,
+)

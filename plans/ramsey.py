@@ -3,10 +3,7 @@
 from collections.abc import Mapping
 from typing import Any
 
-from bluesky.utils import MsgGenerator
-
-from orchestrion.experiment import Experiment, ExperimentResult, ScanAxis, run_experiment
-from orchestrion.lab import active_lab
+from orchestrion.experiment import Experiment, ScanAxis, experiment_plan
 from orchestrion.parameters import ParameterSpec, ParameterType
 from orchestrion.sequence import PulseSequence
 
@@ -66,40 +63,8 @@ EXPERIMENT = Experiment(
 )
 
 
-def ramsey(
-    scan: list[str] | None = None,
-    parameters: dict[str, Any] | None = None,
-    shots: int | None = None,
-    repetitions: int = 1,
-    pattern: str = "linear",
-    md: dict[str, Any] | None = None,
-) -> MsgGenerator[ExperimentResult]:
-    """Scan the wait between two pi/2 pulses: fringes at the detuning, decaying with T2*.
-
-    Parameters
-    ----------
-    scan
-        Scans as "ID=START:STOP:NUM"; default "ramsey.wait=0:200e-6:41" (s).
-    parameters
-        Values for this run only, by parameter id; the stored values stay.
-    shots
-        Shots per point (default 100).
-    repetitions
-        How many times the whole scan is repeated.
-    pattern
-        "linear", "shuffled" or "centred".
-    md
-        Metadata added to the run's start document.
-    """
-    return (
-        yield from run_experiment(
-            EXPERIMENT,
-            active_lab(),
-            scans=scan,
-            overrides=parameters,
-            shots=shots,
-            repetitions=repetitions,
-            pattern=pattern,
-            md=md,
-        )
-    )
+ramsey = experiment_plan(
+    EXPERIMENT,
+    """Scan the wait between two pi/2 pulses: fringes at the detuning, decaying with T2*.""",
+    __name__,
+)

@@ -3,10 +3,7 @@
 from collections.abc import Mapping
 from typing import Any
 
-from bluesky.utils import MsgGenerator
-
-from orchestrion.experiment import Experiment, ExperimentResult, ScanAxis, run_experiment
-from orchestrion.lab import active_lab
+from orchestrion.experiment import Experiment, ScanAxis, experiment_plan
 from orchestrion.parameters import ParameterSpec, ParameterType
 from orchestrion.sequence import PulseSequence
 
@@ -38,41 +35,8 @@ EXPERIMENT = Experiment(
 )
 
 
-def spectroscopy(
-    scan: list[str] | None = None,
-    parameters: dict[str, Any] | None = None,
-    shots: int | None = None,
-    repetitions: int = 1,
-    pattern: str = "linear",
-    md: dict[str, Any] | None = None,
-) -> MsgGenerator[ExperimentResult]:
-    """Scan the drive frequency across the qubit resonance with a pi pulse.
-
-    Parameters
-    ----------
-    scan
-        Scans as "ID=START:STOP:NUM" (or "ID=V1,V2,..."); default
-        "spectroscopy.detuning=-150e3:150e3:31" (Hz).  Several scans make a grid.
-    parameters
-        Values for this run only, by parameter id; the stored values stay.
-    shots
-        Shots per point (default 100).
-    repetitions
-        How many times the whole scan is repeated.
-    pattern
-        "linear", "shuffled" or "centred".
-    md
-        Metadata added to the run's start document.
-    """
-    return (
-        yield from run_experiment(
-            EXPERIMENT,
-            active_lab(),
-            scans=scan,
-            overrides=parameters,
-            shots=shots,
-            repetitions=repetitions,
-            pattern=pattern,
-            md=md,
-        )
-    )
+spectroscopy = experiment_plan(
+    EXPERIMENT,
+    """Scan the drive frequency across the qubit resonance with a pi pulse.""",
+    __name__,
+)

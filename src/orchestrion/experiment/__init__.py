@@ -2,6 +2,7 @@
 
 from ._experiment import Analyze, BuildSequence, Experiment
 from ._library import ExperimentLibrary, LibraryEntry, LibraryError
+from ._plan import experiment_plan
 from ._preprocess import Preprocessor
 from ._runner import (
     ANALYSIS,
@@ -37,6 +38,7 @@ __all__ = [
     "ScanPoint",
     "data_key_suffix",
     "expand_scan",
+    "experiment_plan",
     "flatten_ids",
     "nest_by_id",
     "prepare_run",

@@ -339,9 +339,7 @@ def run_experiment(
 
     sequencer = lab.devices.usable(experiment.sequencer)
     parameter_axes = [t.axis.id for t in request.axes if t.device is None]
-    point_info = ScanPointInfo(
-        [(t.axis, _unit(experiment, t.axis.id)) for t in request.axes if t.device is None]
-    )
+    point_info = ScanPointInfo([(t.axis, _unit(experiment, t.axis.id)) for t in request.axes if t.device is None])
     device_axes = [t for t in request.axes if t.device is not None]
     monitored = [d for d in lab.devices.with_role(ReadoutRole.MONITORED) if d is not sequencer]
     detectors = [sequencer, point_info, *(t.device for t in device_axes), *monitored]

@@ -76,7 +76,16 @@ class ScanAxis:
         return cls(parameter_id, values)
 
     def __str__(self) -> str:
-        return f"{self.id}={','.join(f'{v:g}' for v in self.values)}"
+        return self.spec_text()
+
+    def spec_text(self) -> str:
+        """The axis as a user types it: 'ID=START:STOP:NUM' when evenly spaced, else 'ID=V1,V2,...'."""
+        values = self.values
+        if len(values) >= 2:
+            even = np.linspace(values[0], values[-1], len(values))
+            if np.allclose(values, even, rtol=0, atol=1e-12 * max(1.0, *map(abs, values))):
+                return f"{self.id}={values[0]:g}:{values[-1]:g}:{len(values)}"
+        return f"{self.id}={','.join(f'{v:g}' for v in values)}"
 
     def ordered(self, pattern: ScanPattern) -> tuple[float, ...]:
         if pattern is not ScanPattern.CENTRED:
