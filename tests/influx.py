@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import free_port, wait_until
+from tests.support import free_port, stop_process, wait_until
 
 ADMIN_USER = "admin"
 
@@ -131,12 +131,7 @@ def running_influxd(directory: Path, *, auth: bool = False, password: str = "s3c
             server = InfluxServer(url, port, directory, process, ADMIN_USER, password)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=15)
         log.close()
 
 

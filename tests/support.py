@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -33,3 +34,13 @@ def wait_until(condition: Callable[[], T], timeout: float = 30.0, interval: floa
     raise TimeoutError(
         f"timed out after {timeout} s waiting for {what}" + (f" (last error: {last_error})" if last_error else "")
     )
+
+
+def stop_process(process: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float = 30.0) -> None:
+    """SIGTERM a server the tests started, SIGKILL it if it has not exited within ``timeout``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -29,7 +29,7 @@ from orchestrion.pipeline import (
 )
 
 from .pipeline_docs import whole_run
-from .support import free_port, wait_until
+from .support import free_port, stop_process, wait_until
 
 TILED = Path(sys.executable).with_name("tiled")
 FIT = {"center": 1234.5, "center_err": 12.0}
@@ -65,12 +65,7 @@ def tiled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TiledServ
         )  # fmt: skip
         yield TiledServer(uri, key, root)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)
         log.close()
 
 
