@@ -69,7 +69,7 @@ class EmbeddedSession:
     ) -> RunSummary:
         """Run one experiment to its end; returns the run's summary."""
         self.validate(options)
-        lab = self.open()
+        self.open()
         assert self.pipeline is not None
         plan = self.library.entry(options.experiment).plan(
             scan=list(options.scans) if options.scans is not None else None,
@@ -95,7 +95,6 @@ class EmbeddedSession:
                 pid: {"value": v.value, "timestamp": v.timestamp.isoformat()}
                 for pid, v in result.parameters_written.items()
             }
-        del lab
         return summary
 
     def close(self) -> None:

@@ -325,8 +325,13 @@ def run_experiment(
     values: dict[str, ParameterValueType] = {pid: v.value for pid, v in snapshot.items()}
     values.update(request.overrides)
 
+    # Split once: stored-parameter axes feed the compiler, device axes are set on devices.
+    parameter_targets = [t for t in request.axes if t.device is None]
+    device_axes = [t for t in request.axes if t.device is not None]
+    parameter_axes = [t.axis.id for t in parameter_targets]
+
     def compile_point(point: ScanPoint) -> PulseSequence:
-        point_values = {pid: v for pid, v in point.values.items() if experiment.spec(pid) is not None}
+        point_values = {pid: point.values[pid] for pid in parameter_axes}
         try:
             return experiment.build_sequence(ChainMap(point_values, values), request.shots)
         except ValidationError as exc:  # a compiler that builds models directly
@@ -338,9 +343,7 @@ def run_experiment(
         raise InputError(f"{experiment.name}: {exc}") from None
 
     sequencer = lab.devices.usable(experiment.sequencer)
-    parameter_axes = [t.axis.id for t in request.axes if t.device is None]
-    point_info = ScanPointInfo([(t.axis, _unit(experiment, t.axis.id)) for t in request.axes if t.device is None])
-    device_axes = [t for t in request.axes if t.device is not None]
+    point_info = ScanPointInfo([(t.axis, _unit(experiment, t.axis.id)) for t in parameter_targets])
     monitored = [d for d in lab.devices.with_role(ReadoutRole.MONITORED) if d is not sequencer]
     detectors = [sequencer, point_info, *(t.device for t in device_axes), *monitored]
     retries = lab.config.setpoint_retries

@@ -58,7 +58,7 @@ class RunSummaryCollector(DocumentRouter):
         self.runs[doc["uid"]] = RunSummary(
             run_uid=doc["uid"],
             experiment=str(doc.get("experiment", doc.get("plan_name", ""))),
-            expected_points=int(str(doc.get("num_points", 0) or 0)),
+            expected_points=num_points if isinstance(num_points := doc.get("num_points"), int) else 0,
             started=doc["time"],
         )
         return doc
