@@ -372,9 +372,41 @@ def test_a_concurrent_writer_in_another_process(backend: Backend) -> None:
     assert sources.count("process-1") == count
     assert sources.count("process-2") == count
     assert sources.count("default") == 1  # the second declaration found the value
-    latest = max(history, key=lambda v: v.timestamp)
-    assert store.get("qubit.frequency") == latest
-    assert backend.open().get("qubit.frequency") == latest
+    # Two processes may set it in the same microsecond: then either value is the latest.
+    newest = max(v.timestamp for v in history)
+    latest = [v for v in history if v.timestamp == newest]
+    assert store.get("qubit.frequency") in latest
+    assert backend.open().get("qubit.frequency") in latest
+
+
+_SAME_MOMENT_WRITER = """
+import sys
+from datetime import datetime
+from orchestrion.config import load_config
+from orchestrion.parameters import ParameterSpec, _store, open_parameter_store
+
+moment = datetime.fromisoformat(sys.argv[2])
+_store.now_utc = lambda: moment  # this process's clock reads the same microsecond as the test's
+store = open_parameter_store(load_config())
+store.declare([ParameterSpec.model_validate_json(sys.argv[1])])
+store.set("qubit.frequency", 13e9, source="process-2")
+store.close()
+"""
+
+
+def test_two_processes_setting_a_parameter_in_the_same_microsecond_both_keep_their_value(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = backend.open()
+    moment = _utc_now().replace(microsecond=123456)
+    monkeypatch.setattr("orchestrion.parameters._store.now_utc", lambda: moment)
+    store.set("qubit.frequency", 12e9, source="process-1")
+    subprocess.run(
+        [sys.executable, "-c", _SAME_MOMENT_WRITER, FREQUENCY.model_dump_json(), moment.isoformat()],
+        env={**_clean_env(), **backend.env}, check=True, timeout=60,
+    )  # fmt: skip
+    at_that_moment = store.history("qubit.frequency", since=moment, until=moment)
+    assert sorted((v.source, v.value) for v in at_that_moment) == [("process-1", 12e9), ("process-2", 13e9)]
 
 
 def _clean_env() -> dict[str, str]:

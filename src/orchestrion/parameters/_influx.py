@@ -4,18 +4,26 @@ InfluxDB 1.x serves this API natively and 2.x/3.x through their v1-compatibility
 endpoints, so one backend reaches every version. The layout (see docs/parameters.md):
 
     measurement  parameter
-    tags         id (qubit.frequency), namespace (qubit), type (float), group (when set)
+    tags         id (qubit.frequency), namespace (qubit), type (float), group (when set),
+                 writer (a random id of the writing process)
     fields       value_float | value_int | value_bool | value_str (one per point), source
     time         when the value was set, microsecond precision
 
 One field per value type because InfluxDB fixes a field's type per shard: a float and a
 string parameter cannot share a `value` field, and numeric fields stay plottable.
+
+The `writer` tag is there because InfluxDB keeps one point per series and time: two
+processes setting the same parameter in the same microsecond would otherwise write one
+point, and the other value would be silently lost. Each process's clock is strictly
+increasing (`now_utc`), so a series per writing process makes every point unique.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import secrets
 import time
 from datetime import datetime
 from typing import Any
@@ -42,6 +50,27 @@ VALUE_FIELDS: dict[type, str] = {bool: "value_bool", int: "value_int", float: "v
 # our last cache check; the change query looks back this far to still see it. Lab
 # machines synchronised by NTP are milliseconds apart.
 CLOCK_SKEW_ALLOWANCE_S = 5.0
+
+
+def _new_writer_id() -> str:
+    return secrets.token_hex(4)
+
+
+_writer_id = _new_writer_id()
+
+
+def _renew_writer_id() -> None:
+    # A forked child inherits the parent's clock state: it must not share its series.
+    global _writer_id
+    _writer_id = _new_writer_id()
+
+
+os.register_at_fork(after_in_child=_renew_writer_id)
+
+
+def writer_id() -> str:
+    """This process's `writer` tag value (random, new in every process and forked child)."""
+    return _writer_id
 
 
 class _TokenAuth(httpx.Auth):
@@ -89,11 +118,18 @@ def _field_value(value: ParameterValueType) -> str:
     return f'"{_escape_string_field(value)}"'
 
 
-def line_protocol(value: ParameterValue, spec: ParameterSpec, measurement: str = MEASUREMENT) -> str:
-    """The point that stores ``value``: what Orchestrion writes, and what others may write."""
+def line_protocol(
+    value: ParameterValue, spec: ParameterSpec, measurement: str = MEASUREMENT, *, writer: str | None = None
+) -> str:
+    """The point that stores ``value``: what Orchestrion writes, and what others may write.
+
+    The store passes its process's ``writer`` id; other programs may leave it out.
+    """
     tags = [("id", value.id), ("namespace", spec.namespace), ("type", spec.type.value)]
     if spec.group:  # line protocol has no empty tag values
         tags.append(("group", spec.group))
+    if writer:
+        tags.append(("writer", writer))
     tag_text = ",".join(f"{key}={_escape_tag(text)}" for key, text in sorted(tags))
     field = VALUE_FIELDS[type(value.value)]
     fields = f'{field}={_field_value(value.value)},source="{_escape_string_field(value.source)}"'
@@ -219,15 +255,18 @@ class InfluxParameterStore(BaseParameterStore):
         if response.status_code != 204:
             raise ParameterStoreError(f"InfluxDB at {self.url} refused the write: {self._error_text(response)}")
 
+    def _line(self, value: ParameterValue, spec: ParameterSpec) -> str:
+        return line_protocol(value, spec, self.measurement, writer=writer_id())
+
     def _write(self, value: ParameterValue, spec: ParameterSpec) -> None:
-        self._write_lines([line_protocol(value, spec, self.measurement)])
+        self._write_lines([self._line(value, spec)])
 
     def _write_defaults(self, defaults: list[tuple[ParameterValue, ParameterSpec]]) -> list[str]:
         # InfluxDB has no transactions: read, then write the missing ones in one request.
         stored = self._read([value.id for value, _ in defaults], None)
         missing = [(value, spec) for value, spec in defaults if value.id not in stored]
         if missing:
-            self._write_lines([line_protocol(value, spec, self.measurement) for value, spec in missing])
+            self._write_lines([self._line(value, spec) for value, spec in missing])
         return [value.id for value, _ in missing]
 
     def _where_ids(self, ids: list[str]) -> str:
