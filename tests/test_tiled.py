@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import httpx
@@ -27,6 +28,7 @@ from orchestrion.pipeline import (
     connect_catalog,
     open_embedded_catalog,
 )
+from orchestrion.pipeline._tiled import HDF5_NOTICE
 
 from .pipeline_docs import whole_run
 from .support import free_port, stop_process, wait_until
@@ -69,18 +71,23 @@ def tiled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TiledServ
         log.close()
 
 
-def pipeline_for(config: OrchestrionConfig, data_dir: Path) -> tuple[Bundler, Hdf5Writer, TiledSink, dict[str, str]]:
-    addresses: dict[str, str] = {}
+def pipeline_for(config: OrchestrionConfig, data_dir: Path) -> tuple[Bundler, Hdf5Writer, TiledSink]:
     writer = Hdf5Writer(data_dir, data_stream=BUNDLED, skip_streams=("primary",))
-    sink = TiledSink(connect_catalog(config), batch_size=7, on_run=addresses.__setitem__, hdf5_path=writer.files.get)
-    return Bundler([Guarded(writer, "hdf5"), Guarded(sink, "tiled")]), writer, sink, addresses
+    sink = TiledSink(connect_catalog(config), batch_size=7)
+
+    def tiled(name: str, doc: dict[str, Any]) -> None:
+        sink(name, doc)
+        if name == "start":  # as `build_pipeline` does: the file is named at the start
+            sink(HDF5_NOTICE, {"run": doc["uid"], "path": str(writer.files[doc["uid"]])})
+
+    return Bundler([Guarded(writer, "hdf5"), Guarded(tiled, "tiled")]), writer, sink
 
 
 def test_runs_are_catalogued_in_a_served_tiled_and_found_by_their_metadata(
     tiled_server: TiledServer, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     config = OrchestrionConfig(home=tmp_path, tiled_uri=tiled_server.uri, tiled_api_key=tiled_server.api_key)  # type: ignore[arg-type]
-    bundler, writer, sink, addresses = pipeline_for(config, tmp_path / "data")
+    bundler, writer, sink = pipeline_for(config, tmp_path / "data")
     before = time.time()
     uids = []
     for experiment, job, points in (("spectroscopy", "job-1", 23), ("ramsey", "job-2", 5)):
@@ -92,8 +99,9 @@ def test_runs_are_catalogued_in_a_served_tiled_and_found_by_their_metadata(
 
     client = from_uri(tiled_server.uri, api_key=tiled_server.api_key)
     assert uids[0] in client
-    assert addresses[uids[0]] == f"{tiled_server.uri}/api/v1/metadata/{uids[0]}"
-    assert httpx.get(addresses[uids[0]], headers={"Authorization": f"Apikey {tiled_server.api_key}"}).status_code == 200
+    address = sink.connection.run_address(uids[0])
+    assert address == f"{tiled_server.uri}/api/v1/metadata/{uids[0]}"
+    assert httpx.get(address, headers={"Authorization": f"Apikey {tiled_server.api_key}"}).status_code == 200
     # Found by experiment, job id, time range and any metadata.
     assert list(client.search(Key("start.experiment") == "ramsey")) == [uids[1]]
     assert list(client.search(Key("start.job_id") == "job-1")) == [uids[0]]
@@ -126,13 +134,14 @@ def test_runs_are_catalogued_in_a_served_tiled_and_found_by_their_metadata(
 
 def test_the_embedded_catalog_persists_under_the_home(tmp_path: Path) -> None:
     config = OrchestrionConfig(home=tmp_path)
-    bundler, _, sink, addresses = pipeline_for(config, tmp_path / "data")
+    bundler, _, sink = pipeline_for(config, tmp_path / "data")
     docs = list(whole_run(4, fit=FIT, experiment="rabi_flop"))
     for name, doc in docs:
         bundler(name, doc)
-    sink.close()
     uid = docs[0][1]["uid"]
-    assert addresses[uid] == f"sqlite:///{tmp_path / 'tiled' / 'catalog.db'}#/{uid}"
+    address = sink.connection.run_address(uid)
+    sink.close()
+    assert address == f"sqlite:///{tmp_path / 'tiled' / 'catalog.db'}#/{uid}"
     # Another connection (as a later process would open it) finds the run and its data.
     again = open_embedded_catalog(tmp_path)
     try:

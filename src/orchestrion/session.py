@@ -89,6 +89,9 @@ class EmbeddedSession:
         if not uids:
             raise RuntimeError(f"{options.experiment}: the plan opened no run")
         summary = self.pipeline.summaries.runs[uids[-1]]
+        # The catalog finishes a run after its stop: what this reports must be there.
+        if not self.pipeline.wait_catalogued(uids[-1]):
+            summary.tiled = None
         result = getattr(outcome, "plan_result", None)
         if isinstance(result, ExperimentResult):
             summary.parameters_written = {

@@ -87,13 +87,16 @@ class JobRecorder(DocumentRouter):
         if job is None or summary is None:
             return doc
         job_id, parameters_timestamp = job
+        # A job is reported done only with its runs in the catalog (immediate when the
+        # catalog is served: its stage already waited at the stop).
+        catalogued = self._pipeline.wait_catalogued(summary.run_uid)
         try:
             self._store.record_run(
                 job_id,
                 run_uid=summary.run_uid,
                 points=summary.points,
                 hdf5=summary.hdf5,
-                tiled=summary.tiled,
+                tiled=summary.tiled if catalogued else None,
                 parameters_timestamp=parameters_timestamp,
                 code_commit=self._code[0],
                 code_clean=self._code[1],

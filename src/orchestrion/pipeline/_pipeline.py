@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bluesky import RunEngine
 
@@ -18,6 +18,12 @@ logger = logging.getLogger(__name__)
 DocumentCallback = Callable[[str, dict[str, Any]], Any]
 
 
+class CatalogStage(Protocol):
+    def __call__(self, name: str, doc: dict[str, Any]) -> Any: ...
+
+    def wait_catalogued(self, run_uid: str | None, timeout: float) -> bool: ...
+
+
 class DocumentPipeline:
     """The callbacks of one process, in the order documents reach them."""
 
@@ -25,11 +31,24 @@ class DocumentPipeline:
         self.summaries = RunSummaryCollector()
         self.callbacks: list[DocumentCallback] = list(callbacks or [])
         self._tokens: list[int] = []
+        # The catalog stage, when it finishes runs after their stop document (see
+        # `wait_catalogued`).
+        self.catalog_stage: CatalogStage | None = None
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
         self.summaries(name, doc)
         for callback in self.callbacks:
             callback(name, doc)
+
+    def wait_catalogued(self, run_uid: str | None = None, timeout: float = 300.0) -> bool:
+        """Wait until ``run_uid`` (default: every run so far) is complete in the catalog.
+
+        The RunEngine does not wait for the catalog at a run's stop: call this before
+        reading a run back.  False (and the reason logged) if it did not get there.
+        """
+        if self.catalog_stage is None:
+            return True
+        return self.catalog_stage.wait_catalogued(run_uid, timeout)
 
     def subscribe(self, RE: RunEngine) -> None:
         self._tokens.append(RE.subscribe(self))
@@ -85,8 +104,10 @@ def build_pipeline(config: OrchestrionConfig) -> DocumentPipeline:
 
         # Off the RunEngine's thread: the embedded catalog in a helper process (its
         # server side would otherwise share this interpreter), a served one in a thread
-        # (HTTP waits).  Both wait at each stop until the run is catalogued.
-        tiled: Callable[[str, dict[str, Any]], Any]
+        # (HTTP waits).  The thread waits at each stop until the run is catalogued (a
+        # queue-server job is reported done only then); the helper process finishes a
+        # run while the next one starts (see `DocumentPipeline.wait_catalogued`).
+        tiled: CatalogStage
         if config.tiled_uri:
             tiled = ThreadedSink(
                 Guarded(TiledSink(connect_catalog(config), batch_size=config.tiled_batch_size), "Tiled writer"),
@@ -95,6 +116,7 @@ def build_pipeline(config: OrchestrionConfig) -> DocumentPipeline:
         else:
             tiled = ProcessSink(make_tiled_sink, config, "Tiled writer")
 
+        pipeline.catalog_stage = tiled
         sinks.append(Guarded(_TiledFeed(tiled, pipeline, writer, config), "Tiled writer"))
     pipeline.callbacks.append(Guarded(Bundler(sinks), "bundler"))
     return pipeline
@@ -111,15 +133,16 @@ class _TiledFeed:
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
         from ._tiled import HDF5_NOTICE, run_address
 
+        self.tiled(name, doc)
         if name == "start":
             summary = self.pipeline.summaries.runs.get(doc["uid"])
             if summary is not None:
                 summary.tiled = run_address(self.config, doc["uid"])
-        elif name == "stop":
-            path = self.writer.files.get(doc["run_start"])
+            # The file is named at the start: the catalog records it while the run goes
+            # on, not in the requests at its stop.
+            path = self.writer.files.get(doc["uid"])
             if path is not None:
-                self.tiled(HDF5_NOTICE, {"run": doc["run_start"], "path": str(path)})
-        self.tiled(name, doc)
+                self.tiled(HDF5_NOTICE, {"run": doc["uid"], "path": str(path)})
 
     def close(self) -> None:
         close = getattr(self.tiled, "close", None)

@@ -7,7 +7,8 @@ in-process.  Services: the Tiled server at ``tiled_uri`` with ``tiled_api_key``.
 
 Besides what TiledWriter stores (the start and stop documents as metadata, each stream
 as a table), each run's metadata gets ``orchestrion: {hdf5: PATH, analysis: {fits}}``
-at its stop, so its HDF5 file is reachable from its catalog entry.
+(the path from its start on, the fits at its stop), so its HDF5 file is reachable from
+its catalog entry.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from orchestrion.config import OrchestrionConfig
 logger = logging.getLogger(__name__)
 
 ANALYSIS_STREAM = "analysis"
-HDF5_NOTICE = "orchestrion_hdf5"  # not an event-model document: {run, path}, before a stop
+HDF5_NOTICE = "orchestrion_hdf5"  # not an event-model document: {run, path}, after a start
 
 
 def run_address(config: OrchestrionConfig, run_uid: str) -> str:
@@ -98,20 +99,13 @@ def open_embedded_catalog(home: Path) -> CatalogConnection:
 
 
 class TiledSink:
-    """TiledWriter (batched) plus, at each stop, the run's HDF5 path and fit results.
+    """TiledWriter (batched) plus each run's HDF5 path and fit results in its metadata.
 
-    ``on_run(run_uid, address)`` is called at each start; ``hdf5_path(run_uid)`` says
-    where the run's file is, if anywhere (else what ``orchestrion_hdf5`` notices said).
+    The path arrives as an ``orchestrion_hdf5`` notice just after the run's start and
+    is recorded at once; fit results, from the run's analysis stream, at its stop.
     """
 
-    def __init__(
-        self,
-        connection: CatalogConnection,
-        *,
-        batch_size: int = 500,
-        on_run: Callable[[str, str], Any] | None = None,
-        hdf5_path: Callable[[str], Path | None] | None = None,
-    ) -> None:
+    def __init__(self, connection: CatalogConnection, *, batch_size: int = 500) -> None:
         from bluesky_tiled_plugins import TiledWriter
 
         self.connection = connection
@@ -120,39 +114,43 @@ class TiledSink:
         # No normalizer: the documents are current event-model ones already, and its
         # per-document schema validation was a third of the writer's time.
         self.writer = TiledWriter(connection.client, batch_size=batch_size, max_array_size=0, normalizer=None)
-        self.on_run = on_run
-        self.hdf5_path = hdf5_path
+        self._nodes: dict[str, Any] = {}  # run uid -> its container, from its start on
+        self._annotations: dict[str, dict[str, Any]] = {}
         self._analysis_descriptors: dict[str, str] = {}
-        self._fits: dict[str, dict[str, Any]] = {}
-        self._paths: dict[str, str] = {}
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
         if name == HDF5_NOTICE:
-            self._paths[str(doc["run"])] = str(doc["path"])
+            self._annotate(str(doc["run"]), {"hdf5": str(doc["path"])})
             return
         self.writer(name, doc)
-        if name == "start" and self.on_run is not None:
-            self.on_run(doc["uid"], self.connection.run_address(doc["uid"]))
+        if name == "start":
+            self._nodes[doc["uid"]] = self.connection.client[doc["uid"]]
+            self._annotations[doc["uid"]] = {}
         elif name == "descriptor" and doc.get("name") == ANALYSIS_STREAM:
             self._analysis_descriptors[doc["uid"]] = doc["run_start"]
         elif name == "event" and doc["descriptor"] in self._analysis_descriptors:
             run_uid = self._analysis_descriptors[doc["descriptor"]]
-            self._fits[run_uid] = _fit_values(doc["data"])
+            self._annotations.setdefault(run_uid, {})["analysis"] = _fit_values(doc["data"])
         elif name == "stop":
-            self._annotate(doc["run_start"])
+            run_uid = doc["run_start"]
+            fits = self._annotations.get(run_uid, {}).get("analysis")
+            if fits:
+                self._annotate(run_uid, {"analysis": fits})
+            self._nodes.pop(run_uid, None)
+            self._annotations.pop(run_uid, None)
+            self._analysis_descriptors = {k: v for k, v in self._analysis_descriptors.items() if v != run_uid}
 
-    def _annotate(self, run_uid: str) -> None:
-        extra: dict[str, Any] = {}
-        path = self.hdf5_path(run_uid) if self.hdf5_path is not None else self._paths.pop(run_uid, None)
-        if path is not None:
-            extra["hdf5"] = str(path)
-        fits = self._fits.pop(run_uid, None)
-        if fits:
-            extra["analysis"] = fits
-        self._analysis_descriptors = {k: v for k, v in self._analysis_descriptors.items() if v != run_uid}
-        if extra:
-            node = self.connection.client[run_uid]
-            node.update_metadata(metadata={"orchestrion": extra}, drop_revision=True)
+    def _annotate(self, run_uid: str, extra: dict[str, Any]) -> None:
+        """Record ``extra`` under the run's ``orchestrion`` metadata, with what was there."""
+        node = self._nodes.get(run_uid)
+        if node is None:
+            logger.warning("Tiled writer: run %s is not being written; %s not recorded", run_uid, sorted(extra))
+            return
+        annotations = self._annotations.setdefault(run_uid, {})
+        annotations.update(extra)
+        # The whole `orchestrion` entry each time: the client's copy of the metadata may
+        # predate the previous update.
+        node.update_metadata(metadata={"orchestrion": dict(annotations)}, drop_revision=True)
 
     def close(self) -> None:
         self.connection.close()

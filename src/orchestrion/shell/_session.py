@@ -156,7 +156,13 @@ class ShellSession:
         self.RE.subscribe(SummaryPrinter(self.summary_of, lambda s: print_run_summary(s, self.console)))
 
     def summary_of(self, run_uid: str) -> RunSummary | None:
-        return self.pipeline.summaries.runs.get(run_uid) if self.pipeline is not None else None
+        """The run's summary once it is complete in the catalog, so `catalog[-1]` is it."""
+        if self.pipeline is None:
+            return None
+        summary = self.pipeline.summaries.runs.get(run_uid)
+        if summary is not None and not self.pipeline.wait_catalogued(run_uid):
+            summary.tiled = None
+        return summary
 
     def namespace(self) -> dict[str, Any]:
         """What the user's namespace gets: RE, the devices, the experiments as plans, params..."""
