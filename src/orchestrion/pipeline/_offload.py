@@ -108,6 +108,7 @@ class ProcessSink:
         self._acknowledged = threading.Condition()
         self._outstanding: set[str] = set()
         self._helper_error: str | None = None
+        self._helper_exited = False  # its stdout closed: checked per document without a syscall
         self._feeder = threading.Thread(target=self._feed, name=f"orchestrion-{label}-feed", daemon=True)
         self._reader = threading.Thread(target=self._read, name=f"orchestrion-{label}-acks", daemon=True)
         # Not waited for: the helper imports while the session opens and the run starts;
@@ -162,11 +163,12 @@ class ProcessSink:
                     logger.error("%s: %s", self.label, answer)
                 self._acknowledged.notify_all()
         with self._acknowledged:  # the helper has exited: nothing more will be acknowledged
+            self._helper_exited = True
             self._acknowledged.notify_all()
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
-        if self._process.poll() is not None:
-            raise RuntimeError(f"{self.label}: the helper process has exited ({self._process.returncode})")
+        if self._helper_exited:
+            raise RuntimeError(f"{self.label}: the helper process has exited ({self._process.wait()})")
         if name == "stop":
             with self._acknowledged:
                 self._outstanding.add(str(doc.get("run_start")))
@@ -174,7 +176,8 @@ class ProcessSink:
             self._pending.append((name, doc))
             self._given += 1
             ticket = self._given
-            urgent = name not in ("event", "event_page") or len(self._pending) >= FEED_BATCH
+            # Once per batch: the feeder may take a moment to empty it.
+            urgent = name not in ("event", "event_page") or len(self._pending) == FEED_BATCH
         if urgent:
             self._wake.set()
         if name == "stop":
