@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from event_model import DocumentRouter
@@ -19,7 +22,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from orchestrion.experiment import PRIMARY
+from orchestrion.experiment import ANALYSIS, PRIMARY
+from orchestrion.experiment._runner import SEQUENCES
 from orchestrion.pipeline import RunSummary
 
 PROGRESS_COLUMNS = (
@@ -32,9 +36,59 @@ PROGRESS_COLUMNS = (
 )
 
 
+NOT_PLOTTED = ["baseline", ANALYSIS, SEQUENCES]
+"""Streams with no live plot: one point per run (the fit), or sequence hashes and JSON."""
+
+# Opens, draws and closes one figure as the session's matplotlib would, and names the
+# interactive framework it used (None for a non-interactive backend such as Agg).
+_PROBE = """
+import matplotlib.pyplot as plt
+figure = plt.figure()
+figure.canvas.draw()
+framework = type(figure.canvas).required_interactive_framework
+plt.close(figure)
+print(framework)
+"""
+
+
+@dataclass(frozen=True)
+class DisplayCheck:
+    """Whether live plots can appear, and why not when a display is set but unusable."""
+
+    framework: str | None = None
+    """The GUI toolkit matplotlib's windows use ("qt", "tk", ...); None: no live plots."""
+    problem: str | None = None
+    """Why a display that is set cannot show a plot (e.g. Qt lacks a system library)."""
+
+
+def check_display(timeout: float = 30.0) -> DisplayCheck:
+    """Whether a live plot has somewhere to appear: try one figure in a child process.
+
+    A set $DISPLAY is not enough: the X server may be gone (matplotlib then falls back
+    to Agg), or Qt may miss a system library, and then Qt aborts the whole process at
+    the first figure. The child takes that abort, so the session reports it instead.
+    """
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return DisplayCheck()
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return DisplayCheck(problem=f"no figure opened on the display within {timeout:g} s")
+    if probe.returncode != 0:
+        said = [line.strip() for line in probe.stderr.splitlines() if line.strip()]
+        # A Python error ends with its message; Qt's abort starts with its reason.
+        reason = said[-1:] if "Traceback" in probe.stderr else said[:2]
+        return DisplayCheck(problem=" ".join(reason) or f"a test figure failed (exit status {probe.returncode})")
+    lines = probe.stdout.split()
+    framework = lines[-1] if lines else "None"
+    return DisplayCheck(framework=None if framework == "None" else framework)
+
+
 def has_display() -> bool:
-    """Whether a live plot has somewhere to appear."""
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    """Whether a live plot has somewhere to appear (see `check_display`)."""
+    return check_display().framework is not None
 
 
 class ProgressDisplay(DocumentRouter):

@@ -23,7 +23,7 @@ from orchestrion.lab import Lab, activate
 from orchestrion.parameters import open_parameter_store
 from orchestrion.pipeline import DocumentPipeline, RunSummary, build_pipeline
 
-from ._display import ProgressDisplay, SummaryPrinter, has_display, print_run_summary
+from ._display import NOT_PLOTTED, ProgressDisplay, SummaryPrinter, check_display, print_run_summary
 from ._params import ParameterBrowser
 
 logger = logging.getLogger(__name__)
@@ -146,8 +146,17 @@ class ShellSession:
     def _subscribe_display(self) -> None:
         self.table = BestEffortCallback()
         self.table.disable_baseline()
-        if not has_display():
+        self.table.noplot_streams = list(NOT_PLOTTED)
+        display = check_display()
+        if display.problem is not None:
+            self.problems.append(Problem("live plots", display.problem))
+        if display.framework is None:
             self.table.disable_plots()
+        else:
+            import matplotlib.pyplot as plt
+
+            # Figures then appear as the callback makes them, and redraw as points arrive.
+            plt.ion()
         self.RE.subscribe(self.table)
         progress = ProgressDisplay(self.console)
         self.RE.subscribe(progress)
