@@ -9,6 +9,7 @@ import select
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,23 +43,34 @@ def x_display() -> Iterator[str]:
         text=True,
     )
     os.close(ready_write)
+    # The whole line, "N\n", and the pipe kept open while Xvfb runs: it treats a failed
+    # write as fatal, and closing after the digits alone killed it about one time in two.
+    said = b""
+    deadline = time.monotonic() + XVFB_START_TIMEOUT
+    while not said.endswith(b"\n") and (remaining := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([ready_read], [], [], remaining)
+        chunk = os.read(ready_read, 64) if readable else b""
+        if not chunk:
+            break
+        said += chunk
+    number = said.decode().strip()
     try:
-        readable, _, _ = select.select([ready_read], [], [], XVFB_START_TIMEOUT)
-        number = os.read(ready_read, 64).decode().strip() if readable else ""
-        if not number:
+        if not said.endswith(b"\n") or not number:
             stop_process(server)
             error = server.stderr.read() if server.stderr else ""
             pytest.fail(
                 f"Xvfb did not start within {XVFB_START_TIMEOUT:g} s (exit status {server.returncode}): {error}"
             )
+        socket_path = Path(f"/tmp/.X11-unix/X{number}")
+        assert socket_path.is_socket(), f"Xvfb reported display :{number}, but {socket_path} is not there"
+        yield f":{number}"
+        alive = server.poll() is None
+        stop_process(server)
+        assert alive, "Xvfb exited while the tests used it"
     finally:
         os.close(ready_read)
-    socket_path = Path(f"/tmp/.X11-unix/X{number}")
-    assert socket_path.is_socket(), f"Xvfb reported display :{number}, but {socket_path} is not there"
-    yield f":{number}"
-    stop_process(server)
-    if server.stderr is not None:
-        server.stderr.close()
+        if server.stderr is not None:
+            server.stderr.close()
 
 
 def test_the_display_check_finds_qt_on_the_x_server(x_display: str, monkeypatch: pytest.MonkeyPatch) -> None:

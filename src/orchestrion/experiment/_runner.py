@@ -16,7 +16,7 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.protocols import Location
 from bluesky.utils import Msg, MsgGenerator
-from ophyd_async.core import StandardReadable, soft_signal_r_and_setter
+from ophyd_async.core import StandardReadable, StandardReadableFormat, soft_signal_r_and_setter
 from ophyd_async.plan_stubs import ensure_connected
 from pydantic import ValidationError
 
@@ -169,9 +169,12 @@ class ScanPointInfo(StandardReadable):
 
     def __init__(self, axes: Sequence[tuple[ScanAxis, str]], name: str = "point") -> None:
         self._setters: dict[str, Callable[[float], None]] = {}
-        with self.add_children_as_readables():
+        # Read in every event but not hinted: plots and tables show the measured values
+        # against the scanned ones, not the point's bookkeeping.
+        with self.add_children_as_readables(StandardReadableFormat.UNCACHED_SIGNAL):
             self.index, self._set_index = soft_signal_r_and_setter(int)
             self.repetition, self._set_repetition = soft_signal_r_and_setter(int)
+        with self.add_children_as_readables(StandardReadableFormat.HINTED_UNCACHED_SIGNAL):
             for axis, unit in axes:
                 parameter_id = axis.id
                 signal, setter = soft_signal_r_and_setter(float, units=unit, precision=_precision(axis.values))
