@@ -22,8 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from orchestrion.experiment import ANALYSIS, PRIMARY
-from orchestrion.experiment._runner import SEQUENCES
+from orchestrion.experiment import ANALYSIS, PRIMARY, SEQUENCES
 from orchestrion.pipeline import RunSummary
 
 PROGRESS_COLUMNS = (
