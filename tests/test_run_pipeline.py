@@ -19,6 +19,8 @@ from orchestrion.pipeline import BUNDLED, open_embedded_catalog
 from orchestrion.pipeline._offload import ProcessSink
 from orchestrion.session import EmbeddedSession, RunOptions
 
+from .support import wait_until
+
 ORCHESTRION = Path(sys.executable).with_name("orchestrion")
 
 
@@ -135,3 +137,52 @@ def test_a_helper_whose_stage_cannot_be_built_fails_the_run_instead_of_hanging(
     assert all("helper process" in text for text in refusals)
     assert refusals or "invalid literal for int()" in caplog.text
     assert "ValueError" in caplog.text
+
+
+_KILLED_AFTER_ITS_RUNS = """
+import os, signal, sys
+from pathlib import Path
+
+import bluesky.plans as bp
+from bluesky import RunEngine
+from ophyd.sim import det, motor
+
+from orchestrion.config import load_config
+from orchestrion.pipeline import build_pipeline
+
+pipeline = build_pipeline(load_config(home=Path(sys.argv[1])))
+RE = RunEngine({})
+pipeline.subscribe(RE)
+uids = RE(bp.scan([det], motor, -1, 1, 300)) + RE(bp.count([det], 50))
+print(pipeline.catalog_stage._process.pid, *uids, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no close, no wait: dead the moment the runs stopped
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_runs_stopped_before_the_process_dies_are_still_catalogued(home: Path) -> None:
+    script = subprocess.run(
+        [sys.executable, "-c", _KILLED_AFTER_ITS_RUNS, str(home)],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert script.returncode == -9, script.stderr
+    helper, *uids = script.stdout.split()
+    # The helper outlives the process that fed it, writes what it was handed, and exits.
+    wait_until(lambda: not _running(int(helper)), timeout=120, what="the orphaned Tiled helper to finish and exit")
+    catalog = open_embedded_catalog(home)
+    try:
+        scan, count = (catalog.client[uid] for uid in uids)
+        assert scan.metadata["stop"]["exit_status"] == "success"
+        assert len(scan["primary"].read()["det"]) == 300
+        assert len(scan[BUNDLED].read()["det"]) == 300
+        assert Path(scan.metadata["orchestrion"]["hdf5"]).exists()
+        assert count.metadata["stop"]["num_events"]["primary"] == 50
+    finally:
+        catalog.close()

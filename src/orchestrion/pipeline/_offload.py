@@ -232,14 +232,39 @@ class ProcessSink:
             self._process.stdout.close()
 
 
+class _Answers:
+    """The helper's acknowledgements, on its original stdout.
+
+    When the feeding process is gone they have no reader: the helper then goes on
+    writing what it was handed, without acknowledging.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def say(self, text: str) -> None:
+        if self._fd is None:
+            return
+        try:
+            # One unbuffered write per line (short lines: whole), so nothing is left
+            # pending to fail again at exit.
+            os.write(self._fd, f"{ACK}{text}\n".encode())
+        except OSError:  # BrokenPipeError: nobody listens any more
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 def _serve() -> None:
     """The helper's side: build the stage, feed it, acknowledge each stop on stdout."""
-    # Ctrl-C in a terminal reaches the whole process group; it is the RunEngine's to
-    # handle (pause), and this helper must go on writing what it was given.
+    # Ctrl-C in a terminal reaches the whole process group, and so does the hang-up of a
+    # closed terminal: the first is the RunEngine's to handle (pause), and after either
+    # this helper must go on writing what it was given until its stdin ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Acknowledgements go to the original stdout; anything else the stage prints goes
     # to stderr, so it cannot be taken for one.
-    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    answers = _Answers(os.dup(sys.stdout.fileno()))
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     source = sys.stdin.buffer
     sink: Callable[[str, dict[str, Any]], Any] | None = None
@@ -247,8 +272,10 @@ def _serve() -> None:
         while True:
             try:
                 batch: list[tuple[str, dict[str, Any]]] = pickle.load(source)
-            except EOFError:
-                return  # closed, or the feeding process is gone
+            except (EOFError, pickle.UnpicklingError):
+                # Closed, or the feeding process is gone (perhaps mid-batch: a batch is
+                # handed over whole or not at all, so a torn one was never promised).
+                return
             for name, doc in batch:
                 sink = _handle(name, doc, sink, answers)
                 if sink is None:
@@ -260,7 +287,7 @@ def _serve() -> None:
 
 
 def _handle(
-    name: str, doc: dict[str, Any], sink: Callable[[str, dict[str, Any]], Any] | None, answers: Any
+    name: str, doc: dict[str, Any], sink: Callable[[str, dict[str, Any]], Any] | None, answers: _Answers
 ) -> Callable[[str, dict[str, Any]], Any] | None:
     """One message in the helper; returns the stage (None: it could not be built)."""
     if name == "__factory__":
@@ -268,9 +295,9 @@ def _handle(
             built: Callable[[str, dict[str, Any]], Any] = doc["factory"](doc["argument"])
         except Exception as exc:
             logger.exception("helper process: the stage could not be built")
-            print(f"{ACK}{type(exc).__name__}: {exc}", file=answers, flush=True)
+            answers.say(f"{type(exc).__name__}: {exc}")
             return None
-        print(f"{ACK}ready", file=answers, flush=True)
+        answers.say("ready")
         return built
     assert sink is not None
     try:
@@ -278,7 +305,7 @@ def _handle(
     except Exception:
         logger.exception("helper process: a %s document failed", name)
     if name == "stop":
-        print(f"{ACK}{doc.get('run_start')}", file=answers, flush=True)
+        answers.say(str(doc.get("run_start")))
     return sink
 
 
