@@ -13,7 +13,15 @@ The document times come from the stack's Tiled catalog; the queue server's own
 
 Bare: bluesky-queueserver-api `item_add` + `queue_start` (the scheduler stopped).
 Orchestrion: `Client.submit` (validation, job row, priority placement), autostart and the
-scheduler following.  Medians of repeats, ratios against the bare figures.
+scheduler following.
+
+Fairness on a small shared machine, where other work comes and goes in phases of
+seconds: single jobs are measured in pairs, one bare and one Orchestrion a few seconds
+apart, in the order bare, ours, ours, bare, bare, ... (so each switch of the scheduler
+serves two pairs and neither side always goes first); each submission waits until the
+previous job has settled (manager idle, job table up to date, a short quiet pause), so
+it does not race the previous job's bookkeeping.  Reported: medians, their ratio, and
+the median of the paired differences, which the machine's load phases disturb least.
 """
 
 from __future__ import annotations
@@ -28,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 TRIVIAL = {"scan": ["spectroscopy.detuning=0:0:1"], "shots": 1}
-REPEATS = 5
-BATCH = 8
-ROUNDS = 3
+PAIRS = 30  # single jobs: this many bare and as many Orchestrion
+BATCH = 5  # jobs queued at once for the gaps
+BATCH_ROUNDS = 4  # batches each, alternating
+SETTLE = 0.2  # s of quiet before each submission
 
 
 def _free_port() -> int:
@@ -65,21 +74,46 @@ def _run_times(catalog: Any, item: dict[str, Any]) -> tuple[float, float]:
         time.sleep(0.05)
 
 
-def _measure(submit: Callable[[], str], api: Any, catalog: Any, start_queue: bool) -> tuple[list[float], list[float]]:
-    latencies = []
-    for _ in range(REPEATS):
-        t0 = time.time()
-        uid = submit()
-        if start_queue:
-            api.queue_start()
-        start, _ = _run_times(catalog, _history_item(api, uid))
-        latencies.append(start - t0)
-    uids = [submit() for _ in range(BATCH)]
-    if start_queue:
+class _Side:
+    """One way of submitting (bare or Orchestrion) and how to put the stack in its mode."""
+
+    def __init__(
+        self, submit: Callable[[], str], enter: Callable[[], None], settled: Callable[[], bool], *, start_queue: bool
+    ) -> None:
+        self.submit = submit
+        self.enter = enter
+        self.settled = settled
+        self.start_queue = start_queue
+        self.latencies: list[float] = []
+        self.gaps: list[float] = []
+
+
+def _settle(api: Any, side: _Side, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not (api.status(reload=True)["manager_state"] == "idle" and side.settled()):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the stack did not settle")
+        time.sleep(0.02)
+    time.sleep(SETTLE)
+
+
+def _single(api: Any, catalog: Any, side: _Side) -> float:
+    _settle(api, side)
+    t0 = time.time()
+    uid = side.submit()
+    if side.start_queue:
+        api.queue_start()
+    start, _ = _run_times(catalog, _history_item(api, uid))
+    return start - t0
+
+
+def _batch(api: Any, catalog: Any, side: _Side) -> list[float]:
+    _settle(api, side)
+    uids = [side.submit() for _ in range(BATCH)]
+    if side.start_queue:
         api.queue_start()
     runs = [_run_times(catalog, _history_item(api, uid)) for uid in uids]
-    gaps = [b[0] - a[1] for a, b in itertools.pairwise(runs)]
-    return latencies, gaps
+    return [b[0] - a[1] for a, b in itertools.pairwise(runs)]
 
 
 def main() -> None:
@@ -87,6 +121,7 @@ def main() -> None:
 
     from orchestrion.client import Client
     from orchestrion.config import load_config
+    from orchestrion.jobs import ACTIVE
     from orchestrion.services import close_api, down, queue_server_api, stop_service, up
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,7 +138,7 @@ def main() -> None:
         client = Client(config)
         try:
             client.submit("spectroscopy", **TRIVIAL).wait(60)  # warm up the worker and the client
-
+            catalog = client.catalog()
             submit_times: list[float] = []
 
             def bare_submit() -> str:
@@ -116,46 +151,69 @@ def main() -> None:
                 assert uid is not None
                 return uid
 
-            bare_latency: list[float] = []
-            bare_gap: list[float] = []
-            orch_latency: list[float] = []
-            orch_gap: list[float] = []
-            # Interleaved rounds: both see the same machine, catalog size and history length.
-            for _ in range(ROUNDS):
+            def bare_mode() -> None:
                 stop_service(config, "scheduler")
                 api.queue_autostart(False)
-                latency, gap = _measure(bare_submit, api, client.catalog(), start_queue=True)
-                bare_latency += latency
-                bare_gap += gap
+
+            def table_settled() -> bool:
+                return not client.store.list(list(ACTIVE), limit=1)
+
+            def orchestrion_mode() -> None:
                 up(config)  # the scheduler again; it turns autostart back on
-                latency, gap = _measure(orchestrion_submit, api, client.catalog(), start_queue=False)
-                orch_latency += latency
-                orch_gap += gap
+                deadline = time.monotonic() + 30
+                while not api.status(reload=True)["queue_autostart_enabled"]:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the scheduler did not turn autostart on")
+                    time.sleep(0.02)
+
+            bare = _Side(bare_submit, bare_mode, lambda: True, start_queue=True)
+            ours = _Side(orchestrion_submit, orchestrion_mode, table_settled, start_queue=False)
+            current: _Side | None = None
+
+            def switch(side: _Side) -> None:
+                nonlocal current
+                if current is not side:
+                    side.enter()
+                    current = side
+
+            for number in range(PAIRS):
+                for side in (bare, ours) if number % 2 == 0 else (ours, bare):
+                    switch(side)
+                    side.latencies.append(_single(api, catalog, side))
+            for number in range(BATCH_ROUNDS):
+                for side in (bare, ours) if number % 2 == 0 else (ours, bare):
+                    switch(side)
+                    side.gaps.extend(_batch(api, catalog, side))
         finally:
             client.close()
             close_api(api)
             down(config, force=True)
 
     rows = [
-        ("submission-to-start", statistics.median(bare_latency), statistics.median(orch_latency)),
-        ("gap between jobs", statistics.median(bare_gap), statistics.median(orch_gap)),
+        ("submission-to-start", statistics.median(bare.latencies), statistics.median(ours.latencies)),
+        ("gap between jobs", statistics.median(bare.gaps), statistics.median(ours.gaps)),
     ]
     print(f"{'median over repeats':24} {'bare (s)':>10} {'orchestrion (s)':>16} {'ratio':>7}")
-    for name, bare, ours in rows:
-        print(f"{name:24} {bare:10.3f} {ours:16.3f} {ours / bare:7.2f}")
-    print(f"{'Client.submit call':24} {'':10} {statistics.median(submit_times):16.3f}")
-    print(f"gaps, bare:        {_spread(bare_gap)}")
-    print(f"gaps, orchestrion: {_spread(orch_gap)}")
+    for name, bare_figure, our_figure in rows:
+        print(f"{name:24} {bare_figure:10.4f} {our_figure:16.4f} {our_figure / bare_figure:7.2f}")
+    print(f"{'Client.submit call':24} {'':10} {statistics.median(submit_times):16.4f}")
+    differences = [o - b for b, o in zip(bare.latencies, ours.latencies, strict=True)]
+    print(f"submission-to-start, Orchestrion - bare, paired: {_spread(differences, 1e3, 'ms')}")
+    print(f"submission-to-start, bare:        {_spread(bare.latencies, 1e3, 'ms')}")
+    print(f"submission-to-start, Orchestrion: {_spread(ours.latencies, 1e3, 'ms')}")
+    print(f"gaps, bare:        {_spread(bare.gaps)}")
+    print(f"gaps, Orchestrion: {_spread(ours.gaps)}")
     print(
-        f"({ROUNDS} interleaved rounds of {REPEATS} single jobs and a batch of {BATCH}; "
+        f"({PAIRS} pairs of single jobs, {BATCH_ROUNDS} batches of {BATCH} each; "
         "trivial one-point spectroscopy, 1 shot)"
     )
 
 
-def _spread(values: list[float]) -> str:
-    quartiles = statistics.quantiles(values, n=4)
-    q1, median, q3 = quartiles
-    return f"min {min(values):.3f}  q1 {q1:.3f}  median {median:.3f}  q3 {q3:.3f}  max {max(values):.3f}"
+def _spread(values: list[float], scale: float = 1.0, unit: str = "s") -> str:
+    q1, median, q3 = (scale * q for q in statistics.quantiles(values, n=4))
+    figures = {"min": scale * min(values), "q1": q1, "median": median, "q3": q3, "max": scale * max(values)}
+    digits = 1 if unit == "ms" else 3
+    return "  ".join(f"{name} {value:.{digits}f}" for name, value in figures.items()) + f" {unit}"
 
 
 if __name__ == "__main__":

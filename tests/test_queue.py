@@ -215,6 +215,25 @@ def test_a_higher_priority_overtakes_queued_jobs_but_not_the_running_one(client:
     assert jobs[0].finished <= starts[1]
 
 
+def test_priorities_hold_against_plain_items_the_job_table_does_not_know_yet(
+    stack: OrchestrionConfig, client: Client, api: Any
+) -> None:
+    # Without the scheduler nobody adopts the plain item: only the queue server knows it.
+    stop_service(stack, "scheduler")
+    api.queue_autostart(False)
+    try:
+        plain = api.item_add(BPlan("spectroscopy", **SHORT))["item"]["item_uid"]
+        low = client.submit("spectroscopy", **SHORT)  # behind it (plain items count as 0)
+        high = client.submit("spectroscopy", priority=3, **SHORT)  # before everything waiting
+        high_b = client.submit("spectroscopy", priority=3, **SHORT)  # behind its equal, before the plain item
+        lowest = client.submit("spectroscopy", priority=-1, **SHORT)
+        low_b = client.submit("spectroscopy", **SHORT)  # before the lower one
+        expected = [high, high_b, plain, low, low_b, lowest]
+        assert queued_uids(api) == [e if isinstance(e, str) else e.record.item_uid for e in expected]
+    finally:
+        up(stack)  # the scheduler again: it adopts the plain item and turns autostart back on
+
+
 def test_cancel_removes_a_queued_job_and_aborts_a_running_one(
     stack: OrchestrionConfig, client: Client, api: Any
 ) -> None:

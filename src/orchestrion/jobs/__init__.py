@@ -24,6 +24,7 @@ from ._submit import (
     cancel_job,
     default_submitter,
     insert_position,
+    placement_from_table,
     submit_job,
     validate_request,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "insert_position",
     "item_job_id",
     "jobs_db_path",
+    "placement_from_table",
     "read_heartbeat",
     "submit_job",
     "validate_request",

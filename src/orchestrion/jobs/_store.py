@@ -262,6 +262,15 @@ class JobStore:
                     jobs[row["item_uid"]] = _row_to_job(row)
         return jobs
 
+    def waiting_priorities(self) -> tuple[int, int] | None:
+        """(lowest, highest) priority of the jobs waiting to run (queued or submitted); None if none."""
+        waiting = (JobStatus.SUBMITTED.value, JobStatus.QUEUED.value)
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(priority), MAX(priority) FROM jobs WHERE status IN (?, ?)", waiting
+            ).fetchone()
+        return None if row[0] is None else (int(row[0]), int(row[1]))
+
     def find(self, job_id: int) -> Job | None:
         try:
             return self.get(job_id)

@@ -94,6 +94,25 @@ def insert_position(store: JobStore, items: Sequence[Mapping[str, Any]], priorit
     return None
 
 
+def placement_from_table(store: JobStore, priority: int) -> dict[str, str] | None:
+    """Where a job of ``priority`` goes when the job table alone can tell; None: read the queue.
+
+    Every job submitted here is in the table, with its priority, from the moment its
+    item is in the queue (the row commits with it); items that plain queue-server
+    clients added count as priority 0 and the table may not know them yet.  So a job of
+    priority 0 or less goes to the back when no waiting job has a lower priority than
+    its own, and a job of higher priority to the front when no waiting job has one as
+    high: the places `insert_position` would find in the queue itself, without asking
+    the queue server for it (a round trip as long as adding the item).
+    """
+    waiting = store.waiting_priorities()
+    if priority <= 0 and (waiting is None or waiting[0] >= priority):
+        return {"pos": "back"}
+    if priority > 0 and (waiting is None or waiting[1] < priority):
+        return {"pos": "front"}
+    return None
+
+
 def submit_job(
     store: JobStore,
     api: Any,
@@ -117,6 +136,8 @@ def submit_job(
     for attempt in range(1, attempts + 1):
         try:
             with store.write():
+                # Before this job's own row exists: it would count as a waiting job.
+                place = placement_from_table(store, request.priority)
                 job_id = store.insert(
                     NewJob(
                         experiment=request.experiment, arguments=dict(kwargs), priority=request.priority,
@@ -128,9 +149,11 @@ def submit_job(
                 # The job reads its own experiment's parameters as they are now (ICON's rule).
                 md = {**dict(request.md), JOB_ID_KEY: job_id, PARAMETERS_AT: datetime.now(UTC).isoformat()}
                 item = BPlan(request.experiment, **kwargs, md=md)
+                before = None
                 try:
-                    before = insert_position(store, api.queue_get(reload=True)["items"], request.priority)
-                    place: dict[str, Any] = {"before_uid": before} if before else {"pos": "back"}
+                    if place is None:
+                        before = insert_position(store, api.queue_get(reload=True)["items"], request.priority)
+                        place = {"before_uid": before} if before else {"pos": "back"}
                     response = api.item_add(item, user=submitter, user_group=user_group, **place)
                 except RequestFailedError as exc:
                     raise _refusal(exc, request.experiment, user_group, before) from None
