@@ -7,8 +7,10 @@ Tiled catalog with TiledWriter batching), and with the HDF5 writer alone.  Each
 measurement is three runs back to back, as a lab runs scans, timed until the last of
 them is complete in the catalog (`wait_catalogued`): the catalog finishes a run while
 the next one starts, and that overlap counts, but no run is left unwritten.  The
-measurements alternate (bare, pipeline, HDF5 only, bare, ...); each figure is the
-median of the repeats; the ratio is pipeline / bare.  Also reported: how long after a
+measurements alternate (bare, pipeline, HDF5 only, then the reverse order); each
+figure is the median of the repeats; the ratio is pipeline / bare, and also the median
+of the ratios of the measurements made next to each other (the shared machine's speed
+drifts by 10-30 % over minutes).  Also reported: how long after a
 lone run's RunEngine call returns it is complete in the catalog.
 
 Bandwidth: 1 MiB array points (131,072 float64 each) through the HDF5 `Serializer`
@@ -37,7 +39,7 @@ from orchestrion.config import load_config
 from orchestrion.pipeline import DocumentPipeline, Serializer, build_pipeline
 
 POINTS = 1000
-REPEATS = 5
+REPEATS = 7
 ROW = 1 << 17  # float64 values: 1 MiB
 ROWS = 128
 
@@ -77,10 +79,16 @@ def throughput(home: Path) -> dict[str, float]:
     hdf5_only = build_pipeline(load_config(home=home, tiled_enabled=False))
     times: dict[str, list[float]] = {"bare": [], "pipeline": [], "hdf5 only": []}
     scans_seconds(RE, with_tiled)  # warm up imports, the catalog, the file system
-    for _ in range(REPEATS):
-        times["bare"].append(scans_seconds(RE, None))
-        times["pipeline"].append(scans_seconds(RE, with_tiled))
-        times["hdf5 only"].append(scans_seconds(RE, hdf5_only))
+    modes: list[tuple[str, DocumentPipeline | None]] = [
+        ("bare", None),
+        ("pipeline", with_tiled),
+        ("hdf5 only", hdf5_only),
+    ]
+    for repeat in range(REPEATS):
+        # The machine's speed drifts by 10-30 % over minutes (shared host): measurements
+        # close in time are compared (`paired`), in an order that alternates.
+        for name, pipeline in modes if repeat % 2 == 0 else modes[::-1]:
+            times[name].append(scans_seconds(RE, pipeline))
     lags = [catalog_lag_seconds(RE, with_tiled) for _ in range(REPEATS)]
     # What the callbacks cost the RunEngine's thread, apart from the machine's load: the
     # documents of one run replayed through a fresh pipeline (stop excluded: it waits
@@ -98,6 +106,8 @@ def throughput(home: Path) -> dict[str, float]:
     for pipeline in (with_tiled, hdf5_only, replay):
         pipeline.close()
     rates = {name: RUNS * POINTS / statistics.median(values) for name, values in times.items()}
+    for name in ("pipeline", "hdf5 only"):
+        rates[f"paired {name}"] = statistics.median(b / t for b, t in zip(times["bare"], times[name], strict=True))
     rates["replay_ms"] = per_event * 1e3
     rates["catalog_lag_s"] = statistics.median(lags)
     return rates
@@ -156,10 +166,13 @@ def main() -> None:
         bare = rates["bare"]
         replay_ms = rates.pop("replay_ms")
         lag = rates.pop("catalog_lag_s")
+        paired = {name: rates.pop(f"paired {name}") for name in ("pipeline", "hdf5 only")}
         print(f"1,000-point bp.scan of ophyd.sim det/motor, {RUNS} runs back to back, median of {REPEATS}:")
         for name, rate in rates.items():
             print(f"  {name:<10} {rate:8.0f} events/s   ratio to bare {rate / bare:5.2f}")
         print(f"  pipeline / bare = {rates['pipeline'] / bare:.2f} (goal >= 0.9)")
+        print("  median of the ratios of adjacent measurements (drift cancelled): "
+              f"pipeline {paired['pipeline']:.2f}, hdf5 only {paired['hdf5 only']:.2f}")  # fmt: skip
         print(f"  callbacks' cost on the RunEngine thread: {replay_ms:.3f} ms/event "
               f"(bare: {1e3 / bare:.3f} ms/event)")  # fmt: skip
         print(f"  a lone run is complete in the catalog {lag:.3f} s after its RunEngine call returns")
