@@ -8,20 +8,17 @@ import re
 import select
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pexpect
 import pytest
 
 from orchestrion.shell._display import check_display
 
+from .shell_session import Session
 from .support import stop_process
 
-ORCHESTRION = str(Path(sys.executable).with_name("orchestrion"))
-PROMPT = r"In \[\d+\]: "
 XVFB_START_TIMEOUT = 20.0
 
 
@@ -137,48 +134,22 @@ FACTS = [
 
 
 def test_a_scan_draws_a_live_plot_on_the_display(x_display: str, tmp_path: Path) -> None:
-    env = os.environ | {
-        "ORCHESTRION_HOME": str(tmp_path / "home"),
-        "ORCHESTRION_SIM_TIME_SCALE": "0.02",
-        "ORCHESTRION_SIM_SEED": "5",
-        "TERM": "dumb",
-        "DISPLAY": x_display,
-    }
-    for name in ("MPLBACKEND", "QT_QPA_PLATFORM", "WAYLAND_DISPLAY"):
-        env.pop(name, None)
     facts_file = tmp_path / "facts.json"
-    child = pexpect.spawn(
-        ORCHESTRION,
-        ["shell", "--simple-prompt", "--colors=NoColor"],
-        env=env,
-        encoding="utf-8",
-        timeout=60,
-        dimensions=(50, 250),
-    )
+    session = Session(tmp_path / "home", display=x_display)
     try:
-        child.expect(PROMPT)
-        banner = str(child.before)
-        assert "Not available" not in banner, banner
-
-        def run(line: str) -> str:
-            child.sendline(line)
-            child.expect(PROMPT)
-            return str(child.before)
-
+        assert "Not available" not in session.banner, session.banner
         # The scan's own data, from its documents, to compare the plot with.
-        run(
+        session.run(
             "_events = []; _ = RE.subscribe(lambda name, doc: _events.append(doc['data']) if name == 'event' else None)"
         )
-        out = run('RE(spectroscopy(shots=20, scan=["spectroscopy.detuning=-60e3:60e3:7"]))')
+        out = session.run('RE(spectroscopy(shots=20, scan=["spectroscopy.detuning=-60e3:60e3:7"]))')
         assert re.search(r"spectroscopy run [0-9a-f]{8}: success, 7 points", out), out
         assert "sequencer-bright_fraction" in out  # the live table is there as well
         for line in [*FACTS, f"open({str(facts_file)!r}, 'w').write(json.dumps(_facts))"]:
-            out = run(line)
+            out = session.run(line)
             assert "Error" not in out, f"{line}\n{out}"
-        child.sendline("exit")
-        child.expect(pexpect.EOF)
     finally:
-        child.close(force=True)
+        session.close()
 
     facts = json.loads(facts_file.read_text())
     assert facts["backend"] == "qtagg"
