@@ -12,6 +12,7 @@ from bluesky import RunEngine
 from orchestrion.config import OrchestrionConfig
 
 from ._summary import RunSummaryCollector
+from ._tiled import HDF5_NOTICE, run_address  # stdlib only at import: Tiled loads where used
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +132,6 @@ class _TiledFeed:
         self.tiled, self.pipeline, self.writer, self.config = tiled, pipeline, writer, config
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
-        from ._tiled import HDF5_NOTICE, run_address
-
         self.tiled(name, doc)
         if name == "start":
             summary = self.pipeline.summaries.runs.get(doc["uid"])
