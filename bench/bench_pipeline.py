@@ -2,16 +2,18 @@
 
 Throughput: the same plan (a 1,000-point ``bp.scan([det], motor, -1, 1, 1000)`` of
 ophyd.sim devices) on one RunEngine in this process, bare and with the pipeline that
-``orchestrion run`` subscribes (`build_pipeline`: bundler, HDF5 writer, embedded
-Tiled catalog with TiledWriter batching), and with the HDF5 writer alone.  Each
-measurement is three runs back to back, as a lab runs scans, timed until the last of
-them is complete in the catalog (`wait_catalogued`): the catalog finishes a run while
-the next one starts, and that overlap counts, but no run is left unwritten.  The
-measurements alternate (bare, pipeline, HDF5 only, then the reverse order); each
-figure is the median of the repeats; the ratio is pipeline / bare, and also the median
-of the ratios of the measurements made next to each other (the shared machine's speed
-drifts by 10-30 % over minutes).  Also reported: how long after a
-lone run's RunEngine call returns it is complete in the catalog.
+``orchestrion run`` subscribes (`build_pipeline`: the run summaries and the hand-over
+to the post-processing process, which runs the bundler, the HDF5 writer and the
+embedded Tiled catalog with TiledWriter batching), and with HDF5 alone (Tiled
+disabled).  Each measurement is three runs back to back, as a lab runs scans, timed
+until the last of them is written, its file closed and its entry complete in the
+catalog (`wait_catalogued`): post-processing finishes a run while the next one starts,
+and that overlap counts, but no run is left unwritten.  The measurements alternate
+(bare, pipeline, HDF5 only, then the reverse order); each figure is the median of the
+repeats; the ratio is pipeline / bare, and also the median of the ratios of the
+measurements made next to each other (the shared machine's speed drifts by 10-30 %
+over minutes).  Also reported: what the pipeline costs the RunEngine's thread per
+event, and how long after a lone run's RunEngine call returns it is written.
 
 Bandwidth: 1 MiB array points (131,072 float64 each) through the HDF5 `Serializer`
 (buffered, SWMR) against plain sequential h5py writes of the same rows, same chunking,
@@ -92,7 +94,8 @@ def throughput(home: Path) -> dict[str, float]:
     lags = [catalog_lag_seconds(RE, with_tiled) for _ in range(REPEATS)]
     # What the callbacks cost the RunEngine's thread, apart from the machine's load: the
     # documents of one run replayed through a fresh pipeline (stop excluded: it waits
-    # until the run is in the helper's pipe, here behind the helper's start-up).
+    # until the run is in the helper's pipe, here behind the helper's start-up).  During
+    # a scan the same code costs about twice as much (caches shared with the RunEngine).
     documents: list[tuple[str, dict[str, Any]]] = []
     RE.subscribe(lambda name, doc: documents.append((name, doc)))
     RE(bp.scan([det], motor, -1, 1, POINTS))
@@ -175,7 +178,7 @@ def main() -> None:
               f"pipeline {paired['pipeline']:.2f}, hdf5 only {paired['hdf5 only']:.2f}")  # fmt: skip
         print(f"  callbacks' cost on the RunEngine thread: {replay_ms:.3f} ms/event "
               f"(bare: {1e3 / bare:.3f} ms/event)")  # fmt: skip
-        print(f"  a lone run is complete in the catalog {lag:.3f} s after its RunEngine call returns")
+        print(f"  a lone run is written (file closed, catalogued) {lag:.3f} s after its RunEngine call returns")
         rates_mib = bandwidth(Path(tmp) / "bandwidth")
         print(f"HDF5 write bandwidth, {ROWS} points of 1 MiB, median of {REPEATS}:")
         for name, rate in rates_mib.items():

@@ -163,7 +163,8 @@ def test_the_pipeline_catalogues_into_the_configured_server(tiled_server: TiledS
         for name, doc in docs:
             pipeline(name, doc)
         summary = pipeline.summaries.runs[uid]
-        # Catalogued by the time the stop document has gone through.
+        # Written by the post-processing process after the stop: read back once it says so.
+        assert pipeline.wait_catalogued(uid, timeout=120)
         client = from_uri(tiled_server.uri, api_key=tiled_server.api_key)
         try:
             run = client[uid]

@@ -1,8 +1,10 @@
 """The document pipeline: every callback a run's documents go through, in one place.
 
-RunEngine -> `Bundler` (one record per scan point, the "bundled" stream) -> the HDF5
-writer (`Hdf5Writer`, one `Serializer` per run) and the Tiled catalog (`TiledSink`).
-Both ways to run (embedded, services) subscribe the same `build_pipeline(config)`.
+RunEngine -> run summaries -> (post-processing process) `Bundler` (one record per scan
+point, the "bundled" stream) -> the HDF5 writer (`Hdf5Writer`, one `Serializer` per
+run) and the Tiled catalog (`TiledSink`).  Every RunEngine (CLI, shell, queue-server
+worker) subscribes `build_pipeline(config)`; `build_post_processing(config)` is the
+chain after the hand-over.
 """
 
 from ._bundler import BUNDLED, COMPLETE_KEY, POINT_KEY, Bundler
@@ -19,7 +21,7 @@ from ._hdf5 import (
     file_name_for,
     load_plugins,
 )
-from ._pipeline import DocumentPipeline, build_pipeline
+from ._pipeline import DocumentPipeline, build_pipeline, build_post_processing
 from ._recovery import recover_file, recover_incomplete
 from ._summary import RunSummary, RunSummaryCollector
 from ._tiled import CatalogConnection, TiledSink, connect_catalog, open_embedded_catalog
@@ -45,6 +47,7 @@ __all__ = [
     "Serializer",
     "TiledSink",
     "build_pipeline",
+    "build_post_processing",
     "connect_catalog",
     "file_name_for",
     "load_plugins",

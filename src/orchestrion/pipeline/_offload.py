@@ -1,19 +1,22 @@
-"""Running a slow stage off the RunEngine's thread: in a thread, or in a helper process.
+"""Running the post-processing stage in a helper process, off the RunEngine's thread.
 
-A RunEngine calls its subscribers synchronously; a stage that waits on a catalog (HTTP
-round trips, SQL appends) slows the scan by as much.  These wrappers queue documents
-and return at once; documents keep their order.  At a run's stop document the thread
-wrapper waits until the stage has handled the whole run; the process wrapper only until
-the run has left this process, and `ProcessSink.wait_catalogued` waits for the rest.
+A RunEngine calls its subscribers synchronously, and on this machine's two cores every
+millisecond of work in the RunEngine's process is a millisecond of scan time.
+`ProcessSink` queues documents and returns at once; a feeder thread hands them, in
+order and in batches, to a helper interpreter that runs the stage.  A stop document
+returns once the run has left this process; `ProcessSink.wait_catalogued` waits for the
+stage to finish it.  The stage can send notes back (for instance the HDF5 file it
+opened for a run), which reach ``on_note`` in this process before the run's
+acknowledgement.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import pickle
-import queue
 import signal
 import subprocess
 import sys
@@ -28,47 +31,10 @@ FEED_BATCH = 64  # events handed to the helper at once
 FEED_INTERVAL = 0.2  # s: longest a document waits before it is handed over
 STOP_WAIT = 300.0  # s: longest a stop document waits for the stage to catch up
 ACK = "orchestrion-ack "
-_CLOSE = "__close__"  # ThreadedSink: ends its thread
+NOTE = "orchestrion-note "
 
-
-class ThreadedSink:
-    """Feeds ``sink`` from a queue in a thread of its own (for stages that wait on I/O)."""
-
-    def __init__(self, sink: Callable[[str, dict[str, Any]], Any], label: str) -> None:
-        self.sink = sink
-        self.label = label
-        self._queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
-        self._thread = threading.Thread(target=self._work, name=f"orchestrion-{label}", daemon=True)
-        self._thread.start()
-
-    def _work(self) -> None:
-        while True:
-            name, doc = self._queue.get()
-            try:
-                if name == _CLOSE:
-                    return
-                self.sink(name, doc)
-            except Exception:
-                logger.exception("%s failed on a %s document", self.label, name)
-            finally:
-                self._queue.task_done()
-
-    def __call__(self, name: str, doc: dict[str, Any]) -> None:
-        self._queue.put((name, doc))
-        if name == "stop":
-            self._queue.join()
-
-    def wait_catalogued(self, run_uid: str | None = None, timeout: float = STOP_WAIT) -> bool:
-        """Always true at once: each stop document already waited for its run."""
-        return True
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put((_CLOSE, {}))
-            self._thread.join(timeout=STOP_WAIT)
-        close = getattr(self.sink, "close", None)
-        if callable(close):
-            close()
+Note = dict[str, Any]
+Report = Callable[[Note], None]
 
 
 class ProcessSink:
@@ -77,19 +43,26 @@ class ProcessSink:
     The helper is a fresh interpreter (``python -m orchestrion.pipeline._offload``), not
     a multiprocessing child, so it never re-imports the caller's main module.  ``factory``
     must be importable by name; ``argument`` and the documents are pickled over the
-    helper's stdin by a feeder thread.  The helper ends at `close`, or when this process
-    goes away (its stdin closes) after handling everything it was handed.
+    helper's stdin by a feeder thread.  With ``on_note``, the factory is called as
+    ``factory(argument, report)``: the stage calls ``report(note)`` with a JSON-able
+    dict, and ``on_note(note)`` runs in this process (in the thread that reads the
+    helper's answers).  The helper ends at `close`, or when this process goes away (its
+    stdin closes) after handling everything it was handed.
 
     A stop document returns once the run's documents are in the helper's pipe: from then
     on they no longer depend on this process.  The RunEngine does not wait for the stage
-    to finish the run (for a catalog, 0.1-0.2 s of requests at each stop): whoever reads
-    the run back calls `wait_catalogued` first.
+    to finish the run: whoever reads the run back calls `wait_catalogued` first.
     """
 
     def __init__(
-        self, factory: Callable[[Any], Callable[[str, dict[str, Any]], Any]], argument: Any, label: str
+        self,
+        factory: Callable[..., Callable[[str, dict[str, Any]], Any]],
+        argument: Any,
+        label: str,
+        on_note: Callable[[Note], Any] | None = None,
     ) -> None:
         self.label = label
+        self._on_note = on_note
         self._process = subprocess.Popen(
             [sys.executable, "-m", "orchestrion.pipeline._offload"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -113,7 +86,7 @@ class ProcessSink:
         self._reader = threading.Thread(target=self._read, name=f"orchestrion-{label}-acks", daemon=True)
         # Not waited for: the helper imports while the session opens and the run starts;
         # documents wait here and in the pipe.
-        self._pending.append(("__factory__", {"factory": factory, "argument": argument}))
+        self._pending.append(("__factory__", {"factory": factory, "argument": argument, "notes": on_note is not None}))
         self._given = 1
         self._wake.set()
         self._feeder.start()
@@ -152,6 +125,9 @@ class ProcessSink:
         assert self._process.stdout is not None
         for line in self._process.stdout:
             text = line.decode(errors="replace").strip()
+            if text.startswith(NOTE):
+                self._take_note(text[len(NOTE) :])
+                continue
             if not text.startswith(ACK):
                 continue
             answer = text[len(ACK) :]
@@ -165,6 +141,14 @@ class ProcessSink:
         with self._acknowledged:  # the helper has exited: nothing more will be acknowledged
             self._helper_exited = True
             self._acknowledged.notify_all()
+
+    def _take_note(self, text: str) -> None:
+        if self._on_note is None:
+            return
+        try:
+            self._on_note(json.loads(text))
+        except Exception:  # a note is bookkeeping: it must not stop the acknowledgements
+            logger.exception("%s: a note from the helper could not be taken: %s", self.label, text)
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
         if self._helper_exited:
@@ -243,12 +227,19 @@ class _Answers:
         self._fd: int | None = fd
 
     def say(self, text: str) -> None:
+        self._write(f"{ACK}{text}\n")
+
+    def note(self, note: Note) -> None:
+        """Sends ``note`` to the feeding process's ``on_note`` (before the run's acknowledgement)."""
+        self._write(f"{NOTE}{json.dumps(note, default=str)}\n")
+
+    def _write(self, line: str) -> None:
         if self._fd is None:
             return
         try:
-            # One unbuffered write per line (short lines: whole), so nothing is left
-            # pending to fail again at exit.
-            os.write(self._fd, f"{ACK}{text}\n".encode())
+            # One unbuffered write per line (whole, up to the pipe's atomic size), so
+            # nothing is left pending to fail again at exit.
+            os.write(self._fd, line.encode())
         except OSError:  # BrokenPipeError: nobody listens any more
             fd, self._fd = self._fd, None
             with contextlib.suppress(OSError):
@@ -292,7 +283,10 @@ def _handle(
     """One message in the helper; returns the stage (None: it could not be built)."""
     if name == "__factory__":
         try:
-            built: Callable[[str, dict[str, Any]], Any] = doc["factory"](doc["argument"])
+            factory = doc["factory"]
+            built: Callable[[str, dict[str, Any]], Any] = (
+                factory(doc["argument"], answers.note) if doc.get("notes") else factory(doc["argument"])
+            )
         except Exception as exc:
             logger.exception("helper process: the stage could not be built")
             answers.say(f"{type(exc).__name__}: {exc}")

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 from bluesky import RunEngine
 
 from orchestrion.config import OrchestrionConfig
 
+from ._bundler import BUNDLED
+from ._guard import Guarded
 from ._summary import RunSummaryCollector
 from ._tiled import HDF5_NOTICE, run_address  # stdlib only at import: Tiled loads where used
 
 logger = logging.getLogger(__name__)
 
 DocumentCallback = Callable[[str, dict[str, Any]], Any]
+Report = Callable[[dict[str, Any]], None]
 
 
 class CatalogStage(Protocol):
@@ -42,14 +44,25 @@ class DocumentPipeline:
             callback(name, doc)
 
     def wait_catalogued(self, run_uid: str | None = None, timeout: float = 300.0) -> bool:
-        """Wait until ``run_uid`` (default: every run so far) is complete in the catalog.
+        """Wait until ``run_uid`` (default: every run so far) is written: its HDF5 file
+        closed and, with Tiled, the run complete in the catalog.
 
-        The RunEngine does not wait for the catalog at a run's stop: call this before
+        The RunEngine does not wait for post-processing at a run's stop: call this before
         reading a run back.  False (and the reason logged) if it did not get there.
         """
         if self.catalog_stage is None:
             return True
         return self.catalog_stage.wait_catalogued(run_uid, timeout)
+
+    def take_note(self, note: dict[str, Any]) -> None:
+        """What the post-processing process reports of a run: its HDF5 file, its catalog node."""
+        summary = self.summaries.runs.get(str(note.get("run")))
+        if summary is None:
+            return
+        if "hdf5" in note:
+            summary.hdf5 = str(note["hdf5"])
+        if "tiled" in note:
+            summary.tiled = str(note["tiled"])
 
     def subscribe(self, RE: RunEngine) -> None:
         self._tokens.append(RE.subscribe(self))
@@ -67,31 +80,46 @@ class DocumentPipeline:
 
 
 def build_pipeline(config: OrchestrionConfig) -> DocumentPipeline:
-    """The pipeline the configuration asks for: bundler, then HDF5 files and Tiled.
+    """The pipeline the configuration asks for, as a RunEngine subscribes it.
 
-    Documents go RunEngine -> bundler -> (HDF5 writer, Tiled); the bundler passes every
-    document on and adds the "bundled" stream.  Files whose writer died in an earlier
-    process are recovered first.  The pipeline is a plain ``(name, doc)`` callable, so
-    any transport (a RunEngine subscription, a queue-server worker, a message bus) can
-    feed it.  Each stage is guarded: its failure on one run is logged with the run uid
-    and does not stop the run or the other stages.
+    In this process: the run summaries, and the hand-over of every document to the
+    post-processing process (`ProcessSink`), which runs `build_post_processing`: bundler,
+    HDF5 files and Tiled.  The RunEngine's thread does no more per document than count
+    it and queue it: on two cores, every millisecond there is scan time (ADR 0205).  The
+    post-processing process reports each run's HDF5 file and catalog node back to the
+    summaries, and acknowledges each run when it is written (`wait_catalogued`).
     """
-    from ._bundler import BUNDLED, Bundler
-    from ._guard import Guarded
+    from ._offload import ProcessSink
+
+    pipeline = DocumentPipeline()
+    stage = ProcessSink(build_post_processing, config, "post-processing", on_note=pipeline.take_note)
+    pipeline.catalog_stage = stage
+    # A helper that died makes each later document raise: logged once per run, and the
+    # RunEngine's run goes on.
+    pipeline.callbacks.append(Guarded(stage, "post-processing"))
+    return pipeline
+
+
+def build_post_processing(config: OrchestrionConfig, report: Report | None = None) -> DocumentCallback:
+    """Bundler, then HDF5 files and Tiled: what happens to a run's documents after the RunEngine.
+
+    Documents go bundler -> (HDF5 writer, Tiled); the bundler passes every document on
+    and adds the "bundled" stream.  Files whose writer died in an earlier process are
+    recovered first.  The result is a plain ``(name, doc)`` callable, so any transport
+    (the post-processing process of `build_pipeline`, a message bus) can feed it.  Each
+    stage is guarded: its failure on one run is logged with the run uid and does not
+    stop the run or the other stages.  ``report`` gets ``{"run", "hdf5"}`` when a run's
+    file is named and ``{"run", "tiled"}`` once the run is in the catalog.
+    """
+    from ._bundler import Bundler
     from ._hdf5 import Hdf5Writer
     from ._recovery import recover_incomplete
 
-    pipeline = DocumentPipeline()
+    tell: Report = report or (lambda note: None)
     recover_incomplete(config.data_dir)
-
-    def on_file(run_uid: str, path: Path) -> None:
-        summary = pipeline.summaries.runs.get(run_uid)
-        if summary is not None:
-            summary.hdf5 = str(path)
-
     writer = Hdf5Writer(
         config.data_dir,
-        on_file=on_file,
+        on_file=lambda run_uid, path: tell({"run": run_uid, "hdf5": str(path)}),
         file_prefix=config.hdf5_file_prefix,
         data_stream=BUNDLED,
         skip_streams=("primary",),  # every primary reading is in the bundled points
@@ -100,43 +128,29 @@ def build_pipeline(config: OrchestrionConfig) -> DocumentPipeline:
     )
     sinks: list[DocumentCallback] = [Guarded(writer, "HDF5 writer")]
     if config.tiled_enabled:
-        from ._offload import ProcessSink, ThreadedSink
-        from ._tiled import TiledSink, connect_catalog, make_tiled_sink
+        from ._tiled import TiledSink, connect_catalog
 
-        # Off the RunEngine's thread: the embedded catalog in a helper process (its
-        # server side would otherwise share this interpreter), a served one in a thread
-        # (HTTP waits).  The thread waits at each stop until the run is catalogued (a
-        # queue-server job is reported done only then); the helper process finishes a
-        # run while the next one starts (see `DocumentPipeline.wait_catalogued`).
-        tiled: CatalogStage
-        if config.tiled_uri:
-            tiled = ThreadedSink(
-                Guarded(TiledSink(connect_catalog(config), batch_size=config.tiled_batch_size), "Tiled writer"),
-                "Tiled writer",
-            )
+        try:
+            tiled = TiledSink(connect_catalog(config), batch_size=config.tiled_batch_size)
+        except Exception:
+            # The files are still written: a catalog that cannot be reached must not cost
+            # the data.  The runs' summaries then name no catalog node.
+            logger.exception("Tiled writer: the catalog cannot be reached; runs are written to HDF5 only")
         else:
-            tiled = ProcessSink(make_tiled_sink, config, "Tiled writer")
-
-        pipeline.catalog_stage = tiled
-        sinks.append(Guarded(_TiledFeed(tiled, pipeline, writer, config), "Tiled writer"))
-    pipeline.callbacks.append(Guarded(Bundler(sinks), "bundler"))
-    return pipeline
+            sinks.append(Guarded(_TiledFeed(tiled, writer, config, tell), "Tiled writer"))
+    return Guarded(Bundler(sinks), "bundler")
 
 
 class _TiledFeed:
-    """Hands documents to the Tiled stage; tells the summary and the stage where things are."""
+    """Hands documents to the Tiled stage; tells it and the summaries where the run is."""
 
-    def __init__(
-        self, tiled: DocumentCallback, pipeline: DocumentPipeline, writer: Any, config: OrchestrionConfig
-    ) -> None:
-        self.tiled, self.pipeline, self.writer, self.config = tiled, pipeline, writer, config
+    def __init__(self, tiled: DocumentCallback, writer: Any, config: OrchestrionConfig, report: Report) -> None:
+        self.tiled, self.writer, self.config, self.report = tiled, writer, config, report
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
         self.tiled(name, doc)
         if name == "start":
-            summary = self.pipeline.summaries.runs.get(doc["uid"])
-            if summary is not None:
-                summary.tiled = run_address(self.config, doc["uid"])
+            self.report({"run": doc["uid"], "tiled": run_address(self.config, doc["uid"])})
             # The file is named at the start: the catalog records it while the run goes
             # on, not in the requests at its stop.
             path = self.writer.files.get(doc["uid"])

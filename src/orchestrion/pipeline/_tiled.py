@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,13 +154,6 @@ class TiledSink:
 
     def close(self) -> None:
         self.connection.close()
-
-
-def make_tiled_sink(config: OrchestrionConfig) -> Callable[[str, dict[str, Any]], Any]:
-    """The Tiled stage as the pipeline runs it in its helper process."""
-    from ._guard import Guarded
-
-    return Guarded(TiledSink(connect_catalog(config), batch_size=config.tiled_batch_size), "Tiled writer")
 
 
 def _fit_values(data: Mapping[str, Any]) -> dict[str, Any]:
