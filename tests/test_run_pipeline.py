@@ -7,15 +7,22 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
+import bluesky.plan_stubs as bps
+import bluesky.plans as bp
 import h5py
 import pytest
+from bluesky import RunEngine
+from bluesky.utils import Msg
 from event_model import compose_run
+from ophyd.sim import det
 from tiled.queries import Key
 
 from orchestrion.config import OrchestrionConfig
-from orchestrion.pipeline import BUNDLED, open_embedded_catalog
+from orchestrion.pipeline import BUNDLED, DocumentPipeline, build_pipeline, open_embedded_catalog
 from orchestrion.pipeline._offload import ProcessSink
 from orchestrion.session import EmbeddedSession, RunOptions
 
@@ -154,7 +161,7 @@ pipeline = build_pipeline(load_config(home=Path(sys.argv[1])))
 RE = RunEngine({})
 pipeline.subscribe(RE)
 uids = RE(bp.scan([det], motor, -1, 1, 300)) + RE(bp.count([det], 50))
-print(pipeline.catalog_stage._process.pid, *uids, flush=True)
+print(pipeline.catalog_stage._helper.process.pid, *uids, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)  # no close, no wait: dead the moment the runs stopped
 """
 
@@ -186,3 +193,79 @@ def test_runs_stopped_before_the_process_dies_are_still_catalogued(home: Path) -
         assert count.metadata["stop"]["num_events"]["primary"] == 50
     finally:
         catalog.close()
+
+
+def _sim_pipeline(config: OrchestrionConfig) -> tuple[DocumentPipeline, RunEngine]:
+    pipeline = build_pipeline(config.model_copy(update={"tiled_enabled": False}))
+    RE = RunEngine({})
+    pipeline.subscribe(RE)
+    return pipeline, RE
+
+
+def _helper_of(pipeline: DocumentPipeline) -> subprocess.Popen[bytes]:
+    stage = pipeline.catalog_stage
+    assert isinstance(stage, ProcessSink)
+    return stage._helper.process
+
+
+def test_a_post_processing_process_that_dies_between_runs_is_replaced_at_the_next(
+    config: OrchestrionConfig,
+) -> None:
+    pipeline, RE = _sim_pipeline(config)
+    try:
+        (first,) = RE(bp.count([det], 3))
+        assert pipeline.wait_catalogued(first, timeout=120)
+        dead = _helper_of(pipeline)
+        dead.kill()
+        dead.wait()
+        (second,) = RE(bp.count([det], 4))  # its start document starts a new helper
+        assert pipeline.wait_catalogued(second, timeout=120)
+        assert pipeline.wait_catalogued(timeout=1)  # every run so far was written
+        assert _helper_of(pipeline).pid != dead.pid
+    finally:
+        pipeline.close()
+    for uid, points in ((first, 3), (second, 4)):
+        path = pipeline.summaries.runs[uid].hdf5
+        assert path is not None
+        with h5py.File(path, "r") as f:
+            assert f["entry/status"][()] == b"success"
+            assert f["entry/points"][()] == points
+
+
+def test_a_run_whose_post_processing_process_dies_is_reported_lost_and_its_file_recovered(
+    config: OrchestrionConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipeline, RE = _sim_pipeline(config)
+
+    def killed_midway() -> Generator[Msg, Any, str]:
+        uid: str = yield from bps.open_run()
+        for _ in range(3):
+            yield from bps.trigger_and_read([det])
+        summary = pipeline.summaries.runs[uid]
+        # Killed once the helper has the run's file open and its first points in it.
+        wait_until(lambda: summary.hdf5 is not None and Path(summary.hdf5).exists(), timeout=120, what="the file")
+        helper = _helper_of(pipeline)
+        helper.kill()
+        helper.wait()
+        for _ in range(2):
+            yield from bps.trigger_and_read([det])
+        yield from bps.close_run()
+        return uid
+
+    try:
+        (lost,) = RE(killed_midway())  # the RunEngine's run is not stopped by it
+        assert not pipeline.wait_catalogued(lost, timeout=120)
+        (after,) = RE(bp.count([det], 2))
+        assert pipeline.wait_catalogued(after, timeout=120)
+    finally:
+        pipeline.close()
+    assert f"run {lost} was not written" in caplog.text
+    # The next helper found the dead one's file and marked it: readable, incomplete.
+    lost_file = pipeline.summaries.runs[lost].hdf5
+    assert lost_file is not None
+    with h5py.File(lost_file, "r") as f:
+        assert f["entry/status"][()] == b"incomplete"
+    after_file = pipeline.summaries.runs[after].hdf5
+    assert after_file is not None
+    with h5py.File(after_file, "r") as f:
+        assert f["entry/points"][()] == 2

@@ -52,6 +52,9 @@ class ProcessSink:
     A stop document returns once the run's documents are in the helper's pipe: from then
     on they no longer depend on this process.  The RunEngine does not wait for the stage
     to finish the run: whoever reads the run back calls `wait_catalogued` first.
+
+    A helper that dies takes the runs it had not finished with it (`wait_catalogued`
+    says so, and why); the next run's start document starts a new helper.
     """
 
     def __init__(
@@ -62,85 +65,68 @@ class ProcessSink:
         on_note: Callable[[Note], Any] | None = None,
     ) -> None:
         self.label = label
-        self._on_note = on_note
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "orchestrion.pipeline._offload"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        )  # fmt: skip
-        # Documents are handed over in batches: waking the feeder thread for every event
-        # cost the RunEngine thread about 0.3 ms an event in GIL hand-offs.
-        self._pending: list[tuple[str, dict[str, Any]]] = []
-        self._lock = threading.Lock()
-        self._handed_over = threading.Condition(self._lock)
-        self._given = 0  # messages given to this sink, the factory's included
-        self._written = 0  # messages written to the helper's pipe
-        self._feed_failed = False
-        self._wake = threading.Event()
+        self._factory, self._argument, self._on_note = factory, argument, on_note
         self._closing = False
-        # Runs handed over and not yet acknowledged by the helper, and what went wrong there.
-        self._acknowledged = threading.Condition()
-        self._outstanding: set[str] = set()
-        self._helper_error: str | None = None
-        self._helper_exited = False  # its stdout closed: checked per document without a syscall
-        self._feeder = threading.Thread(target=self._feed, name=f"orchestrion-{label}-feed", daemon=True)
-        self._reader = threading.Thread(target=self._read, name=f"orchestrion-{label}-acks", daemon=True)
-        # Not waited for: the helper imports while the session opens and the run starts;
-        # documents wait here and in the pipe.
-        self._pending.append(("__factory__", {"factory": factory, "argument": argument, "notes": on_note is not None}))
-        self._given = 1
-        self._wake.set()
-        self._feeder.start()
-        self._reader.start()
+        # Runs handed to a helper and not yet acknowledged, and runs that never will be.
+        self._state = threading.Condition()
+        self._unfinished: dict[str, _Helper] = {}
+        self._lost: dict[str, str] = {}  # run uid -> why it was not written
+        self._helper = _Helper(self)
 
-    def _feed(self) -> None:
-        assert self._process.stdin is not None
-        stream = self._process.stdin
-        try:
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        helper = self._helper
+        # At a start, a helper killed an instant ago counts as dead even before its
+        # reader thread has seen its pipe close.
+        if helper.exited or (name == "start" and helper.process.poll() is not None):
+            # A helper that ran and died is replaced at the next run; one whose stage could
+            # not be built would fail the same way again.
+            if name != "start" or self._closing or not helper.ready:
+                reason = f"the helper process has exited ({helper.error or helper.process.wait()})"
+                if name == "start":
+                    with self._state:
+                        self._lost[str(doc.get("uid"))] = reason
+                raise RuntimeError(f"{self.label}: {reason}")
+            logger.warning("%s: the helper process exited (%s); a new one writes run %s on",
+                           self.label, helper.process.wait(), doc.get("uid"))  # fmt: skip
+            helper = self._helper = _Helper(self)
+        if name == "start":
+            with self._state:
+                self._unfinished[str(doc.get("uid"))] = helper
+        helper.put(name, doc)
+
+    def wait_catalogued(self, run_uid: str | None = None, timeout: float = STOP_WAIT) -> bool:
+        """Wait until the helper has finished ``run_uid`` (default: every run handed over).
+
+        False when it did not within ``timeout`` or cannot (its stage failed to build,
+        or it exited first); the reason is logged.
+        """
+        deadline = time.monotonic() + timeout
+        with self._state:
             while True:
-                # Wakes for anything but events, for a full batch, or after the interval,
-                # so a slow scan still reaches the catalog within about that interval.
-                self._wake.wait(timeout=FEED_INTERVAL)
-                self._wake.clear()
-                with self._lock:
-                    batch, self._pending = self._pending, []
-                    closing = self._closing
-                if batch:
-                    pickle.dump(batch, stream, protocol=pickle.HIGHEST_PROTOCOL)
-                    stream.flush()
-                    with self._handed_over:
-                        self._written += len(batch)
-                        self._handed_over.notify_all()
-                if closing:
-                    return
-        except (BrokenPipeError, OSError, pickle.PicklingError):
-            logger.exception("%s: documents can no longer reach the helper process", self.label)
-            with self._handed_over:
-                self._feed_failed = True
-                self._handed_over.notify_all()
-        finally:
-            with contextlib.suppress(OSError):
-                stream.close()
+                self._forget_dead_helpers()
+                if run_uid is not None:
+                    if run_uid in self._lost:
+                        logger.error("%s: run %s was not written: %s", self.label, run_uid, self._lost[run_uid])
+                        return False
+                    if run_uid not in self._unfinished:
+                        return True
+                elif not self._unfinished:
+                    for uid, reason in self._lost.items():
+                        logger.error("%s: run %s was not written: %s", self.label, uid, reason)
+                    return not self._lost
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    logger.error("%s: run %s not written within %.0f s", self.label,
+                                 run_uid or ", ".join(sorted(self._unfinished)), timeout)  # fmt: skip
+                    return False
+                self._state.wait(timeout=min(remaining, 0.2))
 
-    def _read(self) -> None:
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            text = line.decode(errors="replace").strip()
-            if text.startswith(NOTE):
-                self._take_note(text[len(NOTE) :])
-                continue
-            if not text.startswith(ACK):
-                continue
-            answer = text[len(ACK) :]
-            with self._acknowledged:
-                if answer in self._outstanding:
-                    self._outstanding.discard(answer)
-                elif answer != "ready":
-                    self._helper_error = answer
-                    logger.error("%s: %s", self.label, answer)
-                self._acknowledged.notify_all()
-        with self._acknowledged:  # the helper has exited: nothing more will be acknowledged
-            self._helper_exited = True
-            self._acknowledged.notify_all()
+    def _forget_dead_helpers(self) -> None:
+        """Runs of a helper that has exited are lost (called with ``_state`` held)."""
+        for uid, helper in list(self._unfinished.items()):
+            if helper.exited or helper.error is not None:
+                del self._unfinished[uid]
+                self._lost[uid] = helper.error or f"the helper process exited ({helper.process.wait()})"
 
     def _take_note(self, text: str) -> None:
         if self._on_note is None:
@@ -150,12 +136,46 @@ class ProcessSink:
         except Exception:  # a note is bookkeeping: it must not stop the acknowledgements
             logger.exception("%s: a note from the helper could not be taken: %s", self.label, text)
 
-    def __call__(self, name: str, doc: dict[str, Any]) -> None:
-        if self._helper_exited:
-            raise RuntimeError(f"{self.label}: the helper process has exited ({self._process.wait()})")
-        if name == "stop":
-            with self._acknowledged:
-                self._outstanding.add(str(doc.get("run_start")))
+    def close(self) -> None:
+        self._closing = True
+        self._helper.close()
+
+
+class _Helper:
+    """One helper process: its pipe, the thread that feeds it and the one that reads its answers."""
+
+    def __init__(self, sink: ProcessSink) -> None:
+        self.sink = sink
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "orchestrion.pipeline._offload"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        # Documents are handed over in batches: waking the feeder thread for every event
+        # cost the RunEngine thread about 0.3 ms an event in GIL hand-offs.
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self._handed_over = threading.Condition(self._lock)
+        self._given = 0  # messages given to this helper, the factory's included
+        self._written = 0  # messages written to its pipe
+        self._feed_failed = False
+        self._wake = threading.Event()
+        self._closing = False
+        self.error: str | None = None  # what the helper said went wrong (its stage could not be built)
+        self.exited = False  # its stdout closed: checked per document without a syscall
+        self.ready = False  # its stage was built
+        label = sink.label
+        self._feeder = threading.Thread(target=self._feed, name=f"orchestrion-{label}-feed", daemon=True)
+        self._reader = threading.Thread(target=self._read, name=f"orchestrion-{label}-acks", daemon=True)
+        # Not waited for: the helper imports while the session opens and the run starts;
+        # documents wait here and in the pipe.
+        factory = {"factory": sink._factory, "argument": sink._argument, "notes": sink._on_note is not None}
+        self._pending.append(("__factory__", factory))
+        self._given = 1
+        self._wake.set()
+        self._feeder.start()
+        self._reader.start()
+
+    def put(self, name: str, doc: dict[str, Any]) -> None:
         with self._lock:
             self._pending.append((name, doc))
             self._given += 1
@@ -175,31 +195,59 @@ class ProcessSink:
                 self._handed_over.wait(timeout=0.2)
             if self._written >= ticket:
                 return
-        raise RuntimeError(f"{self.label}: run {run_uid} could not be handed to the helper process")
+        raise RuntimeError(f"{self.sink.label}: run {run_uid} could not be handed to the helper process")
 
-    def wait_catalogued(self, run_uid: str | None = None, timeout: float = STOP_WAIT) -> bool:
-        """Wait until the helper has finished ``run_uid`` (default: every run handed over).
+    def _feed(self) -> None:
+        assert self.process.stdin is not None
+        stream = self.process.stdin
+        try:
+            while True:
+                # Wakes for anything but events, for a full batch, or after the interval,
+                # so a slow scan still reaches the catalog within about that interval.
+                self._wake.wait(timeout=FEED_INTERVAL)
+                self._wake.clear()
+                with self._lock:
+                    batch, self._pending = self._pending, []
+                    closing = self._closing
+                if batch:
+                    pickle.dump(batch, stream, protocol=pickle.HIGHEST_PROTOCOL)
+                    stream.flush()
+                    with self._handed_over:
+                        self._written += len(batch)
+                        self._handed_over.notify_all()
+                if closing:
+                    return
+        except (BrokenPipeError, OSError, pickle.PicklingError):
+            logger.exception("%s: documents can no longer reach the helper process", self.sink.label)
+            with self._handed_over:
+                self._feed_failed = True
+                self._handed_over.notify_all()
+        finally:
+            with contextlib.suppress(OSError):
+                stream.close()
 
-        False when it did not within ``timeout`` or cannot (its stage failed to build, or
-        it exited); the reason is logged.
-        """
-        deadline = time.monotonic() + timeout
-        with self._acknowledged:
-            while run_uid in self._outstanding if run_uid is not None else self._outstanding:
-                if self._helper_error is not None or self._process.poll() is not None:
-                    logger.error(
-                        "%s: run %s was not catalogued: %s",
-                        self.label,
-                        run_uid or ", ".join(sorted(self._outstanding)),
-                        self._helper_error or f"the helper process exited ({self._process.returncode})",
-                    )
-                    return False
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    logger.error("%s: run %s not catalogued within %.0f s", self.label, run_uid, timeout)
-                    return False
-                self._acknowledged.wait(timeout=min(remaining, 0.2))
-        return True
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        sink = self.sink
+        for line in self.process.stdout:
+            text = line.decode(errors="replace").strip()
+            if text.startswith(NOTE):
+                sink._take_note(text[len(NOTE) :])
+            elif text.startswith(ACK):
+                answer = text[len(ACK) :]
+                if answer == "ready":
+                    self.ready = True
+                    continue
+                with sink._state:
+                    if answer in sink._unfinished:
+                        sink._unfinished.pop(answer)
+                    else:
+                        self.error = answer
+                        logger.error("%s: %s", sink.label, answer)
+                    sink._state.notify_all()
+        with sink._state:  # the helper has exited: nothing more will be acknowledged
+            self.exited = True
+            sink._state.notify_all()
 
     def close(self) -> None:
         with self._lock:
@@ -207,13 +255,13 @@ class ProcessSink:
         self._wake.set()
         self._feeder.join(timeout=STOP_WAIT)
         try:
-            self._process.wait(timeout=STOP_WAIT)
+            self.process.wait(timeout=STOP_WAIT)
         except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+            self.process.kill()
+            self.process.wait()
         self._reader.join(timeout=5)
-        if self._process.stdout is not None:
-            self._process.stdout.close()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 class _Answers:
