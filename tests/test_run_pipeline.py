@@ -269,3 +269,21 @@ def test_a_run_whose_post_processing_process_dies_is_reported_lost_and_its_file_
     assert after_file is not None
     with h5py.File(after_file, "r") as f:
         assert f["entry/points"][()] == 2
+
+
+def _niceness_of_threads(pid: int) -> set[int]:
+    # Field 19 of /proc/PID/task/TID/stat, counted after the command name's parenthesis.
+    return {int(stat.read_text().rsplit(")", 1)[1].split()[16]) for stat in Path(f"/proc/{pid}/task").glob("*/stat")}
+
+
+def test_the_post_processing_process_yields_the_cpu_to_the_runengine(config: OrchestrionConfig) -> None:
+    pipeline = build_pipeline(config.model_copy(update={"post_processing_niceness": 7}))
+    try:
+        stage = pipeline.catalog_stage
+        assert isinstance(stage, ProcessSink)
+        # Once its stage is built, every thread it started (the catalog's too) is as nice.
+        wait_until(lambda: stage._helper.ready, timeout=120, what="the post-processing stage to be built")
+        assert _niceness_of_threads(stage._helper.process.pid) == {7}
+        assert _niceness_of_threads(os.getpid()) == {os.nice(0)}  # this process is untouched
+    finally:
+        pipeline.close()

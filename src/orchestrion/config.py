@@ -77,6 +77,10 @@ class OrchestrionConfig(BaseSettings):
     tiled_batch_size: int = Field(
         500, ge=1, le=100_000, description="Events TiledWriter collects per write (and at each stop)"
     )
+    post_processing_niceness: int = Field(
+        10, ge=0, le=19,
+        description="Niceness of the post-processing process (bundler, HDF5, Tiled): the RunEngine comes first",
+    )  # fmt: skip
     hdf5_buffer_points: int = Field(64, ge=1, le=100_000, description="Points buffered before an HDF5 write")
     hdf5_flush_interval: float = Field(
         1.0, gt=0, le=3600, description="Longest time (s) a point waits in the buffer for HDF5 readers"

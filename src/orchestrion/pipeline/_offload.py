@@ -55,6 +55,9 @@ class ProcessSink:
 
     A helper that dies takes the runs it had not finished with it (`wait_catalogued`
     says so, and why); the next run's start document starts a new helper.
+
+    ``niceness`` > 0 lowers the helper's CPU priority: on a machine with few cores its
+    threads otherwise preempt the RunEngine's (ADR 0205).
     """
 
     def __init__(
@@ -63,9 +66,11 @@ class ProcessSink:
         argument: Any,
         label: str,
         on_note: Callable[[Note], Any] | None = None,
+        niceness: int = 0,
     ) -> None:
         self.label = label
         self._factory, self._argument, self._on_note = factory, argument, on_note
+        self._niceness = niceness
         self._closing = False
         # Runs handed to a helper and not yet acknowledged, and runs that never will be.
         self._state = threading.Condition()
@@ -147,7 +152,7 @@ class _Helper:
     def __init__(self, sink: ProcessSink) -> None:
         self.sink = sink
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "orchestrion.pipeline._offload"],
+            [sys.executable, "-m", "orchestrion.pipeline._offload", "--niceness", str(sink._niceness)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )  # fmt: skip
         # Documents are handed over in batches: waking the feeder thread for every event
@@ -294,8 +299,25 @@ class _Answers:
                 os.close(fd)
 
 
-def _serve() -> None:
+def _lower_priority(niceness: int) -> None:
+    """Every thread of this process at ``niceness``: on Linux niceness is per thread.
+
+    Threads already exist (numpy's BLAS starts one at import); those started later
+    inherit the main thread's.
+    """
+    try:
+        threads = [int(task.name) for task in os.scandir("/proc/self/task")]
+    except FileNotFoundError:  # no procfs: the main thread only
+        threads = [0]
+    for thread in threads:
+        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
+            os.setpriority(os.PRIO_PROCESS, thread, niceness)
+
+
+def _serve(niceness: int = 0) -> None:
     """The helper's side: build the stage, feed it, acknowledge each stop on stdout."""
+    if niceness > 0:
+        _lower_priority(niceness)
     # Ctrl-C in a terminal reaches the whole process group, and so does the hang-up of a
     # closed terminal: the first is the RunEngine's to handle (pause), and after either
     # this helper must go on writing what it was given until its stdin ends.
@@ -352,5 +374,9 @@ def _handle(
 
 
 if __name__ == "__main__":
+    import argparse
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _serve()
+    arguments = argparse.ArgumentParser(description="orchestrion's post-processing helper (internal)")
+    arguments.add_argument("--niceness", type=int, default=0)
+    _serve(arguments.parse_args().niceness)

@@ -92,7 +92,10 @@ def build_pipeline(config: OrchestrionConfig) -> DocumentPipeline:
     from ._offload import ProcessSink
 
     pipeline = DocumentPipeline()
-    stage = ProcessSink(build_post_processing, config, "post-processing", on_note=pipeline.take_note)
+    stage = ProcessSink(
+        build_post_processing, config, "post-processing",
+        on_note=pipeline.take_note, niceness=config.post_processing_niceness,
+    )  # fmt: skip
     pipeline.catalog_stage = stage
     # A helper that died makes each later document raise: logged once per run, and the
     # RunEngine's run goes on.
