@@ -87,8 +87,8 @@ class JobRecorder(DocumentRouter):
         if job is None or summary is None:
             return doc
         job_id, parameters_timestamp = job
-        # A job is reported done only with its runs in the catalog (immediate when the
-        # catalog is served: its stage already waited at the stop).
+        # A job is reported done only with its runs written (file closed, run in the
+        # catalog); the summary names the file once post-processing has said so.
         catalogued = self._pipeline.wait_catalogued(summary.run_uid)
         try:
             self._store.record_run(
