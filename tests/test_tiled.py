@@ -178,3 +178,29 @@ def test_the_pipeline_catalogues_into_the_configured_server(tiled_server: TiledS
     assert summary.tiled == f"{tiled_server.uri}/api/v1/metadata/{uid}"
     assert summary.hdf5 is not None
     assert Path(summary.hdf5).parent == (tmp_path / "data").resolve()
+
+
+_OPEN_CATALOG = """
+import sys
+from pathlib import Path
+
+from orchestrion.pipeline import open_embedded_catalog
+
+open_embedded_catalog(Path(sys.argv[1])).close()
+"""
+
+
+def test_processes_that_open_a_new_embedded_catalog_together_all_get_it(tmp_path: Path) -> None:
+    # A shell and `orchestrion run` started together on a fresh home: each creates the
+    # catalog's tables unless they take turns.
+    openers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_CATALOG, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outcomes = [(opener.wait(timeout=240), opener.communicate()[1]) for opener in openers]
+    assert [code for code, _ in outcomes] == [0, 0, 0], "\n".join(err[-2000:] for _, err in outcomes)

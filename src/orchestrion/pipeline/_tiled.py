@@ -13,6 +13,7 @@ its catalog entry.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import warnings
 from collections.abc import Mapping
@@ -82,11 +83,15 @@ def open_embedded_catalog(home: Path) -> CatalogConnection:
     paths = embedded_catalog_paths(home)
     paths["files"].mkdir(parents=True, exist_ok=True)
     catalog_uri = f"sqlite:///{paths['catalog']}"
-    adapter = catalog_from_uri(
-        catalog_uri,
-        writable_storage=[str(paths["files"]), f"sqlite:///{paths['tables']}"],
-        init_if_not_exists=True,
-    )
+    # One process at a time: two that open a new catalog together both create its
+    # tables, and the second fails ("table nodes_closure already exists").
+    with open(paths["root"] / ".open.lock", "ab") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        adapter = catalog_from_uri(
+            catalog_uri,
+            writable_storage=[str(paths["files"]), f"sqlite:///{paths['tables']}"],
+            init_if_not_exists=True,
+        )
     # An in-process app is no server: its start-up banner ("Tiled version ...") is noise
     # on a user's terminal, and so is starlette's deprecation of the test client that
     # tiled 0.2.20 uses to talk to it in-process.
