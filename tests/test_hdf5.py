@@ -339,6 +339,53 @@ def test_a_writer_killed_mid_run_leaves_a_readable_file_with_every_flushed_point
     assert recover_incomplete(data) == []
 
 
+CREATING_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, sys.argv[2])
+    from orchestrion.pipeline import Serializer
+    from tests.pipeline_docs import fake_run
+
+    class Stuck:  # a lab plugin that never returns from the file's creation
+        def start(self, entry, start):
+            print("creating", flush=True)
+            time.sleep(3600)
+
+        def stop(self, entry, run):
+            pass
+
+    run = fake_run(detunings=5)
+    serializer = Serializer(sys.argv[1], plugins=[Stuck()])
+    for name, doc in run.head():
+        serializer(name, doc)
+    """
+)
+
+
+def test_a_writer_killed_while_creating_its_file_leaves_no_torn_file(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", CREATING_WRITER, str(data), str(REPO)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "creating"
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=30)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+        if writer.stdout is not None:
+            writer.stdout.close()
+    # Killed mid-creation: nothing under a run's name, only the hidden file being made.
+    assert [p.name for p in data.glob("*.h5")] == []
+    assert len(list(data.glob(".*.h5.creating"))) == 1
+    assert recover_incomplete(data) == []  # nothing measured to recover: the torn file goes
+    assert list(data.glob(".*.creating")) == []
+    assert list((data / ".writing").glob("*.lock")) == []
+
+
 def test_large_array_points_are_written_row_by_row_and_read_back_whole(tmp_path: Path) -> None:
     run = compose_run(metadata={"experiment": "camera"})
     key = {"dtype": "array", "shape": [100, 300], "dtype_numpy": "<f8", "source": "sim://camera"}

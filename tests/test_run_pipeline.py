@@ -26,7 +26,7 @@ from orchestrion.pipeline import BUNDLED, DocumentPipeline, build_pipeline, open
 from orchestrion.pipeline._offload import ProcessSink
 from orchestrion.session import EmbeddedSession, RunOptions
 
-from .support import wait_until
+from .support import free_port, wait_until
 
 ORCHESTRION = Path(sys.executable).with_name("orchestrion")
 
@@ -287,3 +287,21 @@ def test_the_post_processing_process_yields_the_cpu_to_the_runengine(config: Orc
         assert _niceness_of_threads(os.getpid()) == {os.nice(0)}  # this process is untouched
     finally:
         pipeline.close()
+
+
+def test_runs_are_still_written_to_hdf5_when_the_catalog_cannot_be_reached(config: OrchestrionConfig) -> None:
+    port = free_port()  # nothing listens there
+    pipeline = build_pipeline(config.model_copy(update={"tiled_uri": f"http://127.0.0.1:{port}"}))
+    RE = RunEngine({})
+    pipeline.subscribe(RE)
+    try:
+        (uid,) = RE(bp.count([det], 3))
+        assert pipeline.wait_catalogued(uid, timeout=240)  # written: to HDF5 only
+    finally:
+        pipeline.close()
+    summary = pipeline.summaries.runs[uid]
+    assert summary.tiled is None
+    assert summary.hdf5 is not None
+    with h5py.File(summary.hdf5, "r") as f:
+        assert f["entry/status"][()] == b"success"
+        assert f["entry/points"][()] == 3

@@ -362,6 +362,7 @@ class Serializer:
         self.run_uid: str | None = None
         self._checker = DocumentChecker()
         self._file: h5py.File | None = None
+        self._creating: Path | None = None  # the file while it is made, before `_publish`
         self._lock: IO[bytes] | None = None
         self._start_doc: dict[str, Any] | None = None
         self._stream_of: dict[str, str] = {}
@@ -436,7 +437,10 @@ class Serializer:
         path, doc = self.path, self._start_doc
         assert path is not None
         assert doc is not None
-        f = h5py.File(path, "x", libver="latest")
+        # Made under a hidden name and renamed once consistent (`_publish`): a writer
+        # killed while creating the file leaves no torn file under the run's name.
+        self._creating = creating_path(path)
+        f = h5py.File(self._creating, "x", libver="latest")
         self._file = f
         f.attrs.update({
             "NX_class": "NXroot", "default": "entry", "file_name": path.name,
@@ -477,6 +481,7 @@ class Serializer:
                 self._data = _Columns(doc["data_keys"])
                 self._open_file()
                 self._create_live_layout()
+                self._publish()
             elif set(doc["data_keys"]) - set(self._data.specs):
                 logger.warning("run %s: a later %r descriptor adds data keys; they are not written",
                                self.run_uid, stream)  # fmt: skip
@@ -587,6 +592,12 @@ class Serializer:
         if self.swmr:
             f.swmr_mode = True
 
+    def _publish(self) -> None:
+        """The file under its own name, now that its layout is on disk (SWMR from here)."""
+        if self._creating is not None and self.path is not None:
+            os.replace(self._creating, self.path)
+            self._creating = None
+
     def _choose_signal_and_axis(self) -> tuple[str | None, str]:
         assert self._data is not None
         assert self._start_doc is not None
@@ -620,6 +631,7 @@ class Serializer:
             logger.exception("run %s: the last points could not be flushed to %s", self.run_uid, path)
         f.close()
         self._file = None
+        self._publish()
         try:
             with h5py.File(path, "r+", libver="latest") as f:
                 self._write_final(f["entry"], stop, status, reason)
@@ -673,6 +685,11 @@ class Serializer:
             path = self.directory / f"{stem}-{n}.h5"
             n += 1
         return path
+
+
+def creating_path(path: Path) -> Path:
+    """Where the file at ``path`` is made, hidden, until its layout is on disk."""
+    return path.with_name(f".{path.name}.creating")
 
 
 def _lock_path(directory: Path, file_name: str) -> Path:

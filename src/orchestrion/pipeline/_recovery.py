@@ -4,7 +4,9 @@ A writer killed mid-run leaves its file's consistency flags set (a plain
 ``h5py.File(path, "r")`` refuses it), while SWMR readers still see every flushed
 point.  Recovery copies the file through an SWMR reader into a fresh file, sets
 ``/entry/status`` to "incomplete", and replaces the original atomically.  A live writer
-holds a lock in ``DATA_DIR/.writing/``; files whose lock can be taken are orphans.
+holds a lock in ``DATA_DIR/.writing/``; files whose lock can be taken are orphans.  A
+writer killed while creating its file leaves it under a hidden name (see
+`creating_path`), with no point in it: that one is removed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import h5py
 
-from ._hdf5 import _STATUS_DTYPE, _STR, LOCK_DIR, STATUS_INCOMPLETE, STATUS_RUNNING
+from ._hdf5 import _STATUS_DTYPE, _STR, LOCK_DIR, STATUS_INCOMPLETE, STATUS_RUNNING, creating_path
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,12 @@ def recover_incomplete(directory: Path) -> list[Path]:
             except BlockingIOError:
                 continue  # its writer is alive
             try:
+                creating = creating_path(path)
+                if creating.exists():
+                    # Its writer died while making it, before the first point: a torn
+                    # file with nothing measured in it.
+                    creating.unlink()
+                    logger.warning("removed %s: its writer died while creating it, before any point", creating)
                 if path.is_file() and _status(path) == STATUS_RUNNING:
                     recover_file(path)
                     recovered.append(path)
