@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-import os
-import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import h5py
 import numpy as np
@@ -304,25 +304,32 @@ WRITER = textwrap.dedent(
 )
 
 
-def test_a_writer_killed_mid_run_leaves_a_readable_file_with_every_flushed_point(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(data), str(REPO)], stdout=subprocess.PIPE, text=True)
+@contextlib.contextmanager
+def writer_process(script: str, data: Path) -> Iterator[tuple[subprocess.Popen[str], IO[str]]]:
+    """``script`` run with (data directory, repository) in a process of its own, and its
+    stdout's lines; killed at the end if it is still running."""
+    writer = subprocess.Popen([sys.executable, "-c", script, str(data), str(REPO)], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None
     try:
-        assert writer.stdout is not None
-        path = Path(writer.stdout.readline().strip())
-        flushed = 0
-        while flushed < 40:
-            flushed = int(writer.stdout.readline())
-        # The lock of a live writer keeps recovery away from its file.
-        assert recover_incomplete(data) == []
-        os.kill(writer.pid, signal.SIGKILL)
-        writer.wait(timeout=30)
+        yield writer, writer.stdout
     finally:
         if writer.poll() is None:
             writer.kill()
-            writer.wait()
-        if writer.stdout is not None:
-            writer.stdout.close()
+        writer.wait()
+        writer.stdout.close()
+
+
+def test_a_writer_killed_mid_run_leaves_a_readable_file_with_every_flushed_point(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with writer_process(WRITER, data) as (writer, lines):
+        path = Path(lines.readline().strip())
+        flushed = 0
+        while flushed < 40:
+            flushed = int(lines.readline())
+        # The lock of a live writer keeps recovery away from its file.
+        assert recover_incomplete(data) == []
+        writer.kill()  # SIGKILL
+        writer.wait(timeout=30)
     with h5py.File(path, "r", swmr=True) as f:
         points = f["entry/data/point_index"][:]
         assert text(f["entry/status"][()]) == "running"
@@ -364,20 +371,10 @@ CREATING_WRITER = textwrap.dedent(
 
 def test_a_writer_killed_while_creating_its_file_leaves_no_torn_file(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    writer = subprocess.Popen(
-        [sys.executable, "-c", CREATING_WRITER, str(data), str(REPO)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert writer.stdout is not None
-        assert writer.stdout.readline().strip() == "creating"
-        os.kill(writer.pid, signal.SIGKILL)
+    with writer_process(CREATING_WRITER, data) as (writer, lines):
+        assert lines.readline().strip() == "creating"
+        writer.kill()  # SIGKILL
         writer.wait(timeout=30)
-    finally:
-        if writer.poll() is None:
-            writer.kill()
-            writer.wait()
-        if writer.stdout is not None:
-            writer.stdout.close()
     # Killed mid-creation: nothing under a run's name, only the hidden file being made.
     assert [p.name for p in data.glob("*.h5")] == []
     assert len(list(data.glob(".*.h5.creating"))) == 1

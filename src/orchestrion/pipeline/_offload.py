@@ -126,6 +126,24 @@ class ProcessSink:
                     return False
                 self._state.wait(timeout=min(remaining, 0.2))
 
+    # -- answers from a helper, in its reader thread -----------------------------------
+
+    def _answered(self, helper: _Helper, answer: str) -> None:
+        """A run acknowledged by ``helper``, or (anything else) what went wrong there."""
+        with self._state:
+            if answer in self._unfinished:
+                del self._unfinished[answer]
+            else:
+                helper.error = answer
+                logger.error("%s: %s", self.label, answer)
+            self._state.notify_all()
+
+    def _exited(self, helper: _Helper) -> None:
+        """``helper``'s answers have ended: nothing more will be acknowledged."""
+        with self._state:
+            helper.exited = True
+            self._state.notify_all()
+
     def _forget_dead_helpers(self) -> None:
         """Runs of a helper that has exited are lost (called with ``_state`` held)."""
         for uid, helper in list(self._unfinished.items()):
@@ -238,21 +256,11 @@ class _Helper:
             text = line.decode(errors="replace").strip()
             if text.startswith(NOTE):
                 sink._take_note(text[len(NOTE) :])
+            elif text == f"{ACK}ready":
+                self.ready = True
             elif text.startswith(ACK):
-                answer = text[len(ACK) :]
-                if answer == "ready":
-                    self.ready = True
-                    continue
-                with sink._state:
-                    if answer in sink._unfinished:
-                        sink._unfinished.pop(answer)
-                    else:
-                        self.error = answer
-                        logger.error("%s: %s", sink.label, answer)
-                    sink._state.notify_all()
-        with sink._state:  # the helper has exited: nothing more will be acknowledged
-            self.exited = True
-            sink._state.notify_all()
+                sink._answered(self, text[len(ACK) :])
+        sink._exited(self)
 
     def close(self) -> None:
         with self._lock:

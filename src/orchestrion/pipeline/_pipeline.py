@@ -12,13 +12,13 @@ from orchestrion.config import OrchestrionConfig
 
 from ._bundler import BUNDLED
 from ._guard import Guarded
+from ._offload import Report  # stdlib only at import, like `_tiled`
 from ._summary import RunSummaryCollector
 from ._tiled import HDF5_NOTICE, run_address  # stdlib only at import: Tiled loads where used
 
 logger = logging.getLogger(__name__)
 
 DocumentCallback = Callable[[str, dict[str, Any]], Any]
-Report = Callable[[dict[str, Any]], None]
 
 
 class CatalogStage(Protocol):
@@ -34,8 +34,8 @@ class DocumentPipeline:
         self.summaries = RunSummaryCollector()
         self.callbacks: list[DocumentCallback] = list(callbacks or [])
         self._tokens: list[int] = []
-        # The catalog stage, when it finishes runs after their stop document (see
-        # `wait_catalogued`).
+        # The stage that finishes runs after their stop document (the post-processing
+        # process of `build_pipeline`): see `wait_catalogued`.
         self.catalog_stage: CatalogStage | None = None
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
