@@ -85,11 +85,6 @@ def check_display(timeout: float = 30.0) -> DisplayCheck:
     return DisplayCheck(framework=None if framework == "None" else framework)
 
 
-def has_display() -> bool:
-    """Whether a live plot has somewhere to appear (see `check_display`)."""
-    return check_display().framework is not None
-
-
 class ProgressDisplay(DocumentRouter):
     """A progress bar over each run's points: done, rate and time left."""
 
