@@ -56,3 +56,20 @@ def docs(RE: RunEngine) -> dict[str, list[Any]]:
     collected: dict[str, list[Any]] = defaultdict(list)
     RE.subscribe(lambda name, doc: collected[name].append(doc))
     return collected
+
+
+# Markers follow from the real servers a test needs, so `pytest -m "not stack"` runs the
+# fast tests alone: a test is marked by the fixtures that start those servers.
+MARKER_FIXTURES = {
+    "stack": {"stack"},
+    "influx": {"influxd"},
+    "x11": {"x_display"},
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for marker, fixtures in MARKER_FIXTURES.items():
+            if used & fixtures:
+                item.add_marker(marker)

@@ -27,11 +27,10 @@ from orchestrion.config import OrchestrionConfig, load_config
 from orchestrion.experiment import flatten_ids
 from orchestrion.lab import Lab, activate, load_library_and_devices, open_lab
 from orchestrion.pipeline import DocumentPipeline, build_pipeline
+from orchestrion.schema import JOB_ID_KEY
 
 logger = logging.getLogger(__name__)
 
-# Metadata key under which a queued item (and so its run) carries its job id.
-JOB_ID_KEY = "job_id"
 
 
 def code_version(directory: Path) -> tuple[str | None, bool | None]:

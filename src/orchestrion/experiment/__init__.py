@@ -5,10 +5,6 @@ from ._library import ExperimentLibrary, LibraryEntry, LibraryError
 from ._plan import experiment_plan
 from ._preprocess import Preprocessor
 from ._runner import (
-    ANALYSIS,
-    PARAMETERS_AT,
-    PRIMARY,
-    SEQUENCES,
     ExperimentResult,
     RunRequest,
     data_key_suffix,
@@ -22,10 +18,6 @@ from ._runner import (
 from ._scan import ScanAxis, ScanPattern, ScanPoint, expand_scan
 
 __all__ = [
-    "ANALYSIS",
-    "PARAMETERS_AT",
-    "PRIMARY",
-    "SEQUENCES",
     "Analyze",
     "BuildSequence",
     "Experiment",

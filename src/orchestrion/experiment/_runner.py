@@ -24,6 +24,7 @@ import orchestrion
 from orchestrion.devices import DeviceRegistry, ReadoutRole
 from orchestrion.errors import DeviceError, InputError, ParameterError, ScanSpecError
 from orchestrion.parameters import ParameterValue, ParameterValueType
+from orchestrion.schema import ANALYSIS, PARAMETERS_AT, PRIMARY, SEQUENCES, id_to_data_key
 from orchestrion.sequence import PulseSequence, SequenceError, as_sequence_error
 
 from ._experiment import Experiment
@@ -34,12 +35,6 @@ if TYPE_CHECKING:
     from orchestrion.lab import Lab
 
 logger = logging.getLogger(__name__)
-
-PRIMARY = "primary"
-ANALYSIS = "analysis"
-PARAMETERS_AT = "parameters_at"
-"""Metadata key: an ISO-8601 time as of which a run reads its own experiment's parameters."""
-SEQUENCES = "sequences"
 
 
 @dataclass(frozen=True)
@@ -246,8 +241,8 @@ def flatten_ids(nested: Mapping[str, Any], is_leaf: Callable[[Any], bool]) -> di
 
 
 def data_key_suffix(parameter_id: str) -> str:
-    """Parameter ids carry dots; event-model data keys and HDF5 names should not."""
-    return parameter_id.replace(".", "_")
+    """Parameter ids carry dots; event-model data keys should not (`schema.id_to_data_key`)."""
+    return id_to_data_key(parameter_id)
 
 
 @dataclass

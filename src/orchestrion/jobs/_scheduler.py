@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrion.config import OrchestrionConfig
+from orchestrion.schema import JOB_ID_KEY
 from orchestrion.services._addresses import close_api, queue_server_api, run_dir
-from orchestrion.worker import JOB_ID_KEY
 
 from ._store import ACTIVE, Job, JobStatus, JobStore, NewJob
 

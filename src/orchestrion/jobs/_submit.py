@@ -12,8 +12,8 @@ from typing import Any
 
 from orchestrion.devices import DeviceRegistry
 from orchestrion.errors import InputError, OrchestrionError
-from orchestrion.experiment import PARAMETERS_AT, ExperimentLibrary, prepare_run
-from orchestrion.worker import JOB_ID_KEY
+from orchestrion.experiment import ExperimentLibrary, prepare_run
+from orchestrion.schema import JOB_ID_KEY, PARAMETERS_AT
 
 from ._store import Job, JobStatus, JobStore, NewJob
 

@@ -7,7 +7,9 @@ worker) subscribes `build_pipeline(config)`; `build_post_processing(config)` is 
 chain after the hand-over.
 """
 
-from ._bundler import BUNDLED, COMPLETE_KEY, POINT_KEY, Bundler
+from orchestrion.schema import BUNDLED, COMPLETE_KEY, POINT_KEY
+
+from ._bundler import Bundler
 from ._checks import DocumentChecker, DocumentError
 from ._guard import Guarded
 from ._hdf5 import (

@@ -35,14 +35,13 @@ from typing import Any
 
 from event_model import unpack_event_page
 
+from orchestrion.schema import ANALYSIS, BASELINE, BUNDLED, COMPLETE_KEY, POINT_KEY, PRIMARY, SEQUENCES
+
 from ._checks import DocumentChecker, DocumentError
 
 logger = logging.getLogger(__name__)
 
-BUNDLED = "bundled"
-POINT_KEY = "point-index"
-COMPLETE_KEY = "bundle-complete"
-NOT_JOINED = ("baseline", "analysis", "sequences", BUNDLED)
+NOT_JOINED = (BASELINE, ANALYSIS, SEQUENCES, BUNDLED)
 
 DocumentCallback = Callable[[str, dict[str, Any]], Any]
 
@@ -142,7 +141,7 @@ class Bundler:
         self,
         downstream: DocumentCallback | Iterable[DocumentCallback] = (),
         *,
-        monitored_streams: Iterable[str] = ("primary",),
+        monitored_streams: Iterable[str] = (PRIMARY,),
         point_key: str = POINT_KEY,
         output_stream: str = BUNDLED,
         async_wait: float = 0.0,
@@ -202,7 +201,7 @@ class Bundler:
             callback(name, doc)
 
     def _descriptor(self, run: _RunBundle, doc: Mapping[str, Any]) -> None:
-        stream = str(doc.get("name", "primary"))
+        stream = str(doc.get("name", PRIMARY))
         run.streams[doc["uid"]] = stream
         # Several descriptors of one stream: the keys are merged.
         run.data_keys.setdefault(stream, {}).update(doc["data_keys"])

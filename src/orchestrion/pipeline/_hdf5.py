@@ -44,6 +44,7 @@ import numpy as np
 from event_model import unpack_event_page
 
 import orchestrion
+from orchestrion.schema import ANALYSIS, POINT_KEY, PRIMARY, SEQUENCE_HASH_KEY, SEQUENCE_JSON_KEY, SEQUENCES, fit_name
 
 from ._checks import DocumentChecker, DocumentError
 
@@ -51,11 +52,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_FILE_PREFIX = "{date}_scan{scan_id}_{experiment}_{uid8}"
 PLUGIN_GROUP = "orchestrion.hdf5_plugins"
-SEQUENCES_STREAM = "sequences"
-SEQUENCE_HASH_KEY = "sequence-hash"
-SEQUENCE_JSON_KEY = "sequence-json"
-POINT_SEQUENCE_KEY = "sequencer-sequence_hash"
-ANALYSIS_STREAM = "analysis"
+POINT_SEQUENCE_KEY = "sequencer-sequence_hash"  # FIXME(issue 10): the run names it (schema.POINT_SEQUENCE_KEY_MD)
 LOCK_DIR = ".writing"
 STATUS_RUNNING = "running"
 STATUS_ERROR = "error"
@@ -341,7 +338,7 @@ class Serializer:
         directory: str | os.PathLike[str],
         file_prefix: str = DEFAULT_FILE_PREFIX,
         *,
-        data_stream: str = "primary",
+        data_stream: str = PRIMARY,
         skip_streams: Iterable[str] = (),
         buffer_points: int = 64,
         flush_interval: float = 1.0,
@@ -352,7 +349,7 @@ class Serializer:
         self.directory = Path(directory).resolve()
         self.file_prefix = file_prefix
         self.data_stream = data_stream
-        self.skip_streams = set(skip_streams) | {SEQUENCES_STREAM, ANALYSIS_STREAM}
+        self.skip_streams = set(skip_streams) | {SEQUENCES, ANALYSIS}
         self.buffer_points = max(1, int(buffer_points))
         self.flush_interval = float(flush_interval)
         self.signal = signal
@@ -473,7 +470,7 @@ class Serializer:
         f.flush()
 
     def _on_descriptor(self, doc: dict[str, Any]) -> None:
-        stream = str(doc.get("name", "primary"))
+        stream = str(doc.get("name", PRIMARY))
         self._stream_of[doc["uid"]] = stream
         self._descriptors.setdefault(stream, []).append(doc)
         if stream == self.data_stream:
@@ -500,7 +497,7 @@ class Serializer:
             if len(self._data.rows) >= self.buffer_points or time.monotonic() - self._last_flush >= self.flush_interval:
                 self.flush()
             return
-        if stream == SEQUENCES_STREAM:
+        if stream == SEQUENCES:
             digest = doc["data"].get(SEQUENCE_HASH_KEY)
             if digest is not None:
                 row = self._sequence_row(_text(digest))
@@ -609,8 +606,8 @@ class Serializer:
                 axis = names[fields[0]]
                 break
         else:
-            if "point-index" in names:
-                axis = names["point-index"]
+            if POINT_KEY in names:
+                axis = names[POINT_KEY]
         if self.signal is not None and self.signal in names:
             return names[self.signal], axis
         for key, spec in specs.items():
@@ -657,13 +654,13 @@ class Serializer:
             group = streams.create_group(safe_name(stream))
             group.attrs.update({"NX_class": "NXcollection", "stream": stream})
             columns.write_all(group)
-        analysis = self._others.get(ANALYSIS_STREAM)
+        analysis = self._others.get(ANALYSIS)
         if analysis is not None and analysis.rows:
             group = entry.create_group("analysis")
             group.attrs["NX_class"] = "NXprocess"
             group.create_dataset("program", data="orchestrion.analysis", dtype=_STR)
             for key, value in analysis.rows[-1][2].items():
-                name = _dataset_name(key.split("-", 1)[1] if key.startswith("fit-") else key)
+                name = _dataset_name(fit_name(key))
                 if name not in group:
                     group.create_dataset(name, data=_scalar(_plain(value)))
         documents = RunDocuments(start=self._start_doc or {}, stop=stop, descriptors=self._descriptors)

@@ -9,8 +9,8 @@ from typing import Any, Protocol
 from bluesky import RunEngine
 
 from orchestrion.config import OrchestrionConfig
+from orchestrion.schema import BUNDLED, PRIMARY
 
-from ._bundler import BUNDLED
 from ._guard import Guarded
 from ._offload import Report  # stdlib only at import, like `_tiled`
 from ._summary import RunSummaryCollector
@@ -125,7 +125,7 @@ def build_post_processing(config: OrchestrionConfig, report: Report | None = Non
         on_file=lambda run_uid, path: tell({"run": run_uid, "hdf5": str(path)}),
         file_prefix=config.hdf5_file_prefix,
         data_stream=BUNDLED,
-        skip_streams=("primary",),  # every primary reading is in the bundled points
+        skip_streams=(PRIMARY,),  # every primary reading is in the bundled points
         buffer_points=config.hdf5_buffer_points,
         flush_interval=config.hdf5_flush_interval,
     )

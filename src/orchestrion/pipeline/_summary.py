@@ -8,7 +8,7 @@ from typing import Any
 from event_model import DocumentRouter
 from event_model.documents import Event, EventDescriptor, EventPage, RunStart, RunStop
 
-from orchestrion.experiment import ANALYSIS, PRIMARY
+from orchestrion.schema import ANALYSIS, PRIMARY, fit_name
 
 
 @dataclass
@@ -78,7 +78,7 @@ class RunSummaryCollector(DocumentRouter):
             # Fit results: data keys are 'fit-<name>'; numbers only.
             self.runs[self._descriptor_run[doc["descriptor"]]].analysis.update(
                 {
-                    key.split("-", 1)[-1]: float(value)
+                    fit_name(key): float(value)
                     for key, value in doc["data"].items()
                     if isinstance(value, int | float) and not isinstance(value, bool)
                 }

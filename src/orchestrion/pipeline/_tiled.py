@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrion.config import OrchestrionConfig
+from orchestrion.schema import ANALYSIS, fit_name
 
 logger = logging.getLogger(__name__)
 
-ANALYSIS_STREAM = "analysis"
 HDF5_NOTICE = "orchestrion_hdf5"  # not an event-model document: {run, path}, after a start
 
 
@@ -131,7 +131,7 @@ class TiledSink:
         if name == "start":
             self._nodes[doc["uid"]] = self.connection.client[doc["uid"]]
             self._annotations[doc["uid"]] = {}
-        elif name == "descriptor" and doc.get("name") == ANALYSIS_STREAM:
+        elif name == "descriptor" and doc.get("name") == ANALYSIS:
             self._analysis_descriptors[doc["uid"]] = doc["run_start"]
         elif name == "event" and doc["descriptor"] in self._analysis_descriptors:
             run_uid = self._analysis_descriptors[doc["descriptor"]]
@@ -162,4 +162,4 @@ class TiledSink:
 
 
 def _fit_values(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {(k.split("-", 1)[1] if k.startswith("fit-") else k): float(v) for k, v in data.items()}
+    return {fit_name(k): float(v) for k, v in data.items()}

@@ -22,8 +22,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from orchestrion.experiment import ANALYSIS, PRIMARY, SEQUENCES
 from orchestrion.pipeline import RunSummary
+from orchestrion.schema import ANALYSIS, BASELINE, PRIMARY, SEQUENCES
 
 PROGRESS_COLUMNS = (
     TextColumn("{task.description}"),
@@ -35,7 +35,7 @@ PROGRESS_COLUMNS = (
 )
 
 
-NOT_PLOTTED = ["baseline", ANALYSIS, SEQUENCES]
+NOT_PLOTTED = [BASELINE, ANALYSIS, SEQUENCES]
 """Streams with no live plot: one point per run (the fit), or sequence hashes and JSON."""
 
 # Opens, draws and closes one figure as the session's matplotlib would, and names the
