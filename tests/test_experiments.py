@@ -8,7 +8,7 @@ import pytest
 from bluesky import RunEngine
 
 from orchestrion.errors import InputError, ParameterError, ScanSpecError
-from orchestrion.experiment import flatten_ids
+from orchestrion.experiment import RunRequest, flatten_ids
 from orchestrion.lab import Lab
 
 
@@ -139,7 +139,7 @@ def _invalid(lab: Lab) -> Any:
         build_sequence=too_long,
         default_scans=base.default_scans,
     )
-    return run_experiment(broken, lab)
+    return run_experiment(broken, lab, RunRequest(experiment="broken"))
 
 
 def test_a_job_reads_its_own_parameters_as_of_submission_and_shared_ones_at_their_latest(
@@ -161,11 +161,13 @@ def test_a_job_reads_its_own_parameters_as_of_submission_and_shared_ones_at_thei
 
 
 def test_values_at_their_declared_bounds_are_accepted_and_compile(lab: Lab) -> None:
-    from orchestrion.experiment import prepare_run
+    from orchestrion.experiment import RunRequest, prepare_run
 
     experiment = lab.library.experiment("spectroscopy")
     edge = {"qubit.pi_time": 0.009, "cooling.duration": 0.1, "detection.threshold": 1000}
-    request = prepare_run(experiment, lab.devices, overrides=edge, shots=100_000)
+    request = prepare_run(
+        experiment, lab.devices, RunRequest(experiment="spectroscopy", parameters=edge, shots=100_000)
+    )
     values = {pid: v.value for pid, v in lab.parameters.snapshot(experiment.parameter_ids).items()} | dict(
         request.overrides
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -162,25 +163,22 @@ def test_placement_needs_the_queue_behind_equals_and_before_lower_waiting_jobs(t
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
-        (JobRequest("no_such_experiment"), "unknown experiment 'no_such_experiment'"),
-        (JobRequest("spectroscopy", parameters={"qubit.amplitude": "2"}), "qubit.amplitude"),
-        (JobRequest("spectroscopy", scan=["spectroscopy.detuning=1:2"]), "spectroscopy.detuning"),
-        (JobRequest("spectroscopy", scan=["nothing.here=1:2:3"]), "nothing.here"),
-        (JobRequest("spectroscopy", shots=0), "shots"),
-        (JobRequest("spectroscopy", priority=1.5), "priority"),  # type: ignore[arg-type]
-        (JobRequest("spectroscopy", md={JOB_ID_KEY: 3}), JOB_ID_KEY),
+        ({"experiment": "no_such_experiment"}, "unknown experiment 'no_such_experiment'"),
+        ({"experiment": "spectroscopy", "parameters": {"qubit.amplitude": "2"}}, "qubit.amplitude"),
+        ({"experiment": "spectroscopy", "scan": ["spectroscopy.detuning=1:2"]}, "spectroscopy.detuning"),
+        ({"experiment": "spectroscopy", "scan": ["nothing.here=1:2:3"]}, "nothing.here"),
+        ({"experiment": "spectroscopy", "shots": 0}, "shots"),
+        ({"experiment": "spectroscopy", "priority": 1.5}, "priority"),
+        ({"experiment": "spectroscopy", "md": {JOB_ID_KEY: 3}}, JOB_ID_KEY),
     ],
 )
 def test_bad_submissions_are_refused_before_anything_is_written(
-    config: OrchestrionConfig, request_: JobRequest, message: str
+    config: OrchestrionConfig, request_: dict[str, Any], message: str
 ) -> None:
     # No services run for this configuration: a refusal must come before any request.
     with Client(config) as client:
         with pytest.raises(InputError, match=message):
-            client.submit(
-                request_.experiment, scan=request_.scan, parameters=request_.parameters, shots=request_.shots,
-                priority=request_.priority, md=request_.md,
-            )  # fmt: skip
+            client.submit(**request_)
         assert client.jobs() == []
     assert jobs_db_path(config).is_file()
 
@@ -188,7 +186,9 @@ def test_bad_submissions_are_refused_before_anything_is_written(
 def test_validation_types_the_values_given_as_text(config: OrchestrionConfig) -> None:
     with Client(config) as client:
         kwargs = client.validate(
-            JobRequest("spectroscopy", parameters={"qubit.amplitude": "0.25", "rf.frequency": "2e8"}, shots=7)
+            JobRequest(
+                experiment="spectroscopy", parameters={"qubit.amplitude": "0.25", "rf.frequency": "2e8"}, shots=7
+            )
         )
     assert kwargs["parameters"] == {"qubit.amplitude": 0.25, "rf.frequency": 2e8}
     assert kwargs["shots"] == 7
@@ -250,10 +250,7 @@ def test_the_worker_records_each_run_of_a_job(config: OrchestrionConfig) -> None
     finally:
         if environment.recorder is not None:
             environment.recorder.close()
-        if environment.pipeline is not None:
-            environment.pipeline.close()
-        if environment.lab is not None:
-            environment.lab.close()
+        environment.session.close()
 
 
 def test_latest_parameter_timestamp_reads_the_nested_snapshot() -> None:

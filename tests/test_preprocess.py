@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from bluesky import RunEngine
 
-from orchestrion.experiment import Experiment, ScanAxis, run_experiment
+from orchestrion.experiment import Experiment, RunRequest, ScanAxis, run_experiment
 from orchestrion.lab import Lab
 from orchestrion.sequence import PulseSequence
 
@@ -43,7 +43,8 @@ def _idle_gaps(lab: Lab, RE: RunEngine, lookahead: int) -> tuple[list[float], li
     sequencer = lab.devices.usable("sequencer")
     sequencer.executions.clear()
     compiled_in: list[str] = []
-    RE(run_experiment(_slow_experiment(lab, compiled_in), lab, shots=100))
+    experiment = _slow_experiment(lab, compiled_in)
+    RE(run_experiment(experiment, lab, RunRequest(experiment=experiment.name, shots=100)))
     assert len(sequencer.executions) == POINTS
     return sequencer.idle_gaps(), compiled_in
 

@@ -22,9 +22,10 @@ from ophyd.sim import det
 from tiled.queries import Key
 
 from orchestrion.config import OrchestrionConfig
+from orchestrion.experiment import RunRequest
 from orchestrion.pipeline import BUNDLED, DocumentPipeline, build_pipeline, open_embedded_catalog
 from orchestrion.pipeline._offload import ProcessSink
-from orchestrion.session import EmbeddedSession, RunOptions
+from orchestrion.session import EmbeddedSession
 
 from .support import free_port, wait_until
 
@@ -77,9 +78,9 @@ def test_an_embedded_session_writes_one_file_per_run(config: OrchestrionConfig) 
     session = EmbeddedSession(config.model_copy(update={"tiled_enabled": False}))
     try:
         first = session.run(
-            RunOptions("rabi_flop", scans=["rabi_flop.duration=0:40e-6:9"], shots=5, md={"job_id": "j-1"})
+            RunRequest(experiment="rabi_flop", scan=("rabi_flop.duration=0:40e-6:9",), shots=5, md={"job_id": "j-1"})
         )
-        second = session.run(RunOptions("ramsey", scans=["ramsey.wait=0:200e-6:7"], shots=5))
+        second = session.run(RunRequest(experiment="ramsey", scan=("ramsey.wait=0:200e-6:7",), shots=5))
     finally:
         session.close()
     assert first.tiled is None
@@ -97,7 +98,7 @@ def test_an_embedded_session_writes_one_file_per_run(config: OrchestrionConfig) 
 def test_an_embedded_session_with_tiled_has_the_run_catalogued_when_run_returns(config: OrchestrionConfig) -> None:
     session = EmbeddedSession(config)
     try:
-        summary = session.run(RunOptions("rabi_flop", scans=["rabi_flop.duration=0:40e-6:6"], shots=5))
+        summary = session.run(RunRequest(experiment="rabi_flop", scan=("rabi_flop.duration=0:40e-6:6",), shots=5))
         assert summary.tiled is not None
         assert summary.tiled.endswith(f"#/{summary.run_uid}")
     finally:

@@ -169,7 +169,7 @@ class Client:
 
         ``scan`` takes "ID=START:STOP:NUM" texts; ``parameters`` values for this run only.
         """
-        request = JobRequest(
+        request = JobRequest.build(
             experiment=experiment, scan=scan, parameters=dict(parameters or {}), shots=shots,
             repetitions=repetitions, pattern=pattern, priority=priority, md=dict(md or {}),
         )  # fmt: skip

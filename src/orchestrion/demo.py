@@ -13,15 +13,16 @@ from rich.console import Console
 
 from orchestrion.config import load_config
 from orchestrion.errors import OrchestrionError
-from orchestrion.session import EmbeddedSession, RunOptions
+from orchestrion.experiment import RunRequest
+from orchestrion.session import EmbeddedSession
 from orchestrion.shell import print_run_summary
 
 DEMO_RUNS = (
-    RunOptions("spectroscopy"),
-    RunOptions("calibrate_frequency"),
-    RunOptions("spectroscopy", scans=["spectroscopy.detuning=-60e3:60e3:25"], pattern="centred"),
-    RunOptions("rabi_flop"),
-    RunOptions("ramsey"),
+    RunRequest(experiment="spectroscopy"),
+    RunRequest(experiment="calibrate_frequency"),
+    RunRequest(experiment="spectroscopy", scan=("spectroscopy.detuning=-60e3:60e3:25",), pattern="centred"),
+    RunRequest(experiment="rabi_flop"),
+    RunRequest(experiment="ramsey"),
 )
 
 
@@ -37,13 +38,13 @@ def main() -> int:
     console.print(f"Orchestrion demo: data under {config.home}\n")
     failed = 0
     try:
-        lab = session.open()
-        before = float(lab.parameters.get("qubit.frequency").value)
-        for options in DEMO_RUNS:
-            summary = session.run(options)
+        parameters = session.open().lab_parameters()
+        before = float(parameters.get("qubit.frequency").value)
+        for request in DEMO_RUNS:
+            summary = session.run(request)
             print_run_summary(summary, console)
             failed += summary.status != "success"
-        after = float(lab.parameters.get("qubit.frequency").value)
+        after = float(parameters.get("qubit.frequency").value)
         true_now = session.devices.trap.qubit_frequency()
         console.print(
             f"\nqubit.frequency: stored {before:.1f} Hz before calibration, {after:.1f} Hz after; "

@@ -1,7 +1,8 @@
 """The lab: configuration, devices, parameters and the experiment library, together.
 
-Plans in `plans/` run against the active lab, which whoever hosts the RunEngine (the
-CLI, an IPython session, the queue-server worker) opens and activates at start-up.
+Plans in `plans/` run against the active lab (`orchestrion.experiment.active_lab`),
+which whoever hosts the RunEngine (the CLI, an IPython session, the queue-server
+worker) opens through `orchestrion.session.LabSession`.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from dataclasses import dataclass
 
 from orchestrion.config import OrchestrionConfig
 from orchestrion.devices import DeviceRegistry, build_devices, connect_devices, load_lab_config
-from orchestrion.errors import OrchestrionError
-from orchestrion.experiment import ExperimentLibrary
+from orchestrion.experiment import ExperimentLibrary, activate, active_lab
 from orchestrion.parameters import ParameterStore, open_parameter_store
+
+__all__ = ["Lab", "activate", "active_lab", "build_lab_devices", "load_library_and_devices", "open_lab"]
 
 
 @dataclass
 class Lab:
+    """A lab that plans can run against (an `orchestrion.experiment.LabContext`)."""
+
     config: OrchestrionConfig
     library: ExperimentLibrary
     devices: DeviceRegistry
@@ -26,27 +30,16 @@ class Lab:
         self.parameters.close()
 
 
-_active: Lab | None = None
-
-
-def activate(lab: Lab | None) -> None:
-    """Make ``lab`` the one that plans from the library run against (None: none)."""
-    global _active
-    _active = lab
-
-
-def active_lab() -> Lab:
-    """The lab of this process; plans call this when they start."""
-    if _active is None:
-        raise OrchestrionError("no lab is active in this process: open one with orchestrion.lab.open_lab()")
-    return _active
+def build_lab_devices(config: OrchestrionConfig, *, strict: bool = True) -> DeviceRegistry:
+    """The configured devices, built but not connected (``strict=False``: failures marked)."""
+    return build_devices(
+        load_lab_config(config.devices_dir), time_scale=config.sim_time_scale, seed=config.sim_seed, strict=strict
+    )
 
 
 def load_library_and_devices(config: OrchestrionConfig) -> tuple[ExperimentLibrary, DeviceRegistry]:
     """Everything that can be checked without writing anything or touching hardware."""
-    library = ExperimentLibrary.load(config.plans_dir)
-    devices = build_devices(load_lab_config(config.devices_dir), time_scale=config.sim_time_scale, seed=config.sim_seed)
-    return library, devices
+    return ExperimentLibrary.load(config.plans_dir), build_lab_devices(config)
 
 
 def open_lab(

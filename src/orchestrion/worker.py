@@ -25,12 +25,12 @@ from event_model.documents import RunStart, RunStop
 
 from orchestrion.config import OrchestrionConfig, load_config
 from orchestrion.experiment import flatten_ids
-from orchestrion.lab import Lab, activate, load_library_and_devices, open_lab
-from orchestrion.pipeline import DocumentPipeline, build_pipeline
+from orchestrion.lab import Lab
+from orchestrion.pipeline import DocumentPipeline
 from orchestrion.schema import JOB_ID_KEY
+from orchestrion.session import LabSession
 
 logger = logging.getLogger(__name__)
-
 
 
 def code_version(directory: Path) -> tuple[str | None, bool | None]:
@@ -120,35 +120,39 @@ def latest_parameter_timestamp(start: RunStart) -> str | None:
 
 
 class WorkerEnvironment:
-    """The RunEngine, lab and pipeline of the worker process."""
+    """The RunEngine, lab and pipeline of the worker process (a `LabSession`), and the job recorder."""
 
     def __init__(self, config: OrchestrionConfig, *, worker: bool) -> None:
         self.config = config
-        self.RE = RunEngine({})
         self.code = code_version(config.plans_dir)
-        library, devices = load_library_and_devices(config)
-        self.library = library
-        self.devices = devices
-        self.lab: Lab | None = None
-        self.pipeline: DocumentPipeline | None = None
+        # The queue server's worker drives the RunEngine itself: no call_returns_result.
+        self.session = LabSession(config, run_engine=RunEngine({}))
+        self.RE = self.session.RE
         self.recorder: JobRecorder | None = None
         if worker:
-            # Connecting runs in the RunEngine's loop: the RunEngine exists by now.
-            self.lab = open_lab(config, library=library, devices=devices)
-            activate(self.lab)
-            self.pipeline = build_pipeline(config)
-            self.pipeline.subscribe(self.RE)
-            self.recorder = JobRecorder(self.pipeline, config, self.code)
-            self.RE.subscribe(self.recorder)
+            self.session.open()
+            assert self.session.pipeline is not None
+            self.recorder = JobRecorder(self.session.pipeline, config, self.code)
+            self.session.subscribe(self.recorder)
             self.RE.md["code_commit"] = self.code[0] or ""
             self.RE.md["code_clean"] = bool(self.code[1])
 
+    @property
+    def lab(self) -> Lab | None:
+        return self.session.lab
+
+    @property
+    def pipeline(self) -> DocumentPipeline | None:
+        return self.session.pipeline
+
     def namespace(self) -> dict[str, Any]:
         """What the queue server looks for: RE, the devices and the plans."""
-        plans = self.library.plans()
+        assert self.session.library is not None
+        assert self.session.devices is not None
+        plans = self.session.library.plans()
         for plan in plans.values():
             evaluate_signature(plan)
-        return {"RE": self.RE, **self.devices.namespace(), **plans}
+        return {"RE": self.RE, **self.session.devices.namespace(), **plans}
 
 
 def evaluate_signature(plan: Any) -> None:

@@ -10,8 +10,8 @@ from rich.console import Console
 
 from orchestrion.devices import DeviceState
 from orchestrion.errors import InputError
-from orchestrion.experiment import ScanPattern
-from orchestrion.session import EmbeddedSession, RunOptions
+from orchestrion.experiment import RunRequest, ScanPattern
+from orchestrion.session import EmbeddedSession
 from orchestrion.shell import ProgressDisplay, print_run_summary
 
 from ._common import config_from, json_option, print_json, reports_errors
@@ -66,19 +66,19 @@ def run(
     """Run EXPERIMENT in this process on the lab, and report what it found."""
     config = config_from(ctx)
     session = EmbeddedSession(config)
-    options = RunOptions(
-        experiment,
-        scans=list(scans) if scans else None,
-        overrides=parse_assignments(assignments),
+    request = RunRequest.build(
+        experiment=experiment,
+        scan=scans or None,
+        parameters=parse_assignments(assignments),
         shots=shots,
         repetitions=repetitions,
         pattern=pattern,
     )
-    session.validate(options)  # refuses bad input before anything is opened or written
+    session.validate(request)  # refuses bad input before anything is opened or written
     console = Console(stderr=as_json)
     interactive = sys.stdout.isatty() and not as_json
     try:
-        summary = session.run(options, extra_callbacks=[ProgressDisplay(console)] if interactive else [])
+        summary = session.run(request, extra_callbacks=[ProgressDisplay(console)] if interactive else [])
     finally:
         session.close()
     if as_json:

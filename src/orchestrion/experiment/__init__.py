@@ -1,12 +1,14 @@
 """Experiments: declarations, scans, pre-processing and the plan that runs them."""
 
+from ._context import LabContext, activate, active_lab
 from ._experiment import Analyze, BuildSequence, Experiment
 from ._library import ExperimentLibrary, LibraryEntry, LibraryError
 from ._plan import experiment_plan
 from ._preprocess import Preprocessor
+from ._request import RunRequest, first_error
 from ._runner import (
     ExperimentResult,
-    RunRequest,
+    PreparedRun,
     data_key_suffix,
     flatten_ids,
     nest_by_id,
@@ -23,16 +25,21 @@ __all__ = [
     "Experiment",
     "ExperimentLibrary",
     "ExperimentResult",
+    "LabContext",
     "LibraryEntry",
     "LibraryError",
+    "PreparedRun",
     "Preprocessor",
     "RunRequest",
     "ScanAxis",
     "ScanPattern",
     "ScanPoint",
+    "activate",
+    "active_lab",
     "data_key_suffix",
     "expand_scan",
     "experiment_plan",
+    "first_error",
     "flatten_ids",
     "nest_by_id",
     "prepare_run",

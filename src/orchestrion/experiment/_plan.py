@@ -9,7 +9,9 @@ from typing import Any
 
 from bluesky.utils import MsgGenerator
 
+from ._context import active_lab
 from ._experiment import Experiment
+from ._request import RunRequest
 from ._runner import ExperimentResult, run_experiment
 
 _PARAMETERS_DOC = """
@@ -45,20 +47,16 @@ def experiment_plan(experiment: Experiment, summary: str, module: str) -> Any:
         pattern: str = "linear",
         md: dict[str, Any] | None = None,
     ) -> MsgGenerator[ExperimentResult]:
-        from orchestrion.lab import active_lab  # the lab module imports this package
-
-        return (
-            yield from run_experiment(
-                experiment,
-                active_lab(),
-                scans=scan,
-                overrides=parameters,
-                shots=shots,
-                repetitions=repetitions,
-                pattern=pattern,
-                md=md,
-            )
+        request = RunRequest.build(
+            experiment=experiment.name,
+            scan=scan,
+            parameters=parameters or {},
+            shots=shots,
+            repetitions=repetitions,
+            pattern=pattern,
+            md=md or {},
         )
+        return (yield from run_experiment(experiment, active_lab(), request))
 
     default_scan = " and ".join(
         f'"{axis.spec_text()}"{_unit(experiment, axis.id)}' for axis in experiment.default_scans

@@ -10,7 +10,7 @@ from collections import ChainMap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
@@ -27,12 +27,11 @@ from orchestrion.parameters import ParameterValue, ParameterValueType
 from orchestrion.schema import ANALYSIS, PARAMETERS_AT, PRIMARY, SEQUENCES, id_to_data_key
 from orchestrion.sequence import PulseSequence, SequenceError, as_sequence_error
 
+from ._context import LabContext
 from ._experiment import Experiment
 from ._preprocess import Preprocessor
+from ._request import RunRequest
 from ._scan import ScanAxis, ScanPattern, ScanPoint, expand_scan
-
-if TYPE_CHECKING:
-    from orchestrion.lab import Lab
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +49,8 @@ class AxisTarget:
 
 
 @dataclass(frozen=True)
-class RunRequest:
-    """A validated request to run an experiment: everything checked, nothing moved yet."""
+class PreparedRun:
+    """A `RunRequest` checked against the experiment and the lab: nothing moved yet."""
 
     experiment: Experiment
     axes: tuple[AxisTarget, ...]
@@ -75,24 +74,21 @@ class RunRequest:
 
 
 def prepare_run(
-    experiment: Experiment,
-    devices: DeviceRegistry,
-    *,
-    scans: Sequence[str | ScanAxis] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    shots: int | None = None,
-    repetitions: int = 1,
-    pattern: str | ScanPattern = ScanPattern.LINEAR,
-    seed: int | None = None,
-) -> RunRequest:
+    experiment: Experiment, devices: DeviceRegistry, request: RunRequest, *, seed: int | None = None
+) -> PreparedRun:
     """Check a run request completely, before any hardware moves.
 
     Raises one `InputError` that names the problem: an unknown or out-of-bounds
     parameter, a malformed scan, a device that cannot take the value.  Override values
     may be typed values or text from a command line.
     """
-    pattern = pattern if isinstance(pattern, ScanPattern) else ScanPattern.parse(pattern)
-    shots = experiment.default_shots if shots is None else shots
+    if request.experiment != experiment.name:
+        raise InputError(f"the request is for '{request.experiment}', not '{experiment.name}'")
+    pattern = ScanPattern.parse(request.pattern)
+    shots = experiment.default_shots if request.shots is None else request.shots
+    repetitions = request.repetitions
+    scans: Sequence[str | ScanAxis] | None = request.scan
+    overrides = request.parameters
     if not isinstance(shots, int) or isinstance(shots, bool) or not 1 <= shots <= 100_000:
         raise InputError(f"shots must be a whole number from 1 to 100000, not {shots!r}")
     if not isinstance(repetitions, int) or isinstance(repetitions, bool) or repetitions < 1:
@@ -120,7 +116,7 @@ def prepare_run(
 
     seed = secrets.randbits(32) if seed is None else seed
     points = tuple(expand_scan([t.axis for t in targets], pattern, repetitions, seed))
-    return RunRequest(
+    return PreparedRun(
         experiment, targets, checked_overrides, device_settings, shots, repetitions, pattern, seed, points
     )
 
@@ -256,7 +252,7 @@ class ExperimentResult:
     parameters_written: dict[str, ParameterValue]
 
 
-def read_parameters(experiment: Experiment, lab: Lab, at: object) -> dict[str, ParameterValue]:
+def read_parameters(experiment: Experiment, lab: LabContext, at: object) -> dict[str, ParameterValue]:
     """The run's parameter snapshot, in one read.
 
     Without ``at``: every parameter at its latest.  With ``at`` (a queued job's
@@ -293,33 +289,15 @@ def set_with_readback(target_id: str, device: Any, value: float, retries: int) -
 
 
 def run_experiment(
-    experiment: Experiment,
-    lab: Lab,
-    *,
-    scans: Sequence[str | ScanAxis] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    shots: int | None = None,
-    repetitions: int = 1,
-    pattern: str | ScanPattern = ScanPattern.LINEAR,
-    seed: int | None = None,
-    md: Mapping[str, Any] | None = None,
+    experiment: Experiment, lab: LabContext, run: RunRequest, *, seed: int | None = None
 ) -> MsgGenerator[ExperimentResult]:
     """Run ``experiment`` on the lab: one event per point in 'primary', fits in 'analysis'.
 
     Everything is validated and the first sequence compiled before the run opens; a bad
     request raises `InputError` and no hardware moves.
     """
-    request = prepare_run(
-        experiment,
-        lab.devices,
-        scans=scans,
-        overrides=overrides,
-        shots=shots,
-        repetitions=repetitions,
-        pattern=pattern,
-        seed=seed,
-    )
-    snapshot = read_parameters(experiment, lab, (md or {}).get(PARAMETERS_AT))
+    request = prepare_run(experiment, lab.devices, run, seed=seed)
+    snapshot = read_parameters(experiment, lab, run.md.get(PARAMETERS_AT))
     values: dict[str, ParameterValueType] = {pid: v.value for pid, v in snapshot.items()}
     values.update(request.overrides)
 
@@ -366,7 +344,7 @@ def run_experiment(
         "orchestrion_version": orchestrion.__version__,
         "hints": {"dimensions": [([key], PRIMARY) for key in hinted] or [(["point-index"], PRIMARY)]},
     }
-    start_md.update(md or {})
+    start_md.update(run.md)
 
     result = ExperimentResult(run_uid="", points=[], readings=[], analysis={}, parameters_written={})
 

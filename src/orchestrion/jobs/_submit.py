@@ -6,13 +6,14 @@ import getpass
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import Field, StrictInt
+
 from orchestrion.devices import DeviceRegistry
 from orchestrion.errors import InputError, OrchestrionError
-from orchestrion.experiment import ExperimentLibrary, prepare_run
+from orchestrion.experiment import ExperimentLibrary, RunRequest, prepare_run
 from orchestrion.schema import JOB_ID_KEY, PARAMETERS_AT
 
 from ._store import Job, JobStatus, JobStore, NewJob
@@ -24,18 +25,10 @@ class QueueServerError(OrchestrionError):
     """The queue server cannot be reached, or refused a request for a reason not the user's."""
 
 
-@dataclass(frozen=True)
-class JobRequest:
-    """What a user asks to run, as the CLI and the Python client take it."""
+class JobRequest(RunRequest):
+    """A `RunRequest` for the queue, with its priority (higher runs sooner)."""
 
-    experiment: str
-    scan: Sequence[str] | None = None
-    parameters: Mapping[str, Any] = field(default_factory=dict)
-    shots: int | None = None
-    repetitions: int = 1
-    pattern: str = "linear"
-    priority: int = 0
-    md: Mapping[str, Any] = field(default_factory=dict)
+    priority: StrictInt = Field(0, description="Higher runs sooner; ties run in submission order")
 
 
 def default_submitter() -> str:
@@ -49,28 +42,15 @@ def validate_request(library: ExperimentLibrary, devices: DeviceRegistry, reques
     """Check a request completely (no store opened, nothing moved); the plan's kwargs.
 
     Parameter values given as text (from a command line) come back typed, so the queue
-    server's own type checks see numbers where the plan expects numbers.
+    server's own type checks see numbers where the plan expects numbers.  The metadata
+    is left out: submission adds it with the job's own keys.
     """
-    if not isinstance(request.priority, int) or isinstance(request.priority, bool):
-        raise InputError(f"priority must be a whole number, not {request.priority!r}")
-    experiment = library.experiment(request.experiment)
-    checked = prepare_run(
-        experiment, devices, scans=list(request.scan) if request.scan is not None else None,
-        overrides=dict(request.parameters), shots=request.shots, repetitions=request.repetitions,
-        pattern=request.pattern,
-    )  # fmt: skip
     if JOB_ID_KEY in request.md:
         raise InputError(f"metadata key '{JOB_ID_KEY}' is Orchestrion's own")
-    parameters: dict[str, Any] = dict(checked.overrides)
-    parameters.update({pid: value for pid, (_, value) in checked.device_settings.items()})
-    kwargs: dict[str, Any] = {"repetitions": checked.repetitions, "pattern": checked.pattern.value}
-    if request.scan is not None:
-        kwargs["scan"] = [str(s) for s in request.scan]
-    if parameters:
-        kwargs["parameters"] = parameters
-    if request.shots is not None:
-        kwargs["shots"] = checked.shots
-    return kwargs
+    checked = prepare_run(library.experiment(request.experiment), devices, request)
+    typed: dict[str, Any] = dict(checked.overrides)
+    typed.update({pid: value for pid, (_, value) in checked.device_settings.items()})
+    return request.model_copy(update={"parameters": typed, "pattern": checked.pattern.value, "md": {}}).plan_kwargs()
 
 
 def _api_errors() -> tuple[type[BaseException], ...]:

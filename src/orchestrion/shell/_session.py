@@ -17,114 +17,89 @@ from pydantic import SecretStr
 from rich.console import Console
 
 from orchestrion.config import OrchestrionConfig, load_config
-from orchestrion.devices import DeviceRegistry, DeviceState, build_devices, connect_devices, load_lab_config
+from orchestrion.devices import DeviceRegistry, DeviceState
 from orchestrion.experiment import ExperimentLibrary
-from orchestrion.lab import Lab, activate
-from orchestrion.parameters import open_parameter_store
-from orchestrion.pipeline import DocumentPipeline, RunSummary, build_pipeline
+from orchestrion.lab import Lab
+from orchestrion.pipeline import DocumentPipeline, RunSummary
+from orchestrion.session import LabSession, Problem
 
 from ._display import NOT_PLOTTED, ProgressDisplay, SummaryPrinter, check_display, print_run_summary
 from ._params import ParameterBrowser
+
+__all__ = ["Problem", "ShellSession"]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class Problem:
-    """Something the session could not set up, and why."""
-
-    part: str
-    message: str
-
-
-@dataclass
 class ShellSession:
-    """Everything a user's namespace holds; built by `ShellSession.start`."""
+    """Everything a user's namespace holds; built by `ShellSession.start`.
+
+    The RunEngine, lab and pipeline are a lenient `LabSession`: what cannot be set up is
+    listed in `problems` and the session starts with the rest.
+    """
 
     config: OrchestrionConfig
-    RE: RunEngine
+    lab_session: LabSession
     console: Console
-    library: ExperimentLibrary | None = None
-    devices: DeviceRegistry | None = None
-    lab: Lab | None = None
     params: ParameterBrowser | None = None
-    pipeline: DocumentPipeline | None = None
     table: BestEffortCallback | None = None
     extras: dict[str, Any] = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
     _catalog_connection: Any = None
 
     @classmethod
     def start(cls, config: OrchestrionConfig | None = None, console: Console | None = None) -> ShellSession:
-        session = cls(config=config or load_config(), RE=RunEngine({}), console=console or Console())
+        config = config or load_config()
+        extras: dict[str, Any] = {}
+        # With the stack up, the session writes to the stack's Tiled server: decide before
+        # the pipeline is built.
+        if _services_up(config):
+            config = _with_stack_catalog(config)
+        session = cls(config=config, lab_session=LabSession(config, lenient=True), console=console or Console())
+        session.extras.update(extras)
         session._load()
         return session
 
+    @property
+    def RE(self) -> RunEngine:
+        return self.lab_session.RE
+
+    @property
+    def library(self) -> ExperimentLibrary | None:
+        return self.lab_session.library
+
+    @property
+    def devices(self) -> DeviceRegistry | None:
+        return self.lab_session.devices
+
+    @property
+    def lab(self) -> Lab | None:
+        return self.lab_session.lab
+
+    @property
+    def pipeline(self) -> DocumentPipeline | None:
+        return self.lab_session.pipeline
+
+    @property
+    def problems(self) -> list[Problem]:
+        return self.lab_session.problems
+
     def _attempt(self, part: str, action: Any) -> Any:
-        try:
-            return action()
-        except Exception as exc:
-            logger.debug("session start-up: %s failed", part, exc_info=True)
-            self.problems.append(Problem(part, str(exc) or type(exc).__name__))
-            return None
+        return self.lab_session._attempt(part, action)  # the shell is the session's lenient caller
 
     def _load(self) -> None:
-        config = self.config
-        self.library = self._attempt("experiment library", lambda: ExperimentLibrary.load(config.plans_dir))
-        self.devices = self._attempt(
-            "devices",
-            lambda: build_devices(
-                load_lab_config(config.devices_dir),
-                time_scale=config.sim_time_scale,
-                seed=config.sim_seed,
-                strict=False,
-            ),
-        )
-        if self.devices is not None:
-            connect_devices(self.devices)
-            for device in self.devices:
-                if device.state is DeviceState.FAILED:
-                    self.problems.append(Problem(f"device {device.name}", device.error))
-        store = self._attempt("parameters", lambda: open_parameter_store(config))
-        if store is not None and self.library is not None:
-            library = self.library
-            if self._attempt("parameters", lambda: store.declare(library.parameter_specs())) is None:
-                store.close()
-                store = None
-        if store is not None:
-            self.params = ParameterBrowser(store)
-        if store is not None and self.library is not None and self.devices is not None:
-            self.lab = Lab(config=config, library=self.library, devices=self.devices, parameters=store)
-            activate(self.lab)
-        elif store is not None:
-            store.close()
-        if self._services_up():
+        self.lab_session.open()
+        if self.lab_session.parameters is not None:
+            self.params = ParameterBrowser(self.lab_session.parameters)
+        if _services_up(self.config):
             self._connect_services()
-        config = self.config
-        self.pipeline = self._attempt("document pipeline", lambda: build_pipeline(config))
-        if self.pipeline is not None:
-            self.pipeline.subscribe(self.RE)
         self._subscribe_display()
         self._open_catalog()
 
-    def _services_up(self) -> bool:
-        """Whether `orchestrion up` runs the stack for this configuration."""
-        from orchestrion.services import status
-
-        try:
-            return all(service.health == "ok" for service in status(self.config))
-        except Exception:
-            return False
-
     def _connect_services(self) -> None:
-        """Point the pipeline at the stack's Tiled server and offer the queue."""
+        """Offer the stack's queue."""
         from orchestrion.client import Client
-        from orchestrion.services import tiled_api_key, tiled_uri
 
-        key = tiled_api_key(self.config)
-        self.config = self.config.model_copy(
-            update={"tiled_uri": tiled_uri(self.config), "tiled_api_key": SecretStr(key) if key else None}
-        )
         client = self._attempt("queue", lambda: Client(self.config))
         if client is not None:
             self.extras.update({"client": client, "submit": client.submit, "jobs": client.jobs})
@@ -157,12 +132,12 @@ class ShellSession:
 
             # Figures then appear as the callback makes them, and redraw as points arrive.
             plt.ion()
-        self.RE.subscribe(self.table)
+        self.lab_session.subscribe(self.table)
         progress = ProgressDisplay(self.console)
-        self.RE.subscribe(progress)
+        self.lab_session.subscribe(progress)
         self.RE.state_hook = progress.on_state_change  # type: ignore[assignment]  # typed None upstream
         # After the pipeline: by 'stop' its writers have named the file and catalog node.
-        self.RE.subscribe(SummaryPrinter(self.summary_of, lambda s: print_run_summary(s, self.console)))
+        self.lab_session.subscribe(SummaryPrinter(self.summary_of, lambda s: print_run_summary(s, self.console)))
 
     def summary_of(self, run_uid: str) -> RunSummary | None:
         """The run's summary once it is complete in the catalog, so `catalog[-1]` is it."""
@@ -219,12 +194,25 @@ class ShellSession:
             client.close()
         if self._catalog_connection is not None:
             self._catalog_connection.close()
-        if self.pipeline is not None:
-            self.pipeline.unsubscribe(self.RE)
-            self.pipeline.close()
-        if self.lab is not None:
-            activate(None)
-            self.lab.close()
+        self.lab_session.close()
+
+
+def _services_up(config: OrchestrionConfig) -> bool:
+    """Whether `orchestrion up` runs the stack for this configuration."""
+    from orchestrion.services import status
+
+    try:
+        return all(service.health == "ok" for service in status(config))
+    except Exception:
+        return False
+
+
+def _with_stack_catalog(config: OrchestrionConfig) -> OrchestrionConfig:
+    """``config`` pointed at the stack's Tiled server."""
+    from orchestrion.services import tiled_api_key, tiled_uri
+
+    key = tiled_api_key(config)
+    return config.model_copy(update={"tiled_uri": tiled_uri(config), "tiled_api_key": SecretStr(key) if key else None})
 
 
 def _runs_catalog(client: Any) -> Any:
