@@ -12,6 +12,7 @@ from bluesky import RunEngine
 
 from orchestrion.config import OrchestrionConfig, load_config
 from orchestrion.lab import Lab, activate, open_lab
+from orchestrion.session import stop_event_loop
 
 # Hardware runs 50 times faster than real time in tests: a 100-shot point takes ~2.4 ms.
 TEST_TIME_SCALE = 0.02
@@ -36,8 +37,7 @@ def config(home: Path) -> OrchestrionConfig:
 def RE() -> Iterator[RunEngine]:
     run_engine = RunEngine({}, call_returns_result=True)
     yield run_engine
-    if run_engine.state != "idle":
-        run_engine.halt()
+    stop_event_loop(run_engine)  # halts a run left open, then stops the loop's thread
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from orchestrion.config import OrchestrionConfig, load_config
 from orchestrion.devices import DeviceRegistry
 from orchestrion.errors import InputError
 from orchestrion.experiment import ExperimentLibrary
+from orchestrion.identity import current_user
 from orchestrion.jobs import (
     Job,
     JobRequest,
@@ -31,7 +32,6 @@ from orchestrion.jobs import (
     QueueServerError,
     abort_running,
     cancel_job,
-    default_submitter,
     submit_job,
     validate_request,
 )
@@ -110,7 +110,7 @@ class Client:
     ) -> None:
         self.config = config or load_config()
         self.timeout = timeout
-        self.user = user or default_submitter()
+        self.user = user or current_user()
         self.user_group = user_group or self.config.queue_user_group
         self.store = JobStore.open(self.config)
         self._api: Any = None

@@ -10,6 +10,7 @@ part that fails is recorded as a `Problem` and the session starts with what work
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -38,6 +39,27 @@ class Problem:
     message: str
 
 
+def stop_event_loop(RE: RunEngine, timeout: float = 10.0) -> None:
+    """Stop the event loop (and so the thread) that ``RE`` created; the RunEngine is done.
+
+    A RunEngine starts a thread running its own asyncio loop and never stops it: a
+    process that opens many sessions (a test suite) would keep one thread per session.
+    """
+    loop = RE.loop
+    if loop.is_closed():
+        return
+    if RE.state != "idle":
+        RE.halt()
+    loop.call_soon_threadsafe(loop.stop)
+    deadline = time.monotonic() + timeout
+    while loop.is_running():
+        if time.monotonic() > deadline:
+            logger.warning("the RunEngine's event loop did not stop within %.0f s", timeout)
+            return
+        time.sleep(0.005)  # the loop stops within one iteration of its own
+    loop.close()
+
+
 class LabSession:
     """The RunEngine, lab and document pipeline of this process, opened and closed as one.
 
@@ -53,6 +75,7 @@ class LabSession:
         self.lenient = lenient
         self.problems: list[Problem] = []
         self.RE = run_engine if run_engine is not None else RunEngine({}, call_returns_result=True)
+        self._owns_run_engine = run_engine is None
         self.library: ExperimentLibrary | None = None
         self.devices: DeviceRegistry | None = None
         self.parameters: ParameterStore | None = None
@@ -61,8 +84,8 @@ class LabSession:
         self._tokens: list[int] = []
         self._opened = False
         if lenient:
-            self.library = self._attempt("experiment library", lambda: ExperimentLibrary.load(config.plans_dir))
-            self.devices = self._attempt("devices", lambda: build_lab_devices(config, strict=False))
+            self.library = self.attempt("experiment library", lambda: ExperimentLibrary.load(config.plans_dir))
+            self.devices = self.attempt("devices", lambda: build_lab_devices(config, strict=False))
         else:
             self.library, self.devices = load_library_and_devices(config)
 
@@ -85,7 +108,7 @@ class LabSession:
             self._open_leniently()
         if self.lab is not None:
             activate(self.lab)
-        pipeline = self._attempt("document pipeline", lambda: build_pipeline(self.config))
+        pipeline = self.attempt("document pipeline", lambda: build_pipeline(self.config))
         if pipeline is not None:
             self.pipeline = pipeline
             pipeline.subscribe(self.RE)
@@ -97,17 +120,17 @@ class LabSession:
             for device in self.devices:
                 if device.state is DeviceState.FAILED:
                     self.problems.append(Problem(f"device {device.name}", device.error))
-        store = self._attempt("parameters", lambda: open_parameter_store(self.config))
+        store = self.attempt("parameters", lambda: open_parameter_store(self.config))
         if store is not None and self.library is not None:
             opened, library = store, self.library
-            if self._attempt("parameters", lambda: opened.declare(library.parameter_specs()) or True) is None:
+            if self.attempt("parameters", lambda: opened.declare(library.parameter_specs()) or True) is None:
                 store.close()
                 store = None
         self.parameters = store
         if store is not None and self.library is not None and self.devices is not None:
             self.lab = Lab(config=self.config, library=self.library, devices=self.devices, parameters=store)
 
-    def _attempt(self, part: str, action: Callable[[], T]) -> T | None:
+    def attempt(self, part: str, action: Callable[[], T]) -> T | None:
         """``action()``; in a lenient session a failure is recorded as a problem instead."""
         if not self.lenient:
             return action()
@@ -141,6 +164,9 @@ class LabSession:
             self.parameters = None
         self.lab = None
         self._opened = False
+        if self._owns_run_engine:
+            stop_event_loop(self.RE)
+            self._owns_run_engine = False
 
     def __enter__(self) -> Self:
         return self.open()

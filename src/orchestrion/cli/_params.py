@@ -7,17 +7,18 @@ is opened, and nothing is written.
 
 from __future__ import annotations
 
-import getpass
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import click
 
 from orchestrion.config import OrchestrionConfig
-from orchestrion.errors import InputError, ParameterError
+from orchestrion.errors import ParameterError
+from orchestrion.identity import current_user
 from orchestrion.parameters import ParameterSpec, ParameterStore, ParameterValue, open_parameter_store
+from orchestrion.times import parse_time
 
 from ._common import config_from, json_option, print_json, reports_errors
 
@@ -37,15 +38,9 @@ def known_spec(specs: dict[str, ParameterSpec], parameter_id: str) -> ParameterS
         raise ParameterError(f"unknown parameter '{parameter_id}' (see `orchestrion params list`)") from None
 
 
-def parse_time(text: str | None, option: str) -> datetime | None:
-    """An ISO-8601 time from the command line; one without an offset is UTC."""
-    if text is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise InputError(f"{option} '{text}': not an ISO-8601 time (for example 2026-11-21T05:00:00Z)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+def parse_option_time(text: str | None, option: str) -> datetime | None:
+    """An ISO-8601 time from the command line (`orchestrion.times.parse_time`), if given."""
+    return None if text is None else parse_time(text, option)
 
 
 @contextmanager
@@ -61,11 +56,7 @@ def opened_store(config: OrchestrionConfig, specs: dict[str, ParameterSpec]) -> 
 
 def cli_source() -> str:
     """Who a command-line write is recorded as: `cli:<user>`."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no user name in a bare container
-        user = "unknown"
-    return f"cli:{user}"
+    return f"cli:{current_user()}"
 
 
 def entry(value: ParameterValue, spec: ParameterSpec) -> dict[str, Any]:
@@ -124,7 +115,7 @@ def list_params(ctx: click.Context, namespaces: tuple[str, ...], as_json: bool) 
 @reports_errors
 def get_param(ctx: click.Context, parameter_id: str, at: str | None, as_json: bool) -> None:
     """The value of ID now, or as it was at TIME."""
-    moment = parse_time(at, "--at")
+    moment = parse_option_time(at, "--at")
     config = config_from(ctx)
     specs = declared_specs(config)
     spec = known_spec(specs, parameter_id)
@@ -166,7 +157,7 @@ def set_param(ctx: click.Context, parameter_id: str, value: str, as_json: bool) 
 @reports_errors
 def history_param(ctx: click.Context, parameter_id: str, since: str | None, until: str | None, as_json: bool) -> None:
     """Every value ID had, oldest first, with when and by whom it was set."""
-    start, end = parse_time(since, "--since"), parse_time(until, "--until")
+    start, end = parse_option_time(since, "--since"), parse_option_time(until, "--until")
     config = config_from(ctx)
     specs = declared_specs(config)
     spec = known_spec(specs, parameter_id)

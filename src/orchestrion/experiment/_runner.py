@@ -9,7 +9,6 @@ import secrets
 from collections import ChainMap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import bluesky.plan_stubs as bps
@@ -26,6 +25,7 @@ from orchestrion.errors import DeviceError, InputError, ParameterError, ScanSpec
 from orchestrion.parameters import ParameterValue, ParameterValueType
 from orchestrion.schema import ANALYSIS, PARAMETERS_AT, PRIMARY, SEQUENCES, id_to_data_key
 from orchestrion.sequence import PulseSequence, SequenceError, as_sequence_error
+from orchestrion.times import parse_time
 
 from ._context import LabContext
 from ._experiment import Experiment
@@ -263,10 +263,7 @@ def read_parameters(experiment: Experiment, lab: LabContext, at: object) -> dict
     """
     if at is None:
         return lab.parameters.snapshot(experiment.parameter_ids)
-    try:
-        moment = datetime.fromisoformat(str(at))
-    except ValueError:
-        raise InputError(f"metadata {PARAMETERS_AT}: '{at}' is not an ISO-8601 time") from None
+    moment = parse_time(str(at), f"metadata {PARAMETERS_AT}")
     own = f"{experiment.name}."
     shared = [pid for pid in experiment.parameter_ids if not pid.startswith(own)]
     return lab.parameters.snapshot(experiment.parameter_ids, at=moment, latest=shared)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -29,13 +28,6 @@ class JobRequest(RunRequest):
     """A `RunRequest` for the queue, with its priority (higher runs sooner)."""
 
     priority: StrictInt = Field(0, description="Higher runs sooner; ties run in submission order")
-
-
-def default_submitter() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def validate_request(library: ExperimentLibrary, devices: DeviceRegistry, request: JobRequest) -> dict[str, Any]:

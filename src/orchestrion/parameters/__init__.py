@@ -6,7 +6,6 @@ from ._spec import ParameterSpec, ParameterType, ParameterValue, ParameterValueT
 from ._sqlite import SQLiteParameterStore
 from ._store import (
     BaseParameterStore,
-    MemoryParameterStore,
     ParameterStore,
     ParameterStoreError,
     ParameterStoreUnavailable,
@@ -16,7 +15,6 @@ from ._store import (
 __all__ = [
     "BaseParameterStore",
     "InfluxParameterStore",
-    "MemoryParameterStore",
     "ParameterSignalBackend",
     "ParameterSpec",
     "ParameterStore",

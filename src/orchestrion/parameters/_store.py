@@ -233,32 +233,6 @@ class BaseParameterStore(ABC):
             self._cache[value.id] = value
 
 
-class MemoryParameterStore(BaseParameterStore):
-    """Parameters in this process only: for a throw-away session or a test."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._values: dict[str, list[ParameterValue]] = {}
-
-    def _write(self, value: ParameterValue, spec: ParameterSpec) -> None:
-        self._values.setdefault(value.id, []).append(value)
-
-    def _read(self, ids: list[str], at: datetime | None) -> dict[str, ParameterValue]:
-        found: dict[str, ParameterValue] = {}
-        for parameter_id in ids:
-            candidates = [v for v in self._values.get(parameter_id, []) if at is None or v.timestamp <= at]
-            if candidates:
-                found[parameter_id] = candidates[-1]
-        return found
-
-    def _read_history(self, parameter_id: str, since: datetime | None, until: datetime | None) -> list[ParameterValue]:
-        return [
-            v
-            for v in self._values.get(parameter_id, [])
-            if (since is None or v.timestamp >= since) and (until is None or v.timestamp <= until)
-        ]
-
-
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _clock_lock = threading.Lock()

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import getpass
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
+from orchestrion.identity import current_user
 from orchestrion.parameters import ParameterStore, ParameterValue, ParameterValueType
-
-
-def _parse_time(moment: datetime | str) -> datetime:
-    if isinstance(moment, datetime):
-        return moment
-    try:
-        return datetime.fromisoformat(moment)
-    except ValueError:
-        from orchestrion.errors import InputError
-
-        raise InputError(f"'{moment}' is not an ISO-8601 time such as 2026-11-21T09:30:00") from None
+from orchestrion.times import parse_time
 
 
 class ParameterView(Mapping[str, ParameterValueType]):
@@ -60,7 +50,7 @@ class ParameterBrowser(ParameterView):
 
     def __init__(self, store: ParameterStore, source: str | None = None) -> None:
         super().__init__(store, None)
-        self._source = source or f"shell:{getpass.getuser()}"
+        self._source = source or f"shell:{current_user()}"
 
     def __setitem__(self, parameter_id: str, value: Any) -> None:
         self._store.set(parameter_id, value, source=self._source)
@@ -70,12 +60,12 @@ class ParameterBrowser(ParameterView):
     ) -> list[ParameterValue]:
         return self._store.history(
             parameter_id,
-            _parse_time(since) if since is not None else None,
-            _parse_time(until) if until is not None else None,
+            parse_time(since) if since is not None else None,
+            parse_time(until) if until is not None else None,
         )
 
     def at(self, moment: datetime | str) -> ParameterView:
-        return ParameterView(self._store, _parse_time(moment))
+        return ParameterView(self._store, parse_time(moment))
 
     def info(self, parameter_id: str) -> dict[str, Any]:
         """The declaration of a parameter: type, unit, bounds, description."""

@@ -85,7 +85,7 @@ class ShellSession:
         return self.lab_session.problems
 
     def _attempt(self, part: str, action: Any) -> Any:
-        return self.lab_session._attempt(part, action)  # the shell is the session's lenient caller
+        return self.lab_session.attempt(part, action)
 
     def _load(self) -> None:
         self.lab_session.open()
