@@ -44,6 +44,7 @@ demo: $(STAMP) system-deps
 test: $(STAMP) system-deps
 	$(BIN)/ruff check src tests plans bench profile
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -52,6 +53,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from orchestrion.analysis import fit_oscillation, fit_spectroscopy
-from orchestrion.experiment import ScanPoint
+from orchestrion.analysis import FitResult, fit_oscillation, fit_spectroscopy
+from orchestrion.experiment import Analyze, ScanPoint
 from orchestrion.parameters import ParameterSpec, ParameterType
 from orchestrion.sequence import PulseSequence, parse_sequence
+
+logger = logging.getLogger(__name__)
 
 QUBIT = "Qubit"
 DETECTION = "Detection"
@@ -142,27 +145,37 @@ def scanned(
     return [pt.values[axis] for pt in points], [float(r[BRIGHT_FRACTION]) for r in readings]
 
 
-def analyze_resonance(axis: str) -> Any:
+def converged(fit: FitResult | None, axis: str) -> dict[str, float] | None:
+    """The fit's results if it converged; otherwise none, and the reason in the log."""
+    if fit is None:
+        logger.warning("no fit of %s: too few points", axis)
+        return None
+    if not fit.converged:
+        logger.warning("the %s fit over %s did not converge: %s", fit.model, axis, fit.message)
+        return None
+    return fit.flat()
+
+
+def analyze_resonance(axis: str) -> Analyze:
     def analyze(
         points: Sequence[ScanPoint], readings: Sequence[Mapping[str, Any]], p: Mapping[str, Any]
     ) -> dict[str, float] | None:
         data = scanned(points, readings, axis)
         if data is None:
             return None
-        fit = fit_spectroscopy(*data, pulse_time=float(p["qubit.pi_time"]), rabi_guess=rabi_frequency(p))
-        return fit.flat() if fit else None
+        fit = fit_spectroscopy(*data, pulse_time=float(p["qubit.pi_time"]), rabi_frequency=rabi_frequency(p))
+        return converged(fit, axis)
 
     return analyze
 
 
-def analyze_oscillation(axis: str) -> Any:
+def analyze_oscillation(axis: str) -> Analyze:
     def analyze(
         points: Sequence[ScanPoint], readings: Sequence[Mapping[str, Any]], p: Mapping[str, Any]
     ) -> dict[str, float] | None:
         data = scanned(points, readings, axis)
         if data is None:
             return None
-        fit = fit_oscillation(*data)
-        return fit.flat() if fit else None
+        return converged(fit_oscillation(*data), axis)
 
     return analyze

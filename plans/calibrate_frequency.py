@@ -43,9 +43,10 @@ def analyze(
     points: Sequence[ScanPoint], readings: Sequence[Mapping[str, Any]], p: Mapping[str, Any]
 ) -> dict[str, float] | None:
     """The resonance fit, plus the corrected qubit frequency when the fit can be trusted."""
-    fit = _resonance(points, readings, p)
-    if fit is None:
+    resonance = _resonance(points, readings, p)
+    if resonance is None:
         return None
+    fit = dict(resonance)
     detunings = [pt.values[DETUNING.id] for pt in points]
     inside = min(detunings) <= fit["center"] <= max(detunings)
     if (

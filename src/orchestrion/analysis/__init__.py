@@ -9,15 +9,18 @@ from ._fits import (
     lorentzian,
     rabi_lineshape,
 )
+from ._format import fit_lines, format_with_error
 from ._live import LiveFit
 
 __all__ = [
     "FitResult",
     "LiveFit",
     "damped_sine",
+    "fit_lines",
     "fit_lorentzian",
     "fit_oscillation",
     "fit_spectroscopy",
+    "format_with_error",
     "lorentzian",
     "rabi_lineshape",
 ]

@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from orchestrion.analysis import fit_lines
+
 from ._common import config_from, json_option, print_json, reports_errors
 from ._run import parse_assignments, run_options
 
@@ -33,10 +35,8 @@ def _job_details(job: Any) -> None:
             click.echo(f"{key:21} {document[key]}")
     if job.scan:
         click.echo(f"{'scan':21} {' '.join(job.scan)}")
-    for key, value in job.analysis.items():
-        if not key.endswith("_err"):
-            error = job.analysis.get(f"{key}_err")
-            click.echo(f"{'fit ' + key:21} {value:.10g}" + (f" ± {error:.2g}" if error is not None else ""))
+    for key, text in fit_lines(job.analysis):
+        click.echo(f"{'fit ' + key:21} {text}")
 
 
 @click.command()

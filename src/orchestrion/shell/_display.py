@@ -22,6 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from orchestrion.analysis import fit_lines
 from orchestrion.pipeline import RunSummary
 from orchestrion.schema import ANALYSIS, BASELINE, PRIMARY, SEQUENCES
 
@@ -181,9 +182,7 @@ def print_run_summary(summary: RunSummary, console: Console) -> None:
         console.print(f"  file:   {summary.hdf5}", soft_wrap=True)
     if summary.tiled:
         console.print(f"  tiled:  {summary.tiled}", soft_wrap=True)
-    values = {k: v for k, v in summary.analysis.items() if not k.endswith("_err")}
-    for key, value in values.items():
-        error = summary.analysis.get(f"{key}_err")
-        console.print(f"  fit {key} = {value:.12g}" + (f" ± {error:.2g}" if error is not None else ""))
+    for key, text in fit_lines(summary.analysis):
+        console.print(f"  fit {key} = {text}")
     for parameter_id, written in summary.parameters_written.items():
         console.print(f"  wrote {parameter_id} = {written['value']!r}")
