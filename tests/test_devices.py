@@ -15,15 +15,19 @@ from orchestrion.experiment import set_with_readback
 LAB = Path(__file__).resolve().parents[1] / "devices"
 
 
-def _write(tmp_path: Path, text: str) -> Path:
+ION = "resources:\n  ion:\n    class: orchestrion.sim.simulated_ion_trap\n    args: {time_scale: '${sim_time_scale}'}\n"
+SETTINGS = {"sim_time_scale": 0.1, "sim_seed": 5}
+
+
+def _write(tmp_path: Path, text: str, *, ion: bool = True) -> Path:
     directory = tmp_path / "devices"
     directory.mkdir()
-    (directory / "lab.yaml").write_text(text)
+    (directory / "lab.yaml").write_text((ION if ion else "") + text)
     return directory
 
 
 def test_demo_lab_builds_with_roles(RE: RunEngine) -> None:
-    registry = build_devices(load_lab_config(LAB), time_scale=0.01, seed=1)
+    registry = build_devices(load_lab_config(LAB), settings={"sim_time_scale": 0.01, "sim_seed": 1})
     connect_devices(registry)
     roles = {d.name: d.role for d in registry}
     assert roles == {"rf": ReadoutRole.BASELINE, "sequencer": ReadoutRole.MONITORED, "field": ReadoutRole.ASYNC}
@@ -39,16 +43,16 @@ def test_demo_lab_builds_with_roles(RE: RunEngine) -> None:
     [
         (
             "devices:\n  rf:\n    class: orchestrion.sim.NoSuchSynth\n",
-            r"device 'rf' \(.*lab.yaml\): module 'orchestrion.sim' has no class 'NoSuchSynth'",
+            r"device 'rf' \(.*lab.yaml\): class: module 'orchestrion.sim' has no class 'NoSuchSynth'",
         ),
-        ("devices:\n  rf:\n    class: nowhere.Synth\n", r"device 'rf' .*cannot import module 'nowhere'"),
+        ("devices:\n  rf:\n    class: nowhere.Synth\n", r"device 'rf' .*class: cannot import module 'nowhere'"),
         (
-            "devices:\n  rf:\n    class: orchestrion.sim.RFSynthesizer\n    args: {trap: '@simulation', colour: red}\n",
-            r"device 'rf' .*cannot build orchestrion.sim.RFSynthesizer",
+            "devices:\n  rf:\n    class: orchestrion.sim.RFSynthesizer\n    args: {trap: '@ion', colour: red}\n",
+            r"device 'rf' .*: args.colour: not an argument of orchestrion.sim.RFSynthesizer",
         ),
         (
-            "devices:\n  seq:\n    class: orchestrion.sim.Sequencer\n    args: {trap: '@simulation', lo: '@rf'}\n",
-            r"device 'seq' .*refers to '@rf', which is not defined",
+            "devices:\n  seq:\n    class: orchestrion.sim.Sequencer\n    args: {trap: '@ion', lo: '@rf'}\n",
+            r"device 'seq' .*args.lo: refers to '@rf', which is not defined",
         ),
         ("devices:\n  rf:\n    class: orchestrion.sim.RFSynthesizer\n    role: sometimes\n", r"device 'rf': role"),
         ("devices:\n  rf:\n    klass: orchestrion.sim.RFSynthesizer\n", r"device 'rf'"),
@@ -58,16 +62,16 @@ def test_demo_lab_builds_with_roles(RE: RunEngine) -> None:
 def test_a_device_that_cannot_be_built_stops_the_load_naming_it(tmp_path: Path, yaml_text: str, message: str) -> None:
     directory = _write(tmp_path, yaml_text)
     with pytest.raises(DeviceConfigError, match=message):
-        build_devices(load_lab_config(directory))
+        build_devices(load_lab_config(directory), settings=SETTINGS)
 
 
 def test_disabled_devices_are_listed_but_not_built(tmp_path: Path) -> None:
     directory = _write(
         tmp_path,
         "devices:\n  rf:\n    class: orchestrion.sim.RFSynthesizer\n"
-        "    enabled: false\n    args: {trap: '@simulation'}\n",
+        "    enabled: false\n    args: {trap: '@ion'}\n",
     )
-    registry = build_devices(load_lab_config(directory))
+    registry = build_devices(load_lab_config(directory), settings=SETTINGS)
     assert registry.devices["rf"].state is DeviceState.DISABLED
     with pytest.raises(DeviceConfigError, match="device 'rf' is disabled"):
         registry.usable("rf")
@@ -77,9 +81,9 @@ def _synth_registry(tmp_path: Path, glitch: float) -> object:
     directory = _write(
         tmp_path,
         "devices:\n  rf:\n    class: orchestrion.sim.RFSynthesizer\n"
-        f"    args: {{trap: '@simulation', settle_time: 0.01, glitch_probability: {glitch}}}\n",
+        f"    args: {{trap: '@ion', settle_time: 0.01, glitch_probability: {glitch}}}\n",
     )
-    registry = build_devices(load_lab_config(directory), time_scale=0.1, seed=5)
+    registry = build_devices(load_lab_config(directory), settings=SETTINGS)
     connect_devices(registry)
     return registry
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrion.config import OrchestrionConfig
-from orchestrion.devices import DeviceRegistry, build_devices, connect_devices, load_lab_config
+from orchestrion.devices import DeviceRegistry, connect_devices, load_devices
 from orchestrion.errors import OrchestrionError
 from orchestrion.experiment import ExperimentLibrary
 from orchestrion.parameters import ParameterStore, open_parameter_store
@@ -45,7 +45,7 @@ def active_lab() -> Lab:
 def load_library_and_devices(config: OrchestrionConfig) -> tuple[ExperimentLibrary, DeviceRegistry]:
     """Everything that can be checked without writing anything or touching hardware."""
     library = ExperimentLibrary.load(config.plans_dir)
-    devices = build_devices(load_lab_config(config.devices_dir), time_scale=config.sim_time_scale, seed=config.sim_seed)
+    devices = load_devices(config)
     return library, devices
 
 
@@ -66,7 +66,7 @@ def open_lab(
     try:
         parameters.declare(library.parameter_specs())
         if connect:
-            connect_devices(devices)
+            connect_devices(devices, strict=config.devices_strict)
     except BaseException:
         parameters.close()
         raise

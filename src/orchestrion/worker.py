@@ -32,7 +32,6 @@ from orchestrion.schema import JOB_ID_KEY
 logger = logging.getLogger(__name__)
 
 
-
 def code_version(directory: Path) -> tuple[str | None, bool | None]:
     """(git commit, tree clean) of the checkout holding ``directory``; (None, None) outside git."""
     try:

@@ -54,6 +54,8 @@ def validate_request(library: ExperimentLibrary, devices: DeviceRegistry, reques
     if not isinstance(request.priority, int) or isinstance(request.priority, bool):
         raise InputError(f"priority must be a whole number, not {request.priority!r}")
     experiment = library.experiment(request.experiment)
+    # The hardware is the worker's: a device it could not connect is refused here too.
+    devices.use_connection_reports = True
     checked = prepare_run(
         experiment, devices, scans=list(request.scan) if request.scan is not None else None,
         overrides=dict(request.parameters), shots=request.shots, repetitions=request.repetitions,

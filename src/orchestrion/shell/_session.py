@@ -17,7 +17,8 @@ from pydantic import SecretStr
 from rich.console import Console
 
 from orchestrion.config import OrchestrionConfig, load_config
-from orchestrion.devices import DeviceRegistry, DeviceState, build_devices, connect_devices, load_lab_config
+from orchestrion.devices import DeviceRegistry, DeviceState, connect_devices, load_devices
+from orchestrion.errors import DeviceConnectionError
 from orchestrion.experiment import ExperimentLibrary
 from orchestrion.lab import Lab, activate
 from orchestrion.parameters import open_parameter_store
@@ -71,20 +72,17 @@ class ShellSession:
     def _load(self) -> None:
         config = self.config
         self.library = self._attempt("experiment library", lambda: ExperimentLibrary.load(config.plans_dir))
-        self.devices = self._attempt(
-            "devices",
-            lambda: build_devices(
-                load_lab_config(config.devices_dir),
-                time_scale=config.sim_time_scale,
-                seed=config.sim_seed,
-                strict=False,
-            ),
-        )
+        self.devices = self._attempt("devices", lambda: load_devices(config, strict=False))
         if self.devices is not None:
-            connect_devices(self.devices)
-            for device in self.devices:
-                if device.state is DeviceState.FAILED:
-                    self.problems.append(Problem(f"device {device.name}", device.error))
+            try:
+                connect_devices(self.devices, strict=config.devices_strict)
+            except DeviceConnectionError as exc:  # strict: no lab without all its devices
+                self.problems.append(Problem("devices", str(exc)))
+                self.devices = None
+            else:
+                for device in self.devices:
+                    if device.state is not DeviceState.CONNECTED:
+                        self.problems.append(Problem(f"device {device.name}", device.reason))
         store = self._attempt("parameters", lambda: open_parameter_store(config))
         if store is not None and self.library is not None:
             library = self.library
