@@ -70,6 +70,8 @@ class EmbeddedSession:
         """Run one experiment to its end; returns the run's summary."""
         self.validate(options)
         self.open()
+        # Again, now that the devices have connected: one that did not is refused here.
+        self.validate(options)
         assert self.pipeline is not None
         plan = self.library.entry(options.experiment).plan(
             scan=list(options.scans) if options.scans is not None else None,

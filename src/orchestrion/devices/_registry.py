@@ -371,7 +371,11 @@ def connection_error(error: BaseException, timeout: float) -> str:
     if isinstance(error, NotConnectedError):
         leaves = sorted(set(_leaf_messages(error)))
         shown = ", ".join(leaves[:4]) + (f" and {len(leaves) - 4} more" if len(leaves) > 4 else "")
-        return f"could not connect within {timeout:g} s: {shown or 'not connected'}"
+        # Unreachable PVs are reported as their addresses; anything else (a PV of the
+        # wrong type) as itself.
+        if all("://" in leaf and " " not in leaf for leaf in leaves):
+            return f"could not connect within {timeout:g} s: {shown}"
+        return f"could not connect: {shown or 'not connected'}"
     if isinstance(error, TimeoutError):
         return f"could not connect within {timeout:g} s"
     text = str(error).splitlines()[0] if str(error) else ""

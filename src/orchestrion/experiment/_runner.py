@@ -432,8 +432,7 @@ def run_experiment(
                         raise
                     detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                     raise DeviceError(
-                        f"device '{culprit}' failed at point {point.index} "
-                        f"({len(result.points)} points kept): {detail}"
+                        f"device '{culprit}' failed at point {point.index} ({len(result.points)} points kept): {detail}"
                     ) from exc
                 result.points.append(point)
                 result.readings.append({k: r["value"] for k, r in reading.items()})
