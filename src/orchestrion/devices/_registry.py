@@ -31,6 +31,7 @@ from ._switches import ConnectionReport, DeviceSwitch, DeviceSwitches
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
+CONNECT_GRACE = 1.0  # s past a device's timeout before it is given up on regardless
 
 
 class DeviceState(StrEnum):
@@ -263,11 +264,14 @@ def build_devices(
         where = f"device '{name}' ({config.sources.get(name, 'configuration')})"
         lab_device = LabDevice(name, entry, None, DeviceState.DISABLED, switch=current.get(name))
         registry.devices[name] = lab_device
-        if lab_device.enabled:
+        # A device an operator switched off is still built (and connected): devices that
+        # refer to it keep working, and switching it on again takes effect at once.  One
+        # disabled in the files is not: it may not even be installed here.
+        if lab_device.enabled or entry.enabled:
             try:
                 lab_device.device = _build(name, entry, context, where, takes_name=True)
             except DeviceConfigError as exc:
-                if strict:
+                if strict and lab_device.enabled:
                     raise
                 logger.warning("%s", exc)
                 lab_device.build_error = str(exc)
@@ -333,12 +337,15 @@ def connect_devices(registry: DeviceRegistry, timeout: float | None = None, *, s
     def timeout_of(lab_device: LabDevice) -> float:
         return lab_device.entry.timeout or timeout or registry.connect_timeout
 
-    targets = [d for d in registry if d.state is DeviceState.CONNECTED and isinstance(d.device, Device)]
+    targets = [d for d in registry if isinstance(d.device, Device) and not d.build_error]
 
     async def connect_one(lab_device: LabDevice) -> str | None:
         seconds = timeout_of(lab_device)
         try:
-            await lab_device.device.connect(timeout=seconds)
+            # Bounded here too: a lab's own driver may not honour the timeout it is given.
+            # The grace lets ophyd-async's own, more precise error come first.
+            async with asyncio.timeout(seconds + CONNECT_GRACE):
+                await lab_device.device.connect(timeout=seconds)
         except Exception as exc:  # a driver may fail in its own way: each is reported, none is fatal
             return connection_error(exc, seconds)
         return None
@@ -361,6 +368,7 @@ def connect_devices(registry: DeviceRegistry, timeout: float | None = None, *, s
         except OSError as exc:  # bookkeeping: the lab itself is fine
             logger.warning("could not record the devices' connections in %s: %s", registry.switches.path, exc)
     failed = [registry.devices[name] for name, error in results.items() if error is not None]
+    failed = [d for d in failed if d.enabled]
     if strict and failed:
         listing = "; ".join(f"{d.name}: {d.error}" for d in failed)
         raise DeviceConnectionError(f"devices that did not connect (strict devices): {listing}")
