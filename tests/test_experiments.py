@@ -64,7 +64,7 @@ def test_scanning_a_device_parameter_sets_and_reads_it_back(
 
 def test_calibration_finds_the_true_frequency_and_writes_it_back(lab: Lab, RE: RunEngine) -> None:
     before = lab.parameters.get("qubit.frequency").value
-    true_frequency = lab.devices.trap.qubit_frequency()
+    true_frequency = lab.devices.resource("ion").qubit_frequency()
     result = RE(_plan(lab, "calibrate_frequency")(shots=200))
     written = result.plan_result.parameters_written["qubit.frequency"]
     fit = result.plan_result.analysis
@@ -77,10 +77,10 @@ def test_calibration_finds_the_true_frequency_and_writes_it_back(lab: Lab, RE: R
 
 def test_rabi_flop_fit_gives_the_rabi_frequency_of_the_configured_amplitude(lab: Lab, RE: RunEngine) -> None:
     # On resonance: use the true frequency for this run only.
-    on_resonance = {"qubit.frequency": lab.devices.trap.qubit_frequency()}
+    on_resonance = {"qubit.frequency": lab.devices.resource("ion").qubit_frequency()}
     result = RE(_plan(lab, "rabi_flop")(parameters=on_resonance, shots=200))
     fit = result.plan_result.analysis
-    expected = 0.5 * lab.devices.trap.model.max_rabi_frequency
+    expected = 0.5 * lab.devices.resource("ion").model.max_rabi_frequency
     assert fit["frequency"] == pytest.approx(expected, abs=max(5 * fit["frequency_err"], 1e3))
 
 

@@ -39,7 +39,7 @@ def _slow_experiment(lab: Lab, compiled_in: list[str]) -> Experiment:
 def _idle_gaps(lab: Lab, RE: RunEngine, lookahead: int) -> tuple[list[float], list[str]]:
     lab.config = lab.config.model_copy(update={"preprocess_lookahead": lookahead, "preprocess_workers": 2})
     # Each point keeps the sequencer busy ~60 ms, twice the compile cost.
-    lab.devices.trap.time_scale = 0.5
+    lab.devices.resource("ion").time_scale = 0.5
     sequencer = lab.devices.usable("sequencer")
     sequencer.executions.clear()
     compiled_in: list[str] = []

@@ -47,6 +47,14 @@ class OrchestrionConfig(BaseSettings):
     )
     setpoint_retries: int = Field(3, ge=1, le=100, description="Attempts to reach a device set-point before failing")
 
+    # Devices (`devices/`): how long each may take to connect, and what a failure means.
+    device_connect_timeout: float = Field(
+        10.0, gt=0, le=600, description="Seconds a device may take to connect, unless its entry sets 'timeout'"
+    )
+    devices_strict: bool = Field(
+        False, description="Refuse to start when a device cannot connect (default: leave it out and list why)"
+    )
+
     influx_url: str | None = Field(None, description="InfluxDB base URL; unset means the embedded SQLite store")
     influx_database: str = Field("orchestrion", description="InfluxDB database (bucket on 2.x/3.x)")
     influx_username: str | None = None

@@ -45,7 +45,7 @@ def main() -> int:
             print_run_summary(summary, console)
             failed += summary.status != "success"
         after = float(parameters.get("qubit.frequency").value)
-        true_now = session.devices.trap.qubit_frequency()
+        true_now = session.devices.resource("ion").qubit_frequency()
         console.print(
             f"\nqubit.frequency: stored {before:.1f} Hz before calibration, {after:.1f} Hz after; "
             f"the simulated ion is at {true_now:.1f} Hz now ({after - true_now:+.1f} Hz off)."

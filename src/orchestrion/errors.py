@@ -28,3 +28,7 @@ class DeviceConfigError(OrchestrionError):
 
 class DeviceError(OrchestrionError):
     """A device that misbehaved during a run (for example a failed read-back check)."""
+
+
+class DeviceConnectionError(OrchestrionError):
+    """Devices that could not connect, where the lab is set to refuse to start without them."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrion.config import OrchestrionConfig
-from orchestrion.devices import DeviceRegistry, build_devices, connect_devices, load_lab_config
+from orchestrion.devices import DeviceRegistry, connect_devices, load_devices
 from orchestrion.experiment import ExperimentLibrary, activate, active_lab
 from orchestrion.parameters import ParameterStore, open_parameter_store
 
@@ -32,9 +32,7 @@ class Lab:
 
 def build_lab_devices(config: OrchestrionConfig, *, strict: bool = True) -> DeviceRegistry:
     """The configured devices, built but not connected (``strict=False``: failures marked)."""
-    return build_devices(
-        load_lab_config(config.devices_dir), time_scale=config.sim_time_scale, seed=config.sim_seed, strict=strict
-    )
+    return load_devices(config, strict=strict)
 
 
 def load_library_and_devices(config: OrchestrionConfig) -> tuple[ExperimentLibrary, DeviceRegistry]:
@@ -59,7 +57,7 @@ def open_lab(
     try:
         parameters.declare(library.parameter_specs())
         if connect:
-            connect_devices(devices)
+            connect_devices(devices, strict=config.devices_strict)
     except BaseException:
         parameters.close()
         raise

@@ -20,6 +20,7 @@ from bluesky import RunEngine
 
 from orchestrion.config import OrchestrionConfig
 from orchestrion.devices import DeviceRegistry, DeviceState, connect_devices
+from orchestrion.errors import DeviceConnectionError
 from orchestrion.experiment import ExperimentLibrary, ExperimentResult, PreparedRun, RunRequest, prepare_run
 from orchestrion.lab import Lab, activate, build_lab_devices, load_library_and_devices, open_lab
 from orchestrion.parameters import ParameterStore, open_parameter_store
@@ -116,10 +117,15 @@ class LabSession:
 
     def _open_leniently(self) -> None:
         if self.devices is not None:
-            connect_devices(self.devices)
-            for device in self.devices:
-                if device.state is DeviceState.FAILED:
-                    self.problems.append(Problem(f"device {device.name}", device.error))
+            try:
+                connect_devices(self.devices, strict=self.config.devices_strict)
+            except DeviceConnectionError as exc:  # strict: no lab without all its devices
+                self.problems.append(Problem("devices", str(exc)))
+                self.devices = None
+            else:
+                for device in self.devices:
+                    if device.state is not DeviceState.CONNECTED:
+                        self.problems.append(Problem(f"device {device.name}", device.reason))
         store = self.attempt("parameters", lambda: open_parameter_store(self.config))
         if store is not None and self.library is not None:
             opened, library = store, self.library
@@ -200,6 +206,8 @@ class EmbeddedSession(LabSession):
         """Run one experiment to its end; returns the run's summary."""
         self.validate(request)
         self.open()
+        # Again, now that the devices have connected: one that did not is refused here.
+        self.validate(request)
         assert self.pipeline is not None
         plan = self.library.entry(request.experiment).plan(**request.plan_kwargs())
         tokens = [self.RE.subscribe(cb) for cb in extra_callbacks]

@@ -7,9 +7,10 @@ import logging
 import click
 
 from ._common import config_from, json_option, print_json, reports_errors
+from ._devices import devices
 from ._jobs import abort, cancel, job, jobs, pause, resume, submit
 from ._params import params
-from ._run import devices, experiments, run
+from ._run import experiments, run
 from ._services import down, status, up
 
 

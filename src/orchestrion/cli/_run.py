@@ -1,4 +1,4 @@
-"""`orchestrion run`, `experiments` and `devices`: the embedded way to work."""
+"""`orchestrion run` and `experiments`: the embedded way to work."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 import click
 from rich.console import Console
 
-from orchestrion.devices import DeviceState
 from orchestrion.errors import InputError
 from orchestrion.experiment import RunRequest, ScanPattern
 from orchestrion.session import EmbeddedSession
@@ -117,34 +116,3 @@ def experiments(ctx: click.Context, as_json: bool) -> None:
         for spec in item["parameters"]:
             bounds = f" [{spec['minimum']}, {spec['maximum']}]" if spec["minimum"] is not None else ""
             click.echo(f"    {spec['id']} = {spec['default']!r} {spec['unit']}{bounds}")
-
-
-@click.command()
-@json_option
-@click.pass_context
-@reports_errors
-def devices(ctx: click.Context, as_json: bool) -> None:
-    """List the lab's devices with class, readout role and state."""
-    config = config_from(ctx)
-    session = EmbeddedSession(config)
-    from orchestrion.devices import connect_devices
-
-    connect_devices(session.devices)
-    listing = [
-        {
-            "name": d.name,
-            "class": d.entry.class_,
-            "role": d.role.value,
-            "state": d.state.value,
-            "enabled": d.entry.enabled,
-            "description": d.entry.description,
-            "error": d.error,
-        }
-        for d in session.devices
-    ]
-    if as_json:
-        print_json(listing)
-        return
-    for item in listing:
-        mark = "" if item["state"] == DeviceState.CONNECTED.value else f" ({item['state']})"
-        click.echo(f"{item['name']:12} {item['role']:11} {item['class']}{mark}")

@@ -15,13 +15,13 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.protocols import Location
 from bluesky.utils import Msg, MsgGenerator
-from ophyd_async.core import StandardReadable, StandardReadableFormat, soft_signal_r_and_setter
+from ophyd_async.core import SignalR, StandardReadable, StandardReadableFormat, soft_signal_r_and_setter
 from ophyd_async.plan_stubs import ensure_connected
 from pydantic import ValidationError
 
 import orchestrion
 from orchestrion.devices import DeviceRegistry, ReadoutRole
-from orchestrion.errors import DeviceError, InputError, ParameterError, ScanSpecError
+from orchestrion.errors import DeviceError, InputError, OrchestrionError, ParameterError, ScanSpecError
 from orchestrion.parameters import ParameterValue, ParameterValueType
 from orchestrion.schema import ANALYSIS, PARAMETERS_AT, PRIMARY, SEQUENCES, id_to_data_key
 from orchestrion.sequence import PulseSequence, SequenceError, as_sequence_error
@@ -94,6 +94,10 @@ def prepare_run(
     if not isinstance(repetitions, int) or isinstance(repetitions, bool) or repetitions < 1:
         raise InputError(f"repetitions must be a whole number of at least 1, not {repetitions!r}")
 
+    # An operator may have switched a device off since the lab opened: refuse here,
+    # naming it, rather than fail at the hardware.
+    devices.refresh()
+    devices.require([experiment.sequencer], by=f"experiment '{experiment.name}'")
     axes_given = [s if isinstance(s, ScanAxis) else ScanAxis.parse(s) for s in scans] if scans is not None else None
     axes = list(experiment.default_scans) if axes_given is None else axes_given
     targets = tuple(_axis_target(experiment, devices, axis) for axis in axes)
@@ -105,6 +109,7 @@ def prepare_run(
         if spec is not None:
             checked_overrides[parameter_id] = spec.parse_text(raw) if isinstance(raw, str) else spec.validate_value(raw)
             continue
+        _require_device_of(devices, parameter_id, f"--set '{parameter_id}'")
         device = devices.resolve_settable(parameter_id)
         if device is None:
             raise ParameterError(f"experiment '{experiment.name}' reads no parameter '{parameter_id}'")
@@ -129,6 +134,7 @@ def _axis_target(experiment: Experiment, devices: DeviceRegistry, axis: ScanAxis
         for value in axis.values:
             spec.validate_value(value)
         return AxisTarget(axis, None)
+    _require_device_of(devices, axis.id, f"scan '{axis.id}'")
     device = devices.resolve_settable(axis.id)
     if device is None:
         raise ScanSpecError(
@@ -137,6 +143,12 @@ def _axis_target(experiment: Experiment, devices: DeviceRegistry, axis: ScanAxis
     for value in axis.values:
         _device_value(axis.id, device, value)
     return AxisTarget(axis, device)
+
+
+def _require_device_of(devices: DeviceRegistry, parameter_id: str, by: str) -> None:
+    name = devices.device_of(parameter_id)
+    if name is not None:
+        devices.require([name], by=by)
 
 
 def _device_value(parameter_id: str, device: Any, raw: Any) -> float:
@@ -271,7 +283,7 @@ def read_parameters(experiment: Experiment, lab: LabContext, at: object) -> dict
 
 def set_with_readback(target_id: str, device: Any, value: float, retries: int) -> MsgGenerator[float]:
     """Set a device parameter, read it back, retry while it is out of tolerance."""
-    tolerance = float(getattr(device, "tolerance", 0.0))
+    tolerance = yield from _tolerance(device)
     readback = math.nan
     for attempt in range(1, retries + 1):
         yield from bps.mv(device, value)
@@ -283,6 +295,15 @@ def set_with_readback(target_id: str, device: Any, value: float, retries: int) -
             "%s: read back %g after setting %g (attempt %d of %d)", target_id, readback, value, attempt, retries
         )
     raise DeviceError(f"{target_id}: read back {readback:g} after setting {value:g}, {retries} attempts")
+
+
+def _tolerance(device: Any) -> MsgGenerator[float]:
+    """How far a read-back may be from its target: the device's `tolerance`, or the
+    retry deadband of an EPICS motor record (`ophyd_async.epics.motor.Motor`)."""
+    tolerance = getattr(device, "tolerance", None)
+    if tolerance is None and isinstance(getattr(device, "deadband", None), SignalR):
+        tolerance = yield from bps.rd(device.deadband)
+    return float(tolerance or 0.0)
 
 
 def run_experiment(
@@ -365,15 +386,29 @@ def run_experiment(
                     sequence = yield from preprocessor.sequence_for(point.index)
                 except SequenceError as exc:
                     raise InputError(f"{experiment.name}, point {point.index}: {exc}") from None
-                for target in device_axes:
-                    yield from set_with_readback(target.axis.id, target.device, point.values[target.axis.id], retries)
-                point_info.show(point)
-                yield from bps.mv(sequencer.program, sequence.to_json())
-                if sequence.content_hash not in recorded:
-                    recorded.add(sequence.content_hash)
-                    record.show(sequence)
-                    yield from bps.trigger_and_read([record], name=SEQUENCES)
-                reading = yield from bps.trigger_and_read(detectors, name=PRIMARY)
+                try:
+                    for target in device_axes:
+                        axis_id = target.axis.id
+                        yield from set_with_readback(axis_id, target.device, point.values[axis_id], retries)
+                    point_info.show(point)
+                    yield from bps.mv(sequencer.program, sequence.to_json())
+                    if sequence.content_hash not in recorded:
+                        recorded.add(sequence.content_hash)
+                        record.show(sequence)
+                        yield from bps.trigger_and_read([record], name=SEQUENCES)
+                    reading = yield from bps.trigger_and_read(detectors, name=PRIMARY)
+                except OrchestrionError:
+                    raise
+                except Exception as exc:
+                    # A device that stopped answering (an IOC gone, a cable pulled): the
+                    # run fails naming it; the points read so far are in the run.
+                    culprit = lab.devices.blame(exc)
+                    if culprit is None:
+                        raise
+                    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise DeviceError(
+                        f"device '{culprit}' failed at point {point.index} ({len(result.points)} points kept): {detail}"
+                    ) from exc
                 result.points.append(point)
                 result.readings.append({k: r["value"] for k, r in reading.items()})
         if experiment.analyze is not None:

@@ -39,6 +39,8 @@ def validate_request(library: ExperimentLibrary, devices: DeviceRegistry, reques
     """
     if JOB_ID_KEY in request.md:
         raise InputError(f"metadata key '{JOB_ID_KEY}' is Orchestrion's own")
+    # The hardware is the worker's: a device it could not connect is refused here too.
+    devices.use_connection_reports = True
     checked = prepare_run(library.experiment(request.experiment), devices, request)
     typed: dict[str, Any] = dict(checked.overrides)
     typed.update({pid: value for pid, (_, value) in checked.device_settings.items()})

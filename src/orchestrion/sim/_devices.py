@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from bluesky.protocols import Location
+from bluesky.protocols import Location, Reading
 from ophyd_async.core import (
     Array1D,
     AsyncStatus,
+    Callback,
     Reference,
+    SignalRW,
+    SoftSignalBackend,
     StandardReadable,
     soft_signal_r_and_setter,
     soft_signal_rw,
@@ -163,10 +167,28 @@ class Sequencer(StandardReadable):
         return [b.started - a.finished for a, b in itertools.pairwise(runs)]
 
 
+class PolledReading(SoftSignalBackend[float]):
+    """A soft signal polled from a getter whose first monitor update is a fresh reading.
+
+    ophyd-async's soft backend hands a new subscriber its cached value, which for a
+    polled getter is the initial value (0.0) until the first poll period has passed: a
+    monitored run's first points would record a value nobody measured.
+    """
+
+    def __init__(self, getter: Callable[[], float], poll_period: float, units: str) -> None:
+        super().__init__(float, units=units, getter=getter, poll_period=poll_period)
+        self._read_now = getter
+
+    def set_callback(self, callback: Callback[Reading[float]] | None) -> None:
+        if callback is not None:
+            self.set_value(self._read_now())
+        super().set_callback(callback)
+
+
 class FieldMonitor(StandardReadable):
     """A magnetometer beside the trap, updating on its own clock (asynchronous readout)."""
 
     def __init__(self, trap: IonTrap, period: float = 0.2, name: str = "") -> None:
         with self.add_children_as_readables(Format.HINTED_SIGNAL):
-            self.field = soft_signal_rw(float, getter=trap.measured_field, poll_period=period, units="uT")
+            self.field = SignalRW(PolledReading(trap.measured_field, period, "uT"))
         super().__init__(name=name)

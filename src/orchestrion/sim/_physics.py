@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -134,6 +135,12 @@ class IonTrap:
             float(poisson.sf(threshold, self.model.bright_rate * detection.duration)),
             float(poisson.sf(threshold, self.model.dark_rate * detection.duration)),
         )
+
+
+def simulated_ion_trap(time_scale: float = 1.0, seed: int | None = None, **constants: Any) -> IonTrap:
+    """The simulated ion, from configuration: its true constants (`IonTrapModel` fields),
+    the time scale of the hardware that acts on it and the seed of its random numbers."""
+    return IonTrap(model=IonTrapModel(seed=seed, **constants), time_scale=time_scale)
 
 
 def rabi_excitation(rabi: float, detuning: float, duration: float) -> float:
