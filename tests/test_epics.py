@@ -24,11 +24,13 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrion.cli import cli
+from orchestrion.client import Client
 from orchestrion.config import OrchestrionConfig, load_config
-from orchestrion.devices import DeviceState, load_devices
+from orchestrion.devices import DeviceState, disable_device, load_devices
 from orchestrion.errors import DeviceConnectionError, DeviceError, InputError
-from orchestrion.jobs import JobRequest, validate_request
+from orchestrion.jobs import JobRequest, JobStatus, validate_request
 from orchestrion.pipeline import BUNDLED, open_embedded_catalog
+from orchestrion.services import down, up
 from orchestrion.session import EmbeddedSession, RunOptions
 
 from .support import free_port, stop_process, wait_until
@@ -228,3 +230,42 @@ def test_a_pv_that_does_not_exist_leaves_its_device_out_with_the_reason(
             strict.open()
     finally:
         strict.close()
+
+
+@pytest.fixture
+def epics_stack(ioc: subprocess.Popen[str], tmp_path: Path) -> Iterator[OrchestrionConfig]:
+    """The services stack (queue server, Tiled, ...) on the example EPICS lab."""
+    ports: set[int] = set()
+    while len(ports) < 4:
+        ports.add(free_port())
+    redis_port, control_port, info_port, tiled_port = sorted(ports)
+    config = load_config(
+        home=tmp_path / "home", devices_dir=EXAMPLE, sim_time_scale=0.02, sim_seed=1234,
+        redis_port=redis_port, zmq_control_port=control_port, zmq_info_port=info_port, tiled_port=tiled_port,
+    )  # fmt: skip
+    try:
+        up(config)  # the worker inherits this process's EPICS_* variables
+        yield config
+    finally:
+        down(config, force=True)
+
+
+@pytest.mark.stack
+def test_a_queued_job_scans_the_epics_axis_into_hdf5_and_the_stacks_tiled(epics_stack: OrchestrionConfig) -> None:
+    with Client(epics_stack) as client:
+        job = client.submit("spectroscopy", scan=["stage=0:2:5"], shots=5)
+        done = job.wait(timeout=120)
+        assert done.status is JobStatus.DONE, done.error
+        assert done.points == 5
+        assert done.hdf5 is not None
+        data = _bundled(done.hdf5)
+        assert data["stage"] == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0], abs=1e-3)
+        assert ((data["beam_current"] > 290.0) & (data["beam_current"] < 310.0)).all()
+        table = job.data()[BUNDLED].read()
+        assert table["stage"].values.tolist() == pytest.approx(data["stage"].tolist())
+
+        # A device switched off is refused at submission, naming it, with nothing queued.
+        disable_device(epics_stack, "stage", user="operator", reason="beam-line search")
+        with pytest.raises(InputError, match="needs device 'stage', which is disabled: disabled by operator"):
+            client.submit("spectroscopy", scan=["stage=0:1:3"])
+        assert [j.id for j in client.jobs()] == [done.id]
