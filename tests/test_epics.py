@@ -209,7 +209,7 @@ def test_a_pv_that_does_not_exist_leaves_its_device_out_with_the_reason(
     # An experiment that needs it is refused, naming it, before a run opens...
     session = EmbeddedSession(config)
     try:
-        with pytest.raises(InputError, match=r"scan 'sample_y' needs device 'sample_y', which is failed: could not"):
+        with pytest.raises(InputError, match=r"scan 'sample_y' needs device 'sample_y', which failed: could not"):
             session.run(RunOptions("spectroscopy", scans=["sample_y=0:1:3"], shots=5))
         assert not (config.data_dir).exists() or not list(config.data_dir.glob("*.h5"))
         # ...and the rest runs: the ghost is simply not monitored.
@@ -220,7 +220,7 @@ def test_a_pv_that_does_not_exist_leaves_its_device_out_with_the_reason(
 
     # A submission (a process that connects nothing) refuses it too, from the last report.
     library = EmbeddedSession(config).library
-    with pytest.raises(InputError, match="needs device 'sample_y', which is failed: could not connect within 1 s"):
+    with pytest.raises(InputError, match="needs device 'sample_y', which failed: could not connect within 1 s"):
         validate_request(library, load_devices(config), JobRequest("spectroscopy", scan=["sample_y=0:1:3"]))
 
     # A strict lab refuses to start instead.
