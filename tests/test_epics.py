@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from orchestrion.cli import cli
 from orchestrion.client import Client
 from orchestrion.config import OrchestrionConfig, load_config
-from orchestrion.devices import DeviceState, disable_device, load_devices
+from orchestrion.devices import DeviceState, describe_devices, disable_device, load_devices
 from orchestrion.errors import DeviceConnectionError, DeviceError, InputError
 from orchestrion.jobs import JobRequest, JobStatus, validate_request
 from orchestrion.pipeline import BUNDLED, open_embedded_catalog
@@ -205,6 +205,12 @@ def test_a_pv_that_does_not_exist_leaves_its_device_out_with_the_reason(
     assert {name for name, d in states.items() if d["state"] == "connected"} == {
         "rf", "sequencer", "field", "stage", "beam_current", "diode",
     }  # fmt: skip
+
+    # A process that connects nothing (the API server) lists them from that report.
+    reported = {d["name"]: d for d in describe_devices(load_devices(config, connection_reports=True))}
+    assert reported["ghost"]["state"] == DeviceState.FAILED.value
+    assert reported["ghost"]["reason"].startswith("could not connect within 1 s: ca://ORCH:NO:SUCH:PV (process ")
+    assert reported["stage"]["state"] == DeviceState.CONNECTED.value
 
     # An experiment that needs it is refused, naming it, before a run opens...
     session = EmbeddedSession(config)
