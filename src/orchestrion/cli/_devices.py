@@ -14,7 +14,7 @@ from orchestrion.devices import (
     device_history,
     disable_device,
     enable_device,
-    load_devices,
+    load_lab_config,
 )
 from orchestrion.errors import InputError
 from orchestrion.session import EmbeddedSession
@@ -98,7 +98,7 @@ def disable(ctx: click.Context, name: str, reason: str, user: str | None, as_jso
 def history(ctx: click.Context, name: str | None, as_json: bool) -> None:
     """Every enable and disable (of device NAME, if given), oldest first."""
     config = config_from(ctx)
-    if name is not None and name not in load_devices(config, strict=False):
+    if name is not None and name not in load_lab_config(config.devices_dir).devices:
         raise InputError(f"no device named '{name}' in the lab configuration")
     changes = device_history(config, name)
     listing: list[dict[str, Any]] = [c.to_dict() for c in changes]

@@ -21,11 +21,13 @@ def device_switches(config: OrchestrionConfig) -> DeviceSwitches:
     return DeviceSwitches.in_home(config.home)
 
 
-def load_devices(config: OrchestrionConfig, *, strict: bool = True) -> DeviceRegistry:
+def load_devices(config: OrchestrionConfig, *, strict: bool = True, connection_reports: bool = False) -> DeviceRegistry:
     """Build the configured lab's devices (not connected), with the operators' switches applied.
 
     '${setting}' arguments take the configuration's values.  ``strict=False`` starts with
-    what can be built (see `build_devices`).
+    what can be built (see `build_devices`).  ``connection_reports`` is for processes
+    that list or submit without connecting (the API server): devices that the last
+    process to connect them could not reach are then failed here too, with its reason.
     """
     registry = build_devices(
         load_lab_config(config.devices_dir),
@@ -34,6 +36,7 @@ def load_devices(config: OrchestrionConfig, *, strict: bool = True) -> DeviceReg
         switches=device_switches(config),
         connect_timeout=config.device_connect_timeout,
     )
+    registry.use_connection_reports = connection_reports
     registry.refresh()
     return registry
 

@@ -70,6 +70,11 @@ class LabDevice:
             return self.switch.describe() if self.switch is not None else "disabled in the configuration"
         return ""
 
+    def why_not(self) -> str:
+        """'is disabled: ...' or 'failed: ...', for messages that refuse to use it."""
+        verb = "failed" if self.state is DeviceState.FAILED else f"is {self.state.value}"
+        return f"{verb}: {self.reason}" if self.reason else verb
+
     def describe(self) -> dict[str, Any]:
         """The device as `orchestrion devices --json` and the API list it."""
         return {
@@ -117,8 +122,7 @@ class DeviceRegistry:
         if lab_device is None:
             raise DeviceConfigError(f"no device named '{name}' in the lab configuration")
         if lab_device.state is not DeviceState.CONNECTED:
-            reason = f": {lab_device.reason}" if lab_device.reason else ""
-            raise DeviceConfigError(f"device '{name}' is {lab_device.state.value}{reason}")
+            raise DeviceConfigError(f"device '{name}' {lab_device.why_not()}")
         return lab_device.device
 
     def require(self, names: Iterable[str], *, by: str) -> None:
@@ -128,7 +132,7 @@ class DeviceRegistry:
             if lab_device is None:
                 raise InputError(f"{by} needs device '{name}', which the lab configuration does not define")
             if lab_device.state is not DeviceState.CONNECTED:
-                raise InputError(f"{by} needs device '{name}', which is {lab_device.state.value}: {lab_device.reason}")
+                raise InputError(f"{by} needs device '{name}', which {lab_device.why_not()}")
 
     def refresh(self) -> None:
         """Apply the operators' latest switches (and, with ``use_connection_reports``, the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import math
@@ -159,7 +160,9 @@ def _device_value(parameter_id: str, device: Any, raw: Any) -> float:
     if not math.isfinite(value):
         raise ParameterError(f"{parameter_id}: {raw!r} is not a finite number")
     check = getattr(device, "check_value", None)
-    if callable(check):
+    # An asynchronous check (ophyd-async's movables read their limits from the hardware)
+    # runs in the move itself; a synchronous one is asked here, before anything moves.
+    if callable(check) and not inspect.iscoroutinefunction(check):
         try:
             check(value)
         except ValueError as exc:
@@ -406,6 +409,8 @@ def run_experiment(
                     if culprit is None:
                         raise
                     detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    if isinstance(exc, TimeoutError):
+                        detail = f"no answer in time ({detail})"
                     raise DeviceError(
                         f"device '{culprit}' failed at point {point.index} ({len(result.points)} points kept): {detail}"
                     ) from exc
