@@ -174,7 +174,9 @@ def test_devices_switched_off_and_on_at_run_time_with_who_and_when(
     assert listing["rf"]["reason"].endswith(": synthesizer at repair")
     assert listing["sequencer"]["state"] == "connected"
     with pytest.raises(InputError, match="needs device 'rf', which is disabled"):
-        validate_request(lab.library, load_devices(config), JobRequest(experiment="spectroscopy", scan=("rf.frequency=2e8",)))
+        validate_request(
+            lab.library, load_devices(config), JobRequest(experiment="spectroscopy", scan=("rf.frequency=2e8",))
+        )
 
     assert _cli(config, "devices", "enable", "rf", "--user", "bob").exit_code == 0
     result = RE(_plan(lab, "spectroscopy")(scan=["rf.frequency=199.9e6:200.1e6:3"], shots=5))

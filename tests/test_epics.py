@@ -28,10 +28,11 @@ from orchestrion.client import Client
 from orchestrion.config import OrchestrionConfig, load_config
 from orchestrion.devices import DeviceState, describe_devices, disable_device, load_devices
 from orchestrion.errors import DeviceConnectionError, DeviceError, InputError
+from orchestrion.experiment import RunRequest
 from orchestrion.jobs import JobRequest, JobStatus, validate_request
 from orchestrion.pipeline import BUNDLED, open_embedded_catalog
 from orchestrion.services import down, up
-from orchestrion.session import EmbeddedSession, RunOptions
+from orchestrion.session import EmbeddedSession
 
 from .support import free_port, stop_process, wait_until
 
@@ -113,7 +114,7 @@ def test_a_scan_moves_the_epics_axis_and_bundles_its_signals_into_hdf5_and_tiled
 ) -> None:
     session = EmbeddedSession(epics_config)
     try:
-        summary = session.run(RunOptions("spectroscopy", scans=["stage=0:2:11"], shots=10))
+        summary = session.run(RunRequest(experiment="spectroscopy", scan=("stage=0:2:11",), shots=10))
     finally:
         session.close()
     assert summary.status == "success"
@@ -162,7 +163,9 @@ def test_the_ioc_killed_mid_scan_fails_the_run_naming_the_device_with_the_points
 
     try:
         with pytest.raises(DeviceError, match=rf"device '(stage|diode)' failed at point {killed_after} "):
-            session.run(RunOptions("spectroscopy", scans=["stage=0:2:21"], shots=10), extra_callbacks=[kill_the_ioc])
+            session.run(
+                RunRequest(experiment="spectroscopy", scan=("stage=0:2:21",), shots=10), extra_callbacks=[kill_the_ioc]
+            )
         assert session.pipeline is not None
         assert session.pipeline.wait_catalogued(started[0])
         summary = session.pipeline.summaries.runs[started[0]]
@@ -216,10 +219,10 @@ def test_a_pv_that_does_not_exist_leaves_its_device_out_with_the_reason(
     session = EmbeddedSession(config)
     try:
         with pytest.raises(InputError, match=r"scan 'sample_y' needs device 'sample_y', which failed: could not"):
-            session.run(RunOptions("spectroscopy", scans=["sample_y=0:1:3"], shots=5))
+            session.run(RunRequest(experiment="spectroscopy", scan=("sample_y=0:1:3",), shots=5))
         assert not (config.data_dir).exists() or not list(config.data_dir.glob("*.h5"))
         # ...and the rest runs: the ghost is simply not monitored.
-        summary = session.run(RunOptions("spectroscopy", scans=["stage=0:1:3"], shots=5))
+        summary = session.run(RunRequest(experiment="spectroscopy", scan=("stage=0:1:3",), shots=5))
         assert summary.status == "success"
     finally:
         session.close()
@@ -227,7 +230,7 @@ def test_a_pv_that_does_not_exist_leaves_its_device_out_with_the_reason(
     # A submission (a process that connects nothing) refuses it too, from the last report.
     library = EmbeddedSession(config).library
     with pytest.raises(InputError, match="needs device 'sample_y', which failed: could not connect within 1 s"):
-        validate_request(library, load_devices(config), JobRequest("spectroscopy", scan=["sample_y=0:1:3"]))
+        validate_request(library, load_devices(config), JobRequest(experiment="spectroscopy", scan=("sample_y=0:1:3",)))
 
     # A strict lab refuses to start instead.
     strict = EmbeddedSession(config.model_copy(update={"devices_strict": True}))

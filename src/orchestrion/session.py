@@ -44,7 +44,10 @@ def stop_event_loop(RE: RunEngine, timeout: float = 10.0) -> None:
     """Stop the event loop (and so the thread) that ``RE`` created; the RunEngine is done.
 
     A RunEngine starts a thread running its own asyncio loop and never stops it: a
-    process that opens many sessions (a test suite) would keep one thread per session.
+    process that makes many (a test suite) keeps one thread each.  Only for RunEngines
+    whose devices are gone too: Channel Access clients (aioca) call back into the loop
+    of the devices they connected for as long as the process lives, so a `LabSession`
+    leaves its loop running.
     """
     loop = RE.loop
     if loop.is_closed():
@@ -76,7 +79,6 @@ class LabSession:
         self.lenient = lenient
         self.problems: list[Problem] = []
         self.RE = run_engine if run_engine is not None else RunEngine({}, call_returns_result=True)
-        self._owns_run_engine = run_engine is None
         self.library: ExperimentLibrary | None = None
         self.devices: DeviceRegistry | None = None
         self.parameters: ParameterStore | None = None
@@ -170,9 +172,6 @@ class LabSession:
             self.parameters = None
         self.lab = None
         self._opened = False
-        if self._owns_run_engine:
-            stop_event_loop(self.RE)
-            self._owns_run_engine = False
 
     def __enter__(self) -> Self:
         return self.open()
