@@ -1,0 +1,160 @@
+"""Never report success for data that was not written: killed processes, full disks, the catalog catching up.
+
+Real processes, real signals, a real small file system.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import pytest
+
+from orchestrion.pipeline import BUNDLED, open_embedded_catalog
+
+from .support import wait_until
+
+ORCHESTRION = Path(sys.executable).with_name("orchestrion")
+
+
+def _helper_of(parent: int) -> int | None:
+    """The post-processing helper process started by ``parent``."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and b"orchestrion.pipeline._helper" in cmdline:
+            return int(stat.parent.name)
+    return None
+
+
+def _points_in(data: Path) -> int:
+    files = list(data.glob("*.h5"))
+    if not files:
+        return 0
+    with h5py.File(files[0], "r", swmr=True) as f:
+        return int(f["entry/points"][()])
+
+
+def test_a_killed_post_processing_process_makes_the_run_incomplete_and_repair_completes_the_catalog(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORCHESTRION_SIM_TIME_SCALE", "1.0")  # about 60 ms a point: time to kill mid-scan
+    run = subprocess.Popen(
+        [str(ORCHESTRION), "run", "spectroscopy", "--scan", "spectroscopy.detuning=-1e5:1e5:200",
+         "--shots", "50", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        helper = wait_until(lambda: _helper_of(run.pid), timeout=120, what="the post-processing process")
+        wait_until(lambda: _points_in(home / "data") >= 20, timeout=240, what="20 points in the run's file")
+        os.kill(helper, signal.SIGKILL)
+        out, err = run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    # Not "success": the run's status and points are what its file holds, checked.
+    assert run.returncode == 1, err
+    report = json.loads(out)
+    assert report["status"] == "incomplete"
+    assert report["measured_points"] == 200
+    assert report["tiled"] is None
+    with h5py.File(report["hdf5"], "r") as f:  # recovered: a plain reader opens it
+        assert f["entry/status"][()] == b"incomplete"
+        durable = int(f["entry/points"][()])
+        assert f["entry/data/point_index"][:].tolist() == list(range(durable))
+    assert 20 <= report["points"] == durable < 200
+    assert "catalog repair" in report["reason"]
+    # The catalog catches up from what was kept of the run's documents.
+    repaired = subprocess.run(
+        [str(ORCHESTRION), "catalog", "repair", "--json"], capture_output=True, text=True, timeout=240, check=False
+    )
+    assert repaired.returncode == 0, repaired.stderr
+    (done,) = json.loads(repaired.stdout)["runs"]
+    assert (done["run"], done["action"]) == (report["run_uid"], "repaired")
+    assert done["rows"] >= durable
+    catalog = open_embedded_catalog(home)
+    try:
+        entry = catalog.client[report["run_uid"]]
+        assert entry.metadata["stop"]["exit_status"] == "fail"
+        assert "incomplete" in entry.metadata["stop"]["reason"]
+        assert len(entry[BUNDLED].read(["seq_num"])["seq_num"]) == done["rows"]
+        assert entry.metadata["orchestrion"]["hdf5"] == report["hdf5"]
+    finally:
+        catalog.close()
+    # Nothing is left to repair.
+    again = subprocess.run(
+        [str(ORCHESTRION), "catalog", "repair", "--json"], capture_output=True, text=True, timeout=240, check=True
+    )
+    assert json.loads(again.stdout)["runs"] == []
+
+
+@pytest.fixture
+def small_disk(home: Path) -> Iterator[Path]:
+    """``home/data`` on a real 2 MB tmpfs (needs the right to mount: root)."""
+    data = home / "data"
+    data.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(data)],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield data
+    finally:
+        subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def _run(*arguments: str) -> tuple[int, dict[str, Any], str]:
+    done = subprocess.run([str(ORCHESTRION), "run", *arguments, "--json"], capture_output=True, text=True,
+                          timeout=600, check=False)  # fmt: skip
+    return done.returncode, json.loads(done.stdout) if done.stdout.strip() else {}, done.stderr
+
+
+def test_a_full_disk_costs_no_durable_point_and_the_home_writes_normally_once_there_is_room(
+    small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORCHESTRION_TILED_ENABLED", "false")
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * 1_400_000)  # what the rest of the lab's data take
+    # About 3.2 MB of per-shot counts: more than the disk holds.
+    code, full, err = _run("spectroscopy", "--scan", "spectroscopy.detuning=-1e5:1e5:400", "--shots", "1000")
+    assert code == 1, err
+    assert full["status"] == "incomplete"
+    assert full["measured_points"] == 400
+    assert full["points"] < 400
+    if full["hdf5"] is not None and Path(full["hdf5"]).exists():
+        try:
+            with h5py.File(full["hdf5"], "r", swmr=True) as f:
+                assert int(f["entry/points"][()]) == full["points"]
+        except OSError:
+            assert full["points"] == 0  # reported as unreadable, not as written
+    # While the disk is full, a run says so: no success for a file that was never written.
+    code, blocked, err = _run("spectroscopy", "--scan", "spectroscopy.detuning=-1e5:1e5:5", "--shots", "10")
+    assert code == 1, err
+    assert blocked["status"] == "incomplete"
+    # Room again: the next run writes normally; the torn file was recovered or set aside.
+    filler.unlink()
+    code, after, err = _run("spectroscopy", "--scan", "spectroscopy.detuning=-1e5:1e5:11", "--shots", "10")
+    assert code == 0, err
+    assert (after["status"], after["points"]) == ("success", 11)
+    with h5py.File(after["hdf5"], "r") as f:
+        assert f["entry/points"][()] == 11
+    assert list((small_disk / ".writing").glob("*.lock")) == []
+    first = Path(full["hdf5"])
+    if first.exists():  # recovered: readable, incomplete, its durable points kept
+        with h5py.File(first, "r") as f:
+            assert f["entry/status"][()] == b"incomplete"
+            assert f["entry/points"][()] >= full["points"]
+    else:  # set aside, with a record of why
+        (record,) = (small_disk / ".unrecoverable").glob("*.json")
+        assert json.loads(record.read_text())["file"] == first.name
