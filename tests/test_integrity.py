@@ -99,6 +99,48 @@ def test_a_killed_post_processing_process_makes_the_run_incomplete_and_repair_co
     assert json.loads(again.stdout)["runs"] == []
 
 
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_killed_orchestrion_run_leaves_file_and_catalog_holding_the_same_points(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORCHESTRION_SIM_TIME_SCALE", "1.0")
+    run = subprocess.Popen(
+        [str(ORCHESTRION), "run", "spectroscopy", "--scan", "spectroscopy.detuning=-1e5:1e5:200",
+         "--shots", "50", "--json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        helper = wait_until(lambda: _helper_of(run.pid), timeout=120, what="the post-processing process")
+        wait_until(lambda: _points_in(home / "data") >= 20, timeout=240, what="20 points in the run's file")
+    finally:
+        run.kill()  # SIGKILL: no stop document, no close
+        run.wait()
+    # The helper finishes what it was handed: the file closed "incomplete", the run in
+    # the catalog with the same points, its spool gone.
+    wait_until(lambda: not _running(helper), timeout=240, what="the orphaned helper to finish")
+    (path,) = (home / "data").glob("*.h5")
+    with h5py.File(path, "r") as f:
+        assert f["entry/status"][()] == b"incomplete"
+        points = int(f["entry/points"][()])
+        uid = f["entry/run_uid"][()].decode()
+    assert 20 <= points < 200
+    catalog = open_embedded_catalog(home)
+    try:
+        entry = catalog.client[uid]
+        assert entry.metadata["stop"]["exit_status"] == "fail"
+        assert len(entry[BUNDLED].read(["seq_num"])["seq_num"]) == points
+    finally:
+        catalog.close()
+    assert list((home / "spool").glob("*")) == []
+
+
 @pytest.fixture
 def small_disk(home: Path) -> Iterator[Path]:
     """``home/data`` on a real 2 MB tmpfs (needs the right to mount: root)."""

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from event_model import compose_run
 
-from orchestrion.analysis import FitResult, LiveFit, damped_sine, fit_lorentzian, fit_oscillation, lorentzian
+from orchestrion.analysis import (
+    FitResult,
+    LiveFit,
+    damped_sine,
+    fit_lorentzian,
+    fit_oscillation,
+    format_with_error,
+    lorentzian,
+)
 from orchestrion.config import OrchestrionConfig
 from orchestrion.pipeline import BUNDLED, COMPLETE_KEY
 from orchestrion.session import EmbeddedSession, RunOptions
@@ -79,3 +87,11 @@ def test_a_live_fit_subscribed_to_the_runengine_fits_a_real_run(config: Orchestr
     result = live.results[summary.run_uid]
     # The stored qubit frequency is 15 kHz off the true one: the line is found there.
     assert abs(result.values["center"] - summary.analysis["center"]) < 3 * result.errors["center"] + 5e3
+
+
+def test_fit_results_are_printed_to_their_uncertainty() -> None:
+    assert format_with_error(12642.8123, 12.34) == "12643 ± 12"
+    assert format_with_error(0.0512, 1.8) == "0.1 ± 1.8"
+    assert format_with_error(1.19999, 0.96) == "1.20 ± 0.96"
+    assert format_with_error(12642812345.6, 123.0) == "1.264281235e+10 ± 1.2e+02"
+    assert format_with_error(3.0, None) == "3"

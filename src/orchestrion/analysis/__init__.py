@@ -9,6 +9,7 @@ from ._fits import (
     lorentzian,
     rabi_lineshape,
 )
+from ._format import format_with_error
 from ._live import LiveFit
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "fit_lorentzian",
     "fit_oscillation",
     "fit_spectroscopy",
+    "format_with_error",
     "lorentzian",
     "rabi_lineshape",
 ]

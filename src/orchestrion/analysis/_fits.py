@@ -61,7 +61,7 @@ def _fit(
 ) -> FitResult | None:
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if xs.size < len(p0) + 1:
-        logger.info("%s fit skipped: %d points for %d parameters", model_name, xs.size, len(p0))
+        logger.warning("%s fit skipped: %d points for %d parameters", model_name, xs.size, len(p0))
         return None
     try:
         popt, pcov = curve_fit(func, xs, ys, p0=p0, bounds=bounds, maxfev=20_000)
@@ -70,6 +70,7 @@ def _fit(
         return None
     errors = np.sqrt(np.clip(np.diag(pcov), 0, None))
     if not np.all(np.isfinite(popt)):
+        logger.warning("%s fit failed: the best-fit values are not finite", model_name)
         return None
     return FitResult(
         model_name, dict(zip(names, map(float, popt), strict=True)), dict(zip(names, map(float, errors), strict=True))

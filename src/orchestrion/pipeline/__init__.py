@@ -26,6 +26,7 @@ from ._tiled import (
     RunCatalogWriter,
     connect_catalog,
     embedded_catalog_paths,
+    how_to_open,
     open_embedded_catalog,
 )
 
@@ -60,6 +61,7 @@ __all__ = [
     "connect_catalog",
     "embedded_catalog_paths",
     "file_name_for",
+    "how_to_open",
     "load_plugins",
     "open_embedded_catalog",
     "recover_file",

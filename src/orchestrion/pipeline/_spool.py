@@ -1,8 +1,7 @@
 """A run's documents kept on disk until the catalog holds the run: what repair replays.
 
 Post-processing appends every document of a run, as it arrives and before any stage
-sees it, to ``HOME/spool/RUN_UID.docs`` (pickled batches: documents carry numpy
-arrays), flushed at least every `FLUSH_INTERVAL` seconds and at the run's end.  The
+sees it, to ``HOME/spool/RUN_UID.docs`` (pickled: documents carry numpy arrays).  The
 spool is removed once the run has been read back complete from the catalog.  While a
 spool is written its writer holds an exclusive lock on it, so repair leaves live runs
 alone.
@@ -14,7 +13,6 @@ import contextlib
 import fcntl
 import logging
 import pickle
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -23,7 +21,6 @@ logger = logging.getLogger(__name__)
 
 SPOOL_DIR = "spool"
 SUFFIX = ".docs"
-FLUSH_INTERVAL = 1.0  # s
 HDF5_NOTE = "orchestrion_hdf5"
 """Not an event-model document: ``{"path": ...}``, the run's HDF5 file, kept for repair."""
 
@@ -35,31 +32,25 @@ def spool_dir(home: Path) -> Path:
 
 
 class SpoolWriter:
-    """Appends one run's documents to its spool file; `discard` removes it."""
+    """Appends one run's documents to its spool file; `discard` removes it.
+
+    Each document is written through (pickled and handed to the OS) before any stage
+    sees it, so the spool is never behind the run's HDF5 file, whatever kills the
+    process.
+    """
 
     def __init__(self, directory: Path, run_uid: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"{run_uid}{SUFFIX}"
         self._handle: IO[bytes] | None = open(self.path, "ab")  # noqa: SIM115 - the run's lifetime
         fcntl.flock(self._handle, fcntl.LOCK_EX)
-        self._pending: list[Document] = []
-        self._last = time.monotonic()
         self.failure: str | None = None
 
     def append(self, name: str, doc: dict[str, Any]) -> None:
         if self._handle is None:
             return
-        self._pending.append((name, doc))
-        if name not in ("event", "event_page") or time.monotonic() - self._last >= FLUSH_INTERVAL:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._handle is None or not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        self._last = time.monotonic()
         try:
-            pickle.dump(batch, self._handle, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump((name, doc), self._handle, protocol=pickle.HIGHEST_PROTOCOL)
             self._handle.flush()
         except (OSError, pickle.PicklingError) as exc:
             # A full disk: the catalog is written all the same; only a later repair lacks it.
@@ -68,9 +59,7 @@ class SpoolWriter:
             self.close()
 
     def close(self) -> None:
-        """Flush and release the spool (kept on disk)."""
-        if self._pending:
-            self.flush()
+        """Release the spool (kept on disk)."""
         handle, self._handle = self._handle, None
         if handle is not None:
             with contextlib.suppress(OSError):
@@ -78,7 +67,6 @@ class SpoolWriter:
 
     def discard(self) -> None:
         """The run is safe in the catalog: the spool goes."""
-        self._pending = []
         self.path.unlink(missing_ok=True)
         self.close()
 
@@ -96,16 +84,16 @@ def claim(path: Path) -> Iterator[bool]:
 
 
 def read_spool(path: Path) -> list[Document]:
-    """Every whole batch of documents in the spool (a torn last batch is left out)."""
+    """Every whole document in the spool (a torn last one is left out)."""
     documents: list[Document] = []
     with open(path, "rb") as handle:
         while True:
             try:
-                documents.extend(pickle.load(handle))
+                documents.append(pickle.load(handle))
             except EOFError:
                 break
             except (pickle.UnpicklingError, ValueError, TypeError, AttributeError) as exc:
-                logger.warning("spool %s: its last batch is torn (%s); it is left out", path, exc)
+                logger.warning("spool %s: its last document is torn (%s); it is left out", path, exc)
                 break
     return documents
 

@@ -38,6 +38,15 @@ class RunSummary:
     problems: list[str] = field(default_factory=list)
     outcome: dict[str, Any] | None = None
     exit_status: str | None = None
+    has_analysis: bool = False  # the run has an analysis stream
+
+    def no_fit_reason(self) -> str:
+        """Why the run has no fit result, as far as its documents tell."""
+        if self.measured_points == 0:
+            return "the run measured no point"
+        if not self.has_analysis:
+            return "the experiment fits nothing for this scan, or its fit found no result (the log above says why)"
+        return "the fit reported no number"
 
     def take_outcome(self, outcome: Mapping[str, Any]) -> None:
         """What post-processing read back of the run: the status and points reported."""
@@ -105,6 +114,7 @@ class RunSummaryCollector(DocumentRouter):
             self._primary.add(doc["uid"])
         elif doc.get("name") == ANALYSIS:
             self._analysis.add(doc["uid"])
+            self.runs[doc["run_start"]].has_analysis = True
         return doc
 
     def event(self, doc: Event) -> Event:

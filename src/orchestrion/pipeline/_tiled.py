@@ -39,6 +39,20 @@ def run_address(config: OrchestrionConfig, run_uid: str) -> str:
     return f"sqlite:///{embedded_catalog_paths(config.home)['catalog']}#/{run_uid}"
 
 
+def how_to_open(address: str) -> str | None:
+    """How a user opens the run at ``address`` (an embedded catalog's URI is no client's URL)."""
+    if not address.startswith("sqlite:///") or "#/" not in address:
+        return None
+    database, run_uid = address.removeprefix("sqlite:///").split("#/", 1)
+    home = Path(database).parent.parent
+    return (
+        f'orchestrion shell, then catalog["{run_uid}"]; in Python: '
+        f'orchestrion.pipeline.open_embedded_catalog(Path("{home}")).client["{run_uid}"]; '
+        f"or serve it: tiled serve catalog {database} -w {home / 'tiled' / 'data'} "
+        f"-w sqlite:///{home / 'tiled' / 'tables.db'}"
+    )
+
+
 @dataclass
 class CatalogConnection:
     """A Tiled client and how to name a run in it."""
@@ -190,7 +204,9 @@ def catalog_rows(node: Any, stream: str) -> int:
     """Rows of ``stream`` in a run's catalog entry (0 when it has none)."""
     if stream not in node:
         return 0
-    return len(node[stream].read(["seq_num"])["seq_num"])
+    columns = node[stream]
+    # The column's shape is metadata: no row is read.
+    return int(columns["seq_num"].shape[0]) if "seq_num" in columns else 0
 
 
 def delete_run(connection: CatalogConnection, run_uid: str) -> None:

@@ -22,7 +22,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from orchestrion.pipeline import RunSummary
+from orchestrion.analysis import format_with_error
+from orchestrion.pipeline import RunSummary, how_to_open
 from orchestrion.schema import ANALYSIS, BASELINE, PRIMARY, SEQUENCES
 
 PROGRESS_COLUMNS = (
@@ -181,9 +182,13 @@ def print_run_summary(summary: RunSummary, console: Console) -> None:
         console.print(f"  file:   {summary.hdf5}", soft_wrap=True)
     if summary.tiled:
         console.print(f"  tiled:  {summary.tiled}", soft_wrap=True)
+        hint = how_to_open(summary.tiled)
+        if hint:
+            console.print(f"  open:   {hint}", soft_wrap=True)
     values = {k: v for k, v in summary.analysis.items() if not k.endswith("_err")}
     for key, value in values.items():
-        error = summary.analysis.get(f"{key}_err")
-        console.print(f"  fit {key} = {value:.12g}" + (f" ± {error:.2g}" if error is not None else ""))
+        console.print(f"  fit {key} = {format_with_error(value, summary.analysis.get(f'{key}_err'))}")
+    if not values and summary.status in ("success", "incomplete"):
+        console.print(f"  no fit: {summary.no_fit_reason()}")
     for parameter_id, written in summary.parameters_written.items():
         console.print(f"  wrote {parameter_id} = {written['value']!r}")
