@@ -225,3 +225,34 @@ def test_processes_that_open_a_new_embedded_catalog_together_all_get_it(tmp_path
     ]
     outcomes = [(opener.wait(timeout=240), opener.communicate()[1]) for opener in openers]
     assert [code for code, _ in outcomes] == [0, 0, 0], "\n".join(err[-2000:] for _, err in outcomes)
+
+
+def test_a_run_written_while_the_catalog_was_unreachable_is_catalogued_once_it_is_back(
+    tiled_server: TiledServer, tmp_path: Path
+) -> None:
+    down = OrchestrionConfig(home=tmp_path, tiled_uri=f"http://127.0.0.1:{free_port()}")  # type: ignore[call-arg]
+    first = PostProcessing(down)
+    docs = list(whole_run(9, fit=FIT, experiment="ramsey", job_id="job-offline"))
+    uid = docs[0][1]["uid"]
+    for name, doc in docs:
+        first(name, doc)
+    first.close()
+    outcome = first.noted("outcome")[uid]
+    # Written to HDF5, not to the catalog: reported so, with where the documents are kept.
+    assert (outcome["status"], outcome["points"], outcome["tiled"]) == ("incomplete", 9, None)
+    assert outcome["spool"] is not None
+    assert Path(outcome["spool"]).exists()
+    # The next post-processing that reaches the catalog completes it from the spool.
+    up = OrchestrionConfig(home=tmp_path, tiled_uri=tiled_server.uri, tiled_api_key=tiled_server.api_key)  # type: ignore[arg-type]
+    PostProcessing(up).close()
+    client = from_uri(tiled_server.uri, api_key=tiled_server.api_key)
+    try:
+        run = client[uid]
+        assert run.metadata["stop"]["exit_status"] == "success"
+        assert run[BUNDLED].read()["point-index"].values.tolist() == list(range(9))
+        assert run.metadata["orchestrion"]["hdf5"] == outcome["hdf5"]
+        assert run.metadata["orchestrion"]["analysis"] == FIT
+        assert list(client.search(Key("job_id") == "job-offline")) == [uid]
+    finally:
+        client.context.close()
+    assert not Path(outcome["spool"]).exists()

@@ -13,6 +13,8 @@ import fcntl
 import json
 import logging
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -106,6 +108,25 @@ def read_status(path: Path) -> tuple[str, int]:
         status = f["entry/status"][()]
         points = int(f["entry/points"][()]) if "points" in f["entry"] else 0
     return (status.decode() if isinstance(status, bytes) else str(status)), points
+
+
+_READ_STATUS = """
+import json, sys, h5py
+with h5py.File(sys.argv[1], "r", swmr=True) as f:
+    status = f["entry/status"][()]
+    print(json.dumps([status.decode() if isinstance(status, bytes) else str(status), int(f["entry/points"][()])]))
+"""
+
+
+def read_status_elsewhere(path: Path, timeout: float = 60.0) -> tuple[str, int]:
+    """`read_status` from a fresh process: this one's HDF5 may still hold a handle on the
+    file whose close failed (a full disk), which makes it refuse to open the file again."""
+    done = subprocess.run([sys.executable, "-c", _READ_STATUS, str(path)], capture_output=True, text=True,
+                          timeout=timeout, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise OSError(f"{path} cannot be read: {done.stderr.strip().splitlines()[-1:]}")
+    status, points = json.loads(done.stdout)
+    return str(status), int(points)
 
 
 def set_aside(path: Path, reason: str) -> Path:

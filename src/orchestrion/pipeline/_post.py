@@ -28,10 +28,11 @@ from orchestrion.schema import BUNDLED, PRIMARY
 
 from ._bundler import RunBundler
 from ._checks import DocumentError, RunChecks
+from ._repair import repair_catalog
 from ._routing import RunsRouter, Stage
 from ._serializer import FileOutcome, Serializer
 from ._spool import HDF5_NOTE, SpoolWriter, spool_dir
-from ._tiled import CatalogConnection, CatalogOutcome, RunCatalogWriter
+from ._tiled import CatalogConnection, CatalogOutcome, RunCatalogWriter, connect_catalog
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ Report = Callable[[Note], None]
 DocumentCallback = Callable[[str, dict[str, Any]], Any]
 
 STATUS_INCOMPLETE = "incomplete"
+RECONNECT_INTERVAL = 30.0  # s: how often a run's start tries a catalog that could not be reached
 
 
 @dataclass
@@ -242,16 +244,40 @@ class RunChain:
 
 
 class PostProcessing(RunsRouter):
-    """Every run's documents into its own `RunChain`; a plain ``(name, doc)`` callable."""
+    """Every run's documents into its own `RunChain`; a plain ``(name, doc)`` callable.
+
+    Without a catalog connection (it could not be reached), a run's start tries again
+    (at most every `RECONNECT_INTERVAL` seconds); once connected, the runs it lacks are
+    completed from their spools (`repair_catalog`).
+    """
 
     def __init__(self, config: OrchestrionConfig, report: Report, connection: CatalogConnection | None) -> None:
         super().__init__([self._factory], "post-processing")
         self.settings = _Settings(config, report, connection)
+        self._retry_at = time.monotonic() + RECONNECT_INTERVAL
 
     def _factory(self, name: str, start: dict[str, Any]) -> tuple[list[DocumentCallback], list[Any]]:
+        if self.settings.connection is None and self.settings.config.tiled_enabled:
+            self._reconnect()
         chain = RunChain(start, self.settings)
         self.track(chain.run_uid, chain)
         return [chain], []
+
+    def _reconnect(self) -> None:
+        if time.monotonic() < self._retry_at:
+            return
+        self._retry_at = time.monotonic() + RECONNECT_INTERVAL
+        try:
+            connection = connect_catalog(self.settings.config)
+        except Exception as exc:
+            logger.warning("the catalog still cannot be reached (%s); runs are spooled", exc)
+            return
+        self.settings.connection = connection
+        logger.warning("the catalog can be reached again; spooled runs are completed in it")
+        try:
+            repair_catalog(self.settings.config, connection)
+        except Exception:
+            logger.exception("catalog repair failed; the spooled runs are kept for the next attempt")
 
     def close(self) -> None:
         """Finish the runs that did not stop ("incomplete"), then let go of the catalog."""

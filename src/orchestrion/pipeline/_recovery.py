@@ -154,7 +154,7 @@ def _recover_locked(path: Path) -> Recovered | None:
         return None
     try:
         status, points = read_status(path)
-        if status != STATUS_RUNNING:
+        if status != STATUS_RUNNING and _plainly_readable(path):
             return None
         points = recover_file(path)
     except OSError as exc:
@@ -166,6 +166,16 @@ def _recover_locked(path: Path) -> Recovered | None:
         return _set_aside(path, exc)
     logger.warning("recovered %s: its writer died mid-run; marked incomplete with %d points", path, points)
     return Recovered(path, "recovered", points)
+
+
+def _plainly_readable(path: Path) -> bool:
+    """Whether a plain reader opens ``path`` (a writer that did not close it leaves its
+    consistency flags set, and only SWMR readers open it)."""
+    try:
+        with h5py.File(path, "r"):
+            return True
+    except OSError:
+        return False
 
 
 def _set_aside(path: Path, exc: BaseException) -> Recovered:

@@ -49,6 +49,7 @@ from ._hdf5_files import (
     hold_lock,
     lock_path,
     read_status,
+    read_status_elsewhere,
     release_lock,
 )
 from ._hdf5_plugins import Hdf5Plugin, RunDocuments, load_plugins
@@ -122,6 +123,7 @@ class Serializer(DocumentRouter):
         self._sequence_dirty: set[int] = set()
         self._point_sequence: list[int] = []
         self._last_flush = time.monotonic()
+        self._flushed = 0  # points the file counted at its last flush that succeeded
         self._closed = False
 
     # -- the suitcase interface ---------------------------------------------------------
@@ -234,6 +236,7 @@ class Serializer(DocumentRouter):
         # Counted once the rows are on disk: recovery trusts this number.
         entry["points"][()] = self._data.written
         f.flush()
+        self._flushed = self._data.written
 
     def _flush_sequences(self, sequences: h5py.Group) -> None:
         rows = len(self._sequence_json)
@@ -314,10 +317,10 @@ class Serializer(DocumentRouter):
                 self._creating.unlink(missing_ok=True)
                 self._creating = None
             self._check(path, problems)
-            # A file left unfinished (its end not written, or unreadable) keeps its lock
-            # file, released: the next recovery finds it, as if this writer had died.
+            # A file that was not finished cleanly (its end or its close failed) keeps its
+            # lock file, released: the next recovery checks it, as if its writer had died.
             assert self.outcome is not None
-            unfinished = path.exists() and self.outcome.status in (None, STATUS_RUNNING)
+            unfinished = path.exists() and (self.outcome.status in (None, STATUS_RUNNING) or bool(problems))
             release_lock(self._lock, self.directory, path.name, keep_record=unfinished)
             self._lock = None
 
@@ -333,9 +336,10 @@ class Serializer(DocumentRouter):
         except Exception as exc:
             logger.exception("run %s: the last points could not be written to %s", self.run_uid, self.path)
             problems.append(f"the last points could not be written: {exc}")
-        written = self._data.written if self._data is not None else 0
         try:
-            write_stop(f["entry"], stop, status, reason, written)
+            # The points of the last flush that succeeded: rows still in HDF5's cache when
+            # a write failed (a full disk) are not counted.
+            write_stop(f["entry"], stop, status, reason, self._flushed)
             f.flush()
         except Exception as exc:
             logger.exception("run %s: the end of the run could not be written to %s", self.run_uid, self.path)
@@ -367,10 +371,15 @@ class Serializer(DocumentRouter):
     def _check(self, path: Path, problems: list[str]) -> None:
         """`outcome`: the closed file read back."""
         try:
-            status, points = read_status(path)
+            try:
+                status, points = read_status(path)
+            except Exception:
+                # HDF5 in this process may still hold a handle whose close failed (a
+                # full disk) and refuse to open the file again: read it from another.
+                status, points = read_status_elsewhere(path)
         except Exception as exc:
-            problems.append(f"the file cannot be read back: {exc}")
-            self.outcome = FileOutcome(path, None, 0, problems)
+            problems.append(f"the file cannot be read back ({exc}); {self._flushed} points were flushed to it")
+            self.outcome = FileOutcome(path, None, self._flushed, problems)
             return
         expected = self._data.written + len(self._data.rows) if self._data is not None else 0
         if points < expected and not any("points" in p for p in problems):
