@@ -32,7 +32,6 @@ SET_ASIDE_DIR = ".unrecoverable"
 STATUS_RUNNING = "running"
 STATUS_ERROR = "error"
 STATUS_INCOMPLETE = "incomplete"
-STATUS_SUCCESS = "success"
 STATUS_DTYPE = "S32"
 
 # The v110 format: what SWMR needs, and what the HDF5 1.10 tools of current Linux

@@ -15,6 +15,7 @@ left for the next attempt.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -158,7 +159,7 @@ def _recover_locked(path: Path) -> Recovered | None:
             return None
         points = recover_file(path)
     except OSError as exc:
-        if exc.errno == 28 or "No space left" in str(exc):  # ENOSPC: try again when there is room
+        if exc.errno == errno.ENOSPC or "No space left" in str(exc):  # try again when there is room
             logger.error("could not recover %s for lack of space; it is retried later", path)
             return Recovered(path, "kept", reason=str(exc))
         return _set_aside(path, exc)

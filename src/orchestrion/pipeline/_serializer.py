@@ -21,7 +21,6 @@ once it was closed.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import time
@@ -403,7 +402,3 @@ class Serializer(DocumentRouter):
             n += 1
         return path
 
-
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` says the file system is full (HDF5 words it in its message)."""
-    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc)
