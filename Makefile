@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 # Debian packages for the services (Redis for the queue server, influxd for the
 # InfluxDB parameter-store tests), for the live-plot test (the Xvfb X server) and the
 # shared libraries PySide6's Qt needs to open windows on X (found with ldd on its xcb
-# platform plugin and Qt libraries); installed only when missing.
+# platform plugin and Qt libraries), and Debian's HDF5 tools (h5dump, h5ls: the HDF5
+# tests read the files with them); installed only when missing.
 QT_X11_PACKAGES := libegl1 libgl1 libfontconfig1 libglib2.0-0 libdbus-1-3 libx11-xcb1 libxkbcommon-x11-0 \
 	libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 \
 	libxcb-shape0 libxcb-sync1 libxcb-xfixes0 libxcb-xkb1
@@ -30,6 +31,7 @@ system-deps:
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v influxd >/dev/null 2>&1 || missing="$$missing influxdb"; \
 	command -v Xvfb >/dev/null 2>&1 || missing="$$missing xvfb"; \
+	command -v h5dump >/dev/null 2>&1 || missing="$$missing hdf5-tools"; \
 	for package in $(QT_X11_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || missing="$$missing $$package"; \
 	done; \

@@ -14,6 +14,8 @@ from typing import Any
 
 from event_model import ComposeDescriptorBundle, ComposeRunBundle, compose_run
 
+from orchestrion.schema import POINT_SEQUENCE_KEY_MD
+
 NUMBER = {"dtype": "number", "shape": [], "source": "sim://sequencer"}
 AXIS = "point-qubit_detuning"
 
@@ -100,6 +102,7 @@ def fake_run(shots: int = 4, detunings: int = 5, **metadata: Any) -> FakeRun:
             "detection": {"threshold": {"value": 5, "timestamp": "2026-01-02T00:00:00+00:00", "source": "calibration"}},
         },
         "hints": {"dimensions": [([AXIS], "primary")]},
+        POINT_SEQUENCE_KEY_MD: "sequencer-sequence_hash",
     }
     md.update(metadata)
     run = compose_run(metadata=md)

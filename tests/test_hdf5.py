@@ -20,11 +20,12 @@ import pytest
 from event_model import compose_run
 from nexusformat.nexus import nxload
 
+from orchestrion.config import OrchestrionConfig
 from orchestrion.pipeline import (
-    Hdf5Writer,
     InstrumentPlugin,
     RunDocuments,
     Serializer,
+    build_post_processing,
     file_name_for,
     load_plugins,
     recover_incomplete,
@@ -39,6 +40,27 @@ FIT = {"center": 1234.5, "center_err": 12.0, "contrast": 0.9, "contrast_err": 0.
 
 def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class PostProcessing:
+    """`build_post_processing` without a catalog, and what it reports."""
+
+    def __init__(self, home: Path) -> None:
+        self.notes: list[dict[str, Any]] = []
+        self.config = OrchestrionConfig(home=home, tiled_enabled=False)  # type: ignore[call-arg]
+        self.stage = build_post_processing(self.config, self.notes.append)
+        self.files: dict[str, Path] = {}
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        self.stage(name, doc)
+        self.files.update({n["run"]: Path(n["hdf5"]) for n in self.notes if "hdf5" in n})
+
+    def outcome(self, run_uid: str) -> dict[str, Any]:
+        (outcome,) = [n["outcome"] for n in self.notes if n["run"] == run_uid and "outcome" in n]
+        return dict(outcome)
+
+    def close(self) -> None:
+        getattr(self.stage, "close")()  # noqa: B009 - a plain callable's optional close
 
 
 def write_run(directory: Path, points: int = 12, **options: Any) -> Path:
@@ -79,11 +101,12 @@ def test_a_run_becomes_one_nexus_file(tmp_path: Path) -> None:
         assert entry["shots/sequencer_counts"].shape == (12, 4)
         assert list(entry["shots"].attrs["axes"]) == ["point_qubit_detuning", "shot"]
         # The parameter snapshot: value and timestamp per id.
-        threshold = entry["parameters/detection.threshold"]
+        threshold = entry["parameters/detection_threshold"]
+        assert threshold.attrs["id"] == "detection.threshold"
         assert threshold["value"][()] == 5
         assert threshold.attrs["timestamp"] == "2026-01-02T00:00:00+00:00"
         assert threshold.attrs["source"] == "calibration"
-        assert entry["parameters/qubit.frequency/value"][()] == pytest.approx(12.6428e9)
+        assert entry["parameters/qubit_frequency/value"][()] == pytest.approx(12.6428e9)
         # Sequences: five distinct ones stored once, and which one each point ran.
         sequences = entry["sequences"]
         assert sequences["hash"].shape == (5,)
@@ -175,8 +198,8 @@ def test_bad_documents_close_that_runs_file_marked_and_other_runs_go_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR)
-    files: dict[str, Path] = {}
-    writer = Hdf5Writer(tmp_path, on_file=lambda uid, path: files.__setitem__(uid, path))
+    writer = PostProcessing(tmp_path)
+    files = writer.files
     good, bad = fake_run(), fake_run()
     for name, doc in [*good.head(), *bad.head()]:
         writer(name, doc)
@@ -197,11 +220,11 @@ def test_bad_documents_close_that_runs_file_marked_and_other_runs_go_on(
             writer(name, doc)
     for name, doc in good.tail():
         writer(name, doc)
-    # An event before any start, and the stop of a run nobody started.
+    # An event of a descriptor nobody announced, and the stop of a run nobody started.
     stray = fake_run()
     writer("event", next(d for n, d in stray.point(0) if n == "event"))
     writer("stop", dict(stray.run.compose_stop()))
-    assert "before any start document" in caplog.text
+    assert "unknown descriptor" in caplog.text
     assert f"run {stray.uid}: stop arrived before the run's start document" in caplog.text
     with h5py.File(files[bad.uid], "r") as f:  # closed consistent: a plain reader opens it
         assert text(f["entry/status"][()]) == "error"
@@ -210,11 +233,19 @@ def test_bad_documents_close_that_runs_file_marked_and_other_runs_go_on(
     with h5py.File(files[good.uid], "r") as f:
         assert text(f["entry/status"][()]) == "success"
         assert f["entry/data/point_index"][:].tolist() == list(range(6))
-    assert len(list(tmp_path.glob("*.h5"))) == 2
+    assert len(list(writer.config.data_dir.glob("*.h5"))) == 2
+    assert writer.outcome(good.uid)["status"] == "success"
+    assert writer.outcome(good.uid)["points"] == 6
+    # The broken run is reported as such, with what its file holds, when it ends.
+    writer.close()
+    broken = writer.outcome(bad.uid)
+    assert broken["status"] == "incomplete"
+    assert broken["points"] == 1
+    assert any("used twice" in problem for problem in broken["problems"])
 
 
 def test_closing_the_writer_mid_run_marks_the_file_incomplete(tmp_path: Path) -> None:
-    writer = Hdf5Writer(tmp_path)
+    writer = PostProcessing(tmp_path)
     run = fake_run()
     for name, doc in [*run.head(), *run.point(0), *run.point(1)]:
         writer(name, doc)
@@ -222,6 +253,8 @@ def test_closing_the_writer_mid_run_marks_the_file_incomplete(tmp_path: Path) ->
     with h5py.File(writer.files[run.uid], "r") as f:
         assert text(f["entry/status"][()]) == "incomplete"
         assert f["entry/points"][()] == 2
+    outcome = writer.outcome(run.uid)
+    assert (outcome["status"], outcome["points"]) == ("incomplete", 2)
 
 
 READER = textwrap.dedent(
@@ -406,3 +439,49 @@ def test_large_array_points_are_written_row_by_row_and_read_back_whole(tmp_path:
         assert math.prod(stored.chunks) * 8 <= 1 << 20  # chunks of at most 1 MiB
         for n, image in enumerate(images):
             assert np.array_equal(stored[n], image)
+
+
+HOLDING_READER = textwrap.dedent(
+    """
+    import sys, time, h5py
+    from pathlib import Path
+    path, progress, release = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    with h5py.File(path, "r", swmr=True) as f:  # held open, as a live plot would
+        index = f["entry/data/point_index"]
+        while not release.exists():
+            index.refresh()
+            progress.write_text(str(index.shape[0]))
+            time.sleep(0.01)
+    """
+)
+
+
+def test_a_live_reader_that_keeps_the_file_open_costs_no_point(tmp_path: Path) -> None:
+    writer = PostProcessing(tmp_path)
+    run = fake_run(detunings=5)
+    for name, doc in [*run.head(), *run.point(0), *run.point(1)]:
+        writer(name, doc)
+    path = writer.files[run.uid]
+    progress, release = tmp_path / "progress.txt", tmp_path / "release"
+    reader = subprocess.Popen([sys.executable, "-c", HOLDING_READER, str(path), str(progress), str(release)])
+    try:
+        wait_until(lambda: progress.exists(), timeout=60, what="the reader to open the file")
+        for index in range(2, 30):
+            for name, doc in run.point(index):
+                writer(name, doc)
+        for name, doc in run.tail(FIT):  # the stop, while the reader still holds the file
+            writer(name, doc)
+        wait_until(lambda: progress.read_text() == "30", timeout=60, what="the reader to see every point")
+        assert reader.poll() is None  # it is still reading
+        outcome = writer.outcome(run.uid)
+        assert (outcome["status"], outcome["points"], outcome["problems"]) == ("success", 30, [])
+    finally:
+        release.touch()
+        assert reader.wait(timeout=60) == 0
+    with h5py.File(path, "r") as f:
+        entry = f["entry"]
+        assert text(entry["status"][()]) == "success"
+        assert entry["points"][()] == 30
+        assert entry["data/point_index"][:].tolist() == list(range(30))
+        assert entry["analysis/center"][()] == pytest.approx(1234.5)
+        assert "baseline" in entry["streams"]

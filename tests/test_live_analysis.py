@@ -8,8 +8,19 @@ import numpy as np
 import pytest
 from event_model import compose_run
 
-from orchestrion.analysis import FitResult, LiveFit, damped_sine, fit_lorentzian, fit_oscillation, lorentzian
+from orchestrion.analysis import (
+    FitResult,
+    LiveFit,
+    damped_sine,
+    fit_lorentzian,
+    fit_oscillation,
+    format_with_error,
+    lorentzian,
+)
+from orchestrion.config import OrchestrionConfig
+from orchestrion.experiment import RunRequest
 from orchestrion.pipeline import BUNDLED, COMPLETE_KEY
+from orchestrion.session import EmbeddedSession
 
 NUMBER = {"dtype": "number", "shape": [], "source": "sim://x"}
 
@@ -29,7 +40,9 @@ def test_a_live_fit_follows_the_bundled_points_and_ends_at_the_stop() -> None:
         },
     )
     fits: list[tuple[str, FitResult]] = []
-    live = LiveFit(lambda x, y: fit_oscillation(x, y), every=10, on_fit=lambda uid, fit: fits.append((uid, fit)))
+    live = LiveFit(
+        lambda x, y: fit_oscillation(x, y), stream=BUNDLED, every=10, on_fit=lambda uid, fit: fits.append((uid, fit))
+    )
     live("start", run.start_doc)
     live("descriptor", bundled.descriptor_doc)
     for i, (ti, yi) in enumerate(zip(t, y, strict=True)):
@@ -56,3 +69,30 @@ def test_a_lorentzian_fit_finds_centre_and_width_with_uncertainties() -> None:
     assert fit.values["fwhm"] == pytest.approx(30e3, abs=4 * fit.errors["fwhm"])
     assert fit.errors["center"] < 1e3
     assert fit_lorentzian([], []) is None
+
+
+def test_a_live_fit_subscribed_to_the_runengine_fits_a_real_run(config: OrchestrionConfig) -> None:
+    # Where users subscribe it: the RunEngine's documents, not post-processing's.
+    fits: list[FitResult] = []
+    live = LiveFit(lambda x, y: fit_lorentzian(x, y), every=5, on_fit=lambda uid, fit: fits.append(fit))
+    session = EmbeddedSession(config.model_copy(update={"tiled_enabled": False}))
+    try:
+        summary = session.run(
+            RunRequest(experiment="spectroscopy", scan=("spectroscopy.detuning=-150e3:150e3:21",), shots=50),
+            extra_callbacks=[live],
+        )
+    finally:
+        session.close()
+    assert summary.status == "success"
+    assert len(fits) == 5  # after 5, 10, 15 and 20 points, and at the stop
+    result = live.results[summary.run_uid]
+    # The stored qubit frequency is 15 kHz off the true one: the line is found there.
+    assert abs(result.values["center"] - summary.analysis["center"]) < 3 * result.errors["center"] + 5e3
+
+
+def test_fit_results_are_printed_to_their_uncertainty() -> None:
+    assert format_with_error(12642.8123, 12.34) == "12643 ± 12"
+    assert format_with_error(0.0512, 1.8) == "0.1 ± 1.8"
+    assert format_with_error(1.19999, 0.96) == "1.20 ± 0.96"
+    assert format_with_error(12642812345.6, 123.0) == "12642812350 ± 120"
+    assert format_with_error(3.0, None) == "3"

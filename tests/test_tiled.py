@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import sys
@@ -18,17 +19,7 @@ from tiled.client import from_uri
 from tiled.queries import Key
 
 from orchestrion.config import OrchestrionConfig
-from orchestrion.pipeline import (
-    BUNDLED,
-    Bundler,
-    Guarded,
-    Hdf5Writer,
-    TiledSink,
-    build_pipeline,
-    connect_catalog,
-    open_embedded_catalog,
-)
-from orchestrion.pipeline._tiled import HDF5_NOTICE
+from orchestrion.pipeline import BUNDLED, build_pipeline, build_post_processing, open_embedded_catalog
 
 from .pipeline_docs import whole_run
 from .support import free_port, stop_process, wait_until
@@ -71,23 +62,28 @@ def tiled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TiledServ
         log.close()
 
 
-def pipeline_for(config: OrchestrionConfig, data_dir: Path) -> tuple[Bundler, Hdf5Writer, TiledSink]:
-    writer = Hdf5Writer(data_dir, data_stream=BUNDLED, skip_streams=("primary",))
-    sink = TiledSink(connect_catalog(config), batch_size=7)
+class PostProcessing:
+    """`build_post_processing` as a transport feeds it, and what it reports."""
 
-    def tiled(name: str, doc: dict[str, Any]) -> None:
-        sink(name, doc)
-        if name == "start":  # as `build_pipeline` does: the file is named at the start
-            sink(HDF5_NOTICE, {"run": doc["uid"], "path": str(writer.files[doc["uid"]])})
+    def __init__(self, config: OrchestrionConfig) -> None:
+        self.notes: list[dict[str, Any]] = []
+        self.stage = build_post_processing(config, self.notes.append)
 
-    return Bundler([Guarded(writer, "hdf5"), Guarded(tiled, "tiled")]), writer, sink
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        self.stage(name, doc)
+
+    def noted(self, key: str) -> dict[str, Any]:
+        return {n["run"]: n[key] for n in self.notes if key in n}
+
+    def close(self) -> None:
+        getattr(self.stage, "close")()  # noqa: B009 - a plain callable's optional close
 
 
 def test_runs_are_catalogued_in_a_served_tiled_and_found_by_their_metadata(
     tiled_server: TiledServer, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     config = OrchestrionConfig(home=tmp_path, tiled_uri=tiled_server.uri, tiled_api_key=tiled_server.api_key)  # type: ignore[arg-type]
-    bundler, writer, sink = pipeline_for(config, tmp_path / "data")
+    bundler = PostProcessing(config)
     before = time.time()
     uids = []
     for experiment, job, points in (("spectroscopy", "job-1", 23), ("ramsey", "job-2", 5)):
@@ -95,12 +91,18 @@ def test_runs_are_catalogued_in_a_served_tiled_and_found_by_their_metadata(
         uids.append(docs[0][1]["uid"])
         for name, doc in docs:
             bundler(name, doc)
+    outcomes = bundler.noted("outcome")
     bundler.close()
 
     client = from_uri(tiled_server.uri, api_key=tiled_server.api_key)
     assert uids[0] in client
-    address = sink.connection.run_address(uids[0])
+    address = bundler.noted("tiled")[uids[0]]
     assert address == f"{tiled_server.uri}/api/v1/metadata/{uids[0]}"
+    # What post-processing reports of each run is what it read back from file and catalog.
+    assert {uid: (o["status"], o["points"], o["catalog_rows"], o["tiled"]) for uid, o in outcomes.items()} == {
+        uids[0]: ("success", 23, 23, address),
+        uids[1]: ("success", 5, 5, bundler.noted("tiled")[uids[1]]),
+    }
     assert httpx.get(address, headers={"Authorization": f"Apikey {tiled_server.api_key}"}).status_code == 200
     # Found by experiment, job id, time range and any metadata.
     assert list(client.search(Key("start.experiment") == "ramsey")) == [uids[1]]
@@ -125,22 +127,41 @@ def test_runs_are_catalogued_in_a_served_tiled_and_found_by_their_metadata(
     assert run.metadata["stop"]["num_events"][BUNDLED] == 23
     # The key opens the catalog; without it the server refuses.
     assert httpx.get(f"{tiled_server.uri}/api/v1/search/").status_code == 401
-    sink.close()
     client.context.close()
     assert tiled_server.api_key not in capfd.readouterr().err
-    for path in writer.files.values():
-        assert tiled_server.api_key.encode() not in path.read_bytes()
+    for path in bundler.noted("hdf5").values():
+        assert tiled_server.api_key.encode() not in Path(path).read_bytes()
+    # As the README says: a plain Tiled client, in another process, finds runs by
+    # experiment and job id.
+    found = subprocess.run(
+        [sys.executable, "-c", PLAIN_CLIENT, tiled_server.uri, tiled_server.api_key],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert json.loads(found.stdout) == {"ramsey": [uids[1]], "job-1": [uids[0]]}
+
+
+PLAIN_CLIENT = """
+import json, sys
+from tiled.client import from_uri
+from tiled.queries import Key
+
+client = from_uri(sys.argv[1], api_key=sys.argv[2])
+print(json.dumps({
+    "ramsey": list(client.search(Key("experiment") == "ramsey")),
+    "job-1": list(client.search(Key("job_id") == "job-1")),
+}))
+"""
 
 
 def test_the_embedded_catalog_persists_under_the_home(tmp_path: Path) -> None:
     config = OrchestrionConfig(home=tmp_path)
-    bundler, _, sink = pipeline_for(config, tmp_path / "data")
+    bundler = PostProcessing(config)
     docs = list(whole_run(4, fit=FIT, experiment="rabi_flop"))
     for name, doc in docs:
         bundler(name, doc)
     uid = docs[0][1]["uid"]
-    address = sink.connection.run_address(uid)
-    sink.close()
+    address = bundler.noted("tiled")[uid]
+    bundler.close()
     assert address == f"sqlite:///{tmp_path / 'tiled' / 'catalog.db'}#/{uid}"
     # Another connection (as a later process would open it) finds the run and its data.
     again = open_embedded_catalog(tmp_path)
@@ -204,3 +225,34 @@ def test_processes_that_open_a_new_embedded_catalog_together_all_get_it(tmp_path
     ]
     outcomes = [(opener.wait(timeout=240), opener.communicate()[1]) for opener in openers]
     assert [code for code, _ in outcomes] == [0, 0, 0], "\n".join(err[-2000:] for _, err in outcomes)
+
+
+def test_a_run_written_while_the_catalog_was_unreachable_is_catalogued_once_it_is_back(
+    tiled_server: TiledServer, tmp_path: Path
+) -> None:
+    down = OrchestrionConfig(home=tmp_path, tiled_uri=f"http://127.0.0.1:{free_port()}")  # type: ignore[call-arg]
+    first = PostProcessing(down)
+    docs = list(whole_run(9, fit=FIT, experiment="ramsey", job_id="job-offline"))
+    uid = docs[0][1]["uid"]
+    for name, doc in docs:
+        first(name, doc)
+    first.close()
+    outcome = first.noted("outcome")[uid]
+    # Written to HDF5, not to the catalog: reported so, with where the documents are kept.
+    assert (outcome["status"], outcome["points"], outcome["tiled"]) == ("incomplete", 9, None)
+    assert outcome["spool"] is not None
+    assert Path(outcome["spool"]).exists()
+    # The next post-processing that reaches the catalog completes it from the spool.
+    up = OrchestrionConfig(home=tmp_path, tiled_uri=tiled_server.uri, tiled_api_key=tiled_server.api_key)  # type: ignore[arg-type]
+    PostProcessing(up).close()
+    client = from_uri(tiled_server.uri, api_key=tiled_server.api_key)
+    try:
+        run = client[uid]
+        assert run.metadata["stop"]["exit_status"] == "success"
+        assert run[BUNDLED].read()["point-index"].values.tolist() == list(range(9))
+        assert run.metadata["orchestrion"]["hdf5"] == outcome["hdf5"]
+        assert run.metadata["orchestrion"]["analysis"] == FIT
+        assert list(client.search(Key("job_id") == "job-offline")) == [uid]
+    finally:
+        client.context.close()
+    assert not Path(outcome["spool"]).exists()

@@ -36,6 +36,12 @@ PARAMETERS_AT = "parameters_at"
 """An ISO-8601 time as of which a run reads its own experiment's parameters."""
 POINT_SEQUENCE_KEY_MD = "sequence_hash_key"
 """Names the data key of the primary stream that carries each point's sequence hash."""
+UNITS_MD = "units"
+"""{parameter id or fit result name: unit} of a run's parameters and fits (files' ``units``)."""
+EXPERIMENT_MD = "experiment"
+"""The experiment a run ran (searchable in the catalog at the run's top level)."""
+CATALOG_MD = "orchestrion"
+"""The run's catalog metadata written by Orchestrion: hdf5 path, fits, status, search keys."""
 
 
 def fit_key(name: str) -> str:

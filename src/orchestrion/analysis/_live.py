@@ -1,4 +1,4 @@
-"""Fits on a run's bundled points while it runs: a document callback."""
+"""Fits on a run's points while it runs: a document callback for a RunEngine."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from event_model import DocumentRouter
+from event_model import DocumentRouter, unpack_event_page
 from event_model.documents import Event, EventDescriptor, EventPage, RunStart, RunStop
 from numpy.typing import NDArray
+
+from orchestrion.schema import COMPLETE_KEY, PRIMARY
 
 from ._fits import FitResult
 
@@ -20,9 +22,13 @@ Fit = Callable[[NDArray[np.float64], NDArray[np.float64]], FitResult | None]
 
 
 class LiveFit(DocumentRouter):
-    """Refits ``y`` against ``x`` over a run's bundled points, every ``every`` points and at the stop.
+    """Refits ``y`` against ``x`` over a run's points, every ``every`` points and at the stop.
 
-    ``x`` defaults to the run's first hinted dimension; incomplete points (the bundler's
+    Subscribe it to a RunEngine (``RE.subscribe(live)``, or an embedded session's extra
+    callbacks): it reads the ``primary`` stream, one event per scan point.  The
+    ``bundled`` stream exists only after the hand-over to post-processing (in its
+    process, or on the document bus): pass ``stream=BUNDLED`` to fit there.  ``x``
+    defaults to the run's first hinted dimension; incomplete points (the bundler's
     ``bundle-complete`` false) are left out.  ``results`` holds each run's last fit;
     ``on_fit(run_uid, result)`` is called after each fit.  A fit that fails is logged
     and leaves the previous result.
@@ -34,7 +40,7 @@ class LiveFit(DocumentRouter):
         *,
         y: str = "sequencer-bright_fraction",
         x: str | None = None,
-        stream: str = "bundled",
+        stream: str = PRIMARY,
         every: int = 10,
         on_fit: Callable[[str, FitResult], Any] | None = None,
     ) -> None:
@@ -67,7 +73,7 @@ class LiveFit(DocumentRouter):
             return doc
         data = doc["data"]
         x_key = self._x_key[run_uid]
-        if data.get("bundle-complete", True) is False or x_key not in data or self.y not in data:
+        if data.get(COMPLETE_KEY, True) is False or x_key not in data or self.y not in data:
             return doc
         x, y = float(data[x_key]), float(data[self.y])
         if math.isfinite(x) and math.isfinite(y):
@@ -85,8 +91,6 @@ class LiveFit(DocumentRouter):
 
     @staticmethod
     def _unpack(doc: EventPage) -> list[Event]:
-        from event_model import unpack_event_page
-
         return list(unpack_event_page(doc))
 
     def stop(self, doc: RunStop) -> RunStop:

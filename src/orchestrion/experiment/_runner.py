@@ -24,7 +24,15 @@ import orchestrion
 from orchestrion.devices import DeviceRegistry, ReadoutRole
 from orchestrion.errors import DeviceError, InputError, OrchestrionError, ParameterError, ScanSpecError
 from orchestrion.parameters import ParameterValue, ParameterValueType
-from orchestrion.schema import ANALYSIS, PARAMETERS_AT, PRIMARY, SEQUENCES, id_to_data_key
+from orchestrion.schema import (
+    ANALYSIS,
+    PARAMETERS_AT,
+    POINT_SEQUENCE_KEY_MD,
+    PRIMARY,
+    SEQUENCES,
+    UNITS_MD,
+    id_to_data_key,
+)
 from orchestrion.sequence import PulseSequence, SequenceError, as_sequence_error
 from orchestrion.times import parse_time
 
@@ -362,6 +370,8 @@ def run_experiment(
         "overrides": nest_by_id(dict(request.overrides)),
         "device_settings": nest_by_id({k: v for k, (_, v) in request.device_settings.items()}),
         "first_sequence_hash": first.content_hash,
+        POINT_SEQUENCE_KEY_MD: getattr(getattr(sequencer, "sequence_hash", None), "name", None),
+        UNITS_MD: nest_by_id({spec.id: spec.unit for spec in experiment.parameters if spec.unit}),
         "orchestrion_version": orchestrion.__version__,
         "hints": {"dimensions": [([key], PRIMARY) for key in hinted] or [(["point-index"], PRIMARY)]},
     }

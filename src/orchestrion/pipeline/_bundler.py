@@ -26,6 +26,7 @@ which streams are which with ``bundle: {monitored: [...], async: [...], point_ke
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import math
 import uuid
@@ -37,7 +38,8 @@ from event_model import unpack_event_page
 
 from orchestrion.schema import ANALYSIS, BASELINE, BUNDLED, COMPLETE_KEY, POINT_KEY, PRIMARY, SEQUENCES
 
-from ._checks import DocumentChecker, DocumentError
+from ._checks import DocumentError, RunChecks
+from ._routing import RunsRouter
 
 logger = logging.getLogger(__name__)
 
@@ -96,14 +98,14 @@ class _AsyncKey:
 class _RunBundle:
     """The state of one run: points waiting for readings, async histories."""
 
-    def __init__(self, start: Mapping[str, Any], bundler: Bundler) -> None:
+    def __init__(self, start: Mapping[str, Any], monitored: Iterable[str], point_key: str, output: str) -> None:
         hints = start.get("bundle") or {}
         self.uid = str(start["uid"])
-        self.monitored: tuple[str, ...] = tuple(hints.get("monitored") or bundler.monitored_streams)
+        self.monitored: tuple[str, ...] = tuple(hints.get("monitored") or monitored)
         declared = hints.get("async")
         self.declared_async: tuple[str, ...] | None = None if declared is None else tuple(declared)
-        self.point_key = str(hints.get("point_key") or bundler.point_key)
-        self.output = bundler.output_stream
+        self.point_key = str(hints.get("point_key") or point_key)
+        self.output = output
         self.streams: dict[str, str] = {}  # descriptor uid -> stream name
         self.data_keys: dict[str, dict[str, Any]] = {}  # stream -> its data keys
         self.object_keys: dict[str, dict[str, Any]] = {}
@@ -128,77 +130,52 @@ class _RunBundle:
         return known | set(self.declared_async or ())
 
 
-class Bundler:
-    """Joins a run's streams into one event per scan point, in the stream ``output_stream``.
+class RunBundler:
+    """Joins one run's streams into one event per scan point, in the stream ``output_stream``.
 
-    Every document received is passed on to ``downstream`` unchanged (the stop after the
-    last bundled points, with the bundled count added to its ``num_events``); bundled
-    descriptors and events are passed on as they become ready.  Documents that break
-    the event model are logged with their run uid, passed on, and not bundled.
+    Made per run (by a `RunRouter` factory: see `Bundler`).  Every document received is
+    passed on to ``emit`` unchanged (the stop after the last bundled points, with the
+    bundled count added to its ``num_events``); the bundled descriptor and events are
+    passed on as they become ready.
     """
 
     def __init__(
         self,
-        downstream: DocumentCallback | Iterable[DocumentCallback] = (),
+        start: Mapping[str, Any],
+        emit: DocumentCallback,
         *,
         monitored_streams: Iterable[str] = (PRIMARY,),
         point_key: str = POINT_KEY,
         output_stream: str = BUNDLED,
         async_wait: float = 0.0,
     ) -> None:
-        self.downstream: list[DocumentCallback] = [downstream] if callable(downstream) else list(downstream)
-        self.monitored_streams = tuple(monitored_streams)
-        self.point_key = point_key
-        self.output_stream = output_stream
+        self._emit = emit
         self.async_wait = float(async_wait)
-        self._checker = DocumentChecker()
-        self._runs: dict[str, _RunBundle] = {}
+        self._run = _RunBundle(start, monitored_streams, point_key, output_stream)
+
+    @property
+    def bundled_points(self) -> int:
+        """Points bundled so far."""
+        return self._run.seq_num
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
-        try:
-            run_uid = self._checker.check(name, doc)
-        except DocumentError as exc:
-            if not exc.reported:
-                logger.error("bundler: %s; the document is not bundled", exc)
+        run = self._run
+        if name == "stop":
+            self._finish(run)
+            doc = dict(doc)
+            num_events = dict(doc.get("num_events") or {})
+            num_events[run.output] = run.seq_num
+            doc["num_events"] = num_events
             self._emit(name, doc)
             return
-        run = self._runs.get(run_uid) if run_uid is not None else None
-        if name == "start":
-            self._runs[doc["uid"]] = _RunBundle(doc, self)
-            self._emit(name, doc)
-        elif name == "stop":
-            if run is not None:
-                self._finish(run)
-                doc = dict(doc)
-                num_events = dict(doc.get("num_events") or {})
-                num_events[run.output] = run.seq_num
-                doc["num_events"] = num_events
-                del self._runs[run.uid]
-            if run_uid is not None:
-                self._checker.forget(run_uid)
-            self._emit(name, doc)
-        else:
-            self._emit(name, doc)
-            if run is None:
-                return
-            if name == "descriptor":
-                self._descriptor(run, doc)
-            elif name == "event":
-                self._event(run, doc)
-            elif name == "event_page":
-                for event in unpack_event_page(doc):  # type: ignore[arg-type]
-                    self._event(run, event)
-
-    def close(self) -> None:
-        """Close the downstream callbacks (files of runs that never stopped are marked)."""
-        for callback in self.downstream:
-            close = getattr(callback, "close", None)
-            if callable(close):
-                close()
-
-    def _emit(self, name: str, doc: dict[str, Any]) -> None:
-        for callback in self.downstream:
-            callback(name, doc)
+        self._emit(name, doc)
+        if name == "descriptor":
+            self._descriptor(run, doc)
+        elif name == "event":
+            self._event(run, doc)
+        elif name == "event_page":
+            for event in unpack_event_page(doc):  # type: ignore[arg-type]
+                self._event(run, event)
 
     def _descriptor(self, run: _RunBundle, doc: Mapping[str, Any]) -> None:
         stream = str(doc.get("name", PRIMARY))
@@ -341,3 +318,59 @@ class Bundler:
             "timestamps": timestamps,
             "filled": {},
         })  # fmt: skip
+
+
+class Bundler(RunsRouter):
+    """`RunBundler` for a stream of documents from any number of runs: a `RunRouter`.
+
+    Every document of a run is passed on to ``downstream``.  A document that breaks the
+    event model is logged with its run uid and dropped; the run goes on.
+    """
+
+    def __init__(
+        self,
+        downstream: DocumentCallback | Iterable[DocumentCallback] = (),
+        *,
+        monitored_streams: Iterable[str] = (PRIMARY,),
+        point_key: str = POINT_KEY,
+        output_stream: str = BUNDLED,
+        async_wait: float = 0.0,
+    ) -> None:
+        super().__init__([self._factory], "bundler")
+        self.downstream: list[DocumentCallback] = [downstream] if callable(downstream) else list(downstream)
+        self._make = functools.partial(
+            RunBundler, monitored_streams=tuple(monitored_streams), point_key=point_key,
+            output_stream=output_stream, async_wait=async_wait,
+        )  # fmt: skip
+
+    def _factory(self, name: str, start: dict[str, Any]) -> tuple[list[DocumentCallback], list[Any]]:
+        bundler = _CheckedBundler(self._make(start, self._pass_on), str(start["uid"]))
+        return [bundler], []
+
+    def _pass_on(self, name: str, doc: dict[str, Any]) -> None:
+        for callback in self.downstream:
+            callback(name, doc)
+
+    def close(self) -> None:
+        """Close the downstream callbacks (files of runs that never stopped are marked)."""
+        super().close()
+        for callback in self.downstream:
+            close = getattr(callback, "close", None)
+            if callable(close):
+                close()
+
+
+class _CheckedBundler:
+    """A run's bundler behind the event-model checks: a bad document is logged and dropped."""
+
+    def __init__(self, bundler: RunBundler, run_uid: str) -> None:
+        self.bundler = bundler
+        self.checks = RunChecks(run_uid)
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        try:
+            self.checks.check(name, doc)
+        except DocumentError as exc:
+            logger.error("bundler: %s; the document is not bundled", exc)
+            return
+        self.bundler(name, doc)

@@ -33,6 +33,10 @@ STOP_WAIT = 300.0  # s: longest a stop document waits for the stage to catch up
 ACK = "orchestrion-ack "
 NOTE = "orchestrion-note "
 
+# The helper's entry module: one the package does not import, so that `-m` does not
+# find it in sys.modules already (runpy warns of that on every start).
+HELPER_MODULE = "orchestrion.pipeline._helper"
+
 Note = dict[str, Any]
 Report = Callable[[Note], None]
 
@@ -40,7 +44,7 @@ Report = Callable[[Note], None]
 class ProcessSink:
     """Feeds a stage that lives in a helper process, made there by ``factory(argument)``.
 
-    The helper is a fresh interpreter (``python -m orchestrion.pipeline._offload``), not
+    The helper is a fresh interpreter (``python -m orchestrion.pipeline._helper``), not
     a multiprocessing child, so it never re-imports the caller's main module.  ``factory``
     must be importable by name; ``argument`` and the documents are pickled over the
     helper's stdin by a feeder thread.  With ``on_note``, the factory is called as
@@ -151,6 +155,12 @@ class ProcessSink:
                 del self._unfinished[uid]
                 self._lost[uid] = helper.error or f"the helper process exited ({helper.process.wait()})"
 
+    def lost_runs(self) -> dict[str, str]:
+        """Runs handed over that will not be finished, with the reason."""
+        with self._state:
+            self._forget_dead_helpers()
+            return dict(self._lost)
+
     def _take_note(self, text: str) -> None:
         if self._on_note is None:
             return
@@ -170,7 +180,7 @@ class _Helper:
     def __init__(self, sink: ProcessSink) -> None:
         self.sink = sink
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "orchestrion.pipeline._offload", "--niceness", str(sink._niceness)],
+            [sys.executable, "-m", HELPER_MODULE, "--niceness", str(sink._niceness)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )  # fmt: skip
         # Documents are handed over in batches: waking the feeder thread for every event
@@ -322,7 +332,7 @@ def _lower_priority(niceness: int) -> None:
             os.setpriority(os.PRIO_PROCESS, thread, niceness)
 
 
-def _serve(niceness: int = 0) -> None:
+def serve(niceness: int = 0) -> None:
     """The helper's side: build the stage, feed it, acknowledge each stop on stdout."""
     if niceness > 0:
         _lower_priority(niceness)
@@ -379,12 +389,3 @@ def _handle(
     if name == "stop":
         answers.say(str(doc.get("run_start")))
     return sink
-
-
-if __name__ == "__main__":
-    import argparse
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    arguments = argparse.ArgumentParser(description="orchestrion's post-processing helper (internal)")
-    arguments.add_argument("--niceness", type=int, default=0)
-    _serve(arguments.parse_args().niceness)

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from bluesky import RunEngine
 
 from orchestrion.config import OrchestrionConfig
-from orchestrion.schema import BUNDLED, PRIMARY
 
-from ._guard import Guarded
-from ._offload import Report  # stdlib only at import, like `_tiled`
+from ._hdf5_files import read_status
+from ._offload import ProcessSink, Report
+from ._post import PostProcessing
+from ._recovery import recover_one, recover_orphans
+from ._repair import repair_catalog
 from ._summary import RunSummaryCollector
-from ._tiled import HDF5_NOTICE, run_address  # stdlib only at import: Tiled loads where used
+from ._tiled import connect_catalog  # Tiled itself is imported where a catalog is opened
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +28,8 @@ class CatalogStage(Protocol):
     def __call__(self, name: str, doc: dict[str, Any]) -> Any: ...
 
     def wait_catalogued(self, run_uid: str | None, timeout: float) -> bool: ...
+
+    def lost_runs(self) -> dict[str, str]: ...
 
 
 class DocumentPipeline:
@@ -52,10 +57,16 @@ class DocumentPipeline:
         """
         if self.catalog_stage is None:
             return True
-        return self.catalog_stage.wait_catalogued(run_uid, timeout)
+        if self.catalog_stage.wait_catalogued(run_uid, timeout):
+            return True
+        for uid, reason in self.catalog_stage.lost_runs().items():
+            if run_uid in (None, uid):
+                self._settle_lost(uid, reason)
+        return False
 
     def take_note(self, note: dict[str, Any]) -> None:
-        """What the post-processing process reports of a run: its HDF5 file, its catalog node."""
+        """What the post-processing process reports of a run: its HDF5 file, its catalog
+        node, and what it made durable (the run's outcome)."""
         summary = self.summaries.runs.get(str(note.get("run")))
         if summary is None:
             return
@@ -63,6 +74,33 @@ class DocumentPipeline:
             summary.hdf5 = str(note["hdf5"])
         if "tiled" in note:
             summary.tiled = str(note["tiled"])
+        if "outcome" in note:
+            summary.take_outcome(note["outcome"])
+
+    def _settle_lost(self, run_uid: str, reason: str) -> None:
+        """A run post-processing did not finish: its file recovered here, its summary what
+        the file holds."""
+        summary = self.summaries.runs.get(run_uid)
+        if summary is None or summary.outcome is not None:
+            return
+        problems = [f"post-processing did not finish the run: {reason}"]
+        points, path = 0, summary.hdf5
+        if path is not None:
+            try:
+                recovered = recover_one(Path(path))
+                if recovered is not None:
+                    points, path = recovered.points, str(recovered.path)
+                    if recovered.action != "recovered":
+                        problems.append(f"its file was {recovered.action}: {recovered.reason}")
+                else:
+                    points = read_status(Path(path))[1]
+            except Exception as exc:
+                logger.exception("run %s: its file %s could not be read back", run_uid, path)
+                problems.append(f"its file could not be read back: {exc}")
+        problems.append("the catalog is completed from the run's spool by the next run or `orchestrion catalog repair`")
+        summary.take_outcome({
+            "status": "incomplete", "points": points, "hdf5": path, "tiled": None, "problems": problems,
+        })  # fmt: skip
 
     def subscribe(self, RE: RunEngine) -> None:
         self._tokens.append(RE.subscribe(self))
@@ -86,81 +124,73 @@ def build_pipeline(config: OrchestrionConfig) -> DocumentPipeline:
     post-processing process (`ProcessSink`), which runs `build_post_processing`: bundler,
     HDF5 files and Tiled.  The RunEngine's thread does no more per document than count
     it and queue it: on two cores, every millisecond there is scan time (ADR 0205).  The
-    post-processing process reports each run's HDF5 file and catalog node back to the
-    summaries, and acknowledges each run when it is written (`wait_catalogued`).
+    post-processing process reports each run's HDF5 file, catalog node and what it made
+    durable back to the summaries, and acknowledges each run when it is written
+    (`wait_catalogued`).
     """
-    from ._offload import ProcessSink
-
     pipeline = DocumentPipeline()
     stage = ProcessSink(
         build_post_processing, config, "post-processing",
         on_note=pipeline.take_note, niceness=config.post_processing_niceness,
     )  # fmt: skip
     pipeline.catalog_stage = stage
-    # A helper that died makes each later document raise: logged once per run, and the
-    # RunEngine's run goes on.
-    pipeline.callbacks.append(Guarded(stage, "post-processing"))
+    pipeline.callbacks.append(_HandOver(stage))
     return pipeline
+
+
+class _HandOver:
+    """The hand-over to post-processing, which must never stop the RunEngine's run.
+
+    A helper that died makes each later document of its run raise: logged once, until
+    a document gets through again (the next run's start starts a new helper).
+    """
+
+    def __init__(self, stage: DocumentCallback) -> None:
+        self.stage = stage
+        self._failing = False
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        try:
+            self.stage(name, doc)
+        except Exception as exc:
+            if not self._failing:
+                logger.error("%s; the run's later documents do not reach post-processing", exc)
+            self._failing = True
+        else:
+            self._failing = False
+
+    def close(self) -> None:
+        close = getattr(self.stage, "close", None)
+        if callable(close):
+            close()
 
 
 def build_post_processing(config: OrchestrionConfig, report: Report | None = None) -> DocumentCallback:
     """Bundler, then HDF5 files and Tiled: what happens to a run's documents after the RunEngine.
 
-    Documents go bundler -> (HDF5 writer, Tiled); the bundler passes every document on
-    and adds the "bundled" stream.  Files whose writer died in an earlier process are
-    recovered first.  The result is a plain ``(name, doc)`` callable, so any transport
-    (the post-processing process of `build_pipeline`, a message bus) can feed it.  Each
-    stage is guarded: its failure on one run is logged with the run uid and does not
-    stop the run or the other stages.  ``report`` gets ``{"run", "hdf5"}`` when a run's
-    file is named and ``{"run", "tiled"}`` once the run is in the catalog.
+    One `RunRouter` (`PostProcessing`) makes, per run, the chain bundler -> (HDF5
+    serializer, Tiled writer), each stage guarded once: a stage's failure on one run is
+    logged with the run uid and does not stop the run or the other stages.  Files whose
+    writer died in an earlier process are recovered first (or set aside when they cannot
+    be), and runs the catalog lacks are completed from their spools (`repair_catalog`).
+    The result is a plain ``(name, doc)`` callable, so any transport (the
+    post-processing process of `build_pipeline`, a message bus) can feed it; what it
+    reports per run (``report(note)``: the file, the catalog node, and once per run the
+    `RunOutcome` read back from both) is documented in `orchestrion.pipeline._post`.
     """
-    from ._bundler import Bundler
-    from ._hdf5 import Hdf5Writer
-    from ._recovery import recover_incomplete
-
     tell: Report = report or (lambda note: None)
-    recover_incomplete(config.data_dir)
-    writer = Hdf5Writer(
-        config.data_dir,
-        on_file=lambda run_uid, path: tell({"run": run_uid, "hdf5": str(path)}),
-        file_prefix=config.hdf5_file_prefix,
-        data_stream=BUNDLED,
-        skip_streams=(PRIMARY,),  # every primary reading is in the bundled points
-        buffer_points=config.hdf5_buffer_points,
-        flush_interval=config.hdf5_flush_interval,
-    )
-    sinks: list[DocumentCallback] = [Guarded(writer, "HDF5 writer")]
+    recover_orphans(config.data_dir)
+    connection = None
     if config.tiled_enabled:
-        from ._tiled import TiledSink, connect_catalog
-
         try:
-            tiled = TiledSink(connect_catalog(config), batch_size=config.tiled_batch_size)
+            connection = connect_catalog(config)
         except Exception:
             # The files are still written: a catalog that cannot be reached must not cost
-            # the data.  The runs' summaries then name no catalog node.
-            logger.exception("Tiled writer: the catalog cannot be reached; runs are written to HDF5 only")
+            # the data.  The runs are spooled, and catalogued when it can be reached.
+            logger.exception("Tiled writer: the catalog cannot be reached; runs are written to HDF5 and spooled")
         else:
-            sinks.append(Guarded(_TiledFeed(tiled, writer, config, tell), "Tiled writer"))
-    return Guarded(Bundler(sinks), "bundler")
-
-
-class _TiledFeed:
-    """Hands documents to the Tiled stage; tells it and the summaries where the run is."""
-
-    def __init__(self, tiled: DocumentCallback, writer: Any, config: OrchestrionConfig, report: Report) -> None:
-        self.tiled, self.writer, self.config, self.report = tiled, writer, config, report
-
-    def __call__(self, name: str, doc: dict[str, Any]) -> None:
-        self.tiled(name, doc)
-        if name == "start":
-            self.report({"run": doc["uid"], "tiled": run_address(self.config, doc["uid"])})
-            # The file is named at the start: the catalog records it while the run goes
-            # on, not in the requests at its stop.
-            path = self.writer.files.get(doc["uid"])
-            if path is not None:
-                self.tiled(HDF5_NOTICE, {"run": doc["uid"], "path": str(path)})
-
-    def close(self) -> None:
-        close = getattr(self.tiled, "close", None)
-        if callable(close):
-            close()
+            try:
+                repair_catalog(config, connection)
+            except Exception:
+                logger.exception("catalog repair failed; the spooled runs are kept for the next attempt")
+    return PostProcessing(config, tell, connection)

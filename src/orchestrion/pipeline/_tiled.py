@@ -6,9 +6,10 @@ storage ``tables.db``: TiledWriter needs the SQL storage for event tables), serv
 in-process.  Services: the Tiled server at ``tiled_uri`` with ``tiled_api_key``.
 
 Besides what TiledWriter stores (the start and stop documents as metadata, each stream
-as a table), each run's metadata gets ``orchestrion: {hdf5: PATH, analysis: {fits}}``
-(the path from its start on, the fits at its stop), so its HDF5 file is reachable from
-its catalog entry.
+as a table), each run's metadata gets ``orchestrion: {hdf5: PATH, analysis: {fits},
+status}`` (the path from its start on, the fits and status at its stop), so its HDF5
+file is reachable from its catalog entry, and the search keys (`SEARCH_KEYS`) at its
+top level.
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ import fcntl
 import logging
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orchestrion.config import OrchestrionConfig
-from orchestrion.schema import ANALYSIS, fit_name
+from orchestrion.schema import ANALYSIS, CATALOG_MD, EXPERIMENT_MD, JOB_ID_KEY, fit_name
 
 logger = logging.getLogger(__name__)
 
-HDF5_NOTICE = "orchestrion_hdf5"  # not an event-model document: {run, path}, after a start
+SEARCH_KEYS = (EXPERIMENT_MD, JOB_ID_KEY, "scan_id", "plan_name")
+"""Start-document keys copied to the top of a run's catalog metadata (TiledWriter keeps
+them under ``start``), where a plain Tiled client's ``Key(...)`` finds them."""
 
 
 def run_address(config: OrchestrionConfig, run_uid: str) -> str:
@@ -34,6 +37,20 @@ def run_address(config: OrchestrionConfig, run_uid: str) -> str:
     if config.tiled_uri:
         return f"{config.tiled_uri.rstrip('/')}/api/v1/metadata/{run_uid}"
     return f"sqlite:///{embedded_catalog_paths(config.home)['catalog']}#/{run_uid}"
+
+
+def how_to_open(address: str) -> str | None:
+    """How a user opens the run at ``address`` (an embedded catalog's URI is no client's URL)."""
+    if not address.startswith("sqlite:///") or "#/" not in address:
+        return None
+    database, run_uid = address.removeprefix("sqlite:///").split("#/", 1)
+    home = Path(database).parent.parent
+    return (
+        f'orchestrion shell, then catalog["{run_uid}"]; in Python: '
+        f'orchestrion.pipeline.open_embedded_catalog(Path("{home}")).client["{run_uid}"]; '
+        f"or serve it: tiled serve catalog {database} -w {home / 'tiled' / 'data'} "
+        f"-w sqlite:///{home / 'tiled' / 'tables.db'}"
+    )
 
 
 @dataclass
@@ -103,62 +120,99 @@ def open_embedded_catalog(home: Path) -> CatalogConnection:
     return CatalogConnection(client=client, location=catalog_uri, served=False, _context=context)
 
 
-class TiledSink:
-    """TiledWriter (batched) plus each run's HDF5 path and fit results in its metadata.
+@dataclass
+class CatalogOutcome:
+    """What the catalog holds of a run, read back from it at the run's end."""
 
-    The path arrives as an ``orchestrion_hdf5`` notice just after the run's start and
-    is recorded at once; fit results, from the run's analysis stream, at its stop.
+    address: str | None  # where the run is (see `CatalogConnection.run_address`); None: not there
+    complete: bool  # the stop is recorded and every bundled point is a row
+    rows: int  # rows of the bundled stream in the catalog
+    problems: list[str] = field(default_factory=list)
+
+
+class RunCatalogWriter:
+    """One run into the catalog: TiledWriter (batched) for its documents, and Orchestrion's
+    metadata: the run's HDF5 path (from its start), fit results and status (at its stop),
+    and the search keys `SEARCH_KEYS` copied to the top level of the run's metadata, so a
+    plain Tiled client finds runs by ``Key("experiment")`` and ``Key("job_id")``.
+
+    Made per run by the post-processing router; `verify` reads the run back.
     """
 
-    def __init__(self, connection: CatalogConnection, *, batch_size: int = 500) -> None:
+    def __init__(
+        self, connection: CatalogConnection, *, batch_size: int = 500, hdf5: str | None = None, data_stream: str
+    ) -> None:
         from bluesky_tiled_plugins import TiledWriter
 
         self.connection = connection
+        self.data_stream = data_stream
         # Arrays go to array storage whatever their size: the SQL table storage takes
         # no list columns (per-shot counts of a few shots failed with HTTP 500).
         # No normalizer: the documents are current event-model ones already, and its
         # per-document schema validation was a third of the writer's time.
         self.writer = TiledWriter(connection.client, batch_size=batch_size, max_array_size=0, normalizer=None)
-        self._nodes: dict[str, Any] = {}  # run uid -> its container, from its start on
-        self._annotations: dict[str, dict[str, Any]] = {}
-        self._analysis_descriptors: dict[str, str] = {}
+        self.run_uid: str | None = None
+        self._node: Any = None
+        self._annotations: dict[str, Any] = {"hdf5": hdf5} if hdf5 else {}
+        self._analysis: str | None = None  # the analysis stream's descriptor uid
+        self.stopped = False
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
-        if name == HDF5_NOTICE:
-            self._annotate(str(doc["run"]), {"hdf5": str(doc["path"])})
-            return
         self.writer(name, doc)
         if name == "start":
-            self._nodes[doc["uid"]] = self.connection.client[doc["uid"]]
-            self._annotations[doc["uid"]] = {}
+            self.run_uid = str(doc["uid"])
+            self._node = self.connection.client[doc["uid"]]
+            top = {key: doc[key] for key in SEARCH_KEYS if doc.get(key) is not None}
+            self._annotate(top)
         elif name == "descriptor" and doc.get("name") == ANALYSIS:
-            self._analysis_descriptors[doc["uid"]] = doc["run_start"]
-        elif name == "event" and doc["descriptor"] in self._analysis_descriptors:
-            run_uid = self._analysis_descriptors[doc["descriptor"]]
-            self._annotations.setdefault(run_uid, {})["analysis"] = _fit_values(doc["data"])
+            self._analysis = doc["uid"]
+        elif name in ("event", "event_page") and doc["descriptor"] == self._analysis:
+            data = doc["data"] if name == "event" else {k: v[-1] for k, v in doc["data"].items()}
+            self._annotations["analysis"] = _fit_values(data)
         elif name == "stop":
-            run_uid = doc["run_start"]
-            fits = self._annotations.get(run_uid, {}).get("analysis")
-            if fits:
-                self._annotate(run_uid, {"analysis": fits})
-            self._nodes.pop(run_uid, None)
-            self._annotations.pop(run_uid, None)
-            self._analysis_descriptors = {k: v for k, v in self._analysis_descriptors.items() if v != run_uid}
+            self.stopped = True
+            self._annotations["status"] = doc.get("exit_status")
+            self._annotate({})
 
-    def _annotate(self, run_uid: str, extra: dict[str, Any]) -> None:
-        """Record ``extra`` under the run's ``orchestrion`` metadata, with what was there."""
-        node = self._nodes.get(run_uid)
-        if node is None:
-            logger.warning("Tiled writer: run %s is not being written; %s not recorded", run_uid, sorted(extra))
-            return
-        annotations = self._annotations.setdefault(run_uid, {})
-        annotations.update(extra)
-        # The whole `orchestrion` entry each time: the client's copy of the metadata may
-        # predate the previous update.
-        node.update_metadata(metadata={"orchestrion": dict(annotations)}, drop_revision=True)
+    def _annotate(self, top: dict[str, Any]) -> None:
+        """Record Orchestrion's metadata of the run: the whole entry each time, since the
+        client's copy of the metadata may predate the previous update."""
+        self._node.update_metadata(metadata={**top, CATALOG_MD: dict(self._annotations)}, drop_revision=True)
 
-    def close(self) -> None:
-        self.connection.close()
+    def verify(self, expected_rows: int) -> CatalogOutcome:
+        """Read the run back: its stop recorded, ``expected_rows`` rows in the data stream."""
+        assert self.run_uid is not None
+        return check_run(self.connection, self.run_uid, self.data_stream, expected_rows)
+
+
+def check_run(connection: CatalogConnection, run_uid: str, data_stream: str, expected_rows: int) -> CatalogOutcome:
+    """What the catalog holds of ``run_uid``: is its stop there, and how many data rows."""
+    problems: list[str] = []
+    try:
+        node = connection.client[run_uid]
+    except KeyError:
+        return CatalogOutcome(None, False, 0, ["the run is not in the catalog"])
+    if not (node.metadata.get("stop") or {}):
+        problems.append("the catalog has no stop document of the run")
+    rows = catalog_rows(node, data_stream)
+    if rows < expected_rows:
+        problems.append(f"the catalog holds {rows} of {expected_rows} points")
+    return CatalogOutcome(connection.run_address(run_uid), not problems, rows, problems)
+
+
+def catalog_rows(node: Any, stream: str) -> int:
+    """Rows of ``stream`` in a run's catalog entry (0 when it has none)."""
+    if stream not in node:
+        return 0
+    columns = node[stream]
+    # The column's shape is metadata: no row is read.
+    return int(columns["seq_num"].shape[0]) if "seq_num" in columns else 0
+
+
+def delete_run(connection: CatalogConnection, run_uid: str) -> None:
+    """Remove a run's (partial) entry, so that it can be written again whole."""
+    if run_uid in connection.client:
+        connection.client[run_uid].delete(recursive=True, external_only=False)
 
 
 def _fit_values(data: Mapping[str, Any]) -> dict[str, Any]:

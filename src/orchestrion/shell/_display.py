@@ -23,7 +23,7 @@ from rich.progress import (
 )
 
 from orchestrion.analysis import fit_lines
-from orchestrion.pipeline import RunSummary
+from orchestrion.pipeline import RunSummary, how_to_open
 from orchestrion.schema import ANALYSIS, BASELINE, PRIMARY, SEQUENCES
 
 PROGRESS_COLUMNS = (
@@ -182,7 +182,13 @@ def print_run_summary(summary: RunSummary, console: Console) -> None:
         console.print(f"  file:   {summary.hdf5}", soft_wrap=True)
     if summary.tiled:
         console.print(f"  tiled:  {summary.tiled}", soft_wrap=True)
-    for key, text in fit_lines(summary.analysis):
+        hint = how_to_open(summary.tiled)
+        if hint:
+            console.print(f"  open:   {hint}", soft_wrap=True)
+    fits = list(fit_lines(summary.analysis))
+    for key, text in fits:
         console.print(f"  fit {key} = {text}")
+    if not fits and summary.status in ("success", "incomplete"):
+        console.print(f"  no fit: {summary.no_fit_reason()}")
     for parameter_id, written in summary.parameters_written.items():
         console.print(f"  wrote {parameter_id} = {written['value']!r}")

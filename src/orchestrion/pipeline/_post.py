@@ -1,0 +1,286 @@
+"""Post-processing: a run's documents after the RunEngine, one per-run chain at a time.
+
+`PostProcessing` is one `RunRouter` (`RunsRouter`) whose factory builds, at each
+run's start, that run's chain (`RunChain`): the event-model checks, the document
+spool, the bundler, then the HDF5 serializer and the Tiled writer, each guarded once
+(`Stage`).  Per-run state lives in the chain and goes with it at the stop.
+
+What a transport learns of each run (``report(note)``, JSON-able dicts):
+
+- ``{"run": UID, "hdf5": PATH}`` when the run's file is named (at its start);
+- ``{"run": UID, "tiled": ADDRESS}`` when the catalog writer has the run's start;
+- ``{"run": UID, "outcome": {...}}`` once, after the run's stop (or when post-processing
+  is closed before it): `RunOutcome.to_dict`, what was read back from the file and the
+  catalog.  A transport acknowledges the run after this note.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from orchestrion.config import OrchestrionConfig
+from orchestrion.schema import BUNDLED, PRIMARY
+
+from ._bundler import RunBundler
+from ._checks import DocumentError, RunChecks
+from ._repair import repair_catalog
+from ._routing import RunsRouter, Stage
+from ._serializer import FileOutcome, Serializer
+from ._spool import HDF5_NOTE, SpoolWriter, spool_dir
+from ._tiled import CatalogConnection, CatalogOutcome, RunCatalogWriter, connect_catalog
+
+logger = logging.getLogger(__name__)
+
+Note = dict[str, Any]
+Report = Callable[[Note], None]
+DocumentCallback = Callable[[str, dict[str, Any]], Any]
+
+STATUS_INCOMPLETE = "incomplete"
+RECONNECT_INTERVAL = 30.0  # s: how often a run's start tries a catalog that could not be reached
+
+
+@dataclass
+class RunOutcome:
+    """What post-processing made durable of one run, read back, not assumed.
+
+    ``status``: the run's own exit status ("success", "abort", "fail") when every
+    point it produced is in its HDF5 file and (with a catalog) in the catalog;
+    "incomplete" when not (``problems`` says what is missing, ``hdf5`` and ``tiled``
+    where the rest is).  ``points``: points durable in the HDF5 file; ``bundled``: the
+    points the bundler made of the run; ``catalog_rows``: the run's points in the
+    catalog (None without one); ``tiled``: the run's address when the catalog holds
+    it complete, else None; ``spool``: where its documents are kept until it is.
+    """
+
+    run: str
+    status: str
+    points: int
+    bundled: int
+    hdf5: str | None
+    tiled: str | None
+    catalog_rows: int | None
+    exit_status: str | None
+    problems: list[str] = field(default_factory=list)
+    spool: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Settings:
+    config: OrchestrionConfig
+    report: Report
+    connection: CatalogConnection | None
+
+
+class RunChain:
+    """One run through post-processing: checks, spool, bundler, HDF5 file and catalog."""
+
+    def __init__(self, start: dict[str, Any], settings: _Settings) -> None:
+        config = settings.config
+        self.run_uid = str(start["uid"])
+        self.settings = settings
+        self.checks = RunChecks(self.run_uid)
+        self.spool: SpoolWriter | None = None
+        if config.tiled_enabled:
+            try:
+                self.spool = SpoolWriter(spool_dir(config.home), self.run_uid)
+            except OSError as exc:
+                logger.error("run %s: its documents cannot be spooled for the catalog: %s", self.run_uid, exc)
+        self.serializer = Serializer(
+            config.data_dir,
+            file_prefix=config.hdf5_file_prefix,
+            data_stream=BUNDLED,
+            skip_streams=(PRIMARY,),  # every primary reading is in the bundled points
+            buffer_points=config.hdf5_buffer_points,
+            flush_interval=config.hdf5_flush_interval,
+        )
+        self.hdf5 = Stage(self.serializer, "HDF5 writer", self.run_uid)
+        self.bundler = RunBundler(start, self._downstream)
+        self.bundling = Stage(self.bundler, "bundler", self.run_uid)
+        self.catalog: RunCatalogWriter | None = None
+        self.tiled: Stage | None = None
+        self.problems: list[str] = []
+        self.exit_status: str | None = None
+        self.done = False
+        self._closing = False
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        if self.done:
+            return
+        if self.spool is not None:
+            self.spool.append(name, doc)
+        try:
+            self.checks.check(name, doc)
+        except DocumentError as exc:
+            self._broken(str(exc))
+            return
+        if self.bundling.failure is None:
+            self.bundling(name, doc)
+        else:  # unbundled, the raw streams still reach the catalog
+            self._downstream(name, doc)
+        if name == "stop":
+            self.exit_status = str(doc.get("exit_status"))
+            self._finish()
+
+    def _broken(self, reason: str) -> None:
+        logger.error("post-processing: %s; the run's later documents are not written", reason)
+        if reason not in self.problems:
+            self.problems.append(reason)
+        self.hdf5.fail(reason, logged=True)
+        if self.tiled is not None:
+            self.tiled.fail(reason, logged=True)
+
+    def _downstream(self, name: str, doc: dict[str, Any]) -> None:
+        if name == "stop" and self._closing:
+            self.hdf5.close()
+        else:
+            self.hdf5(name, doc)
+        if name == "start":
+            self._started(doc)
+        elif self.tiled is not None:
+            self.tiled(name, doc)
+
+    def _started(self, doc: dict[str, Any]) -> None:
+        report, path = self.settings.report, self.serializer.path
+        if path is not None:
+            report({"run": self.run_uid, "hdf5": str(path)})
+            if self.spool is not None:
+                self.spool.append(HDF5_NOTE, {"path": str(path)})
+        connection = self.settings.connection
+        if connection is None:
+            return
+        try:
+            self.catalog = RunCatalogWriter(
+                connection,
+                batch_size=self.settings.config.tiled_batch_size,
+                hdf5=str(path) if path else None,
+                data_stream=BUNDLED,
+            )
+        except Exception as exc:
+            logger.exception("run %s: the catalog writer could not be made", self.run_uid)
+            self.problems.append(f"the catalog writer could not be made: {exc}")
+            return
+        self.tiled = Stage(self.catalog, "Tiled writer", self.run_uid)
+        self.tiled("start", doc)
+        if self.tiled.failure is None:
+            report({"run": self.run_uid, "tiled": connection.run_address(self.run_uid)})
+
+    def close(self) -> None:
+        """The run's documents ended before its stop: what came is finished, "incomplete"."""
+        if self.done:
+            return
+        self._closing = True
+        reason = "the run's documents ended before its stop document (its RunEngine's process went away)"
+        self.problems.append(reason)
+        stop = {"uid": str(uuid.uuid4()), "run_start": self.run_uid, "time": time.time(),
+                "exit_status": "fail", "reason": reason, "num_events": {}}  # fmt: skip
+        self.bundling("stop", stop)
+        if self.bundling.failure is not None:
+            self._downstream("stop", stop)
+        self._finish()
+
+    # -- the run's end ---------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        self.done = True
+        file = self.serializer.outcome or FileOutcome(self.serializer.path, None, 0, ["no file was written"])
+        problems = [*self.problems, *file.problems]
+        for stage in (self.bundling, self.hdf5, self.tiled):
+            if stage is not None and stage.failure is not None and stage.failure not in problems:
+                problems.append(stage.failure)
+        bundled = self.bundler.bundled_points
+        catalog = self._catalog_outcome(bundled, problems)
+        spool_kept: str | None = None
+        if self.spool is not None:
+            if catalog is not None and catalog.complete:
+                self.spool.discard()
+            else:
+                self.spool.close()
+                spool_kept = str(self.spool.path) if self.spool.failure is None else None
+                if spool_kept:
+                    problems.append(f"its documents are kept in {spool_kept} for `orchestrion catalog repair`")
+        durable = file.status is not None and file.points >= bundled and not file.problems
+        in_catalog = not self.settings.config.tiled_enabled or (catalog is not None and catalog.complete)
+        complete = durable and in_catalog and not self._closing and not self.problems
+        outcome = RunOutcome(
+            run=self.run_uid,
+            status=(self.exit_status or STATUS_INCOMPLETE) if complete else STATUS_INCOMPLETE,
+            points=file.points,
+            bundled=bundled,
+            hdf5=str(file.path) if file.path is not None and file.path.exists() else None,
+            tiled=catalog.address if catalog is not None and catalog.complete else None,
+            catalog_rows=catalog.rows if catalog is not None else None,
+            exit_status=self.exit_status,
+            problems=problems,
+            spool=spool_kept,
+        )
+        if outcome.status == STATUS_INCOMPLETE:
+            logger.error("run %s is incomplete: %s", self.run_uid, "; ".join(problems) or "unknown")
+        self.settings.report({"run": self.run_uid, "outcome": outcome.to_dict()})
+
+    def _catalog_outcome(self, bundled: int, problems: list[str]) -> CatalogOutcome | None:
+        if not self.settings.config.tiled_enabled:
+            return None
+        if self.catalog is None or self.tiled is None:
+            problems.append("the catalog could not be reached")
+            return None
+        if self.tiled.failure is not None or not self.catalog.stopped:
+            return CatalogOutcome(None, False, 0, [])
+        try:
+            catalog = self.catalog.verify(bundled)
+        except Exception as exc:
+            logger.exception("run %s: the catalog could not be read back", self.run_uid)
+            problems.append(f"the catalog could not be read back: {exc}")
+            return None
+        problems.extend(catalog.problems)
+        return catalog
+
+
+class PostProcessing(RunsRouter):
+    """Every run's documents into its own `RunChain`; a plain ``(name, doc)`` callable.
+
+    Without a catalog connection (it could not be reached), a run's start tries again
+    (at most every `RECONNECT_INTERVAL` seconds); once connected, the runs it lacks are
+    completed from their spools (`repair_catalog`).
+    """
+
+    def __init__(self, config: OrchestrionConfig, report: Report, connection: CatalogConnection | None) -> None:
+        super().__init__([self._factory], "post-processing")
+        self.settings = _Settings(config, report, connection)
+        self._retry_at = time.monotonic() + RECONNECT_INTERVAL
+
+    def _factory(self, name: str, start: dict[str, Any]) -> tuple[list[DocumentCallback], list[Any]]:
+        if self.settings.connection is None and self.settings.config.tiled_enabled:
+            self._reconnect()
+        chain = RunChain(start, self.settings)
+        self.track(chain.run_uid, chain)
+        return [chain], []
+
+    def _reconnect(self) -> None:
+        if time.monotonic() < self._retry_at:
+            return
+        self._retry_at = time.monotonic() + RECONNECT_INTERVAL
+        try:
+            connection = connect_catalog(self.settings.config)
+        except Exception as exc:
+            logger.warning("the catalog still cannot be reached (%s); runs are spooled", exc)
+            return
+        self.settings.connection = connection
+        logger.warning("the catalog can be reached again; spooled runs are completed in it")
+        try:
+            repair_catalog(self.settings.config, connection)
+        except Exception:
+            logger.exception("catalog repair failed; the spooled runs are kept for the next attempt")
+
+    def close(self) -> None:
+        """Finish the runs that did not stop ("incomplete"), then let go of the catalog."""
+        super().close()
+        if self.settings.connection is not None:
+            self.settings.connection.close()

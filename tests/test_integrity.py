@@ -1,0 +1,204 @@
+"""Never report success for data that was not written: killed processes, full disks, the catalog catching up.
+
+Real processes, real signals, a real small file system.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import pytest
+
+from orchestrion.pipeline import BUNDLED, open_embedded_catalog
+
+from .support import wait_until
+
+ORCHESTRION = Path(sys.executable).with_name("orchestrion")
+
+
+def _helper_of(parent: int) -> int | None:
+    """The post-processing helper process started by ``parent``."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and b"orchestrion.pipeline._helper" in cmdline:
+            return int(stat.parent.name)
+    return None
+
+
+def _points_in(data: Path) -> int:
+    files = list(data.glob("*.h5"))
+    if not files:
+        return 0
+    with h5py.File(files[0], "r", swmr=True) as f:
+        return int(f["entry/points"][()])
+
+
+def test_a_killed_post_processing_process_makes_the_run_incomplete_and_repair_completes_the_catalog(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORCHESTRION_SIM_TIME_SCALE", "1.0")  # about 0.1 s a point: time to kill mid-scan
+    run = subprocess.Popen(
+        [str(ORCHESTRION), "run", "spectroscopy", "--scan", "spectroscopy.detuning=-1e5:1e5:300",
+         "--shots", "100", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        helper = wait_until(lambda: _helper_of(run.pid), timeout=120, what="the post-processing process")
+        wait_until(lambda: _points_in(home / "data") >= 20, timeout=240, what="20 points in the run's file")
+        os.kill(helper, signal.SIGKILL)
+        out, err = run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    # Not "success": the run's status and points are what its file holds, checked.
+    assert run.returncode == 1, err
+    report = json.loads(out)
+    assert report["status"] == "incomplete"
+    assert report["measured_points"] == 300
+    assert report["tiled"] is None
+    with h5py.File(report["hdf5"], "r") as f:  # recovered: a plain reader opens it
+        assert f["entry/status"][()] == b"incomplete"
+        durable = int(f["entry/points"][()])
+        assert f["entry/data/point_index"][:].tolist() == list(range(durable))
+    assert 20 <= report["points"] == durable < 300
+    assert "catalog repair" in report["reason"]
+    # The catalog catches up from what was kept of the run's documents.
+    repaired = subprocess.run(
+        [str(ORCHESTRION), "catalog", "repair", "--json"], capture_output=True, text=True, timeout=240, check=False
+    )
+    assert repaired.returncode == 0, repaired.stderr
+    (done,) = json.loads(repaired.stdout)["runs"]
+    assert (done["run"], done["action"]) == (report["run_uid"], "repaired")
+    assert done["rows"] >= durable
+    catalog = open_embedded_catalog(home)
+    try:
+        entry = catalog.client[report["run_uid"]]
+        assert entry.metadata["stop"]["exit_status"] == "fail"
+        assert "incomplete" in entry.metadata["stop"]["reason"]
+        assert len(entry[BUNDLED].read(["seq_num"])["seq_num"]) == done["rows"]
+        assert entry.metadata["orchestrion"]["hdf5"] == report["hdf5"]
+    finally:
+        catalog.close()
+    # Nothing is left to repair.
+    again = subprocess.run(
+        [str(ORCHESTRION), "catalog", "repair", "--json"], capture_output=True, text=True, timeout=240, check=True
+    )
+    assert json.loads(again.stdout)["runs"] == []
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_killed_orchestrion_run_leaves_file_and_catalog_holding_the_same_points(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORCHESTRION_SIM_TIME_SCALE", "1.0")
+    run = subprocess.Popen(
+        [str(ORCHESTRION), "run", "spectroscopy", "--scan", "spectroscopy.detuning=-1e5:1e5:600",
+         "--shots", "100", "--json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        helper = wait_until(lambda: _helper_of(run.pid), timeout=120, what="the post-processing process")
+        wait_until(lambda: _points_in(home / "data") >= 20, timeout=240, what="20 points in the run's file")
+    finally:
+        run.kill()  # SIGKILL: no stop document, no close
+        run.wait()
+    # The helper finishes what it was handed: the file closed "incomplete", the run in
+    # the catalog with the same points, its spool gone.
+    wait_until(lambda: not _running(helper), timeout=240, what="the orphaned helper to finish")
+    (path,) = (home / "data").glob("*.h5")
+    with h5py.File(path, "r") as f:
+        assert f["entry/status"][()] == b"incomplete"
+        points = int(f["entry/points"][()])
+        uid = f["entry/run_uid"][()].decode()
+    assert 20 <= points < 600
+    catalog = open_embedded_catalog(home)
+    try:
+        entry = catalog.client[uid]
+        assert entry.metadata["stop"]["exit_status"] == "fail"
+        assert len(entry[BUNDLED].read(["seq_num"])["seq_num"]) == points
+    finally:
+        catalog.close()
+    assert list((home / "spool").glob("*")) == []
+
+
+@pytest.fixture
+def small_disk(home: Path) -> Iterator[Path]:
+    """``home/data`` on a real 2 MB tmpfs (needs the right to mount: root)."""
+    data = home / "data"
+    data.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(data)],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield data
+    finally:
+        subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def _run(*arguments: str) -> tuple[int, dict[str, Any], str]:
+    done = subprocess.run([str(ORCHESTRION), "run", *arguments, "--json"], capture_output=True, text=True,
+                          timeout=600, check=False)  # fmt: skip
+    return done.returncode, json.loads(done.stdout) if done.stdout.strip() else {}, done.stderr
+
+
+def test_a_full_disk_costs_no_durable_point_and_the_home_writes_normally_once_there_is_room(
+    small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORCHESTRION_TILED_ENABLED", "false")
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * 1_400_000)  # what the rest of the lab's data take
+    # About 3.2 MB of per-shot counts: more than the disk holds.
+    code, full, err = _run("spectroscopy", "--scan", "spectroscopy.detuning=-1e5:1e5:400", "--shots", "1000")
+    assert code == 1, err
+    assert full["status"] == "incomplete"
+    assert full["measured_points"] == 400
+    assert full["points"] < 400
+    assert full["hdf5"] is not None
+    with h5py.File(full["hdf5"], "r", swmr=True) as f:
+        # Never more reported than the file holds, every counted row a real point.
+        durable = int(f["entry/points"][()])
+        assert 0 < full["points"] <= durable
+        assert f["entry/data/point_index"][:durable].tolist() == list(range(durable))
+        assert f["entry/data/sequencer_counts"][:durable].sum(axis=1).min() > 0
+    # While the disk is full, a run says so: no success for a file that was never written.
+    code, blocked, err = _run("spectroscopy", "--scan", "spectroscopy.detuning=-1e5:1e5:5", "--shots", "10")
+    assert code == 1, err
+    assert (blocked["status"], blocked["points"]) == ("incomplete", 0)
+    # Room again: the next run writes normally; the torn file was recovered or set aside.
+    filler.unlink()
+    code, after, err = _run("spectroscopy", "--scan", "spectroscopy.detuning=-1e5:1e5:11", "--shots", "10")
+    assert code == 0, err
+    assert (after["status"], after["points"]) == ("success", 11)
+    with h5py.File(after["hdf5"], "r") as f:
+        assert f["entry/points"][()] == 11
+    assert list((small_disk / ".writing").glob("*.lock")) == []
+    # The full run's file is readable, not marked a success; the file the full disk
+    # never let exist is set aside with a record, so no later run trips over it.
+    with h5py.File(full["hdf5"], "r") as f:
+        assert f["entry/status"][()] in (b"incomplete", b"error")
+        assert f["entry/points"][()] >= full["points"]
+    if blocked["hdf5"] is not None:
+        assert not Path(blocked["hdf5"]).exists()
+        (record,) = (small_disk / ".unrecoverable").glob("*.json")
+        assert json.loads(record.read_text())["file"] == Path(blocked["hdf5"]).name
