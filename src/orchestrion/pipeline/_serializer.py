@@ -401,4 +401,3 @@ class Serializer(DocumentRouter):
             path = self.directory / f"{stem}-{n}.h5"
             n += 1
         return path
-
