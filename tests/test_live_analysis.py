@@ -95,4 +95,5 @@ def test_fit_results_are_printed_to_their_uncertainty() -> None:
     assert format_with_error(0.0512, 1.8) == "0.1 ± 1.8"
     assert format_with_error(1.19999, 0.96) == "1.20 ± 0.96"
     assert format_with_error(12642812345.6, 123.0) == "12642812350 ± 120"
+    assert format_with_error(48640.2, 2862.0) == "48600 ± 2900"
     assert format_with_error(3.0, None) == "3"
