@@ -23,15 +23,11 @@ from orchestrion.jobs import (
     UnknownJobError,
     insert_position,
     jobs_db_path,
+    latest_parameter_timestamp,
     placement_from_table,
 )
-from orchestrion.worker import (
-    JOB_ID_KEY,
-    PLANS_AND_DEVICES_FILE,
-    WorkerEnvironment,
-    existing_plans_and_devices,
-    latest_parameter_timestamp,
-)
+from orchestrion.schema import JOB_ID_KEY
+from orchestrion.worker import PLANS_AND_DEVICES_FILE, WorkerEnvironment, existing_plans_and_devices
 
 from .support import free_port
 

@@ -31,12 +31,12 @@ from orchestrion.jobs import (
     QueueServerError,
     abort_running,
     cancel_job,
+    code_version,
     default_submitter,
     submit_job,
     validate_request,
 )
 from orchestrion.services import close_api, queue_server_api, tiled_api_key, tiled_uri
-from orchestrion.worker import code_version
 
 
 @contextmanager

@@ -5,6 +5,7 @@ order (higher number sooner, ties by submission time); the scheduler records wha
 queue server did with it.
 """
 
+from ._recorder import JobRecorder, code_version, latest_parameter_timestamp
 from ._scheduler import EXIT_STATUS, Scheduler, item_job_id, read_heartbeat
 from ._store import (
     ACTIVE,
@@ -35,6 +36,7 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "Job",
+    "JobRecorder",
     "JobRequest",
     "JobStatus",
     "JobStore",
@@ -44,10 +46,12 @@ __all__ = [
     "UnknownJobError",
     "abort_running",
     "cancel_job",
+    "code_version",
     "default_submitter",
     "insert_position",
     "item_job_id",
     "jobs_db_path",
+    "latest_parameter_timestamp",
     "placement_from_table",
     "read_heartbeat",
     "submit_job",

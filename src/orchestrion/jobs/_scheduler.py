@@ -22,9 +22,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrion.addresses import close_api, queue_server_api, run_dir
 from orchestrion.config import OrchestrionConfig
 from orchestrion.schema import JOB_ID_KEY
-from orchestrion.services._addresses import close_api, queue_server_api, run_dir
 
 from ._store import ACTIVE, Job, JobStatus, JobStore, NewJob
 

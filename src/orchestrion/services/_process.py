@@ -1,0 +1,183 @@
+"""A supervised process: started in its own session, with a pid file, a log and a health check.
+
+Nothing here knows which programs the stack runs (that is `_stack.py`): a
+`SupervisedProcess` is any command that should keep running in the background, survive
+the shell that started it, and be found again by a later `orchestrion` command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrion.addresses import run_dir
+from orchestrion.config import OrchestrionConfig
+from orchestrion.errors import OrchestrionError
+
+logger = logging.getLogger(__name__)
+
+HealthCheck = Callable[[OrchestrionConfig], tuple[bool, str]]
+
+
+class ServiceError(OrchestrionError):
+    """A service that cannot be started or stopped; the message names it and its log."""
+
+
+@dataclass
+class ServiceStatus:
+    """What `orchestrion status` reports for one service."""
+
+    name: str
+    pid: int | None
+    address: str
+    health: str  # "ok", "down", or "unhealthy"
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SupervisedProcess:
+    """How to start, check, find again and stop one background process."""
+
+    name: str
+    marker: str  # a word of its command line: tells our process from a recycled pid
+    address: Callable[[OrchestrionConfig], str]
+    command: Callable[[OrchestrionConfig], list[str]]
+    check: HealthCheck
+    start_timeout: float = 60.0
+    stop_timeout: float = 30.0
+
+    def pid_file(self, config: OrchestrionConfig) -> Path:
+        return run_dir(config) / f"{self.name}.pid"
+
+    def log_file(self, config: OrchestrionConfig) -> Path:
+        return run_dir(config) / f"{self.name}.log"
+
+    def pid(self, config: OrchestrionConfig) -> int | None:
+        """The pid of this service's live process, or None (a stale pid file is removed)."""
+        try:
+            pid = int(self.pid_file(config).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        for _ in range(3):
+            if alive(pid, self.marker):
+                return pid
+            if not alive(pid, None):
+                with contextlib.suppress(OSError):
+                    self.pid_file(config).unlink()
+                return None
+            time.sleep(0.02)  # a process rewriting its title (Redis) may read blank for a moment
+        return None  # a live process, but not ours: the pid was recycled
+
+    def status(self, config: OrchestrionConfig) -> ServiceStatus:
+        pid = self.pid(config)
+        if pid is None:
+            return ServiceStatus(self.name, None, self.address(config), "down")
+        try:
+            ok, detail = self.check(config)
+        except Exception as exc:
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        return ServiceStatus(self.name, pid, self.address(config), "ok" if ok else "unhealthy", detail)
+
+    # -- starting --------------------------------------------------------------------------
+
+    def start(self, config: OrchestrionConfig, env: Mapping[str, str]) -> int:
+        """Start the process in a session of its own (it outlives this one); its pid."""
+        log = self.log_file(config)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as output:
+            process = subprocess.Popen(
+                self.command(config), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                env=dict(env), cwd=run_dir(config), start_new_session=True,
+            )  # fmt: skip
+        _children[process.pid] = process
+        self.pid_file(config).write_text(f"{process.pid}\n")
+        logger.info("started %s (pid %d), log %s", self.name, process.pid, log)
+        return process.pid
+
+    def poll_started(self, config: OrchestrionConfig, pid: int, deadline: float) -> ServiceStatus | None:
+        """One look at a process being started: its status once healthy, None while not yet.
+
+        Raises `ServiceError` if it exited, or is still not healthy at ``deadline``
+        (a `time.monotonic` time).
+        """
+        # No marker check: the pid is the child just started, whatever it calls itself.
+        if not alive(pid, None):
+            raise ServiceError(f"{self.name} exited while starting: see {self.log_file(config)}{self.log_tail(config)}")
+        status = self.status(config)
+        if status.health == "ok":
+            return status
+        if time.monotonic() > deadline:
+            raise ServiceError(
+                f"{self.name} did not become healthy in {self.start_timeout:.0f} s ({status.detail}): "
+                f"see {self.log_file(config)}"
+            )
+        return None
+
+    def log_tail(self, config: OrchestrionConfig, lines: int = 5) -> str:
+        """The last lines of the log, indented, for an error message."""
+        try:
+            tail = self.log_file(config).read_text(errors="replace").strip().splitlines()[-lines:]
+        except OSError:
+            return ""
+        return ("\n  " + "\n  ".join(tail)) if tail else ""
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def stop(self, config: OrchestrionConfig) -> None:
+        """SIGTERM, then SIGKILL of its process group after ``stop_timeout``; idempotent."""
+        pid = self.pid(config)
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        while alive(pid, self.marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if alive(pid, self.marker):
+            logger.warning("%s (pid %d) ignored SIGTERM: killing its process group", self.name, pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # the session this supervisor started for it
+        # Children (the queue server's worker) share the service's process group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        _reap(pid)
+        with contextlib.suppress(OSError):
+            self.pid_file(config).unlink()
+        logger.info("stopped %s (pid %d)", self.name, pid)
+
+
+def alive(pid: int, marker: str | None) -> bool:
+    """Is ``pid`` a live process (whose command line mentions ``marker``, if given)?
+
+    A zombie (dead, not yet reaped by its parent) is not alive.
+    """
+    try:
+        os.kill(pid, 0)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and (marker is None or marker in cmdline)
+
+
+# Processes this interpreter started, kept so that they are waited for (no zombies, and
+# no ResourceWarning from a collected Popen of a live child).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _reap(pid: int) -> None:
+    process = _children.pop(pid, None)
+    if process is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5.0)

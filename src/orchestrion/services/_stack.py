@@ -1,0 +1,385 @@
+"""The stack's services and `orchestrion up`, `down` and `status`.
+
+Each service is a `SupervisedProcess` with what the stack needs to know about it: the
+services it requires (they are started, healthy and ready first), what to do once it
+is healthy (`after_start`) and before it stops (`before_stop`), and what makes `down`
+wait for it (`busy`).  `up` starts what is not running, in that order, overlapping
+independent starts, and waits until each answers; `down` stops what runs in the
+reverse order; both are idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from orchestrion.addresses import (
+    HOST,
+    close_api,
+    queue_server_api,
+    redis_address,
+    redis_name_prefix,
+    run_dir,
+    tiled_api_key,
+    tiled_uri,
+    zmq_control_address,
+    zmq_info_address,
+)
+from orchestrion.config import OrchestrionConfig
+from orchestrion.jobs import Scheduler, read_heartbeat
+
+from ._process import ServiceError, ServiceStatus, SupervisedProcess
+
+logger = logging.getLogger(__name__)
+
+Hook = Callable[[OrchestrionConfig], None]
+
+
+@dataclass(frozen=True)
+class Service(SupervisedProcess):
+    """One process of the stack, with its place among the others."""
+
+    requires: tuple[str, ...] = ()  #: services that must be ready before this one starts
+    after_start: Hook | None = None  #: once healthy, before the services that require it start
+    before_stop: Hook | None = None  #: while it still runs, before it is sent SIGTERM
+    busy: Callable[[OrchestrionConfig], str | None] | None = None  #: why `down` should not stop it now
+
+
+def _executable(name: str) -> str:
+    # The venv's own console scripts first: `orchestrion` may run without activation.
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        hint = " (install it with `make system-deps`)" if name == "redis-server" else ""
+        raise ServiceError(f"cannot find the program '{name}'{hint}")
+    return found
+
+
+# -- Redis ----------------------------------------------------------------------------------
+
+
+def _redis_command(config: OrchestrionConfig) -> list[str]:
+    data = run_dir(config) / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    return [
+        _executable("redis-server"), "--bind", HOST, "--port", str(config.redis_port),
+        "--protected-mode", "yes", "--dir", str(data), "--daemonize", "no",
+        # Persistence: every queue change is in the append-only file before Redis answers,
+        # plus periodic snapshots.  An accepted job survives `down`, a crash or a reboot.
+        "--appendonly", "yes", "--appendfsync", "always", "--save", "60 1",
+    ]  # fmt: skip
+
+
+def _redis_check(config: OrchestrionConfig) -> tuple[bool, str]:
+    import redis
+
+    client = redis.Redis(host=HOST, port=config.redis_port, socket_timeout=2.0)
+    try:
+        client.ping()
+        persistence = client.config_get("appendonly").get("appendonly", "?")
+    finally:
+        client.close()
+    return True, f"appendonly {persistence}"
+
+
+# -- Tiled ----------------------------------------------------------------------------------
+
+
+def tiled_paths(config: OrchestrionConfig) -> tuple[Path, Path, Path]:
+    """(catalog database, file storage, table storage) of the served catalog."""
+    base = config.home / "tiled"
+    return base / "catalog.db", base / "data", base / "tables.db"
+
+
+def _tiled_command(config: OrchestrionConfig) -> list[str]:
+    catalog, data, tables = tiled_paths(config)
+    data.mkdir(parents=True, exist_ok=True)
+    # Through the redacting wrapper: tiled prints its URL with the API key.
+    return [
+        sys.executable, "-m", "orchestrion.services._redact",
+        _executable("tiled"), "serve", "catalog", str(catalog), "--init", "-w", str(data),
+        "-w", f"sqlite:///{tables}", "--host", HOST, "--port", str(config.tiled_port),
+    ]  # fmt: skip
+
+
+def _tiled_check(config: OrchestrionConfig) -> tuple[bool, str]:
+    import httpx
+
+    response = httpx.get(f"{tiled_uri(config)}/api/v1/", timeout=2.0)
+    return response.status_code == 200, f"HTTP {response.status_code}"
+
+
+# -- the queue server -----------------------------------------------------------------------
+
+
+def _manager_command(config: OrchestrionConfig) -> list[str]:
+    profile = config.profile_dir.resolve()
+    return [
+        _executable("start-re-manager"), "--startup-dir", str(profile),
+        # The checked-in list is the contract (tests keep it in step with the library):
+        # the worker must not rewrite files in the source tree.
+        "--existing-plans-devices", str(profile / "existing_plans_and_devices.yaml"),
+        "--update-existing-plans-devices", "NEVER",
+        "--user-group-permissions", str(profile / "user_group_permissions.yaml"),
+        "--user-group-permissions-reload", "ON_STARTUP",
+        # Both 0MQ sockets on loopback: the defaults bind every interface.
+        "--zmq-control-addr", zmq_control_address(config), "--zmq-info-addr", zmq_info_address(config),
+        "--zmq-publish-console", "ON",
+        "--redis-addr", redis_address(config), "--redis-name-prefix", redis_name_prefix(config),
+    ]  # fmt: skip
+
+
+def _manager_check(config: OrchestrionConfig) -> tuple[bool, str]:
+    api = queue_server_api(config, timeout=2.0)
+    try:
+        status = api.status(reload=True)
+    finally:
+        close_api(api)
+    environment = "open" if status["worker_environment_exists"] else "closed"
+    detail = (
+        f"manager {status['manager_state']}, environment {environment}, "
+        f"{status['items_in_queue']} queued, {status['items_in_history']} in history"
+    )
+    return True, detail
+
+
+def _open_environment(config: OrchestrionConfig) -> None:
+    scheduler = Scheduler(config)
+    try:
+        scheduler.prepare()
+    except Exception as exc:
+        raise ServiceError(
+            f"the queue server's worker environment did not open ({exc}): see {QUEUE_SERVER.log_file(config)}"
+        ) from None
+    finally:
+        scheduler.close()
+
+
+def _close_environment(config: OrchestrionConfig) -> None:
+    """Close the worker environment cleanly so the RunEngine and devices shut down."""
+    try:
+        api = queue_server_api(config, timeout=2.0)
+        try:
+            status = api.status(reload=True)
+            if status["worker_environment_exists"]:
+                if status["manager_state"] == "idle":
+                    api.environment_close()
+                else:
+                    api.environment_destroy()
+                api.wait_for_condition(lambda s: not s["worker_environment_exists"], timeout=20.0)
+        finally:
+            close_api(api)
+    except Exception as exc:  # a hung manager still gets its SIGTERM
+        logger.warning("could not close the worker environment: %s", exc)
+
+
+def _job_in_progress(config: OrchestrionConfig) -> str | None:
+    """A running or paused job: its item would come back at the front of the queue on `up`."""
+    api = queue_server_api(config, timeout=2.0)
+    try:
+        state = str(api.status(reload=True)["manager_state"])
+    except Exception:
+        return None  # a manager that does not answer has nothing to wait for
+    finally:
+        close_api(api)
+    if state in ("executing_queue", "paused", "executing_task"):
+        return f"a job is {'paused' if state == 'paused' else 'running'}"
+    return None
+
+
+# -- the scheduler --------------------------------------------------------------------------
+
+
+def _scheduler_command(config: OrchestrionConfig) -> list[str]:
+    return [sys.executable, "-m", "orchestrion.jobs"]
+
+
+def _scheduler_check(config: OrchestrionConfig) -> tuple[bool, str]:
+    beat = read_heartbeat(config)
+    if beat is None:
+        return False, "no heartbeat yet"
+    age = time.time() - float(beat.get("heartbeat", 0.0))
+    return age < 5.0, f"heartbeat {age:.1f} s ago"
+
+
+REDIS = Service("redis", "redis-server", redis_address, _redis_command, _redis_check, start_timeout=30.0)
+TILED = Service("tiled", "tiled", tiled_uri, _tiled_command, _tiled_check, start_timeout=120.0)
+QUEUE_SERVER = Service(
+    "queue-server", "start-re-manager", zmq_control_address, _manager_command, _manager_check,
+    requires=("redis",), after_start=_open_environment, before_stop=_close_environment, busy=_job_in_progress,
+)  # fmt: skip
+SCHEDULER = Service(
+    "scheduler", "orchestrion.jobs", lambda c: str(run_dir(c) / "scheduler.json"),
+    _scheduler_command, _scheduler_check, requires=("queue-server",),
+)  # fmt: skip
+
+SERVICES: tuple[Service, ...] = (REDIS, TILED, QUEUE_SERVER, SCHEDULER)
+
+
+def service(name: str) -> Service:
+    for candidate in SERVICES:
+        if candidate.name == name:
+            return candidate
+    raise KeyError(name)
+
+
+def start_order(services: Sequence[Service]) -> list[Service]:
+    """``services`` with each after every service it requires (otherwise as declared)."""
+    names = {svc.name for svc in services}
+    ordered: list[Service] = []
+    placed: set[str] = set()
+    remaining = list(services)
+    while remaining:
+        for svc in remaining:
+            unknown = set(svc.requires) - names
+            if unknown:
+                raise ValueError(f"service {svc.name} requires unknown service {sorted(unknown)[0]}")
+            if set(svc.requires) <= placed:
+                ordered.append(svc)
+                placed.add(svc.name)
+                remaining.remove(svc)
+                break
+        else:
+            raise ValueError(f"services require each other in a circle: {[s.name for s in remaining]}")
+    return ordered
+
+
+# -- environment for the processes ---------------------------------------------------------
+
+
+def service_environment(config: OrchestrionConfig) -> dict[str, str]:
+    """The environment of the stack's processes: this configuration, spelled as variables.
+
+    The worker and the scheduler then load exactly the configuration `up` was given.
+    Secrets travel only here, never on a command line (which `ps` shows) or in a file.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRION_")}
+    for name, value in config:
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, list | tuple | dict):
+            value = json.dumps(value)  # how pydantic-settings reads complex values
+        env[f"ORCHESTRION_{name.upper()}"] = str(value)
+    key = tiled_api_key(config, create=True)
+    assert key is not None
+    env["TILED_SINGLE_USER_API_KEY"] = key  # the server's key
+    env["TILED_API_KEY"] = key  # what tiled clients in the worker present
+    env["ORCHESTRION_TILED_API_KEY"] = key
+    # The worker's pipeline catalogues runs through the stack's Tiled server (the same
+    # catalog files the embedded mode opens), unless the lab names another server.
+    env.setdefault("ORCHESTRION_TILED_URI", tiled_uri(config))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+# -- up, down, status ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _exclusive(config: OrchestrionConfig) -> Iterator[None]:
+    """One `up` or `down` at a time per home."""
+    path = run_dir(config) / "supervisor.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def up(config: OrchestrionConfig, services: Sequence[Service] = SERVICES) -> list[ServiceStatus]:
+    """Start every service that is not running, each once those it requires are ready; idempotent.
+
+    Services whose requirements are ready start together, so a slow one (Tiled's imports)
+    overlaps the others.  If anything fails, what this call started is stopped again.
+    """
+    order = start_order(services)
+    with _exclusive(config):
+        env = service_environment(config)
+        started: list[Service] = []
+        starting: dict[str, tuple[int, float]] = {}  # name -> (pid, deadline)
+        ready: set[str] = set()
+        try:
+            while len(ready) < len(order):
+                for svc in order:
+                    if svc.name not in ready and svc.name not in starting and set(svc.requires) <= ready:
+                        pid = svc.pid(config)
+                        if pid is None:
+                            pid = svc.start(config, env)
+                            started.append(svc)
+                        starting[svc.name] = (pid, time.monotonic() + svc.start_timeout)
+                progressed = False
+                for svc in order:
+                    if svc.name not in starting:
+                        continue
+                    pid, deadline = starting[svc.name]
+                    if svc.poll_started(config, pid, deadline) is None:
+                        continue
+                    if svc.after_start is not None:
+                        svc.after_start(config)
+                    del starting[svc.name]
+                    ready.add(svc.name)
+                    progressed = True
+                if not progressed:
+                    time.sleep(0.1)
+        except BaseException:
+            # Leave nothing half-started behind: stop what this call started.
+            for svc in reversed(started):
+                _stop(svc, config)
+            raise
+        return [svc.status(config) for svc in order]
+
+
+def down(
+    config: OrchestrionConfig, *, force: bool = False, services: Sequence[Service] = SERVICES
+) -> list[ServiceStatus]:
+    """Stop every running service, in the reverse of the start order; idempotent.
+
+    Refuses while a service is busy (a job runs: its item would come back at the front of
+    the queue on the next `up`), unless ``force``.
+    """
+    order = start_order(services)
+    with _exclusive(config):
+        if not force:
+            for svc in order:
+                reason = svc.busy(config) if svc.busy is not None and svc.pid(config) is not None else None
+                if reason is not None:
+                    raise ServiceError(f"{reason}: wait for it, cancel it, or use `orchestrion down --force`")
+        for svc in reversed(order):
+            _stop(svc, config)
+        return [svc.status(config) for svc in order]
+
+
+def _stop(svc: Service, config: OrchestrionConfig) -> None:
+    if svc.pid(config) is None:
+        return
+    if svc.before_stop is not None:
+        svc.before_stop(config)
+    svc.stop(config)
+
+
+def stop_service(config: OrchestrionConfig, name: str) -> None:
+    """Stop one service (the others keep running); `up` starts it again."""
+    with _exclusive(config):
+        _stop(service(name), config)
+
+
+def status(config: OrchestrionConfig, services: Sequence[Service] = SERVICES) -> list[ServiceStatus]:
+    """Each service with its pid, address and health."""
+    return [svc.status(config) for svc in start_order(services)]
