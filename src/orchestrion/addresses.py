@@ -22,6 +22,11 @@ def run_dir(config: OrchestrionConfig) -> Path:
     return config.home / "run"
 
 
+def worker_state_file(config: OrchestrionConfig) -> Path:
+    """Where the queue server's worker says who it is and how its start-up went (JSON)."""
+    return run_dir(config) / "worker.json"
+
+
 def zmq_control_address(config: OrchestrionConfig) -> str:
     """The queue server's control socket (0MQ REQ/REP)."""
     return f"tcp://{HOST}:{config.zmq_control_port}"

@@ -12,14 +12,17 @@ introspects signatures (build devices and load plans; open, connect and write no
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
+import time
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 from bluesky import RunEngine
 
+from orchestrion.addresses import worker_state_file
 from orchestrion.config import OrchestrionConfig, load_config
 from orchestrion.jobs import JobRecorder, code_version
 from orchestrion.lab import Lab
@@ -86,13 +89,36 @@ def evaluate_signature(plan: Any) -> None:
 
 
 def populate(namespace: MutableMapping[str, Any]) -> WorkerEnvironment:
-    """Fill the queue server's startup namespace; called by `profile/00-orchestrion.py`."""
+    """Fill the queue server's startup namespace; called by `profile/00-orchestrion.py`.
+
+    In the worker, its pid and how its start-up went go to `worker_state_file`: the
+    scheduler watches that pid (a worker killed under a job stays a zombie the manager
+    does not notice), and `orchestrion up` reports a failed start-up's cause at once.
+    """
     worker = in_queue_server_worker()
     config = load_config()
     logger.info("orchestrion worker: home %s, plans %s (pid %d)", config.home, config.plans_dir, os.getpid())
-    environment = WorkerEnvironment(config, worker=worker)
-    namespace.update(environment.namespace())
+    if not worker:
+        environment = WorkerEnvironment(config, worker=False)
+        namespace.update(environment.namespace())
+        return environment
+    _write_state(config, "starting")
+    try:
+        environment = WorkerEnvironment(config, worker=True)
+        namespace.update(environment.namespace())
+    except BaseException as exc:
+        _write_state(config, "failed", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        raise
+    _write_state(config, "ready")
     return environment
+
+
+def _write_state(config: OrchestrionConfig, state: str, error: str | None = None) -> None:
+    path = worker_state_file(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"pid": os.getpid(), "state": state, "error": error, "time": time.time()}))
+    temporary.replace(path)
 
 
 PLANS_AND_DEVICES_FILE = "existing_plans_and_devices.yaml"

@@ -11,7 +11,7 @@ from event_model.documents import RunStart, RunStop
 
 from orchestrion.config import OrchestrionConfig
 from orchestrion.experiment import flatten_ids
-from orchestrion.pipeline import DocumentPipeline
+from orchestrion.pipeline import DocumentPipeline, file_name_for
 from orchestrion.schema import JOB_ID_KEY
 
 from ._store import JobStore
@@ -36,7 +36,13 @@ def code_version(directory: Path) -> tuple[str | None, bool | None]:
 
 
 class JobRecorder(DocumentRouter):
-    """Writes what each run of a job produced (points, files, catalog node) to the job table.
+    """Writes what each run produced (points, files, catalog node) to the job table's runs.
+
+    At a run's start its uid, expected file and parameter time are recorded, so a run that
+    the worker's death cuts short is still on record; at its stop, what it produced.  A
+    run of a job (its start document names the job id) is also written to the job's row;
+    runs of plain queue-server items are filed by run uid, and the scheduler gives them
+    to their job when the queue server reports the item's run uids.
 
     Subscribed after the document pipeline, so that at 'stop' the pipeline's run summary
     already names the HDF5 file and the Tiled node.
@@ -47,14 +53,25 @@ class JobRecorder(DocumentRouter):
     ) -> None:
         super().__init__()
         self._pipeline = pipeline
+        self._config = config
         self._store = JobStore.open(config, durable=False)
         self._code = code
-        self._runs: dict[str, tuple[int, str | None]] = {}  # run uid -> (job id, parameter time)
+        self._runs: dict[str, tuple[int | None, str | None]] = {}  # run uid -> (job id, parameter time)
 
     def start(self, doc: RunStart) -> RunStart | None:
         job_id = doc.get(JOB_ID_KEY)
-        if isinstance(job_id, int) and not isinstance(job_id, bool):
-            self._runs[doc["uid"]] = (job_id, latest_parameter_timestamp(doc))
+        if not isinstance(job_id, int) or isinstance(job_id, bool):
+            job_id = None
+        parameters_timestamp = latest_parameter_timestamp(doc)
+        self._runs[doc["uid"]] = (job_id, parameters_timestamp)
+        try:
+            self._store.record_run_start(
+                doc["uid"], job_id=job_id, started=float(doc["time"]),
+                hdf5=str(self._config.data_dir / file_name_for(doc, self._config.hdf5_file_prefix)),
+                parameters_timestamp=parameters_timestamp, code_commit=self._code[0], code_clean=self._code[1],
+            )  # fmt: skip
+        except Exception:  # bookkeeping must not fail the run
+            logger.exception("job %s: could not record the start of run %s", job_id, doc["uid"])
         return doc
 
     def stop(self, doc: RunStop) -> RunStop | None:
@@ -77,6 +94,8 @@ class JobRecorder(DocumentRouter):
                 code_commit=self._code[0],
                 code_clean=self._code[1],
                 analysis=dict(summary.analysis),
+                exit_status=str(doc.get("exit_status", "")),
+                finished=float(doc["time"]),
             )
         except Exception:  # the run itself went fine: bookkeeping must not fail it
             logger.exception("job %s: could not record run %s in the job table", job_id, summary.run_uid)

@@ -18,11 +18,13 @@ from orchestrion.addresses import (
     zmq_info_address,
 )
 
-from ._process import ServiceError, ServiceStatus, SupervisedProcess, alive
+from ._process import ServiceError, ServiceStatus, SupervisedProcess
 from ._stack import (
     SERVICES,
     Service,
     down,
+    keep,
+    restart_dead,
     service,
     start_order,
     status,
@@ -38,11 +40,12 @@ __all__ = [
     "ServiceError",
     "ServiceStatus",
     "SupervisedProcess",
-    "alive",
     "close_api",
     "down",
+    "keep",
     "queue_server_api",
     "redis_address",
+    "restart_dead",
     "run_dir",
     "service",
     "start_order",

@@ -21,6 +21,7 @@ from typing import Any
 from orchestrion.addresses import run_dir
 from orchestrion.config import OrchestrionConfig
 from orchestrion.errors import OrchestrionError
+from orchestrion.processes import alive
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,26 @@ class SupervisedProcess:
                 return None
             time.sleep(0.02)  # a process rewriting its title (Redis) may read blank for a moment
         return None  # a live process, but not ours: the pid was recycled
+
+    def clear_leftovers(self, config: OrchestrionConfig) -> None:
+        """Kill what is left of a dead instance: its process group, and its pid file.
+
+        A service is started in a session of its own, so its children (the queue server's
+        manager and worker) are in its process group: when its first process dies they
+        live on, holding its ports, unless they are ended here before a new start.
+        """
+        try:
+            pid = int(self.pid_file(config).read_text().strip())
+        except (OSError, ValueError):
+            return
+        if alive(pid, self.marker):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+            logger.warning("%s: killed what was left of its process group %d", self.name, pid)
+        _reap(pid)
+        with contextlib.suppress(OSError):
+            self.pid_file(config).unlink()
 
     def status(self, config: OrchestrionConfig) -> ServiceStatus:
         pid = self.pid(config)
@@ -155,20 +176,6 @@ class SupervisedProcess:
         with contextlib.suppress(OSError):
             self.pid_file(config).unlink()
         logger.info("stopped %s (pid %d)", self.name, pid)
-
-
-def alive(pid: int, marker: str | None) -> bool:
-    """Is ``pid`` a live process (whose command line mentions ``marker``, if given)?
-
-    A zombie (dead, not yet reaped by its parent) is not alive.
-    """
-    try:
-        os.kill(pid, 0)
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except (OSError, IndexError):
-        return False
-    return state != "Z" and (marker is None or marker in cmdline)
 
 
 # Processes this interpreter started, kept so that they are waited for (no zombies, and

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,8 @@ from orchestrion.addresses import (
     zmq_info_address,
 )
 from orchestrion.config import OrchestrionConfig
-from orchestrion.jobs import Scheduler, read_heartbeat
+from orchestrion.jobs import JobStore, Scheduler, read_heartbeat, read_worker_state
+from orchestrion.processes import death
 
 from ._process import ServiceError, ServiceStatus, SupervisedProcess
 
@@ -149,17 +151,25 @@ def _manager_check(config: OrchestrionConfig) -> tuple[bool, str]:
     finally:
         close_api(api)
     environment = "open" if status["worker_environment_exists"] else "closed"
+    worker = read_worker_state(config)
+    pid = worker.get("pid") if worker is not None else None
+    how = death(pid) if isinstance(pid, int) and status["worker_environment_exists"] else None
+    if how is not None:
+        return False, f"manager {status['manager_state']}, but its worker (pid {pid}) died ({how})"
     detail = (
-        f"manager {status['manager_state']}, environment {environment}, "
-        f"{status['items_in_queue']} queued, {status['items_in_history']} in history"
+        f"manager {status['manager_state']}, environment {environment}"
+        + (f" (worker pid {pid})" if isinstance(pid, int) and status["worker_environment_exists"] else "")
+        + f", {status['items_in_queue']} queued, {status['items_in_history']} in history"
     )
     return True, detail
 
 
 def _open_environment(config: OrchestrionConfig) -> None:
+    # The queue stays held: the scheduler starts it once it has looked at the queue and
+    # the history (a copy pushed back by a forced stop is decided on before it can run).
     scheduler = Scheduler(config)
     try:
-        scheduler.prepare()
+        scheduler.prepare(autostart=False)
     except Exception as exc:
         raise ServiceError(
             f"the queue server's worker environment did not open ({exc}): see {QUEUE_SERVER.log_file(config)}"
@@ -169,7 +179,10 @@ def _open_environment(config: OrchestrionConfig) -> None:
 
 
 def _close_environment(config: OrchestrionConfig) -> None:
-    """Close the worker environment cleanly so the RunEngine and devices shut down."""
+    """Close the worker environment cleanly so the RunEngine and devices shut down.
+
+    A job still running (`down --force`) is cut short; the job table is told why first.
+    """
     try:
         api = queue_server_api(config, timeout=2.0)
         try:
@@ -178,12 +191,31 @@ def _close_environment(config: OrchestrionConfig) -> None:
                 if status["manager_state"] == "idle":
                     api.environment_close()
                 else:
+                    if status.get("running_item_uid"):
+                        store = JobStore.open(config)
+                        try:
+                            store.note_interruption(
+                                str(status["running_item_uid"]), "stopped by `orchestrion down --force`"
+                            )
+                        finally:
+                            store.close()
                     api.environment_destroy()
                 api.wait_for_condition(lambda s: not s["worker_environment_exists"], timeout=20.0)
         finally:
             close_api(api)
     except Exception as exc:  # a hung manager still gets its SIGTERM
         logger.warning("could not close the worker environment: %s", exc)
+
+
+FORCED_STOP = "stopped by `orchestrion down --force`"
+
+
+def _note_interruption(config: OrchestrionConfig, item_uid: str, reason: str) -> None:
+    store = JobStore.open(config)
+    try:
+        store.note_interruption(item_uid, reason)
+    finally:
+        store.close()
 
 
 def _job_in_progress(config: OrchestrionConfig) -> str | None:
@@ -215,6 +247,24 @@ def _scheduler_check(config: OrchestrionConfig) -> tuple[bool, str]:
     return age < 5.0, f"heartbeat {age:.1f} s ago"
 
 
+# -- the keeper ------------------------------------------------------------------------------
+
+KEEPER_FILE = "keeper.json"
+
+
+def _keeper_command(config: OrchestrionConfig) -> list[str]:
+    return [sys.executable, "-m", "orchestrion.services"]
+
+
+def _keeper_check(config: OrchestrionConfig) -> tuple[bool, str]:
+    try:
+        beat = json.loads((run_dir(config) / KEEPER_FILE).read_text())
+    except (OSError, ValueError):
+        return False, "no heartbeat yet"
+    age = time.time() - float(beat.get("heartbeat", 0.0))
+    return age < 5.0, f"heartbeat {age:.1f} s ago, {beat.get('restarts', 0)} restarts"
+
+
 REDIS = Service("redis", "redis-server", redis_address, _redis_command, _redis_check, start_timeout=30.0)
 TILED = Service("tiled", "tiled", tiled_uri, _tiled_command, _tiled_check, start_timeout=120.0)
 QUEUE_SERVER = Service(
@@ -226,7 +276,12 @@ SCHEDULER = Service(
     _scheduler_command, _scheduler_check, requires=("queue-server",),
 )  # fmt: skip
 
-SERVICES: tuple[Service, ...] = (REDIS, TILED, QUEUE_SERVER, SCHEDULER)
+KEEPER = Service(
+    "keeper", "orchestrion.services", lambda c: str(run_dir(c) / KEEPER_FILE), _keeper_command, _keeper_check,
+    requires=("redis", "tiled", "queue-server", "scheduler"),
+)  # fmt: skip
+
+SERVICES: tuple[Service, ...] = (REDIS, TILED, QUEUE_SERVER, SCHEDULER, KEEPER)
 
 
 def service(name: str) -> Service:
@@ -291,16 +346,24 @@ def service_environment(config: OrchestrionConfig) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _exclusive(config: OrchestrionConfig) -> Iterator[None]:
-    """One `up` or `down` at a time per home."""
+def _exclusive(config: OrchestrionConfig, *, wait: bool = True) -> Iterator[bool]:
+    """One `up`, `down` or restart at a time per home; yields False if ``wait`` is off and it is taken."""
     path = run_dir(config) / "supervisor.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _held_file(svc: Service, config: OrchestrionConfig) -> Path:
+    return run_dir(config) / f"{svc.name}.held"
 
 
 def up(config: OrchestrionConfig, services: Sequence[Service] = SERVICES) -> list[ServiceStatus]:
@@ -319,8 +382,10 @@ def up(config: OrchestrionConfig, services: Sequence[Service] = SERVICES) -> lis
             while len(ready) < len(order):
                 for svc in order:
                     if svc.name not in ready and svc.name not in starting and set(svc.requires) <= ready:
+                        _held_file(svc, config).unlink(missing_ok=True)
                         pid = svc.pid(config)
                         if pid is None:
+                            svc.clear_leftovers(config)
                             pid = svc.start(config, env)
                             started.append(svc)
                         starting[svc.name] = (pid, time.monotonic() + svc.start_timeout)
@@ -375,9 +440,52 @@ def _stop(svc: Service, config: OrchestrionConfig) -> None:
 
 
 def stop_service(config: OrchestrionConfig, name: str) -> None:
-    """Stop one service (the others keep running); `up` starts it again."""
+    """Stop one service (the others keep running) and hold it: the keeper leaves it be; `up` starts it."""
     with _exclusive(config):
-        _stop(service(name), config)
+        svc = service(name)
+        _held_file(svc, config).parent.mkdir(parents=True, exist_ok=True)
+        _held_file(svc, config).touch()
+        _stop(svc, config)
+
+
+def restart_dead(config: OrchestrionConfig, env: dict[str, str] | None = None) -> list[str]:
+    """Start again every service whose process died (not those stopped on purpose); their names.
+
+    What the keeper does every second.  Skipped while `up` or `down` runs.
+    """
+    restarted: list[str] = []
+    with _exclusive(config, wait=False) as mine:
+        if not mine:
+            return restarted
+        for svc in start_order(SERVICES):
+            if svc is KEEPER or _held_file(svc, config).exists() or svc.pid(config) is not None:
+                continue
+            logger.error("%s is not running: starting it again", svc.name)
+            svc.clear_leftovers(config)
+            pid = svc.start(config, env or service_environment(config))
+            deadline = time.monotonic() + svc.start_timeout
+            while svc.poll_started(config, pid, deadline) is None:
+                time.sleep(0.1)
+            if svc.after_start is not None:
+                svc.after_start(config)
+            restarted.append(svc.name)
+    return restarted
+
+
+def keep(config: OrchestrionConfig, stop: threading.Event, interval: float = 1.0) -> None:
+    """The keeper's loop: restart dead services until ``stop``; a heartbeat that `status` reads."""
+    env = service_environment(config)
+    heartbeat = run_dir(config) / KEEPER_FILE
+    restarts = 0
+    while not stop.is_set():
+        try:
+            restarts += len(restart_dead(config, env))
+        except Exception as exc:  # the next round tries again
+            logger.error("keeper: %s: %s", type(exc).__name__, exc)
+        temporary = heartbeat.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"pid": os.getpid(), "heartbeat": time.time(), "restarts": restarts}))
+        temporary.replace(heartbeat)
+        stop.wait(interval)
 
 
 def status(config: OrchestrionConfig, services: Sequence[Service] = SERVICES) -> list[ServiceStatus]:
