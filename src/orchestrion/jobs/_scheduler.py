@@ -16,6 +16,7 @@ matters: after a restart it reads everything again from the queue server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -98,6 +99,7 @@ class Scheduler:
         self._last_status: tuple[Any, ...] | None = None
         self._missing: set[int] = set()  # active jobs whose item was not seen last time
         self._last_open = 0.0  # when this scheduler last asked for the environment
+        self._stuck_since: float | None = None  # manager running an item its idle worker finished
 
     def close(self) -> None:
         close_api(self.api)
@@ -166,12 +168,41 @@ class Scheduler:
         self._last_status = None
         return reason
 
+    def check_manager(self, status: Mapping[str, Any], *, patience: float = 5.0) -> bool:
+        """If the manager has sat on a finished item for ``patience`` s: restart it; True if so.
+
+        A manager whose bookkeeping request failed (its Redis restarted under it) keeps
+        reporting the item running while its worker is idle, and never moves on.  Its own
+        watchdog starts a new manager, which files the item (exit status 'unknown'); what
+        the worker recorded of its runs then says how it really ended (`_finish`).
+        """
+        stuck = (
+            status["manager_state"] == "executing_queue"
+            and status.get("re_state") == "idle"
+            and status.get("worker_environment_state") == "idle"
+        )
+        if not stuck:
+            self._stuck_since = None
+            return False
+        now = time.monotonic()
+        if self._stuck_since is None:
+            self._stuck_since = now
+        if now - self._stuck_since < patience:
+            return False
+        logger.error("the queue server's manager has not moved on from a finished item: restarting it")
+        self._stuck_since = None
+        with contextlib.suppress(Exception):  # it exits without answering
+            self.api.send_request(method="manager_kill")
+        self._last_status = None
+        return True
+
     # -- following the queue server -------------------------------------------------------
 
     def poll(self) -> bool:
         """Sync if the queue server's state changed since the last look; True if it did."""
         status = self.api.status(reload=True)
         self.check_worker(status)
+        self.check_manager(status)
         key = (
             status["plan_queue_uid"],
             status["plan_history_uid"],
@@ -271,6 +302,10 @@ class Scheduler:
         ]  # fmt: skip
         self.store.claim_runs(str(item["item_uid"]), run_uids, job.id)
         runs = self.store.runs(run_uids)
+        if exit_status == "unknown" and runs and all(r.exit_status == "success" for r in runs):
+            # The queue server lost the outcome (its manager restarted); the worker recorded
+            # each run's stop: they all ended well, so the job did.
+            status, error, fault = JobStatus.DONE, None, False
         counted = [r.points for r in runs]
         attempt = Attempt(
             item_uid=str(item["item_uid"]), status=status, started=started, finished=finished,

@@ -21,11 +21,15 @@ from typing import Any
 from orchestrion.addresses import run_dir
 from orchestrion.config import OrchestrionConfig
 from orchestrion.errors import OrchestrionError
-from orchestrion.processes import alive
+from orchestrion.processes import alive, death, describe, listener, port_taken
 
 logger = logging.getLogger(__name__)
 
 HealthCheck = Callable[[OrchestrionConfig], tuple[bool, str]]
+
+
+def no_ports(config: OrchestrionConfig) -> tuple[int, ...]:
+    return ()
 
 
 class ServiceError(OrchestrionError):
@@ -57,6 +61,7 @@ class SupervisedProcess:
     check: HealthCheck
     start_timeout: float = 60.0
     stop_timeout: float = 30.0
+    ports: Callable[[OrchestrionConfig], tuple[int, ...]] = no_ports  #: the TCP ports it listens on
 
     def pid_file(self, config: OrchestrionConfig) -> Path:
         return run_dir(config) / f"{self.name}.pid"
@@ -79,6 +84,14 @@ class SupervisedProcess:
                 return None
             time.sleep(0.02)  # a process rewriting its title (Redis) may read blank for a moment
         return None  # a live process, but not ours: the pid was recycled
+
+    def death(self, config: OrchestrionConfig) -> str:
+        """How the process of the pid file ended ('killed by SIGKILL'), as far as can be told."""
+        try:
+            pid = int(self.pid_file(config).read_text().strip())
+        except (OSError, ValueError):
+            return "no pid file"
+        return f"pid {pid} {death(pid) or 'is not ours'}"
 
     def clear_leftovers(self, config: OrchestrionConfig) -> None:
         """Kill what is left of a dead instance: its process group, and its pid file.
@@ -104,16 +117,45 @@ class SupervisedProcess:
         pid = self.pid(config)
         if pid is None:
             return ServiceStatus(self.name, None, self.address(config), "down")
+        stranger = self.stranger_on_port(config, pid)
+        if stranger is not None:
+            return ServiceStatus(self.name, pid, self.address(config), "unhealthy", stranger)
         try:
             ok, detail = self.check(config)
         except Exception as exc:
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         return ServiceStatus(self.name, pid, self.address(config), "ok" if ok else "unhealthy", detail)
 
+    def stranger_on_port(self, config: OrchestrionConfig, pid: int | None) -> str | None:
+        """Which of its ports another process answers on (not ``pid``'s process group); None if none.
+
+        A health check asks the port, so it must be this service that answers there, not an
+        orphan of an earlier start or another program.
+        """
+        for port in self.ports(config):
+            owner = listener(port)
+            if owner is None:
+                if pid is None and port_taken(port):
+                    return f"port {port} is taken by another process"
+                continue
+            try:
+                group = os.getpgid(owner)
+            except OSError:
+                continue
+            if pid is None or group != pid:
+                return f"port {port} is taken by {describe(owner)}"
+        return None
+
     # -- starting --------------------------------------------------------------------------
 
     def start(self, config: OrchestrionConfig, env: Mapping[str, str]) -> int:
-        """Start the process in a session of its own (it outlives this one); its pid."""
+        """Start the process in a session of its own (it outlives this one); its pid.
+
+        Refused (`ServiceError`) if something else already listens on one of its ports.
+        """
+        taken = self.stranger_on_port(config, None)
+        if taken is not None:
+            raise ServiceError(f"{self.name} cannot start: {taken}; stop it or configure another port")
         log = self.log_file(config)
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as output:

@@ -38,7 +38,7 @@ from orchestrion.addresses import (
     zmq_info_address,
 )
 from orchestrion.config import OrchestrionConfig
-from orchestrion.jobs import JobStore, Scheduler, read_heartbeat, read_worker_state
+from orchestrion.jobs import JobStatus, JobStore, Scheduler, read_heartbeat, read_worker_state
 from orchestrion.processes import death
 
 from ._process import ServiceError, ServiceStatus, SupervisedProcess
@@ -56,6 +56,7 @@ class Service(SupervisedProcess):
     after_start: Hook | None = None  #: once healthy, before the services that require it start
     before_stop: Hook | None = None  #: while it still runs, before it is sent SIGTERM
     busy: Callable[[OrchestrionConfig], str | None] | None = None  #: why `down` should not stop it now
+    on_death: Callable[[OrchestrionConfig, str], None] | None = None  #: found dead, before it is restarted
 
 
 def _executable(name: str) -> str:
@@ -107,14 +108,10 @@ def tiled_paths(config: OrchestrionConfig) -> tuple[Path, Path, Path]:
 
 
 def _tiled_command(config: OrchestrionConfig) -> list[str]:
-    catalog, data, tables = tiled_paths(config)
+    _, data, _ = tiled_paths(config)
     data.mkdir(parents=True, exist_ok=True)
-    # Through the redacting wrapper: tiled prints its URL with the API key.
-    return [
-        sys.executable, "-m", "orchestrion.services._redact",
-        _executable("tiled"), "serve", "catalog", str(catalog), "--init", "-w", str(data),
-        "-w", f"sqlite:///{tables}", "--host", HOST, "--port", str(config.tiled_port),
-    ]  # fmt: skip
+    # Served from a process of ours (no `tiled serve` wrapper): the pid is the server's.
+    return [sys.executable, "-m", "orchestrion.services._tiled_server"]
 
 
 def _tiled_check(config: OrchestrionConfig) -> tuple[bool, str]:
@@ -218,6 +215,17 @@ def _note_interruption(config: OrchestrionConfig, item_uid: str, reason: str) ->
         store.close()
 
 
+def _note_running_jobs(config: OrchestrionConfig, reason: str) -> None:
+    """The jobs the table shows running lost their queue server: say so for their attempts."""
+    store = JobStore.open(config)
+    try:
+        for job in store.list([JobStatus.RUNNING, JobStatus.PAUSED]):
+            if job.item_uid is not None:
+                store.note_interruption(job.item_uid, reason)
+    finally:
+        store.close()
+
+
 def _job_in_progress(config: OrchestrionConfig) -> str | None:
     """A running or paused job: its item would come back at the front of the queue on `up`."""
     api = queue_server_api(config, timeout=2.0)
@@ -265,11 +273,20 @@ def _keeper_check(config: OrchestrionConfig) -> tuple[bool, str]:
     return age < 5.0, f"heartbeat {age:.1f} s ago, {beat.get('restarts', 0)} restarts"
 
 
-REDIS = Service("redis", "redis-server", redis_address, _redis_command, _redis_check, start_timeout=30.0)
-TILED = Service("tiled", "tiled", tiled_uri, _tiled_command, _tiled_check, start_timeout=120.0)
+REDIS = Service(
+    "redis", "redis-server", redis_address, _redis_command, _redis_check, start_timeout=30.0,
+    ports=lambda c: (c.redis_port,),
+)  # fmt: skip
+TILED = Service(
+    "tiled", "_tiled_server", tiled_uri, _tiled_command, _tiled_check, start_timeout=120.0,
+    ports=lambda c: (c.tiled_port,),
+)  # fmt: skip
+# The worker catalogues into the stack's Tiled from its start: Tiled comes first.
 QUEUE_SERVER = Service(
     "queue-server", "start-re-manager", zmq_control_address, _manager_command, _manager_check,
-    requires=("redis",), after_start=_open_environment, before_stop=_close_environment, busy=_job_in_progress,
+    ports=lambda c: (c.zmq_control_port, c.zmq_info_port), requires=("redis", "tiled"),
+    after_start=_open_environment, before_stop=_close_environment, busy=_job_in_progress,
+    on_death=lambda c, how: _note_running_jobs(c, f"the queue server died ({how})"),
 )  # fmt: skip
 SCHEDULER = Service(
     "scheduler", "orchestrion.jobs", lambda c: str(run_dir(c) / "scheduler.json"),
@@ -460,7 +477,10 @@ def restart_dead(config: OrchestrionConfig, env: dict[str, str] | None = None) -
         for svc in start_order(SERVICES):
             if svc is KEEPER or _held_file(svc, config).exists() or svc.pid(config) is not None:
                 continue
-            logger.error("%s is not running: starting it again", svc.name)
+            how = svc.death(config)
+            logger.error("%s is not running (%s): starting it again", svc.name, how)
+            if svc.on_death is not None:
+                svc.on_death(config, how)
             svc.clear_leftovers(config)
             pid = svc.start(config, env or service_environment(config))
             deadline = time.monotonic() + svc.start_timeout
