@@ -21,6 +21,7 @@ from orchestrion.client import Client, JobHandle
 from orchestrion.config import OrchestrionConfig, load_config
 from orchestrion.jobs import Job, JobStatus, read_worker_state
 from orchestrion.services import (
+    ServiceError,
     close_api,
     down,
     queue_server_api,
@@ -231,3 +232,23 @@ def test_a_killed_manager_is_replaced_by_the_watchdog_and_the_job_table_stays_tr
     row = job.wait(timeout=180)
     check_account(stack, row)
     next_job_runs(client)
+
+
+@pytest.mark.stack
+def test_up_with_influxdb_unreachable_says_why_as_soon_as_the_worker_knows(tmp_path: Path) -> None:
+    ports: set[int] = set()
+    while len(ports) < 5:
+        ports.add(free_port())
+    redis_port, control_port, info_port, tiled_port, influx_port = sorted(ports)
+    config = load_config(
+        home=tmp_path / "home", sim_time_scale=0.02, redis_port=redis_port, zmq_control_port=control_port,
+        zmq_info_port=info_port, tiled_port=tiled_port, influx_url=f"http://127.0.0.1:{influx_port}",
+        influx_timeout=1.0,
+    )  # fmt: skip
+    try:
+        # The worker's own reason, not a timeout of waiting for an environment that never opens.
+        with pytest.raises(ServiceError, match=rf"InfluxDB at http://127\.0\.0\.1:{influx_port} is unreachable"):
+            up(config)
+        assert {s.health for s in status(config)} == {"down"}
+    finally:
+        down(config, force=True)

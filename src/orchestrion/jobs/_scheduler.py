@@ -213,8 +213,9 @@ class Scheduler:
         )
         if key == self._last_status:
             return False
-        self.sync()
+        # Before the sync: a sync that wants another look (`_sync_missing`) resets it.
         self._last_status = key
+        self.sync()
         return True
 
     def sync(self) -> None:

@@ -262,6 +262,10 @@ def abort_running(api: Any, *, store: JobStore | None = None, timeout: float = 3
         api.wait_for_condition(lambda s: s["manager_state"] in ("paused", "idle"), timeout=timeout)
     if api.status(reload=True)["manager_state"] != "paused":
         raise InputError("the job ended before it could be aborted")
+    # The queue server pushes a copy of an aborted item back to the front of its queue and
+    # turns its autostart off only after that, so the copy may start at once: hold the
+    # queue until the scheduler has removed the copy (it turns autostart on again).
+    api.queue_autostart(False)
     api.re_abort()
     what = describe_item(store, item) if store is not None else f"queue item {item.get('name', '?')}"
     return f"aborted {what}: recorded cancelled; the queue goes on"

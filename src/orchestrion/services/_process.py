@@ -70,7 +70,11 @@ class SupervisedProcess:
         return run_dir(config) / f"{self.name}.log"
 
     def pid(self, config: OrchestrionConfig) -> int | None:
-        """The pid of this service's live process, or None (a stale pid file is removed)."""
+        """The pid of this service's live process, or None.
+
+        A stale pid file stays until the next start (`clear_leftovers`): it names the
+        process group whose leftovers may still hold the service's ports.
+        """
         try:
             pid = int(self.pid_file(config).read_text().strip())
         except (OSError, ValueError):
@@ -79,8 +83,6 @@ class SupervisedProcess:
             if alive(pid, self.marker):
                 return pid
             if not alive(pid, None):
-                with contextlib.suppress(OSError):
-                    self.pid_file(config).unlink()
                 return None
             time.sleep(0.02)  # a process rewriting its title (Redis) may read blank for a moment
         return None  # a live process, but not ours: the pid was recycled
@@ -106,9 +108,12 @@ class SupervisedProcess:
             return
         if alive(pid, self.marker):
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-            logger.warning("%s: killed what was left of its process group %d", self.name, pid)
+        # Only a dead pid (gone, or a zombie) is safe to kill as a group: Linux gives no new
+        # process the number of a group that still has members; a live stranger is not ours.
+        if death(pid) is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+                logger.warning("%s: killed what was left of its process group %d", self.name, pid)
         _reap(pid)
         with contextlib.suppress(OSError):
             self.pid_file(config).unlink()

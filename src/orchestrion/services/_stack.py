@@ -450,6 +450,7 @@ def down(
 
 def _stop(svc: Service, config: OrchestrionConfig) -> None:
     if svc.pid(config) is None:
+        svc.clear_leftovers(config)  # what a dead instance left running
         return
     if svc.before_stop is not None:
         svc.before_stop(config)
