@@ -100,6 +100,7 @@ class Scheduler:
         self._missing: set[int] = set()  # active jobs whose item was not seen last time
         self._last_open = 0.0  # when this scheduler last asked for the environment
         self._stuck_since: float | None = None  # manager running an item its idle worker finished
+        self._copy_due: float | None = None  # until then, a pushed-back copy to remove may still come
 
     def close(self) -> None:
         close_api(self.api)
@@ -329,6 +330,8 @@ class Scheduler:
             **({"parameters_timestamp": last.parameters_timestamp, "code_commit": last.code_commit,
                 "code_clean": last.code_clean} if last else {}),
         )  # fmt: skip
+        if attempt.pushed_back and not again:
+            self._copy_due = time.monotonic() + 3.0
         logger.info(
             "job %d attempt %d: %s%s%s", job.id, len(attempts), status.value,
             f" ({error})" if error else "", "; running it again" if again else "",
@@ -368,6 +371,7 @@ class Scheduler:
                     self._remove_item(item["item_uid"], f"job {owner.id} ({owner.status.value})")
                     attempts = [*owner.attempts[:-1], replace(owner.attempts[-1], pushed_back=False)]
                     self.store.update(owner.id, attempts=attempts)
+                    self._copy_due = None
                     removed = True
             elif job.status.terminal:
                 self._remove_item(item["item_uid"], f"job {job.id} ({job.status.value})")
@@ -419,6 +423,14 @@ class Scheduler:
                 self._last_open = time.monotonic()
                 self.api.environment_open()
             return
+        if status["manager_state"] == "paused":
+            return  # an abort may be on its way (`abort_running` holds the queue for it)
+        if self._copy_due is not None and time.monotonic() < self._copy_due:
+            # The copy the queue server pushes back is not in this look yet: starting the
+            # queue now would run it.
+            self._last_status = None
+            return
+        self._copy_due = None
         if interrupted or not status["queue_autostart_enabled"]:
             self.api.queue_autostart(True)
 

@@ -421,7 +421,8 @@ class JobStore:
                 " code_clean) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (run_uid, job_id, started, hdf5, parameters_timestamp, code_commit, _encode("code_clean", code_clean)),
             )
-            if job_id is not None and self.find(job_id) is not None:
+            if self._open_job(job_id) is not None:
+                assert job_id is not None
                 self.add_run_uids(job_id, [run_uid])
                 self.update(job_id, hdf5=hdf5, parameters_timestamp=parameters_timestamp,
                             code_commit=code_commit, code_clean=code_clean)  # fmt: skip
@@ -454,13 +455,23 @@ class JobStore:
                     parameters_timestamp, code_commit, _encode("code_clean", code_clean),
                 ),
             )  # fmt: skip
-            if job_id is None or self.find(job_id) is None:
+            if job_id is None or self._open_job(job_id) is None:
                 return
             self.add_run_uids(job_id, [run_uid])
             self.update(
                 job_id, points=points, hdf5=hdf5, tiled=tiled, parameters_timestamp=parameters_timestamp,
                 code_commit=code_commit, code_clean=code_clean, analysis=dict(analysis or {}),
             )  # fmt: skip
+
+    def _open_job(self, job_id: int | None) -> Job | None:
+        """The job a start document names, if it may still get runs.
+
+        A start document's job id is only the item's metadata, which any queue-server
+        client can write: a finished job's record is not changed by it.  (The scheduler
+        gives such a run to the item's own job, from the queue server's history.)
+        """
+        job = self.find(job_id) if job_id is not None else None
+        return None if job is None or job.status.terminal else job
 
     def runs(self, run_uids: Sequence[str]) -> builtins.list[RunRecord]:
         """The recorded runs among ``run_uids``, in that order (unknown uids left out)."""
