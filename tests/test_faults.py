@@ -171,6 +171,23 @@ def test_a_killed_worker_is_noticed_its_job_failed_and_the_queue_goes_on(
     next_job_runs(client)
 
 
+def test_status_says_when_the_worker_is_dead(stack: OrchestrionConfig, client: Client) -> None:
+    stop_service(stack, "scheduler")  # nobody recovers meanwhile: what does `status` say?
+    try:
+        worker = read_worker_state(stack)
+        assert worker is not None
+        os.kill(int(worker["pid"]), signal.SIGKILL)
+        queue_server = wait_until(
+            lambda: (s := {row.name: row for row in status(stack)}["queue-server"]).health == "degraded" and s,
+            timeout=10, what="the dead worker in the status",
+        )  # fmt: skip
+        assert f"its worker (pid {worker['pid']}) died (killed by SIGKILL)" in queue_server.detail
+    finally:
+        up(stack)  # the scheduler destroys the dead environment and opens a new one
+    wait_until(lambda: read_worker_state(stack)["pid"] != worker["pid"], timeout=60, what="a new worker")  # type: ignore[index]
+    next_job_runs(client)
+
+
 def test_a_job_cut_short_runs_again_when_the_configuration_says_so(stack: OrchestrionConfig, client: Client) -> None:
     with_retries(stack, 1)
     try:

@@ -117,6 +117,9 @@ class Scheduler:
         copy that the queue server pushed back is not run before it is decided on.
         """
         status = self.api.status(reload=True)
+        if self.check_worker(status) is not None:  # destroyed: wait until it is gone
+            self.api.wait_for_condition(lambda s: not s["worker_environment_exists"], timeout=30.0)
+            status = self.api.status(reload=True)
         if not status["worker_environment_exists"]:
             self.open_environment(timeout)
             status = self.api.status(reload=True)

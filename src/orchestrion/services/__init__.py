@@ -18,7 +18,7 @@ from orchestrion.addresses import (
     zmq_info_address,
 )
 
-from ._process import ServiceError, ServiceStatus, SupervisedProcess
+from ._process import Degraded, ServiceError, ServiceStatus, SupervisedProcess
 from ._stack import (
     SERVICES,
     Service,
@@ -36,6 +36,7 @@ from ._stack import (
 __all__ = [
     "HOST",
     "SERVICES",
+    "Degraded",
     "Service",
     "ServiceError",
     "ServiceStatus",

@@ -36,6 +36,14 @@ class ServiceError(OrchestrionError):
     """A service that cannot be started or stopped; the message names it and its log."""
 
 
+class Degraded(Exception):
+    """Raised by a health check: the service answers, but a part of it is broken (the detail says which).
+
+    `status` reports it 'degraded'; `up` counts it as started, so the services that
+    repair it (the scheduler, for a dead queue-server worker) can start.
+    """
+
+
 @dataclass
 class ServiceStatus:
     """What `orchestrion status` reports for one service."""
@@ -43,7 +51,7 @@ class ServiceStatus:
     name: str
     pid: int | None
     address: str
-    health: str  # "ok", "down", or "unhealthy"
+    health: str  # "ok", "degraded", "unhealthy" or "down"
     detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,6 +135,8 @@ class SupervisedProcess:
             return ServiceStatus(self.name, pid, self.address(config), "unhealthy", stranger)
         try:
             ok, detail = self.check(config)
+        except Degraded as exc:
+            return ServiceStatus(self.name, pid, self.address(config), "degraded", str(exc))
         except Exception as exc:
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         return ServiceStatus(self.name, pid, self.address(config), "ok" if ok else "unhealthy", detail)
@@ -183,7 +193,7 @@ class SupervisedProcess:
         if not alive(pid, None):
             raise ServiceError(f"{self.name} exited while starting: see {self.log_file(config)}{self.log_tail(config)}")
         status = self.status(config)
-        if status.health == "ok":
+        if status.health in ("ok", "degraded"):
             return status
         if time.monotonic() > deadline:
             raise ServiceError(

@@ -41,7 +41,7 @@ from orchestrion.config import OrchestrionConfig
 from orchestrion.jobs import JobStatus, JobStore, Scheduler, read_heartbeat, read_worker_state
 from orchestrion.processes import death
 
-from ._process import ServiceError, ServiceStatus, SupervisedProcess
+from ._process import Degraded, ServiceError, ServiceStatus, SupervisedProcess
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +151,8 @@ def _manager_check(config: OrchestrionConfig) -> tuple[bool, str]:
     worker = read_worker_state(config)
     pid = worker.get("pid") if worker is not None else None
     how = death(pid) if isinstance(pid, int) and status["worker_environment_exists"] else None
-    if how is not None:
-        return False, f"manager {status['manager_state']}, but its worker (pid {pid}) died ({how})"
+    if how is not None:  # the scheduler destroys and reopens such an environment
+        raise Degraded(f"manager {status['manager_state']}, but its worker (pid {pid}) died ({how})")
     detail = (
         f"manager {status['manager_state']}, environment {environment}"
         + (f" (worker pid {pid})" if isinstance(pid, int) and status["worker_environment_exists"] else "")
