@@ -230,6 +230,7 @@ def test_a_killed_service_is_restarted_and_the_job_table_stays_true(
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: (p := service(name).pid(stack)) is not None and p != pid, timeout=60, what=f"{name} restarted")
+    wait_until(lambda: service(name).status(stack).health == "ok", timeout=120, what=f"{name} healthy again")
     row = job.wait(timeout=180)
     check_account(stack, row)
     next_job_runs(client)

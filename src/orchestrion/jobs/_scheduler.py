@@ -267,7 +267,7 @@ class Scheduler:
         known = self.store.by_item_uids([h["item_uid"] for h in new])
         interrupted = False
         for item in new:
-            job = known.get(item["item_uid"])
+            job = known.get(item["item_uid"]) or self.store.by_attempt(item["item_uid"])
             if job is None:
                 owner = self._copy_owner(item)
                 if owner is not None:  # a copy that ran while nobody looked: one more attempt

@@ -347,6 +347,13 @@ class JobStore:
                     jobs[row["item_uid"]] = _row_to_job(row)
         return jobs
 
+    def by_attempt(self, item_uid: str) -> Job | None:
+        """The job one of whose earlier attempts ran ``item_uid`` (its item is now another)."""
+        pattern = f'%"item_uid": {json.dumps(item_uid)}%'
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE attempts LIKE ?", (pattern,)).fetchone()
+        return None if row is None else _row_to_job(row)
+
     def waiting_priorities(self) -> tuple[int, int] | None:
         """(lowest, highest) priority of the jobs waiting to run (queued or submitted); None if none."""
         waiting = (JobStatus.SUBMITTED.value, JobStatus.QUEUED.value)

@@ -383,6 +383,12 @@ def _held_file(svc: Service, config: OrchestrionConfig) -> Path:
     return run_dir(config) / f"{svc.name}.held"
 
 
+def _start_fresh(svc: Service, config: OrchestrionConfig, env: dict[str, str]) -> int:
+    """Start ``svc`` after ending what a dead instance of it left running; its pid."""
+    svc.clear_leftovers(config)
+    return svc.start(config, env)
+
+
 def up(config: OrchestrionConfig, services: Sequence[Service] = SERVICES) -> list[ServiceStatus]:
     """Start every service that is not running, each once those it requires are ready; idempotent.
 
@@ -402,8 +408,7 @@ def up(config: OrchestrionConfig, services: Sequence[Service] = SERVICES) -> lis
                         _held_file(svc, config).unlink(missing_ok=True)
                         pid = svc.pid(config)
                         if pid is None:
-                            svc.clear_leftovers(config)
-                            pid = svc.start(config, env)
+                            pid = _start_fresh(svc, config, env)
                             started.append(svc)
                         starting[svc.name] = (pid, time.monotonic() + svc.start_timeout)
                 progressed = False
@@ -482,8 +487,7 @@ def restart_dead(config: OrchestrionConfig, env: dict[str, str] | None = None) -
             logger.error("%s is not running (%s): starting it again", svc.name, how)
             if svc.on_death is not None:
                 svc.on_death(config, how)
-            svc.clear_leftovers(config)
-            pid = svc.start(config, env or service_environment(config))
+            pid = _start_fresh(svc, config, env or service_environment(config))
             deadline = time.monotonic() + svc.start_timeout
             while svc.poll_started(config, pid, deadline) is None:
                 time.sleep(0.1)
