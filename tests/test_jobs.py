@@ -23,15 +23,11 @@ from orchestrion.jobs import (
     UnknownJobError,
     insert_position,
     jobs_db_path,
+    latest_parameter_timestamp,
     placement_from_table,
 )
-from orchestrion.worker import (
-    JOB_ID_KEY,
-    PLANS_AND_DEVICES_FILE,
-    WorkerEnvironment,
-    existing_plans_and_devices,
-    latest_parameter_timestamp,
-)
+from orchestrion.schema import JOB_ID_KEY
+from orchestrion.worker import PLANS_AND_DEVICES_FILE, WorkerEnvironment, existing_plans_and_devices
 
 from .support import free_port
 
@@ -272,13 +268,28 @@ def test_a_submission_without_a_queue_server_fails_clearly_and_leaves_no_row(con
         assert client.jobs() == []
 
 
-def test_the_log_wrapper_masks_api_keys(tmp_path: Path) -> None:
-    import subprocess
-    import sys
+def test_a_submission_while_influxdb_is_down_is_refused_with_the_reason(config: OrchestrionConfig) -> None:
+    from orchestrion.parameters import ParameterStoreUnavailable
 
-    script = "print('connect to http://127.0.0.1:1?api_key=abc123def&x=1'); print('plain line')"
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrion.services._redact", sys.executable, "-c", script],
-        capture_output=True, text=True, check=True, timeout=60,
-    )  # fmt: skip
-    assert result.stdout == "connect to http://127.0.0.1:1?api_key=****&x=1\nplain line\n"
+    down = config.model_copy(update={"influx_url": f"http://127.0.0.1:{free_port()}", "influx_timeout": 1.0})
+    with Client(down, timeout=0.3) as client:
+        with pytest.raises(ParameterStoreUnavailable, match=r"InfluxDB at http://127\.0\.0\.1:\d+ is unreachable"):
+            client.submit("spectroscopy", scan=["spectroscopy.detuning=0:0:1"])
+        assert client.jobs() == []
+
+
+def test_up_refuses_a_port_that_another_program_holds(config: OrchestrionConfig) -> None:
+    import os
+    import socket
+
+    from orchestrion.services import ServiceError, status, up
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = config.model_copy(update={"redis_port": holder.getsockname()[1]})
+        with pytest.raises(
+            ServiceError, match=f"redis cannot start: port {taken.redis_port} is taken by pid {os.getpid()}"
+        ):
+            up(taken)
+    assert {s.health for s in status(taken)} == {"down"}  # nothing left half-started

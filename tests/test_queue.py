@@ -24,6 +24,7 @@ from orchestrion.client import Client, JobHandle
 from orchestrion.config import OrchestrionConfig, load_config
 from orchestrion.errors import InputError
 from orchestrion.jobs import JobStatus, JobStore
+from orchestrion.processes import listener
 from orchestrion.services import (
     ServiceError,
     close_api,
@@ -120,7 +121,7 @@ def listening_addresses(ports: set[int]) -> set[str]:
 def test_up_is_idempotent_and_every_service_listens_on_loopback_only(stack: OrchestrionConfig) -> None:
     before = {s.name: s for s in status(stack)}
     again = {s.name: s for s in up(stack)}
-    assert set(before) == {"redis", "tiled", "queue-server", "scheduler"}
+    assert set(before) == {"redis", "tiled", "queue-server", "scheduler", "keeper"}
     assert {name: s.pid for name, s in again.items()} == {name: s.pid for name, s in before.items()}
     assert all(s.health == "ok" for s in again.values()), again
     ports = {stack.redis_port, stack.zmq_control_port, stack.zmq_info_port, stack.tiled_port}
@@ -136,9 +137,71 @@ def test_up_is_idempotent_and_every_service_listens_on_loopback_only(stack: Orch
     result = CliRunner().invoke(cli, ["status", "--json"], obj={"config": stack})
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert [row["name"] for row in rows] == ["redis", "tiled", "queue-server", "scheduler"]
+    assert [row["name"] for row in rows] == ["redis", "tiled", "queue-server", "scheduler", "keeper"]
     assert all(row["pid"] and row["health"] == "ok" for row in rows)
     assert rows[2]["address"] == f"tcp://127.0.0.1:{stack.zmq_control_port}"
+    # The pid reported is the process that serves the port, not a wrapper of it.
+    assert again["tiled"].pid == listener(stack.tiled_port)
+    assert again["redis"].pid == listener(stack.redis_port)
+
+
+def test_plain_items_carry_the_same_details_and_choose_no_job_id(client: Client, api: Any) -> None:
+    finished = client.submit("spectroscopy", **SHORT).wait(timeout=60)
+    fitted = {"scan": ["spectroscopy.detuning=-1e5:1e5:21"], "shots": 20}  # enough points for its fit
+    uids = [
+        api.item_add(BPlan("spectroscopy", **fitted, md={"job_id": 999}))["item"]["item_uid"],
+        api.item_add(BPlan("spectroscopy", **fitted, md={"job_id": finished.id}))["item"]["item_uid"],
+    ]
+
+    def adopted() -> list[Any] | None:
+        jobs = client.store.by_item_uids(uids)
+        return [jobs[u] for u in uids] if len(jobs) == 2 and all(j.status.terminal for j in jobs.values()) else None
+
+    jobs = wait_until(adopted, timeout=120, what="both plain items run and recorded")
+    assert all(j.status is JobStatus.DONE and j.source == "queueserver" for j in jobs), jobs
+    assert {j.id for j in jobs}.isdisjoint({999, finished.id}), "job ids are the table's alone"
+    assert client.store.find(999) is None
+    assert client.store.get(finished.id) == finished, "the finished job is untouched"
+    for job in jobs:  # the same details as a job from `orchestrion submit`
+        assert job.points == 21
+        assert job.hdf5 is not None
+        assert Path(job.hdf5).is_file()
+        assert job.tiled is not None
+        assert job.run_uid in job.tiled
+        assert "center" in job.analysis
+        assert job.code_commit
+        assert [a.item_uid for a in job.attempts] == [job.item_uid]
+    history_uids = {h["item_uid"] for h in api.history_get(reload=True)["items"]}
+    assert set(client.store.by_item_uids(sorted(history_uids))) == history_uids, "every item that ran is a job"
+
+
+def test_the_table_shows_paused_and_the_controls_say_what_they_did(stack: OrchestrionConfig, client: Client) -> None:
+    runner = CliRunner()
+    job = client.submit("spectroscopy", **LONG)
+    wait_status(job, JobStatus.RUNNING)
+    result = runner.invoke(cli, ["pause"], obj={"config": stack})
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"paused job {job.id} (spectroscopy)")
+    wait_status(job, JobStatus.PAUSED, timeout=5)  # within a few polls
+    listing = runner.invoke(cli, ["jobs"], obj={"config": stack}).output.splitlines()
+    assert listing[0].split()[:4] == ["ID", "STATUS", "PRIO", "SOURCE"]
+    assert listing[1].split()[:4] == [str(job.id), "paused", "0", "orchestrion"]
+    # Cleared through the plain API: the table follows within a few polls, not seconds.
+    waiting = [client.submit("spectroscopy", **SHORT) for _ in range(2)]
+    client.api.queue_clear()
+    for handle in waiting:
+        assert "outside Orchestrion" in (wait_status(handle, JobStatus.CANCELLED, timeout=2).error or "")
+    result = runner.invoke(cli, ["resume"], obj={"config": stack})
+    assert result.output == f"resumed job {job.id} (spectroscopy)\n"
+    wait_status(job, JobStatus.RUNNING, timeout=5)
+    result = runner.invoke(cli, ["abort"], obj={"config": stack})
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"aborted job {job.id} (spectroscopy)")
+    assert job.wait(timeout=60).status is JobStatus.CANCELLED
+    wait_until(lambda: client.api.status(reload=True)["manager_state"] == "idle", timeout=30)
+    result = runner.invoke(cli, ["abort"], obj={"config": stack})
+    assert result.exit_code == 2
+    assert "nothing is running to abort" in result.output
 
 
 def test_submit_wait_reports_the_run_its_file_and_its_catalog_node(stack: OrchestrionConfig, client: Client) -> None:
@@ -205,7 +268,7 @@ def test_a_higher_priority_overtakes_queued_jobs_but_not_the_running_one(client:
     low_b = client.submit("spectroscopy", **SHORT)
     high = client.submit("spectroscopy", priority=5, **SHORT)
     assert queued_uids(api) == [high.record.item_uid, low_a.record.item_uid, low_b.record.item_uid]
-    assert running.status is JobStatus.RUNNING  # never interrupted by the newcomer
+    assert running.status is JobStatus.PAUSED  # never interrupted by the newcomer
     client.resume()
     jobs = [job.wait(timeout=120) for job in (running, high, low_a, low_b)]
     assert [j.status for j in jobs] == [JobStatus.DONE] * 4

@@ -32,11 +32,14 @@ from orchestrion.jobs import (
     QueueServerError,
     abort_running,
     cancel_job,
+    check_parameter_store,
+    code_version,
+    pause_running,
+    resume_paused,
     submit_job,
     validate_request,
 )
 from orchestrion.services import close_api, queue_server_api, tiled_api_key, tiled_uri
-from orchestrion.worker import code_version
 
 
 @contextmanager
@@ -174,6 +177,7 @@ class Client:
             repetitions=repetitions, pattern=pattern, priority=priority, md=dict(md or {}),
         )  # fmt: skip
         kwargs = self.validate(request)
+        check_parameter_store(self.config)  # refused now, with the reason, not failed later
         if self._code is None:
             self._code = code_version(self.config.plans_dir)
         job = submit_job(
@@ -196,20 +200,23 @@ class Client:
 
     # -- the RunEngine ---------------------------------------------------------------------
 
-    def pause(self, *, immediate: bool = False) -> None:
-        """Pause the running job (at its next checkpoint, or at once)."""
+    def pause(self, *, immediate: bool = False) -> str:
+        """Pause the running job (at its next checkpoint, or at once); what was paused."""
         with _refused("pause"):
-            self.api.re_pause(option="immediate" if immediate else "deferred")
+            return pause_running(self.store, self.api, immediate=immediate)
 
-    def resume(self) -> None:
-        """Resume the paused job."""
+    def resume(self) -> str:
+        """Resume the paused job; what was resumed."""
         with _refused("resume"):
-            self.api.re_resume()
+            return resume_paused(self.store, self.api)
 
-    def abort(self) -> None:
-        """Abort the running job: it is recorded cancelled and the queue goes on."""
+    def abort(self) -> str:
+        """Abort the running job: it is recorded cancelled and the queue goes on; what was aborted.
+
+        `InputError` if nothing runs.
+        """
         with _refused("abort"):
-            abort_running(self.api)
+            return abort_running(self.api, store=self.store)
 
     # -- data ------------------------------------------------------------------------------
 

@@ -76,6 +76,11 @@ class OrchestrionConfig(BaseSettings):
     scheduler_poll_interval: float = Field(
         0.05, gt=0, le=10, description="How often the scheduler checks the queue server's status (s)"
     )
+    # Jobs and services (jobs/, services/): what a fault does to a job, and the stack's keeper.
+    job_fault_retries: int = Field(
+        0, ge=0, le=10,
+        description="Times a job cut short by a fault (its worker died, `down --force`) runs again; 0: failed",
+    )  # fmt: skip
 
     # Document pipeline: bundler, HDF5 files under home/data, Tiled catalog.
     tiled_uri: str | None = Field(

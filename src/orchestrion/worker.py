@@ -12,41 +12,24 @@ introspects signatures (build devices and load plans; open, connect and write no
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
-import subprocess
+import time
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 from bluesky import RunEngine
-from event_model import DocumentRouter
-from event_model.documents import RunStart, RunStop
 
+from orchestrion.addresses import worker_state_file
 from orchestrion.config import OrchestrionConfig, load_config
-from orchestrion.experiment import flatten_ids
+from orchestrion.jobs import JobRecorder, code_version
 from orchestrion.lab import Lab
 from orchestrion.pipeline import DocumentPipeline
-from orchestrion.schema import JOB_ID_KEY
 from orchestrion.session import LabSession
 
 logger = logging.getLogger(__name__)
-
-
-def code_version(directory: Path) -> tuple[str | None, bool | None]:
-    """(git commit, tree clean) of the checkout holding ``directory``; (None, None) outside git."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(directory), "rev-parse", "HEAD"],
-            capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "-C", str(directory), "status", "--porcelain", "--", "."],
-            capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-    return commit, not dirty
 
 
 def in_queue_server_worker() -> bool:
@@ -54,69 +37,6 @@ def in_queue_server_worker() -> bool:
     from bluesky_queueserver import is_re_worker_active
 
     return bool(is_re_worker_active())
-
-
-class JobRecorder(DocumentRouter):
-    """Writes what each run of a job produced (points, files, catalog node) to the job table.
-
-    Subscribed after the document pipeline, so that at 'stop' the pipeline's run summary
-    already names the HDF5 file and the Tiled node.
-    """
-
-    def __init__(
-        self, pipeline: DocumentPipeline, config: OrchestrionConfig, code: tuple[str | None, bool | None]
-    ) -> None:
-        super().__init__()
-        from orchestrion.jobs import JobStore
-
-        self._pipeline = pipeline
-        self._store = JobStore.open(config, durable=False)
-        self._code = code
-        self._runs: dict[str, tuple[int, str | None]] = {}  # run uid -> (job id, parameter time)
-
-    def start(self, doc: RunStart) -> RunStart | None:
-        job_id = doc.get(JOB_ID_KEY)
-        if isinstance(job_id, int) and not isinstance(job_id, bool):
-            self._runs[doc["uid"]] = (job_id, latest_parameter_timestamp(doc))
-        return doc
-
-    def stop(self, doc: RunStop) -> RunStop | None:
-        job = self._runs.pop(doc["run_start"], None)
-        summary = self._pipeline.summaries.runs.get(doc["run_start"])
-        if job is None or summary is None:
-            return doc
-        job_id, parameters_timestamp = job
-        # A job is reported done only with its runs written (file closed, run in the
-        # catalog); the summary names the file once post-processing has said so.
-        catalogued = self._pipeline.wait_catalogued(summary.run_uid)
-        try:
-            self._store.record_run(
-                job_id,
-                run_uid=summary.run_uid,
-                points=summary.points,
-                hdf5=summary.hdf5,
-                tiled=summary.tiled if catalogued else None,
-                parameters_timestamp=parameters_timestamp,
-                code_commit=self._code[0],
-                code_clean=self._code[1],
-                analysis=dict(summary.analysis),
-            )
-        except Exception:  # the run itself went fine: bookkeeping must not fail it
-            logger.exception("job %s: could not record run %s in the job table", job_id, summary.run_uid)
-        return doc
-
-    def close(self) -> None:
-        self._store.close()
-
-
-def latest_parameter_timestamp(start: RunStart) -> str | None:
-    """The newest timestamp of the parameter snapshot in a start document (ISO text)."""
-    nested = start.get("parameters") or {}
-    if not isinstance(nested, dict):
-        return None
-    leaves = flatten_ids(nested, lambda v: isinstance(v, dict) and "timestamp" in v)
-    stamps = [str(v["timestamp"]) for v in leaves.values()]
-    return max(stamps) if stamps else None
 
 
 class WorkerEnvironment:
@@ -169,13 +89,36 @@ def evaluate_signature(plan: Any) -> None:
 
 
 def populate(namespace: MutableMapping[str, Any]) -> WorkerEnvironment:
-    """Fill the queue server's startup namespace; called by `profile/00-orchestrion.py`."""
+    """Fill the queue server's startup namespace; called by `profile/00-orchestrion.py`.
+
+    In the worker, its pid and how its start-up went go to `worker_state_file`: the
+    scheduler watches that pid (a worker killed under a job stays a zombie the manager
+    does not notice), and `orchestrion up` reports a failed start-up's cause at once.
+    """
     worker = in_queue_server_worker()
     config = load_config()
     logger.info("orchestrion worker: home %s, plans %s (pid %d)", config.home, config.plans_dir, os.getpid())
-    environment = WorkerEnvironment(config, worker=worker)
-    namespace.update(environment.namespace())
+    if not worker:
+        environment = WorkerEnvironment(config, worker=False)
+        namespace.update(environment.namespace())
+        return environment
+    _write_state(config, "starting")
+    try:
+        environment = WorkerEnvironment(config, worker=True)
+        namespace.update(environment.namespace())
+    except BaseException as exc:
+        _write_state(config, "failed", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        raise
+    _write_state(config, "ready")
     return environment
+
+
+def _write_state(config: OrchestrionConfig, state: str, error: str | None = None) -> None:
+    path = worker_state_file(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"pid": os.getpid(), "state": state, "error": error, "time": time.time()}))
+    temporary.replace(path)
 
 
 PLANS_AND_DEVICES_FILE = "existing_plans_and_devices.yaml"

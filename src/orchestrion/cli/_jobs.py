@@ -12,7 +12,7 @@ from orchestrion.analysis import fit_lines
 from ._common import config_from, json_option, print_json, reports_errors
 from ._run import parse_assignments, run_options
 
-STATUSES = ["submitted", "queued", "running", "done", "failed", "cancelled"]
+STATUSES = ["submitted", "queued", "running", "paused", "done", "failed", "cancelled"]
 
 
 def _client(ctx: click.Context, user_group: str | None = None) -> Any:
@@ -21,10 +21,28 @@ def _client(ctx: click.Context, user_group: str | None = None) -> Any:
     return Client(config_from(ctx), user_group=user_group)
 
 
+_LINE = (
+    "{id:>5}  {status:9}  {priority:>4}  {source:11}  {experiment:22}  {submitter:12}  {run:8}  {attempts:>3}  {note}"
+)
+HEADER = _LINE.format(
+    id="ID",
+    status="STATUS",
+    priority="PRIO",
+    source="SOURCE",
+    experiment="EXPERIMENT",
+    submitter="SUBMITTER",
+    run="RUN",
+    attempts="TRY",
+    note="ERROR",
+).rstrip()
+
+
 def _job_line(job: Any) -> str:
-    run = f" run {job.run_uid[:8]}" if job.run_uid else ""
-    error = f"  ({job.error})" if job.error else ""
-    return f"{job.id:5}  {job.status.value:9}  p{job.priority:<3} {job.experiment:22} {job.submitter}{run}{error}"
+    return _LINE.format(
+        id=job.id, status=job.status.value, priority=job.priority, source=job.source, experiment=job.experiment,
+        submitter=job.submitter, run=job.run_uid[:8] if job.run_uid else "-", attempts=max(1, len(job.attempts)),
+        note=job.error or "",
+    ).rstrip()  # fmt: skip
 
 
 def _job_details(job: Any) -> None:
@@ -63,6 +81,7 @@ def submit(
     if as_json:
         print_json(job.to_dict())
     elif wait:
+        click.echo(HEADER)
         click.echo(_job_line(job))
     else:
         click.echo(f"job {job.id} {job.status.value}")
@@ -87,6 +106,7 @@ def jobs(ctx: click.Context, status: str | None, as_json: bool) -> None:
     if as_json:
         print_json([job.to_dict() for job in rows])
         return
+    click.echo(HEADER)
     for job in rows:
         click.echo(_job_line(job))
 
@@ -132,7 +152,7 @@ def cancel(ctx: click.Context, job_id: int, as_json: bool) -> None:
 def pause(ctx: click.Context, immediate: bool) -> None:
     """Pause the running job (the queue waits with it)."""
     with _client(ctx) as client:
-        client.pause(immediate=immediate)
+        click.echo(client.pause(immediate=immediate))
 
 
 @click.command()
@@ -141,13 +161,16 @@ def pause(ctx: click.Context, immediate: bool) -> None:
 def resume(ctx: click.Context) -> None:
     """Resume the paused job."""
     with _client(ctx) as client:
-        client.resume()
+        click.echo(client.resume())
 
 
 @click.command()
 @click.pass_context
 @reports_errors
 def abort(ctx: click.Context) -> None:
-    """Abort the running job (recorded cancelled); the queue goes on with the next."""
+    """Abort the running job (recorded cancelled); the queue goes on with the next.
+
+    With nothing running, says so and exits with status 2.
+    """
     with _client(ctx) as client:
-        client.abort()
+        click.echo(client.abort())

@@ -26,7 +26,8 @@ def main() -> int:
     scheduler = Scheduler(config)
     while not stop.is_set():
         try:
-            scheduler.prepare()
+            # The queue starts after the first sync has decided on pushed-back copies.
+            scheduler.prepare(autostart=False)
             break
         except Exception as exc:  # the queue server may still be starting
             logging.getLogger("orchestrion.jobs").warning("waiting for the queue server: %s", exc)

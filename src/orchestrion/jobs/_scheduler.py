@@ -5,28 +5,34 @@ Jobs enter the queue server's queue at submission, already in priority order (se
 previous ends (its autostart mode) and going on after a failure (its `ignore_failures`
 mode; ADR 0301).  This process follows the queue server's status, queue and history
 and records in the job table when each job started, how it ended and with which runs.
-It also adopts items that plain queue-server clients added, removes the copies that
-the queue server pushes back to the front of its queue after an abort, and re-opens
-the worker environment when it is gone.  It keeps no state of its own that matters:
-after a restart it reads everything again from the queue server.
+It also adopts items that plain queue-server clients added (each a new job: ids are
+the table's alone), decides what happens to the copies that the queue server pushes
+back to the front of its queue after an abort or a fault, watches the worker process
+(a worker killed under a job stays a zombie the manager does not notice) and re-opens
+the worker environment when it is gone.  Every item that ran for a job is one of the
+job's attempts, with its runs, files and outcome.  It keeps no state of its own that
+matters: after a restart it reads everything again from the queue server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from orchestrion.addresses import close_api, queue_server_api, run_dir, worker_state_file
 from orchestrion.config import OrchestrionConfig
+from orchestrion.processes import death
 from orchestrion.schema import JOB_ID_KEY
-from orchestrion.services._addresses import close_api, queue_server_api, run_dir
 
-from ._store import ACTIVE, Job, JobStatus, JobStore, NewJob
+from ._store import ACTIVE, Attempt, Job, JobStatus, JobStore, NewJob
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +49,14 @@ EXIT_STATUS = {
 
 HEARTBEAT_FILE = "scheduler.json"
 
+# bluesky-queueserver 0.0.25's message for an item cut short by `environment_destroy`
+# (its exit status is then 'failed', like a plan that raised).
+WORKER_DESTROYED = "RE Worker environment was destroyed"
+# Exit statuses after which the queue server pushes a copy of the item back to its queue.
+PUSHED_BACK = ("aborted", "halted")
+# Manager states in which the worker may legitimately be missing or changing.
+_ENVIRONMENT_CHANGING = ("creating_environment", "closing_environment", "destroying_environment")
+
 
 def item_job_id(item: Mapping[str, Any]) -> int | None:
     """The job id a queue item carries in its metadata (items from Orchestrion do)."""
@@ -57,7 +71,6 @@ def _adopted(item: Mapping[str, Any], status: JobStatus) -> NewJob:
     shots = kwargs.get("shots")
     repetitions = kwargs.get("repetitions", 1)
     return NewJob(
-        id=item_job_id(item),
         experiment=str(item.get("name", "")),
         arguments=kwargs,
         priority=0,
@@ -85,6 +98,9 @@ class Scheduler:
         self._seen_history: set[str] = set()
         self._last_status: tuple[Any, ...] | None = None
         self._missing: set[int] = set()  # active jobs whose item was not seen last time
+        self._last_open = 0.0  # when this scheduler last asked for the environment
+        self._stuck_since: float | None = None  # manager running an item its idle worker finished
+        self._copy_due: float | None = None  # until then, a pushed-back copy to remove may still come
 
     def close(self) -> None:
         close_api(self.api)
@@ -92,27 +108,105 @@ class Scheduler:
 
     # -- keeping the queue server ready --------------------------------------------------
 
-    def prepare(self, timeout: float = 120.0) -> None:
-        """Open the worker environment and set the queue modes a lab wants; idempotent."""
+    def prepare(self, timeout: float = 120.0, *, autostart: bool = True) -> None:
+        """Open the worker environment and set the queue modes a lab wants; idempotent.
+
+        A worker whose start-up fails is reported with its own error as soon as it says
+        so (`RuntimeError`), not after ``timeout``.  ``autostart=False`` leaves the queue
+        held: the scheduler starts it after its first look at the queue and history, so a
+        copy that the queue server pushed back is not run before it is decided on.
+        """
         status = self.api.status(reload=True)
-        if not status["worker_environment_exists"]:
-            self.api.environment_open()
-            self.api.wait_for_condition(
-                lambda s: s["worker_environment_exists"] and s["manager_state"] == "idle", timeout=timeout
-            )
+        if self.check_worker(status) is not None:  # destroyed: wait until it is gone
+            self.api.wait_for_condition(lambda s: not s["worker_environment_exists"], timeout=30.0)
             status = self.api.status(reload=True)
-            if not status["worker_environment_exists"]:
-                raise RuntimeError("the queue server's worker environment did not open: see its log")
+        if not status["worker_environment_exists"]:
+            self.open_environment(timeout)
+            status = self.api.status(reload=True)
         if not status["plan_queue_mode"].get("ignore_failures", False):
             self.api.queue_mode_set(ignore_failures=True)
-        if not status["queue_autostart_enabled"]:
+        if autostart and not status["queue_autostart_enabled"]:
             self.api.queue_autostart(True)
+
+    def open_environment(self, timeout: float = 120.0) -> None:
+        """Open the worker environment and wait until it is open, or fail with the worker's reason."""
+        asked = time.time()
+        self.api.environment_open()
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.api.status(reload=True)
+            if status["worker_environment_exists"] and status["manager_state"] == "idle":
+                return
+            state = read_worker_state(self.config)
+            started = state is not None and float(state.get("time", 0.0)) >= asked
+            if started and state is not None and state.get("state") == "failed":
+                raise RuntimeError(f"the worker's start-up failed: {state.get('error')}")
+            if status["manager_state"] == "idle" and not status["worker_environment_exists"] and started:
+                raise RuntimeError("the worker exited while it started")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the worker environment did not open in {timeout:.0f} s")
+            time.sleep(0.1)
+
+    def check_worker(self, status: Mapping[str, Any]) -> str | None:
+        """If the environment is open but its worker process is dead: destroy it; the reason.
+
+        bluesky-queueserver 0.0.25's manager keeps a SIGKILLed worker as a zombie and goes
+        on reporting the environment open; destroying it ends the running item (the queue
+        server records it failed and pushes a copy back), and `sync` then decides.
+        """
+        if not status["worker_environment_exists"] or status["manager_state"] in _ENVIRONMENT_CHANGING:
+            return None
+        state = read_worker_state(self.config)
+        pid = state.get("pid") if state is not None else None
+        if not isinstance(pid, int):
+            return None
+        how = death(pid)
+        if how is None:
+            return None
+        reason = f"the queue server's worker (pid {pid}) died ({how})"
+        logger.error("%s: destroying its environment", reason)
+        running = status.get("running_item_uid")
+        if running:
+            self.store.note_interruption(str(running), reason)
+        self.api.environment_destroy()
+        self._last_status = None
+        return reason
+
+    def check_manager(self, status: Mapping[str, Any], *, patience: float = 5.0) -> bool:
+        """If the manager has sat on a finished item for ``patience`` s: restart it; True if so.
+
+        A manager whose bookkeeping request failed (its Redis restarted under it) keeps
+        reporting the item running while its worker is idle, and never moves on.  Its own
+        watchdog starts a new manager, which files the item (exit status 'unknown'); what
+        the worker recorded of its runs then says how it really ended (`_finish`).
+        """
+        stuck = (
+            status["manager_state"] == "executing_queue"
+            and status.get("re_state") == "idle"
+            and status.get("worker_environment_state") == "idle"
+        )
+        if not stuck:
+            self._stuck_since = None
+            return False
+        now = time.monotonic()
+        if self._stuck_since is None:
+            self._stuck_since = now
+        if now - self._stuck_since < patience:
+            return False
+        logger.error("the queue server's manager has not moved on from a finished item: restarting it")
+        self._stuck_since = None
+        with contextlib.suppress(Exception):  # it exits without answering
+            self.api.send_request(method="manager_kill")
+        self._last_status = None
+        return True
 
     # -- following the queue server -------------------------------------------------------
 
     def poll(self) -> bool:
         """Sync if the queue server's state changed since the last look; True if it did."""
         status = self.api.status(reload=True)
+        self.check_worker(status)
+        self.check_manager(status)
         key = (
             status["plan_queue_uid"],
             status["plan_history_uid"],
@@ -123,8 +217,9 @@ class Scheduler:
         )
         if key == self._last_status:
             return False
-        self.sync()
+        # Before the sync: a sync that wants another look (`_sync_missing`) resets it.
         self._last_status = key
+        self.sync()
         return True
 
     def sync(self) -> None:
@@ -142,61 +237,125 @@ class Scheduler:
         running = queue.get("running_item") or {}
         with self.store.write():
             requeue_needed = self._sync_history(self._history)
-            self._sync_running(running)
+            self._sync_running(running, str(status["manager_state"]))
             requeue_needed |= self._sync_queue(list(queue["items"]))
-            present = {i["item_uid"] for i in queue["items"]} | {h["item_uid"] for h in self._history}
+            queued = {i["item_uid"] for i in queue["items"]}
             if running:
-                present.add(running["item_uid"])
-            self._sync_missing(present)
+                queued.add(running["item_uid"])
+            self._sync_missing(queued, {h["item_uid"] for h in self._history})
         self._keep_running(status, requeue_needed)
+
+    def _copy_owner(self, item: Mapping[str, Any]) -> Job | None:
+        """The job whose pushed-back item ``item`` is a copy of, if it is one.
+
+        The queue server pushes an aborted, halted or destroyed item back under a new uid,
+        with the same plan and metadata; only the job's last attempt can have one.  Any
+        other item naming a job id (a finished job's, or one never issued) is not that
+        job's: it becomes a job of its own.
+        """
+        job_id = item_job_id(item)
+        owner = self.store.find(job_id) if job_id is not None else None
+        if owner is None or not owner.attempts:
+            return None
+        last = owner.attempts[-1]
+        if not last.pushed_back or owner.item_uid != last.item_uid or item.get("name") != owner.experiment:
+            return None
+        return owner
 
     def _sync_history(self, history: Sequence[Mapping[str, Any]]) -> bool:
         new = [h for h in history if h["item_uid"] not in self._seen_history]
         known = self.store.by_item_uids([h["item_uid"] for h in new])
         interrupted = False
         for item in new:
-            result = item.get("result") or {}
-            exit_status = str(result.get("exit_status", "unknown"))
-            status = EXIT_STATUS.get(exit_status, JobStatus.FAILED)
-            job = known.get(item["item_uid"])
-            job_id = item_job_id(item)
-            if job is None and (job_id is None or self.store.find(job_id) is None):
-                logger.info("adopting finished item %s (%s) from the queue server", item["item_uid"], item.get("name"))
-                job = self.store.get(self.store.insert(_adopted(item, JobStatus.RUNNING)))
-            if job is not None and not job.status.terminal:
-                self._finish(job, item, status, exit_status)
-                interrupted |= exit_status in ("stopped", "aborted", "halted")
+            job = known.get(item["item_uid"]) or self.store.by_attempt(item["item_uid"])
+            if job is None:
+                owner = self._copy_owner(item)
+                if owner is not None:  # a copy that ran while nobody looked: one more attempt
+                    self.store.update(owner.id, item_uid=item["item_uid"])
+                    job = self.store.get(owner.id)
+                else:
+                    logger.info("adopting finished item %s (%s)", item["item_uid"], item.get("name"))
+                    job = self.store.get(self.store.insert(_adopted(item, JobStatus.RUNNING)))
+            if all(a.item_uid != item["item_uid"] for a in job.attempts):
+                interrupted |= self._finish(job, item)
             self._seen_history.add(item["item_uid"])
         return interrupted
 
-    def _finish(self, job: Job, item: Mapping[str, Any], status: JobStatus, exit_status: str) -> None:
+    def _finish(self, job: Job, item: Mapping[str, Any]) -> bool:
+        """Record one attempt of ``job`` (its item is in the history) and what follows from it."""
         result = item.get("result") or {}
-        error = None
-        if status is JobStatus.FAILED:
-            error = str(result.get("msg") or "").strip() or f"the plan ended with exit status '{exit_status}'"
+        exit_status = str(result.get("exit_status", "unknown"))
+        message = str(result.get("msg") or "").strip()
+        fault = exit_status == "unknown" or message == WORKER_DESTROYED
+        status = JobStatus.FAILED if fault else EXIT_STATUS.get(exit_status, JobStatus.FAILED)
+        error = self.store.interruption(str(item["item_uid"]))
+        if error is None and status is JobStatus.FAILED:
             if exit_status == "unknown":
                 error = "the queue server lost the worker while the job ran (exit status 'unknown')"
-        elif status is JobStatus.CANCELLED:
+            else:
+                error = message or f"the plan ended with exit status '{exit_status}'"
+        elif error is None and status is JobStatus.CANCELLED:
             error = f"{exit_status} while running"
-        self.store.add_run_uids(job.id, [str(u) for u in result.get("run_uids") or []])
-        self.store.update(
-            job.id, status=status, error=error, started=result.get("time_start") or job.started,
-            finished=result.get("time_stop") or time.time(),
+        started = result.get("time_start") or job.started
+        finished = result.get("time_stop") or time.time()
+        # The runs: what the queue server reports, and what the worker recorded as they
+        # opened (a worker that died reported none).
+        run_uids = [str(u) for u in result.get("run_uids") or []]
+        run_uids += [
+            r.run_uid for r in self.store.runs_without_item(job.id)
+            if r.run_uid not in run_uids and (r.started or 0.0) >= (started or 0.0) - 1.0
+        ]  # fmt: skip
+        self.store.claim_runs(str(item["item_uid"]), run_uids, job.id)
+        runs = self.store.runs(run_uids)
+        if exit_status == "unknown" and runs and all(r.exit_status == "success" for r in runs):
+            # The queue server lost the outcome (its manager restarted); the worker recorded
+            # each run's stop: they all ended well, so the job did.
+            status, error, fault = JobStatus.DONE, None, False
+        counted = [r.points for r in runs]
+        attempt = Attempt(
+            item_uid=str(item["item_uid"]), status=status, started=started, finished=finished,
+            exit_status=exit_status, error=error, run_uids=run_uids, hdf5=[r.hdf5 for r in runs if r.hdf5],
+            points=sum(p for p in counted if p is not None) if counted and None not in counted else None,
+            pushed_back=exit_status in PUSHED_BACK or message == WORKER_DESTROYED,
         )  # fmt: skip
-        logger.info("job %d: %s", job.id, status.value + (f" ({error})" if error else ""))
+        attempts = [*job.attempts, attempt]
+        faults = sum(1 for a in attempts if a.pushed_back and a.status is JobStatus.FAILED)
+        again = fault and attempt.pushed_back and faults <= self.config.job_fault_retries
+        last = runs[-1] if runs else None
+        self.store.add_run_uids(job.id, run_uids)
+        self.store.update(
+            job.id, attempts=attempts, started=job.started or started,
+            status=JobStatus.QUEUED if again else status,
+            error=f"attempt {len(attempts)}: {error}; running it again" if again else error,
+            finished=None if again else finished,
+            points=last.points if last else None, hdf5=last.hdf5 if last else None,
+            tiled=last.tiled if last else None, analysis=last.analysis if last else {},
+            **({"parameters_timestamp": last.parameters_timestamp, "code_commit": last.code_commit,
+                "code_clean": last.code_clean} if last else {}),
+        )  # fmt: skip
+        if attempt.pushed_back and not again:
+            self._copy_due = time.monotonic() + 3.0
+        logger.info(
+            "job %d attempt %d: %s%s%s", job.id, len(attempts), status.value,
+            f" ({error})" if error else "", "; running it again" if again else "",
+        )  # fmt: skip
+        return exit_status in PUSHED_BACK
 
-    def _sync_running(self, running: Mapping[str, Any]) -> None:
+    def _sync_running(self, running: Mapping[str, Any], manager_state: str) -> None:
         if not running:
             return
         job = self.store.by_item_uids([running["item_uid"]]).get(running["item_uid"])
         if job is None:
-            job_id = item_job_id(running)
-            if job_id is not None and self.store.find(job_id) is not None:
-                return  # a pushed-back copy of a job, started by someone else: leave it be
-            job = self.store.get(self.store.insert(_adopted(running, JobStatus.RUNNING)))
-        if job.status in (JobStatus.SUBMITTED, JobStatus.QUEUED):
-            self.store.update(job.id, status=JobStatus.RUNNING, started=time.time())
-            logger.info("job %d: running", job.id)
+            owner = self._copy_owner(running)
+            if owner is not None:  # a copy that started while nobody looked: it runs, so it is recorded
+                self.store.update(owner.id, item_uid=running["item_uid"])
+                job = self.store.get(owner.id)
+            else:
+                job = self.store.get(self.store.insert(_adopted(running, JobStatus.RUNNING)))
+        status = JobStatus.PAUSED if manager_state == "paused" else JobStatus.RUNNING
+        if job.status is not status:
+            self.store.update(job.id, status=status, started=job.started or time.time(), finished=None)
+            logger.info("job %d: %s", job.id, status.value)
 
     def _sync_queue(self, items: Sequence[Mapping[str, Any]]) -> bool:
         known = self.store.by_item_uids([i["item_uid"] for i in items])
@@ -204,15 +363,19 @@ class Scheduler:
         for item in items:
             job = known.get(item["item_uid"])
             if job is None:
-                job_id = item_job_id(item)
-                owner = self.store.find(job_id) if job_id is not None else None
-                if owner is not None and owner.status.terminal:
-                    # The queue server pushes an aborted or stopped item back to the
-                    # front of its queue under a new uid; the job is over, so it goes.
-                    self._remove_item(item["item_uid"], f"job {owner.id} ({owner.status.value})")
-                    removed = True
-                elif owner is None:
+                owner = self._copy_owner(item)
+                if owner is None:
                     self.store.insert(_adopted(item, JobStatus.QUEUED))
+                elif owner.status is JobStatus.QUEUED:  # the job runs again, as configured
+                    self.store.update(owner.id, item_uid=item["item_uid"])
+                    logger.info("job %d: its item comes back as %s", owner.id, item["item_uid"])
+                else:
+                    # The job is over (aborted, or failed with no more attempts): its copy goes.
+                    self._remove_item(item["item_uid"], f"job {owner.id} ({owner.status.value})")
+                    attempts = [*owner.attempts[:-1], replace(owner.attempts[-1], pushed_back=False)]
+                    self.store.update(owner.id, attempts=attempts)
+                    self._copy_due = None
+                    removed = True
             elif job.status.terminal:
                 self._remove_item(item["item_uid"], f"job {job.id} ({job.status.value})")
                 removed = True
@@ -227,15 +390,22 @@ class Scheduler:
         except RequestFailedError as exc:  # gone already: someone else removed it
             logger.debug("queue item %s: %s", item_uid, exc)
 
-    def _sync_missing(self, present: set[str]) -> None:
+    def _sync_missing(self, queued: set[str], history: set[str]) -> None:
         # A job submitted just after this look at the queue server is not in what was
         # read: only a job missing from two looks in a row has really left.
         suspects: set[int] = set()
         for job in self.store.list(list(ACTIVE)):
-            if job.item_uid is None or job.item_uid in present:
+            if job.item_uid is None or job.item_uid in queued:
                 continue
+            # An active job whose item is in the history waits to run again (`_finish`).
+            waiting_copy = job.item_uid in history
             if job.id not in self._missing:
                 suspects.add(job.id)
+                continue
+            if waiting_copy and job.attempts:
+                last = job.attempts[-1]
+                logger.warning("job %d: no copy of its item came back to run again", job.id)
+                self.store.update(job.id, status=last.status, finished=last.finished, error=last.error)
                 continue
             logger.warning("job %d: its item left the queue server without running", job.id)
             self.store.update(
@@ -249,10 +419,21 @@ class Scheduler:
     def _keep_running(self, status: Mapping[str, Any], interrupted: bool) -> None:
         """After an abort the queue server stops its queue; the lab's queue goes on."""
         if not status["worker_environment_exists"]:
-            if status["manager_state"] == "idle":
+            # Not more than once in a few seconds: a worker that cannot start (its
+            # parameter store is down) says why in its log, not in a storm of attempts.
+            if status["manager_state"] == "idle" and time.monotonic() - self._last_open > 5.0:
                 logger.warning("the worker environment is closed: opening it again")
+                self._last_open = time.monotonic()
                 self.api.environment_open()
             return
+        if status["manager_state"] == "paused":
+            return  # an abort may be on its way (`abort_running` holds the queue for it)
+        if self._copy_due is not None and time.monotonic() < self._copy_due:
+            # The copy the queue server pushes back is not in this look yet: starting the
+            # queue now would run it.
+            self._last_status = None
+            return
+        self._copy_due = None
         if interrupted or not status["queue_autostart_enabled"]:
             self.api.queue_autostart(True)
 
@@ -284,6 +465,15 @@ def _write_heartbeat(path: Path, now: float) -> None:
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps({"pid": os.getpid(), "heartbeat": now}))
     temporary.replace(path)
+
+
+def read_worker_state(config: OrchestrionConfig) -> dict[str, Any] | None:
+    """What the queue server's worker last wrote about itself: pid, state, error, time."""
+    try:
+        value = json.loads(worker_state_file(config).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def read_heartbeat(config: OrchestrionConfig) -> dict[str, Any] | None:

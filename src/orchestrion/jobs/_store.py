@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -22,7 +23,8 @@ class JobStatus(StrEnum):
 
     SUBMITTED = "submitted"  #: accepted, not yet in the queue server's queue
     QUEUED = "queued"  #: in the queue server's queue
-    RUNNING = "running"  #: the RunEngine is executing it (or has paused it)
+    RUNNING = "running"  #: the RunEngine is executing it
+    PAUSED = "paused"  #: the RunEngine paused it; `orchestrion resume` goes on
     DONE = "done"  #: its plan completed
     FAILED = "failed"  #: its plan raised, or the worker died under it
     CANCELLED = "cancelled"  #: removed from the queue, or aborted while running
@@ -32,7 +34,7 @@ class JobStatus(StrEnum):
         return self in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
-ACTIVE = (JobStatus.SUBMITTED, JobStatus.QUEUED, JobStatus.RUNNING)
+ACTIVE = (JobStatus.SUBMITTED, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
 
 
 class UnknownJobError(InputError, KeyError):
@@ -77,8 +79,78 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN analysis TEXT NOT NULL DEFAULT '{}';
     """,
+    # Attempts (one per queue-server item that ran for the job) and runs (what the
+    # worker knows of each run, recorded from its start: a run cut short keeps its uid).
+    """
+    ALTER TABLE jobs ADD COLUMN attempts TEXT NOT NULL DEFAULT '[]';
+    CREATE TABLE runs (
+        run_uid TEXT PRIMARY KEY,
+        job_id INTEGER,
+        item_uid TEXT,
+        started REAL,
+        finished REAL,
+        exit_status TEXT,
+        points INTEGER,
+        hdf5 TEXT,
+        tiled TEXT,
+        analysis TEXT NOT NULL DEFAULT '{}',
+        parameters_timestamp TEXT,
+        code_commit TEXT,
+        code_clean INTEGER
+    );
+    CREATE INDEX runs_by_job ON runs (job_id, started);
+    CREATE TABLE interruptions (
+        item_uid TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        time REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One run of a job's queue item: what the queue server ran, and how it ended."""
+
+    item_uid: str
+    status: JobStatus
+    started: float | None = None
+    finished: float | None = None
+    exit_status: str | None = None  #: the queue server's word for how the item ended
+    error: str | None = None
+    run_uids: list[str] = field(default_factory=list)
+    hdf5: list[str] = field(default_factory=list)  #: the files of its runs
+    points: int | None = None  #: points of its runs, as the worker counted them at their stops
+    pushed_back: bool = False  #: the queue server put a copy of it back in its queue
+
+    def to_dict(self) -> dict[str, Any]:
+        document = asdict(self)
+        document["status"] = self.status.value
+        return document
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> Attempt:
+        return cls(**{**document, "status": JobStatus(document["status"])})
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the worker recorded of one run (the `runs` table)."""
+
+    run_uid: str
+    job_id: int | None
+    item_uid: str | None
+    started: float | None
+    finished: float | None
+    exit_status: str | None
+    points: int | None
+    hdf5: str | None
+    tiled: str | None
+    analysis: dict[str, float]
+    parameters_timestamp: str | None
+    code_commit: str | None
+    code_clean: bool | None
 
 
 @dataclass(frozen=True)
@@ -110,6 +182,7 @@ class Job:
     code_commit: str | None = None
     code_clean: bool | None = None
     analysis: dict[str, float] = field(default_factory=dict)
+    attempts: list[Attempt] = field(default_factory=list)
 
     @property
     def run_uid(self) -> str | None:
@@ -120,6 +193,7 @@ class Job:
         document = asdict(self)
         document["status"] = self.status.value
         document["run_uid"] = self.run_uid
+        document["attempts"] = [attempt.to_dict() for attempt in self.attempts]
         return document
 
 
@@ -141,7 +215,6 @@ class NewJob:
     item_uid: str | None = None
     code_commit: str | None = None
     code_clean: bool | None = None
-    id: int | None = None  # adopted items may carry the id they were submitted with
     created: float | None = None
 
 
@@ -149,7 +222,11 @@ _COLUMNS = (
     "id", "experiment", "status", "priority", "submitter", "created", "arguments", "scan",
     "repetitions", "shots", "pattern", "user_group", "source", "started", "finished", "error",
     "item_uid", "run_uids", "points", "hdf5", "tiled", "parameters_timestamp", "code_commit",
-    "code_clean", "analysis",
+    "code_clean", "analysis", "attempts",
+)  # fmt: skip
+_RUN_COLUMNS = (
+    "run_uid", "job_id", "item_uid", "started", "finished", "exit_status", "points", "hdf5", "tiled",
+    "analysis", "parameters_timestamp", "code_commit", "code_clean",
 )  # fmt: skip
 
 
@@ -161,7 +238,15 @@ def _row_to_job(row: sqlite3.Row) -> Job:
     values["run_uids"] = json.loads(values["run_uids"])
     values["analysis"] = json.loads(values["analysis"])
     values["code_clean"] = None if values["code_clean"] is None else bool(values["code_clean"])
+    values["attempts"] = [Attempt.from_dict(a) for a in json.loads(values["attempts"])]
     return Job(**values)
+
+
+def _row_to_run(row: sqlite3.Row) -> RunRecord:
+    values = {name: row[name] for name in _RUN_COLUMNS}
+    values["analysis"] = json.loads(values["analysis"])
+    values["code_clean"] = None if values["code_clean"] is None else bool(values["code_clean"])
+    return RunRecord(**values)
 
 
 class JobStore:
@@ -262,6 +347,13 @@ class JobStore:
                     jobs[row["item_uid"]] = _row_to_job(row)
         return jobs
 
+    def by_attempt(self, item_uid: str) -> Job | None:
+        """The job one of whose earlier attempts ran ``item_uid`` (its item is now another)."""
+        pattern = f'%"item_uid": {json.dumps(item_uid)}%'
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE attempts LIKE ?", (pattern,)).fetchone()
+        return None if row is None else _row_to_job(row)
+
     def waiting_priorities(self) -> tuple[int, int] | None:
         """(lowest, highest) priority of the jobs waiting to run (queued or submitted); None if none."""
         waiting = (JobStatus.SUBMITTED.value, JobStatus.QUEUED.value)
@@ -282,11 +374,11 @@ class JobStore:
     def insert(self, job: NewJob) -> int:
         with self.write():
             cursor = self._db.execute(
-                "INSERT INTO jobs (id, experiment, arguments, scan, priority, repetitions, shots, pattern,"
+                "INSERT INTO jobs (experiment, arguments, scan, priority, repetitions, shots, pattern,"
                 " submitter, user_group, source, created, status, item_uid, code_commit, code_clean)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    job.id, job.experiment, json.dumps(dict(job.arguments), default=str),
+                    job.experiment, json.dumps(dict(job.arguments), default=str),
                     None if job.scan is None else json.dumps(list(job.scan)), job.priority,
                     job.repetitions, job.shots, job.pattern, job.submitter, job.user_group,
                     job.source, time.time() if job.created is None else job.created,
@@ -309,10 +401,6 @@ class JobStore:
         with self.write():
             self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*encoded.values(), job_id])
 
-    def delete(self, job_id: int) -> None:
-        with self.write():
-            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-
     def add_run_uids(self, job_id: int, run_uids: Sequence[str]) -> None:
         with self.write():
             job = self.find(job_id)
@@ -322,9 +410,33 @@ class JobStore:
             if merged != job.run_uids:
                 self.update(job_id, run_uids=merged)
 
+    def record_run_start(
+        self,
+        run_uid: str,
+        *,
+        job_id: int | None,
+        started: float,
+        hdf5: str | None,
+        parameters_timestamp: str | None,
+        code_commit: str | None,
+        code_clean: bool | None,
+    ) -> None:
+        """A run has opened: its uid is the job's from now on, whatever happens to the worker."""
+        with self.write():
+            self._db.execute(
+                "INSERT OR IGNORE INTO runs (run_uid, job_id, started, hdf5, parameters_timestamp, code_commit,"
+                " code_clean) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_uid, job_id, started, hdf5, parameters_timestamp, code_commit, _encode("code_clean", code_clean)),
+            )
+            if self._open_job(job_id) is not None:
+                assert job_id is not None
+                self.add_run_uids(job_id, [run_uid])
+                self.update(job_id, hdf5=hdf5, parameters_timestamp=parameters_timestamp,
+                            code_commit=code_commit, code_clean=code_clean)  # fmt: skip
+
     def record_run(
         self,
-        job_id: int,
+        job_id: int | None,
         *,
         run_uid: str,
         points: int,
@@ -334,10 +446,23 @@ class JobStore:
         code_commit: str | None,
         code_clean: bool | None,
         analysis: dict[str, float] | None = None,
+        exit_status: str | None = None,
+        finished: float | None = None,
     ) -> None:
-        """What the worker knows of a finished run of the job (the queue server does not)."""
+        """What the worker knows of a finished run (the queue server does not)."""
         with self.write():
-            if self.find(job_id) is None:
+            self._db.execute(
+                "INSERT INTO runs (run_uid, job_id, finished, exit_status, points, hdf5, tiled, analysis,"
+                " parameters_timestamp, code_commit, code_clean) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (run_uid) DO UPDATE SET finished = excluded.finished,"
+                " exit_status = excluded.exit_status, points = excluded.points,"
+                " hdf5 = COALESCE(excluded.hdf5, hdf5), tiled = excluded.tiled, analysis = excluded.analysis",
+                (
+                    run_uid, job_id, finished, exit_status, points, hdf5, tiled, json.dumps(dict(analysis or {})),
+                    parameters_timestamp, code_commit, _encode("code_clean", code_clean),
+                ),
+            )  # fmt: skip
+            if job_id is None or self._open_job(job_id) is None:
                 return
             self.add_run_uids(job_id, [run_uid])
             self.update(
@@ -345,8 +470,62 @@ class JobStore:
                 code_commit=code_commit, code_clean=code_clean, analysis=dict(analysis or {}),
             )  # fmt: skip
 
+    def _open_job(self, job_id: int | None) -> Job | None:
+        """The job a start document names, if it may still get runs.
+
+        A start document's job id is only the item's metadata, which any queue-server
+        client can write: a finished job's record is not changed by it.  (The scheduler
+        gives such a run to the item's own job, from the queue server's history.)
+        """
+        job = self.find(job_id) if job_id is not None else None
+        return None if job is None or job.status.terminal else job
+
+    def runs(self, run_uids: Sequence[str]) -> builtins.list[RunRecord]:
+        """The recorded runs among ``run_uids``, in that order (unknown uids left out)."""
+        if not run_uids:
+            return []
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM runs WHERE run_uid IN ({','.join('?' * len(run_uids))})", list(run_uids)
+            ).fetchall()
+        found = {row["run_uid"]: _row_to_run(row) for row in rows}
+        return [found[uid] for uid in run_uids if uid in found]
+
+    def runs_without_item(self, job_id: int) -> builtins.list[RunRecord]:
+        """Runs recorded for ``job_id`` that no attempt has claimed yet, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM runs WHERE job_id = ? AND item_uid IS NULL ORDER BY started", (job_id,)
+            ).fetchall()
+        return [_row_to_run(row) for row in rows]
+
+    def claim_runs(self, item_uid: str, run_uids: Sequence[str], job_id: int) -> None:
+        """The runs of one attempt: each knows its item and job from now on."""
+        with self.write():
+            for run_uid in run_uids:
+                self._db.execute(
+                    "INSERT INTO runs (run_uid, job_id, item_uid) VALUES (?, ?, ?) ON CONFLICT (run_uid)"
+                    " DO UPDATE SET item_uid = excluded.item_uid, job_id = excluded.job_id",
+                    (run_uid, job_id, item_uid),
+                )
+
+    def note_interruption(self, item_uid: str, reason: str) -> None:
+        """Why the running item is about to be cut short (the queue server will only say 'destroyed')."""
+        with self.write():
+            self._db.execute(
+                "INSERT OR IGNORE INTO interruptions (item_uid, reason, time) VALUES (?, ?, ?)",
+                (item_uid, reason, time.time()),
+            )
+
+    def interruption(self, item_uid: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT reason FROM interruptions WHERE item_uid = ?", (item_uid,)).fetchone()
+        return None if row is None else str(row["reason"])
+
 
 def _encode(column: str, value: Any) -> Any:
+    if column == "attempts":
+        return json.dumps([a.to_dict() if isinstance(a, Attempt) else a for a in value])
     if column in ("arguments", "run_uids", "scan", "analysis"):
         return None if value is None else json.dumps(value, default=str)
     if isinstance(value, JobStatus):

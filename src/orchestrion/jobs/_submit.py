@@ -10,9 +10,11 @@ from typing import Any
 
 from pydantic import Field, StrictInt
 
+from orchestrion.config import OrchestrionConfig
 from orchestrion.devices import DeviceRegistry
 from orchestrion.errors import InputError, OrchestrionError
 from orchestrion.experiment import ExperimentLibrary, RunRequest, prepare_run
+from orchestrion.parameters import open_parameter_store
 from orchestrion.schema import JOB_ID_KEY, PARAMETERS_AT
 
 from ._store import Job, JobStatus, JobStore, NewJob
@@ -45,6 +47,16 @@ def validate_request(library: ExperimentLibrary, devices: DeviceRegistry, reques
     typed: dict[str, Any] = dict(checked.overrides)
     typed.update({pid: value for pid, (_, value) in checked.device_settings.items()})
     return request.model_copy(update={"parameters": typed, "pattern": checked.pattern.value, "md": {}}).plan_kwargs()
+
+
+def check_parameter_store(config: OrchestrionConfig) -> None:
+    """Refuse a submission while the lab's InfluxDB is unreachable: the job could only fail.
+
+    Raises `ParameterStoreUnavailable` naming the server.  The embedded SQLite store has
+    no server to be down, so it is not opened here.
+    """
+    if config.influx_url:
+        open_parameter_store(config).close()
 
 
 def _api_errors() -> tuple[type[BaseException], ...]:
@@ -188,15 +200,66 @@ def cancel_job(store: JobStore, api: Any, job_id: int, *, timeout: float = 30.0)
         if job.status.terminal:
             return job
         raise InputError(f"job {job_id} is not running (it is {job.status.value}); try again")
-    abort_running(api, timeout=timeout)
+    abort_running(api, store=store, timeout=timeout)
     return store.get(job_id)
 
 
-def abort_running(api: Any, *, timeout: float = 30.0) -> None:
-    """Abort the running plan (pausing it first, as the RunEngine requires)."""
+def _running_item(api: Any) -> dict[str, Any]:
+    return dict(api.queue_get(reload=True).get("running_item") or {})
+
+
+def describe_item(store: JobStore, item: Mapping[str, Any]) -> str:
+    """'job 12 (spectroscopy)', or the plain item's name and uid the table does not know yet."""
+    job = store.by_item_uids([str(item.get("item_uid"))]).get(str(item.get("item_uid")))
+    if job is not None:
+        return f"job {job.id} ({job.experiment})"
+    return f"queue item {str(item.get('item_uid', '?'))[:8]} ({item.get('name', '?')})"
+
+
+def pause_running(store: JobStore, api: Any, *, immediate: bool = False, timeout: float = 30.0) -> str:
+    """Pause the running job (at its next checkpoint, or at once); what was paused."""
+    state = api.status(reload=True)["manager_state"]
+    if state == "paused":
+        raise InputError("the running job is already paused (`orchestrion resume` goes on)")
+    if state != "executing_queue":
+        raise InputError(f"nothing is running to pause (the queue server is {state})")
+    item = _running_item(api)
+    api.re_pause(option="immediate" if immediate else "deferred")
+    api.wait_for_condition(lambda s: s["manager_state"] in ("paused", "idle"), timeout=timeout)
+    what = describe_item(store, item)
+    if api.status(reload=True)["manager_state"] != "paused":
+        return f"{what} ended before it reached a checkpoint: nothing is paused"
+    return f"paused {what}" + ("" if immediate else " at its next checkpoint")
+
+
+def resume_paused(store: JobStore, api: Any) -> str:
+    """Resume the paused job; what was resumed."""
+    state = api.status(reload=True)["manager_state"]
+    if state != "paused":
+        raise InputError(f"nothing is paused to resume (the queue server is {state})")
+    item = _running_item(api)
+    api.re_resume()
+    return f"resumed {describe_item(store, item)}"
+
+
+def abort_running(api: Any, *, store: JobStore | None = None, timeout: float = 30.0) -> str:
+    """Abort the running plan (pausing it first, as the RunEngine requires); what was aborted.
+
+    `InputError` if nothing runs: an abort that does nothing is not a success.
+    """
     status = api.status(reload=True)
+    if status["manager_state"] not in ("executing_queue", "paused"):
+        raise InputError(f"nothing is running to abort (the queue server is {status['manager_state']})")
+    item = _running_item(api)
     if status["manager_state"] == "executing_queue":
         api.re_pause(option="immediate")
         api.wait_for_condition(lambda s: s["manager_state"] in ("paused", "idle"), timeout=timeout)
-    if api.status(reload=True)["manager_state"] == "paused":
-        api.re_abort()
+    if api.status(reload=True)["manager_state"] != "paused":
+        raise InputError("the job ended before it could be aborted")
+    # The queue server pushes a copy of an aborted item back to the front of its queue and
+    # turns its autostart off only after that, so the copy may start at once: hold the
+    # queue until the scheduler has removed the copy (it turns autostart on again).
+    api.queue_autostart(False)
+    api.re_abort()
+    what = describe_item(store, item) if store is not None else f"queue item {item.get('name', '?')}"
+    return f"aborted {what}: recorded cancelled; the queue goes on"

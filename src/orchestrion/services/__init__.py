@@ -1,10 +1,12 @@
 """The lab's services: Redis, the queue server, Tiled and the scheduler, on loopback.
 
 `up`, `down` and `status` supervise them as processes with pid files and logs under
-`$ORCHESTRION_HOME/run/`.
+`$ORCHESTRION_HOME/run/`: each a `SupervisedProcess` (`_process.py`), declared with its
+requirements and hooks as a `Service` of the stack (`_stack.py`).  Addresses and keys
+live one layer down, in `orchestrion.addresses`, and are re-exported here.
 """
 
-from ._addresses import (
+from orchestrion.addresses import (
     HOST,
     close_api,
     queue_server_api,
@@ -15,13 +17,16 @@ from ._addresses import (
     zmq_control_address,
     zmq_info_address,
 )
-from ._supervisor import (
+
+from ._process import Degraded, ServiceError, ServiceStatus, SupervisedProcess
+from ._stack import (
     SERVICES,
     Service,
-    ServiceError,
-    ServiceStatus,
     down,
+    keep,
+    restart_dead,
     service,
+    start_order,
     status,
     stop_service,
     tiled_paths,
@@ -31,15 +36,20 @@ from ._supervisor import (
 __all__ = [
     "HOST",
     "SERVICES",
+    "Degraded",
     "Service",
     "ServiceError",
     "ServiceStatus",
+    "SupervisedProcess",
     "close_api",
     "down",
+    "keep",
     "queue_server_api",
     "redis_address",
+    "restart_dead",
     "run_dir",
     "service",
+    "start_order",
     "status",
     "stop_service",
     "tiled_api_key",

@@ -1,4 +1,9 @@
-"""Where the stack's services listen: always on the loopback interface."""
+"""Where the stack's services listen and how to reach them: always on the loopback interface.
+
+A bottom layer (it imports only the configuration): the supervisor that starts the
+services, the scheduler and the worker that run inside them, and the clients that talk
+to them all take their addresses, run directory and keys from here.
+"""
 
 from __future__ import annotations
 
@@ -17,23 +22,33 @@ def run_dir(config: OrchestrionConfig) -> Path:
     return config.home / "run"
 
 
+def worker_state_file(config: OrchestrionConfig) -> Path:
+    """Where the queue server's worker says who it is and how its start-up went (JSON)."""
+    return run_dir(config) / "worker.json"
+
+
 def zmq_control_address(config: OrchestrionConfig) -> str:
+    """The queue server's control socket (0MQ REQ/REP)."""
     return f"tcp://{HOST}:{config.zmq_control_port}"
 
 
 def zmq_info_address(config: OrchestrionConfig) -> str:
+    """The queue server's console-output socket (0MQ PUB)."""
     return f"tcp://{HOST}:{config.zmq_info_port}"
 
 
 def redis_address(config: OrchestrionConfig) -> str:
+    """The stack's Redis, as the queue server's `--redis-addr` spells it."""
     return f"{HOST}:{config.redis_port}"
 
 
 def tiled_uri(config: OrchestrionConfig) -> str:
+    """The stack's Tiled server."""
     return f"http://{HOST}:{config.tiled_port}"
 
 
 def redis_name_prefix(config: OrchestrionConfig) -> str:
+    """The prefix of the queue server's keys in Redis."""
     # One Redis per stack already; the prefix keeps a shared Redis usable too.
     return "orchestrion"
 

@@ -1,0 +1,274 @@
+"""The fault matrix: real SIGKILLs of each stack process during a job, and `down --force`.
+
+One stack serves the module.  After each fault the job table, the queue server's history,
+the HDF5 files and the Tiled catalog are checked against each other, attempt by attempt,
+and the next job must run without anyone touching the stack.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tiled.client import from_uri
+from tiled.queries import Key
+
+from orchestrion.client import Client, JobHandle
+from orchestrion.config import OrchestrionConfig, load_config
+from orchestrion.jobs import Job, JobStatus, read_worker_state
+from orchestrion.services import (
+    ServiceError,
+    close_api,
+    down,
+    queue_server_api,
+    service,
+    status,
+    stop_service,
+    tiled_api_key,
+    tiled_uri,
+    up,
+)
+
+from .support import free_port, wait_until
+
+# Long enough to be caught mid-run (about 10-20 s on this machine), short enough to finish.
+LONG = {"scan": ["spectroscopy.detuning=-1e5:1e5:300"], "shots": 20}
+SHORT = {"scan": ["spectroscopy.detuning=-1e5:1e5:3"], "shots": 5}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrchestrionConfig]:
+    ports: set[int] = set()
+    while len(ports) < 4:
+        ports.add(free_port())
+    redis_port, control_port, info_port, tiled_port = sorted(ports)
+    config = load_config(
+        home=tmp_path_factory.mktemp("faults") / "home", sim_time_scale=0.02, sim_seed=1234,
+        redis_port=redis_port, zmq_control_port=control_port, zmq_info_port=info_port,
+        tiled_port=tiled_port, scheduler_poll_interval=0.02,
+    )  # fmt: skip
+    try:
+        up(config)
+        yield config
+    finally:
+        down(config, force=True)
+
+
+@pytest.fixture
+def client(stack: OrchestrionConfig) -> Iterator[Client]:
+    with Client(stack) as opened:
+        yield opened
+        # Every test leaves the stack healthy and idle for the next.
+        wait_until(lambda: all(s.health == "ok" for s in status(stack)), timeout=120, what="a healthy stack")
+        wait_until(lambda: not opened.store.list([JobStatus.QUEUED, JobStatus.RUNNING]), timeout=60, what="idle")
+
+
+def with_retries(stack: OrchestrionConfig, retries: int) -> None:
+    """Run the scheduler with ``job_fault_retries`` set (the other services are unchanged)."""
+    stop_service(stack, "scheduler")
+    up(stack.model_copy(update={"job_fault_retries": retries}))
+
+
+def running_with_data(job: JobHandle, data_dir: Path) -> Job:
+    """The job once its run is open and its file has been created."""
+
+    def ready() -> Job | None:
+        row = job.refresh()
+        if row.status is JobStatus.RUNNING and row.run_uids and row.hdf5 and Path(row.hdf5).is_file():
+            return row
+        return None
+
+    return wait_until(ready, timeout=120, what=f"job {job.id} running with its file")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def history(stack: OrchestrionConfig) -> list[dict[str, Any]]:
+    api = queue_server_api(stack)
+    try:
+        return list(api.history_get(reload=True)["items"])
+    finally:
+        close_api(api)
+
+
+def queue_items(stack: OrchestrionConfig) -> list[dict[str, Any]]:
+    api = queue_server_api(stack)
+    try:
+        return list(api.queue_get(reload=True)["items"])
+    finally:
+        close_api(api)
+
+
+def catalogued_runs(stack: OrchestrionConfig, job_id: int) -> list[str]:
+    catalog = from_uri(tiled_uri(stack), api_key=tiled_api_key(stack))
+    try:
+        return list(catalog.search(Key("start.job_id") == job_id))
+    finally:
+        catalog.context.close()
+
+
+def check_account(stack: OrchestrionConfig, job: Job) -> None:
+    """Job table, history, files and catalog tell the same story of ``job``, attempt by attempt."""
+    items = {h["item_uid"]: h for h in history(stack)}
+    assert job.attempts, job
+    assert job.status is job.attempts[-1].status, "the final status is the final attempt's"
+    recorded_runs: list[str] = []
+    for number, attempt in enumerate(job.attempts, 1):
+        item = items[attempt.item_uid]  # every attempt is an item in the history
+        assert item["result"]["exit_status"] == attempt.exit_status, (number, attempt)
+        assert (item["kwargs"]["md"]["job_id"]) == job.id
+        assert attempt.run_uids, f"attempt {number} opened a run"
+        for run_uid, path in zip(attempt.run_uids, attempt.hdf5, strict=True):
+            assert run_uid[:8] in Path(path).name
+            assert Path(path).is_file(), f"attempt {number}: its file {path} is on disk"
+        recorded_runs += attempt.run_uids
+    assert job.run_uids == recorded_runs, "no run is dropped, none counted twice"
+    assert len([h for h in items.values() if h["kwargs"].get("md", {}).get("job_id") == job.id]) == len(job.attempts)
+    # Every run the catalog has for this job is one of its attempts' runs.
+    assert set(catalogued_runs(stack, job.id)) <= set(recorded_runs)
+    assert all(i["kwargs"].get("md", {}).get("job_id") != job.id for i in queue_items(stack)), "no copy left queued"
+    if job.status is JobStatus.DONE:
+        assert job.points == 300
+        # The table names a catalog node only for a run the catalog has (Tiled may have
+        # died under it).
+        assert (job.tiled is not None) == (job.run_uid in catalogued_runs(stack, job.id)), job
+
+
+def next_job_runs(client: Client) -> None:
+    job = client.submit("spectroscopy", **SHORT).wait(timeout=180)
+    assert job.status is JobStatus.DONE, job
+    assert job.points == 3
+    assert len(job.attempts) == 1
+
+
+def test_a_killed_worker_is_noticed_its_job_failed_and_the_queue_goes_on(
+    stack: OrchestrionConfig, client: Client
+) -> None:
+    job = client.submit("spectroscopy", **LONG)
+    waiting = client.submit("spectroscopy", **SHORT)
+    running_with_data(job, stack.data_dir)
+    worker = read_worker_state(stack)
+    assert worker is not None
+    os.kill(int(worker["pid"]), signal.SIGKILL)
+    row = job.wait(timeout=30)  # noticed within seconds, not minutes
+    assert row.status is JobStatus.FAILED
+    assert f"worker (pid {worker['pid']}) died (killed by SIGKILL)" in (row.error or "")
+    check_account(stack, row)
+    assert waiting.wait(timeout=120).status is JobStatus.DONE  # the queue went on by itself
+    next_job_runs(client)
+
+
+def test_status_says_when_the_worker_is_dead(stack: OrchestrionConfig, client: Client) -> None:
+    stop_service(stack, "scheduler")  # nobody recovers meanwhile: what does `status` say?
+    try:
+        worker = read_worker_state(stack)
+        assert worker is not None
+        os.kill(int(worker["pid"]), signal.SIGKILL)
+        queue_server = wait_until(
+            lambda: (s := {row.name: row for row in status(stack)}["queue-server"]).health == "degraded" and s,
+            timeout=10, what="the dead worker in the status",
+        )  # fmt: skip
+        assert f"its worker (pid {worker['pid']}) died (killed by SIGKILL)" in queue_server.detail
+    finally:
+        up(stack)  # the scheduler destroys the dead environment and opens a new one
+    wait_until(lambda: read_worker_state(stack)["pid"] != worker["pid"], timeout=60, what="a new worker")  # type: ignore[index]
+    next_job_runs(client)
+
+
+def test_a_job_cut_short_runs_again_when_the_configuration_says_so(stack: OrchestrionConfig, client: Client) -> None:
+    with_retries(stack, 1)
+    try:
+        job = client.submit("spectroscopy", **LONG)
+        first = running_with_data(job, stack.data_dir)
+        os.kill(int(read_worker_state(stack)["pid"]), signal.SIGKILL)  # type: ignore[index]
+        row = job.wait(timeout=180)
+        assert row.status is JobStatus.DONE
+        assert [a.status for a in row.attempts] == [JobStatus.FAILED, JobStatus.DONE]
+        assert row.attempts[0].run_uids == first.run_uids
+        assert row.attempts[1].points == 300
+        check_account(stack, row)
+    finally:
+        with_retries(stack, 0)
+    next_job_runs(client)
+
+
+def test_down_force_during_a_job_records_it_and_up_does_not_run_it_twice(
+    stack: OrchestrionConfig, client: Client
+) -> None:
+    job = client.submit("spectroscopy", **LONG)
+    running_with_data(job, stack.data_dir)
+    down(stack, force=True)
+    up(stack)
+    row = job.wait(timeout=60)
+    assert row.status is JobStatus.FAILED
+    assert "down --force" in (row.error or "")
+    assert len(row.attempts) == 1
+    check_account(stack, row)
+    next_job_runs(client)
+
+
+@pytest.mark.parametrize("name", ["scheduler", "tiled", "redis", "queue-server"])
+def test_a_killed_service_is_restarted_and_the_job_table_stays_true(
+    stack: OrchestrionConfig, client: Client, name: str
+) -> None:
+    job = client.submit("spectroscopy", **LONG)
+    running_with_data(job, stack.data_dir)
+    pid = service(name).pid(stack)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: (p := service(name).pid(stack)) is not None and p != pid, timeout=60, what=f"{name} restarted")
+    wait_until(lambda: service(name).status(stack).health == "ok", timeout=120, what=f"{name} healthy again")
+    row = job.wait(timeout=180)
+    check_account(stack, row)
+    next_job_runs(client)
+
+
+def test_a_killed_manager_is_replaced_by_the_watchdog_and_the_job_table_stays_true(
+    stack: OrchestrionConfig, client: Client
+) -> None:
+    job = client.submit("spectroscopy", **LONG)
+    running_with_data(job, stack.data_dir)
+    watchdog = service("queue-server").pid(stack)
+    worker = read_worker_state(stack)
+    assert watchdog is not None
+    assert worker is not None
+    (manager,) = [p for p in children(watchdog) if p != worker["pid"]]
+    os.kill(manager, signal.SIGKILL)
+    row = job.wait(timeout=180)
+    check_account(stack, row)
+    next_job_runs(client)
+
+
+@pytest.mark.stack
+def test_up_with_influxdb_unreachable_says_why_as_soon_as_the_worker_knows(tmp_path: Path) -> None:
+    ports: set[int] = set()
+    while len(ports) < 5:
+        ports.add(free_port())
+    redis_port, control_port, info_port, tiled_port, influx_port = sorted(ports)
+    config = load_config(
+        home=tmp_path / "home", sim_time_scale=0.02, redis_port=redis_port, zmq_control_port=control_port,
+        zmq_info_port=info_port, tiled_port=tiled_port, influx_url=f"http://127.0.0.1:{influx_port}",
+        influx_timeout=1.0,
+    )  # fmt: skip
+    try:
+        # The worker's own reason, not a timeout of waiting for an environment that never opens.
+        with pytest.raises(ServiceError, match=rf"InfluxDB at http://127\.0\.0\.1:{influx_port} is unreachable"):
+            up(config)
+        assert {s.health for s in status(config)} == {"down"}
+    finally:
+        down(config, force=True)
