@@ -46,6 +46,25 @@ DocumentCallback = Callable[[str, dict[str, Any]], Any]
 T = TypeVar("T")
 
 
+@contextlib.contextmanager
+def _helpers_ignore_ctrl_c() -> Iterator[None]:
+    """Processes started inside ignore SIGINT from their first instruction.
+
+    Ctrl-C in a terminal reaches the whole process group.  The post-processing helper
+    ignores it once it has imported its modules, which takes seconds; a Ctrl-C before
+    that killed it with the run's data.  An ignored signal stays ignored across exec,
+    and Python then installs no KeyboardInterrupt handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class ScanIdCounter:
     """The scan ids of one home, 1, 2, 3, ..., unique across its processes and restarts.
 
@@ -153,7 +172,8 @@ class LabSession:
             self._open_leniently()
         if self.lab is not None:
             activate(self.lab)
-        pipeline = self._attempt("document pipeline", lambda: build_pipeline(self.config))
+        with _helpers_ignore_ctrl_c():
+            pipeline = self._attempt("document pipeline", lambda: build_pipeline(self.config))
         if pipeline is not None:
             self.pipeline = pipeline
             pipeline.subscribe(self.RE)
