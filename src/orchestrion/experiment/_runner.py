@@ -32,7 +32,7 @@ from ._context import LabContext
 from ._experiment import Experiment
 from ._preprocess import Preprocessor
 from ._request import RunRequest
-from ._scan import Scan, ScanAxis, ScanPattern, ScanPoint
+from ._scan import Linspace, Scan, ScanAxis, ScanPattern, ScanPoint
 
 logger = logging.getLogger(__name__)
 
@@ -313,7 +313,9 @@ def _axis_target(experiment: Experiment, devices: DeviceRegistry, axis: ScanAxis
     if spec is not None:
         if spec.type.value not in ("int", "float"):
             raise ScanSpecError(f"scan '{axis.id}': a {spec.type.value} parameter cannot be scanned")
-        for value in axis.values:
+        # Bounds are an interval: an evenly spaced float axis is inside when its ends are.
+        ends = spec.type.value == "float" and spec.allowed is None and isinstance(axis.values, Linspace)
+        for value in (axis.values[0], axis.values[-1]) if ends else axis.values:
             spec.validate_value(value)
         return AxisTarget(axis, None)
     device = devices.resolve_settable(axis.id)
