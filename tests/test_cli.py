@@ -87,6 +87,34 @@ def test_run_summary_on_a_terminal_less_stdout(tmp_path: Path) -> None:
             ["run", "spectroscopy", "--set", "detection.threshold=2.5"],
             "error: detection.threshold: '2.5' is not an integer",
         ),
+        (
+            ["run", "spectroscopy", "--set", "spectroscopy.detuning=5"],
+            "error: spectroscopy's default scan varies 'spectroscopy.detuning' "
+            "(spectroscopy.detuning=-150000:150000:31), so it cannot also be set; "
+            "to run at 5 alone, scan that one value: --scan spectroscopy.detuning=5",
+        ),
+        (
+            ["run", "spectroscopy", "--set", "spectroscopy.detuning=5", "--scan", "spectroscopy.detuning=1,2"],
+            "error: parameter 'spectroscopy.detuning' is both scanned and set",
+        ),
+        (["run", "spectroscopi"], "error: unknown experiment 'spectroscopi' (did you mean 'spectroscopy'?)"),
+        (
+            ["run", "spectroscopy", "--set", "qubit.frequncy=1e9"],
+            "error: experiment 'spectroscopy' reads no parameter 'qubit.frequncy' (did you mean 'qubit.frequency'",
+        ),
+        (
+            ["run", "rabi_flop", "--scan", "rf.frequncy=199e6:201e6:3"],
+            "error: scan 'rf.frequncy': neither a parameter of 'rabi_flop' nor a settable device parameter"
+            " (did you mean 'rf.frequency'",
+        ),
+        (
+            ["run", "spectroscopy", "--scan", "spectroscopy.detuning=0:1:100000000"],
+            "error: spectroscopy: the run has 100,000,000 points (100,000,000), above the limit max_run_points",
+        ),
+        (
+            ["run", "spectroscopy", "--repetitions", str(10**9)],
+            "error: spectroscopy: the run has 31,000,000,000 points (31 x 1,000,000,000 repetitions)",
+        ),
     ],
 )
 def test_bad_input_exits_non_zero_with_one_line_and_writes_nothing(
@@ -135,3 +163,21 @@ def test_unknown_configuration_is_an_error(tmp_path: Path) -> None:
     done = orchestrion("experiments", home=home)
     assert done.returncode == 2
     assert "colour" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "spectroscopy", "--set", "qubit.frequency=" + "x" * 5000 + "\n" + "y" * 20],
+        ["run", "spectroscopy", "--scan", "spectroscopy.detuning=" + "1," * 3000 + "\nx"],
+        ["run", "spectroscopy\n" + "z" * 3000],
+    ],
+    ids=["long-value", "long-scan", "long-experiment"],
+)
+def test_very_long_or_multi_line_input_gives_one_shortened_line(tmp_path: Path, args: list[str]) -> None:
+    done = orchestrion(*args, home=tmp_path / "home")
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("error: ")
+    assert len(line) <= 320
+    assert line.endswith(("is not a number", "values must be numbers", "ramsey, spectroscopy)")), line

@@ -161,16 +161,19 @@ def test_a_job_reads_its_own_parameters_as_of_submission_and_shared_ones_at_thei
 
 
 def test_values_at_their_declared_bounds_are_accepted_and_compile(lab: Lab) -> None:
-    from orchestrion.experiment import RunRequest, prepare_run
+    from orchestrion.experiment import RunLimits, RunRequest, prepare_run
 
     experiment = lab.library.experiment("spectroscopy")
     edge = {"qubit.pi_time": 0.009, "cooling.duration": 0.1, "detection.threshold": 1000}
     request = prepare_run(
-        experiment, lab.devices, RunRequest(experiment="spectroscopy", parameters=edge, shots=100_000)
+        experiment,
+        lab.devices,
+        RunRequest(experiment="spectroscopy", parameters=edge, shots=100_000),
+        limits=RunLimits.of(lab.config),
     )
     values = {pid: v.value for pid, v in lab.parameters.snapshot(experiment.parameter_ids).items()} | dict(
         request.overrides
     )
-    sequence = experiment.build_sequence(values | dict(request.points[0].values), request.shots)
+    sequence = experiment.build_sequence(values | dict(next(request.points()).values), request.shots)
     assert sequence.shots == 100_000
     assert sequence.operations[1].duration == 0.009  # type: ignore[union-attr]

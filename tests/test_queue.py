@@ -396,3 +396,16 @@ def test_queued_jobs_survive_a_restart_of_the_stack_and_run_in_order(
     assert rows[0].started is not None
     assert rows[1].started is not None
     assert rows[0].started < rows[1].started
+
+
+def test_a_run_beyond_the_limits_is_refused_at_submission_and_by_the_worker(client: Client, api: Any) -> None:
+    # Before: submit hung, and a plain client's item grew the worker to 17.7 GB.
+    with pytest.raises(InputError, match="above the limit max_run_points"):
+        client.submit("spectroscopy", repetitions=10**9)
+    response = api.item_add(BPlan("spectroscopy", repetitions=10**9))
+    uid = response["item"]["item_uid"]
+    after = client.submit("spectroscopy", **SHORT)
+    assert after.wait(timeout=60).status is JobStatus.DONE
+    failed = wait_until(lambda: (j := client.store.by_item_uids([uid]).get(uid)) and j.status.terminal and j)
+    assert failed.status is JobStatus.FAILED
+    assert "31,000,000,000 points" in (failed.error or "")

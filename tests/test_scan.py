@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
+import tracemalloc
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrion.errors import ScanSpecError
-from orchestrion.experiment import ScanAxis, ScanPattern, expand_scan
+from orchestrion.experiment import Linspace, Scan, ScanAxis, ScanPattern, ScanPoint
+
+
+def expand_scan(axes: Sequence[ScanAxis], pattern: ScanPattern, repetitions: int = 1, seed: int = 0) -> list[ScanPoint]:
+    return list(Scan(tuple(axes), pattern, repetitions, seed).points())
 
 
 def test_parse_linear_includes_both_ends() -> None:
@@ -101,3 +111,61 @@ def test_every_pattern_visits_each_grid_point_once_per_repetition(
         visited = sorted(tuple(p.values.values()) for p in points if p.repetition == repetition)
         assert visited == grid
     assert [p.index for p in points] == list(range(len(points)))
+
+
+@given(
+    start=st.floats(min_value=-1e9, max_value=1e9),
+    stop=st.floats(min_value=-1e9, max_value=1e9),
+    num=st.integers(min_value=1, max_value=300),
+)
+def test_a_linspace_gives_numpys_values_exactly(start: float, stop: float, num: int) -> None:
+    values = Linspace(start, stop, num)
+    expected = [float(v) for v in np.linspace(start, stop, num)]
+    assert list(values) == expected
+    assert [values[i] for i in range(-num, num)] == expected * 2
+    assert values == tuple(expected)
+    assert values[1:3] == tuple(expected[1:3])
+
+
+def test_a_huge_axis_costs_nothing_until_visited() -> None:
+    tracemalloc.start()
+    try:
+        axis = ScanAxis.parse("a.x=0:1:2000000")
+        scan = Scan((axis,), ScanPattern.LINEAR, repetitions=10**9)
+        first = list(itertools.islice(scan.points(), 3))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(axis) == 2_000_000
+    assert scan.num_points == 2_000_000 * 10**9
+    assert [p.values["a.x"] for p in first] == [0.0, 1 / 1_999_999, 2 / 1_999_999]
+    assert peak < 1_000_000  # bytes: the values are made as they are visited
+    assert axis.spec_text() == "a.x=0:1:2000000"
+
+
+def _points_as_they_were(axes: Sequence[ScanAxis], pattern: ScanPattern, repetitions: int, seed: int) -> list[Any]:
+    """How scans were expanded before points were streamed: a list of the whole grid."""
+    rng = np.random.default_rng(seed)
+    grid = list(itertools.product(*(axis.ordered(pattern) for axis in axes)))
+    points = []
+    for repetition in range(repetitions):
+        order = rng.permutation(len(grid)) if pattern is ScanPattern.SHUFFLED else range(len(grid))
+        points.extend((repetition, grid[i]) for i in order)
+    return points
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=6), min_size=0, max_size=3),
+    pattern=st.sampled_from(list(ScanPattern)),
+    repetitions=st.integers(min_value=1, max_value=3),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_streamed_points_keep_the_order_that_recorded_seeds_stand_for(
+    sizes: list[int], pattern: ScanPattern, repetitions: int, seed: int
+) -> None:
+    axes = [ScanAxis.linear(f"a.p{i}", -1, n, n) for i, n in enumerate(sizes)]
+    points = expand_scan(axes, pattern, repetitions, seed)
+    assert [(p.repetition, tuple(p.values.values())) for p in points] == _points_as_they_were(
+        axes, pattern, repetitions, seed
+    )
+    assert expand_scan(axes, pattern, repetitions, seed) == points  # the same on every pass

@@ -22,7 +22,7 @@ from typing import Any
 from orchestrion.config import OrchestrionConfig, load_config
 from orchestrion.devices import DeviceRegistry
 from orchestrion.errors import InputError
-from orchestrion.experiment import ExperimentLibrary
+from orchestrion.experiment import ExperimentLibrary, RunLimits
 from orchestrion.identity import current_user
 from orchestrion.jobs import (
     Job,
@@ -154,7 +154,7 @@ class Client:
 
             self._lab = load_library_and_devices(self.config)
         library, devices = self._lab
-        return validate_request(library, devices, request)
+        return validate_request(library, devices, request, limits=RunLimits.of(self.config))
 
     def submit(
         self,

@@ -55,6 +55,15 @@ class OrchestrionConfig(BaseSettings):
         False, description="Refuse to start when a device cannot connect (default: leave it out and list why)"
     )
 
+    # Run limits (experiment runner): a request beyond one is refused at once, in one line.
+    max_run_points: int = Field(1_000_000, ge=1, description="Most points one run may have (grid x repetitions)")
+    max_run_memory_mb: float = Field(
+        2000.0, gt=0, description="Most memory (MB) a run's readings may take, estimated from its points and shots"
+    )
+    max_run_duration: float = Field(
+        7 * 86400.0, gt=0, description="Longest run (s), estimated from its pulse sequences: points x shots x length"
+    )
+
     influx_url: str | None = Field(None, description="InfluxDB base URL; unset means the embedded SQLite store")
     influx_database: str = Field("orchestrion", description="InfluxDB database (bucket on 2.x/3.x)")
     influx_username: str | None = None

@@ -9,19 +9,34 @@ part that fails is recorded as a `Problem` and the session starts with what work
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import io
 import logging
+import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
+from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any, Self, TypeVar
 
 from bluesky import RunEngine
+from bluesky.utils import RunEngineInterrupted
 
 from orchestrion.config import OrchestrionConfig
 from orchestrion.devices import DeviceRegistry, DeviceState, connect_devices
-from orchestrion.errors import DeviceConnectionError
-from orchestrion.experiment import ExperimentLibrary, ExperimentResult, PreparedRun, RunRequest, prepare_run
+from orchestrion.errors import DeviceConnectionError, OrchestrionError
+from orchestrion.experiment import (
+    ExperimentLibrary,
+    ExperimentResult,
+    PreparedRun,
+    RunLimits,
+    RunRequest,
+    prepare_run,
+)
 from orchestrion.lab import Lab, activate, build_lab_devices, load_library_and_devices, open_lab
 from orchestrion.parameters import ParameterStore, open_parameter_store
 from orchestrion.pipeline import DocumentPipeline, RunSummary, build_pipeline
@@ -30,6 +45,76 @@ logger = logging.getLogger(__name__)
 
 DocumentCallback = Callable[[str, dict[str, Any]], Any]
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def _helpers_ignore_ctrl_c() -> Iterator[None]:
+    """Processes started inside ignore SIGINT from their first instruction.
+
+    Ctrl-C in a terminal reaches the whole process group.  The post-processing helper
+    ignores it once it has imported its modules, which takes seconds; a Ctrl-C before
+    that killed it with the run's data.  An ignored signal stays ignored across exec,
+    and Python then installs no KeyboardInterrupt handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class ScanIdCounter:
+    """The scan ids of one home, 1, 2, 3, ..., unique across its processes and restarts.
+
+    A RunEngine's ``scan_id_source``: each run takes the next number under an exclusive
+    lock (``HOME/scan_id.lock``), so `orchestrion run`, the shell and the queue-server
+    worker never hand out the same id.  The last id taken is kept in ``HOME/scan_id``,
+    replaced as a whole (written beside, synced, renamed), so a process killed mid-write
+    leaves the previous number, never a torn one.  A larger ``RE.md['scan_id']`` (the
+    bluesky way to jump ahead) is honoured; ids never go back.
+    """
+
+    def __init__(self, home: Path) -> None:
+        self.path = home / "scan_id"
+
+    def __call__(self, md: Mapping[str, Any]) -> int:
+        asked = md.get("scan_id", 0)
+        return self.take(asked if isinstance(asked, int) and not isinstance(asked, bool) else 0)
+
+    def take(self, at_least: int = 0) -> int:
+        """The next scan id of the home (above ``at_least``), recorded before it is returned."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            scan_id = max(self.last(), at_least) + 1
+            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            with open(temporary, "w") as out:
+                out.write(f"{scan_id}\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, self.path)
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        return scan_id
+
+    def last(self) -> int:
+        """The last scan id taken in this home (0: none yet)."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return 0
+        try:
+            return int(text)
+        except ValueError:
+            raise OrchestrionError(
+                f"{self.path}: {text.strip()[:40]!r} is not a scan id; put the highest scan id of this home in it"
+            ) from None
 
 
 @dataclass
@@ -79,6 +164,7 @@ class LabSession:
         self.lenient = lenient
         self.problems: list[Problem] = []
         self.RE = run_engine if run_engine is not None else RunEngine({}, call_returns_result=True)
+        self.RE.scan_id_source = ScanIdCounter(config.home)
         self.library: ExperimentLibrary | None = None
         self.devices: DeviceRegistry | None = None
         self.parameters: ParameterStore | None = None
@@ -111,7 +197,8 @@ class LabSession:
             self._open_leniently()
         if self.lab is not None:
             activate(self.lab)
-        pipeline = self.attempt("document pipeline", lambda: build_pipeline(self.config))
+        with _helpers_ignore_ctrl_c():
+            pipeline = self.attempt("document pipeline", lambda: build_pipeline(self.config))
         if pipeline is not None:
             self.pipeline = pipeline
             pipeline.subscribe(self.RE)
@@ -182,14 +269,54 @@ class LabSession:
         self.close()
 
 
+class _AbortAnnounced(logging.Filter):
+    """Drops what bluesky logs about an abort that this session asked for and reports itself."""
+
+    EXPECTED = frozenset({"Run aborted", "No open traces left to close!"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.EXPECTED
+
+
+class RunInterrupted(OrchestrionError):
+    """A run stopped by a signal: aborted, its stop document emitted and its file closed."""
+
+    def __init__(self, signum: signal.Signals, summary: RunSummary | None) -> None:
+        self.signal = signum
+        self.summary = summary
+        if summary is None:
+            what = "no run had started"
+        else:
+            what = (
+                f"{summary.experiment} run {summary.run_uid[:8]} closed as '{summary.status}' after "
+                f"{summary.points} of {summary.expected_points} points"
+            )
+            if summary.hdf5:
+                what += f", data in {summary.hdf5}"
+        super().__init__(f"interrupted by {signum.name}: {what}")
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for a death by this signal (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + int(self.signal)
+
+
 class EmbeddedSession(LabSession):
-    """Runs experiments in this process against the lab the configuration describes (strict)."""
+    """Runs experiments in this process against the lab the configuration describes (strict).
+
+    Nobody sits at its RunEngine to resume a pause, so SIGINT (Ctrl-C) and SIGTERM abort
+    the run instead of pausing it: the plan cleans up, the stop document says 'abort'
+    with the signal as the reason, the file is closed, and `run` raises `RunInterrupted`.
+    """
 
     library: ExperimentLibrary
     devices: DeviceRegistry
 
     def __init__(self, config: OrchestrionConfig, *, run_engine: RunEngine | None = None) -> None:
+        if run_engine is None:
+            run_engine = RunEngine({}, call_returns_result=True, context_managers=[self._abort_on_signals])
         super().__init__(config, run_engine=run_engine)
+        self._signalled: signal.Signals | None = None
 
     def lab_parameters(self) -> ParameterStore:
         """The open lab's parameter store (call `open` first)."""
@@ -199,19 +326,36 @@ class EmbeddedSession(LabSession):
 
     def validate(self, request: RunRequest) -> PreparedRun:
         """Check a request completely; raises `InputError`; writes nothing."""
-        return prepare_run(self.library.experiment(request.experiment), self.devices, request)
+        experiment = self.library.experiment(request.experiment)
+        return prepare_run(experiment, self.devices, request, limits=RunLimits.of(self.config))
 
     def run(self, request: RunRequest, *, extra_callbacks: Sequence[DocumentCallback] = ()) -> RunSummary:
-        """Run one experiment to its end; returns the run's summary."""
+        """Run one experiment to its end; returns the run's summary.
+
+        Raises `RunInterrupted` if a signal stopped it (the run closed as aborted).
+        """
         self.validate(request)
         self.open()
         # Again, now that the devices have connected: one that did not is refused here.
         self.validate(request)
         assert self.pipeline is not None
         plan = self.library.entry(request.experiment).plan(**request.plan_kwargs())
+        started: list[str] = []
         tokens = [self.RE.subscribe(cb) for cb in extra_callbacks]
+
+        def opened(name: str, doc: dict[str, Any]) -> None:
+            started.append(doc["uid"])
+            logger.info(
+                "%s run %s started: scan %s, %s points",
+                doc.get("experiment"), doc["uid"][:8], doc.get("scan_id"), doc.get("num_points"),
+            )  # fmt: skip
+
+        tokens.append(self.RE.subscribe(opened, "start"))
+        self._signalled = None
         try:
             outcome = self.RE(plan)
+        except RunEngineInterrupted:
+            raise self._interrupted(started[-1] if started else None) from None
         finally:
             for token in tokens:
                 self.RE.unsubscribe(token)
@@ -229,3 +373,59 @@ class EmbeddedSession(LabSession):
                 for pid, v in result.parameters_written.items()
             }
         return summary
+
+    def _interrupted(self, run_uid: str | None) -> RunInterrupted:
+        """The run, closed after a signal (or a pause nobody can resume), as an error to raise."""
+        assert self.pipeline is not None
+        if self.RE.state != "idle":  # paused by the plan itself: nobody here can resume it
+            with contextlib.redirect_stdout(io.StringIO()):  # bluesky prints what it does
+                self.RE.abort(reason="paused with nobody to resume it")
+        summary = self.pipeline.summaries.runs.get(run_uid) if run_uid is not None else None
+        if summary is not None and not self.pipeline.wait_catalogued(summary.run_uid):
+            summary.tiled = None
+        return RunInterrupted(self._signalled or signal.SIGINT, summary)
+
+    @contextlib.contextmanager
+    def _abort_on_signals(self, RE: RunEngine) -> Iterator[None]:
+        """While the RunEngine runs a plan: SIGINT or SIGTERM aborts it.
+
+        In place of bluesky's `SigintHandler`.  A signal handler may not call into the
+        RunEngine (it runs between two bytecodes of the main thread, which waits on the
+        plan), so it only wakes a helper thread that aborts the run.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be installed from the main thread
+            return
+        asked = threading.Event()
+        finished = False
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if self._signalled is None:
+                self._signalled = signal.Signals(signum)
+            asked.set()
+
+        def abort_when_asked() -> None:
+            asked.wait()
+            if finished:
+                return
+            logger.info("%s received: aborting the run", self._signalled and self._signalled.name)
+            bluesky_log.addFilter(quiet)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):  # bluesky prints what it does
+                    RE.abort(reason=f"interrupted by {self._signalled and self._signalled.name}")
+            except Exception:  # the run had already ended: nothing left to abort
+                logger.debug("abort after %s", self._signalled, exc_info=True)
+
+        bluesky_log, quiet = logging.getLogger("bluesky"), _AbortAnnounced()
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        aborter = threading.Thread(target=abort_when_asked, name="abort-on-signal", daemon=True)
+        aborter.start()
+        try:
+            yield
+        finally:
+            for sig, restored in previous.items():
+                signal.signal(sig, restored)
+            finished = True
+            asked.set()
+            aborter.join()
+            bluesky_log.removeFilter(quiet)

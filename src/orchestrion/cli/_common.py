@@ -12,7 +12,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from orchestrion.config import OrchestrionConfig, load_config
-from orchestrion.errors import OrchestrionError
+from orchestrion.errors import OrchestrionError, one_line
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -33,7 +33,11 @@ def print_json(document: Any) -> None:
 
 
 def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn Orchestrion's user-facing errors into one line on stderr and exit status 2."""
+    """Turn Orchestrion's user-facing errors into one line on stderr and exit status 2.
+
+    The line is shortened if it must be: a pasted file given as a value still gives one
+    readable line that ends with the reason.
+    """
 
     @wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -41,7 +45,7 @@ def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except OrchestrionError as exc:
             logging.getLogger("orchestrion").debug("command failed", exc_info=True)
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(str(exc))}", err=True)
             sys.exit(2)
 
     return wrapper

@@ -2,18 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import click
 from rich.console import Console
 
-from orchestrion.errors import InputError
+from orchestrion.errors import InputError, one_line, quoted
 from orchestrion.experiment import RunRequest, ScanPattern
-from orchestrion.session import EmbeddedSession
+from orchestrion.session import EmbeddedSession, RunInterrupted
 from orchestrion.shell import ProgressDisplay, print_run_summary
 
 from ._common import config_from, json_option, print_json, reports_errors
+
+
+class SignalInterrupt(BaseException):
+    """SIGINT or SIGTERM outside the RunEngine's run (which aborts the run instead)."""
+
+    def __init__(self, signum: signal.Signals) -> None:
+        super().__init__(signum.name)
+        self.signal = signum
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise `SignalInterrupt`: SIGTERM unwinds (closing files) as Ctrl-C does."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise SignalInterrupt(signal.Signals(signum))
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def parse_assignments(values: tuple[str, ...]) -> dict[str, str]:
@@ -21,9 +48,9 @@ def parse_assignments(values: tuple[str, ...]) -> dict[str, str]:
     for text in values:
         key, sep, value = text.partition("=")
         if not sep or not key.strip():
-            raise InputError(f"--set '{text}': expected ID=VALUE")
+            raise InputError(f"--set {quoted(text)}: expected ID=VALUE")
         if key.strip() in assignments:
-            raise InputError(f"--set: parameter '{key.strip()}' is given twice")
+            raise InputError(f"--set: parameter {quoted(key.strip())} is given twice")
         assignments[key.strip()] = value.strip()
     return assignments
 
@@ -62,7 +89,11 @@ def run(
     pattern: str,
     as_json: bool,
 ) -> None:
-    """Run EXPERIMENT in this process on the lab, and report what it found."""
+    """Run EXPERIMENT in this process on the lab, and report what it found.
+
+    Ctrl-C (SIGINT) or SIGTERM aborts the run: its file is closed and marked 'abort',
+    one line says so, and the exit status is 130 or 143.
+    """
     config = config_from(ctx)
     session = EmbeddedSession(config)
     request = RunRequest.build(
@@ -77,9 +108,19 @@ def run(
     console = Console(stderr=as_json)
     interactive = sys.stdout.isatty() and not as_json
     try:
-        summary = session.run(request, extra_callbacks=[ProgressDisplay(console)] if interactive else [])
-    finally:
-        session.close()
+        with signals_interrupt():
+            try:
+                summary = session.run(request, extra_callbacks=[ProgressDisplay(console)] if interactive else [])
+            finally:
+                session.close()
+    except RunInterrupted as exc:
+        if as_json and exc.summary is not None:
+            print_json(exc.summary.to_dict())
+        click.echo(one_line(str(exc)), err=True)
+        sys.exit(exc.exit_code)
+    except SignalInterrupt as exc:  # before the run started, or while its data were finished
+        click.echo(f"interrupted by {exc.signal.name}", err=True)
+        sys.exit(128 + int(exc.signal))
     if as_json:
         print_json(summary.to_dict())
     else:

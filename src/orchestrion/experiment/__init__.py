@@ -9,6 +9,8 @@ from ._request import RunRequest, first_error
 from ._runner import (
     ExperimentResult,
     PreparedRun,
+    RunEstimate,
+    RunLimits,
     data_key_suffix,
     flatten_ids,
     nest_by_id,
@@ -17,7 +19,7 @@ from ._runner import (
     run_experiment,
     set_with_readback,
 )
-from ._scan import ScanAxis, ScanPattern, ScanPoint, expand_scan
+from ._scan import Linspace, Scan, ScanAxis, ScanPattern, ScanPoint
 
 __all__ = [
     "Analyze",
@@ -28,16 +30,19 @@ __all__ = [
     "LabContext",
     "LibraryEntry",
     "LibraryError",
+    "Linspace",
     "PreparedRun",
     "Preprocessor",
+    "RunEstimate",
+    "RunLimits",
     "RunRequest",
+    "Scan",
     "ScanAxis",
     "ScanPattern",
     "ScanPoint",
     "activate",
     "active_lab",
     "data_key_suffix",
-    "expand_scan",
     "experiment_plan",
     "first_error",
     "flatten_ids",

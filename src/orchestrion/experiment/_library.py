@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from orchestrion.errors import OrchestrionError, UnknownExperimentError
+from orchestrion.errors import OrchestrionError, UnknownExperimentError, did_you_mean, quoted
 from orchestrion.parameters import ParameterSpec
 
 from ._experiment import Experiment
@@ -90,7 +90,9 @@ class ExperimentLibrary:
             return self._entries[name]
         except KeyError:
             known = ", ".join(sorted(self._entries))
-            raise UnknownExperimentError(f"unknown experiment '{name}' (known: {known})") from None
+            raise UnknownExperimentError(
+                f"unknown experiment {quoted(name)}{did_you_mean(name, self._entries)} (known: {known})"
+            ) from None
 
     def experiment(self, name: str) -> Experiment:
         return self.entry(name).experiment

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from types import TracebackType
 
@@ -20,20 +20,22 @@ class Preprocessor:
 
     Compilation runs in a thread pool, so it overlaps with the sequencer executing the
     current point (which awaits in the RunEngine's event loop and holds no lock).  With
-    ``lookahead=0`` each point is compiled only when the hardware asks for it.
+    ``lookahead=0`` each point is compiled only when the hardware asks for it.  Points
+    are taken from ``points`` as they are needed: at most ``lookahead`` beyond the
+    current one are ever made.
     """
 
     def __init__(
         self,
         compile_point: Callable[[ScanPoint], PulseSequence],
-        points: Sequence[ScanPoint],
+        points: Iterable[ScanPoint],
         *,
         lookahead: int,
         workers: int,
         executor: Executor | None = None,
     ) -> None:
         self._compile = compile_point
-        self._points = points
+        self._points = iter(points)
         self._lookahead = lookahead
         self._owns_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
@@ -56,9 +58,11 @@ class Preprocessor:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _submit_through(self, last: int) -> None:
-        while self._submitted <= min(last, len(self._points) - 1):
-            point = self._points[self._submitted]
-            self._futures[self._submitted] = self._executor.submit(self._compile, point)
+        while self._submitted <= last:
+            point = next(self._points, None)
+            if point is None:
+                return
+            self._futures[point.index] = self._executor.submit(self._compile, point)
             self._submitted += 1
 
     def sequence_for(self, index: int) -> MsgGenerator[PulseSequence]:

@@ -8,8 +8,8 @@ import logging
 import math
 import secrets
 from collections import ChainMap
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import bluesky.plan_stubs as bps
@@ -21,8 +21,17 @@ from ophyd_async.plan_stubs import ensure_connected
 from pydantic import ValidationError
 
 import orchestrion
+from orchestrion.config import OrchestrionConfig
 from orchestrion.devices import DeviceRegistry, ReadoutRole
-from orchestrion.errors import DeviceError, InputError, OrchestrionError, ParameterError, ScanSpecError
+from orchestrion.errors import (
+    DeviceError,
+    InputError,
+    OrchestrionError,
+    ParameterError,
+    ScanSpecError,
+    did_you_mean,
+    quoted,
+)
 from orchestrion.parameters import ParameterValue, ParameterValueType
 from orchestrion.schema import (
     ANALYSIS,
@@ -40,7 +49,7 @@ from ._context import LabContext
 from ._experiment import Experiment
 from ._preprocess import Preprocessor
 from ._request import RunRequest
-from ._scan import ScanAxis, ScanPattern, ScanPoint, expand_scan
+from ._scan import Linspace, Scan, ScanAxis, ScanPattern, ScanPoint
 
 logger = logging.getLogger(__name__)
 
@@ -58,18 +67,76 @@ class AxisTarget:
 
 
 @dataclass(frozen=True)
+class RunLimits:
+    """The largest run a lab accepts (`OrchestrionConfig.max_run_points` and its neighbours).
+
+    A request beyond one of them is refused at once, before anything is opened: a
+    hundred million points would otherwise grow the process until the kernel kills it.
+    """
+
+    points: int
+    memory_mb: float
+    """Megabytes (10**6 bytes) that the run's readings may hold in the RunEngine's process."""
+    duration: float
+    """Seconds of pulse sequences (shots x sequence duration x points)."""
+
+    @classmethod
+    def of(cls, config: OrchestrionConfig) -> RunLimits:
+        return cls(config.max_run_points, config.max_run_memory_mb, config.max_run_duration)
+
+
+# What a run holds per point until its fit (`ExperimentResult`: the point and its
+# reading) and what the RunEngine, the summaries and the hand-over keep on the way,
+# measured with tracemalloc on 2,000-6,000-point spectroscopy runs: about 7.8 kB per
+# point at 100 shots, 8 bytes more per shot (the counts).
+POINT_BYTES = 7_000
+SHOT_BYTES = 8
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """How large a run will be, known before it starts."""
+
+    points: int
+    memory_mb: float
+    duration: float | None
+    """Seconds of pulse sequences; None if the first sequences could not be compiled yet."""
+
+
+@dataclass(frozen=True)
 class PreparedRun:
-    """A `RunRequest` checked against the experiment and the lab: nothing moved yet."""
+    """A `RunRequest` checked against the experiment, the lab and its limits: nothing moved yet.
+
+    Its points are made as the run visits them (`points`), never held as a list.
+    """
 
     experiment: Experiment
     axes: tuple[AxisTarget, ...]
     overrides: Mapping[str, ParameterValueType]
     device_settings: Mapping[str, tuple[Any, float]]
     shots: int
-    repetitions: int
-    pattern: ScanPattern
-    seed: int
-    points: tuple[ScanPoint, ...] = field(repr=False)
+    scan: Scan
+    estimate: RunEstimate
+
+    @property
+    def repetitions(self) -> int:
+        return self.scan.repetitions
+
+    @property
+    def pattern(self) -> ScanPattern:
+        return self.scan.pattern
+
+    @property
+    def seed(self) -> int:
+        return self.scan.seed
+
+    @property
+    def num_points(self) -> int:
+        return self.scan.num_points
+
+    def points(self) -> Iterator[ScanPoint]:
+        """Every point of the run, in order, made one at a time (the same points on every call)."""
+        return self.scan.points()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -78,26 +145,32 @@ class PreparedRun:
             "repetitions": self.repetitions,
             "shots": self.shots,
             "seed": self.seed,
-            "num_points": len(self.points),
+            "num_points": self.num_points,
         }
 
 
 def prepare_run(
-    experiment: Experiment, devices: DeviceRegistry, request: RunRequest, *, seed: int | None = None
+    experiment: Experiment,
+    devices: DeviceRegistry,
+    request: RunRequest,
+    *,
+    limits: RunLimits,
+    parameters: Mapping[str, ParameterValueType] | None = None,
+    seed: int | None = None,
 ) -> PreparedRun:
     """Check a run request completely, before any hardware moves.
 
     Raises one `InputError` that names the problem: an unknown or out-of-bounds
-    parameter, a malformed scan, a device that cannot take the value.  Override values
-    may be typed values or text from a command line.
+    parameter, a malformed scan, a device that cannot take the value, a run larger than
+    ``limits``.  Override values may be typed values or text from a command line.
+    ``parameters`` are the values the run's sequences will be compiled from (its
+    snapshot); without them the declared defaults stand in, to estimate the duration.
     """
     if request.experiment != experiment.name:
-        raise InputError(f"the request is for '{request.experiment}', not '{experiment.name}'")
+        raise InputError(f"the request is for {quoted(request.experiment)}, not '{experiment.name}'")
     pattern = ScanPattern.parse(request.pattern)
     shots = experiment.default_shots if request.shots is None else request.shots
     repetitions = request.repetitions
-    scans: Sequence[str | ScanAxis] | None = request.scan
-    overrides = request.parameters
     if not isinstance(shots, int) or isinstance(shots, bool) or not 1 <= shots <= 100_000:
         raise InputError(f"shots must be a whole number from 1 to 100000, not {shots!r}")
     if not isinstance(repetitions, int) or isinstance(repetitions, bool) or repetitions < 1:
@@ -107,13 +180,16 @@ def prepare_run(
     # naming it, rather than fail at the hardware.
     devices.refresh()
     devices.require([experiment.sequencer], by=f"experiment '{experiment.name}'")
-    axes_given = [s if isinstance(s, ScanAxis) else ScanAxis.parse(s) for s in scans] if scans is not None else None
-    axes = list(experiment.default_scans) if axes_given is None else axes_given
+    given = None if request.scan is None else tuple(ScanAxis.parse(text) for text in request.scan)
+    axes = experiment.default_scans if given is None else given
+    scan = Scan(axes, pattern, repetitions, secrets.randbits(32) if seed is None else seed)
+    # Sizes first: nothing below may walk the axes of a scan too large to run.
+    memory_mb = _check_size(experiment, scan, shots, limits)
     targets = tuple(_axis_target(experiment, devices, axis) for axis in axes)
 
     checked_overrides: dict[str, ParameterValueType] = {}
     device_settings: dict[str, tuple[Any, float]] = {}
-    for parameter_id, raw in (overrides or {}).items():
+    for parameter_id, raw in (request.parameters or {}).items():
         spec = experiment.spec(parameter_id)
         if spec is not None:
             checked_overrides[parameter_id] = spec.parse_text(raw) if isinstance(raw, str) else spec.validate_value(raw)
@@ -121,18 +197,137 @@ def prepare_run(
         _require_device_of(devices, parameter_id, f"--set '{parameter_id}'")
         device = devices.resolve_settable(parameter_id)
         if device is None:
-            raise ParameterError(f"experiment '{experiment.name}' reads no parameter '{parameter_id}'")
+            raise ParameterError(
+                f"experiment '{experiment.name}' reads no parameter {quoted(parameter_id)}"
+                + did_you_mean(parameter_id, [*experiment.parameter_ids, *_settable_ids(devices)])
+            )
         device_settings[parameter_id] = (device, _device_value(parameter_id, device, raw))
-    scanned = {t.axis.id for t in targets}
-    clash = scanned & (set(checked_overrides) | set(device_settings))
-    if clash:
-        raise InputError(f"parameter '{sorted(clash)[0]}' is both scanned and set")
+    settings = {**checked_overrides, **{k: v for k, (_, v) in device_settings.items()}}
+    _check_not_scanned(experiment, given, scan, settings)
 
-    seed = secrets.randbits(32) if seed is None else seed
-    points = tuple(expand_scan([t.axis for t in targets], pattern, repetitions, seed))
+    values = {**(_defaults(experiment) if parameters is None else parameters), **checked_overrides}
+    duration = _estimate_duration(experiment, scan, targets, values, shots, strict=parameters is not None)
+    if duration is not None and duration > limits.duration:
+        raise InputError(
+            f"{experiment.name}: the run would take about {_span(duration)} of pulse sequences "
+            f"({scan.num_points:,} points of about {_span(duration / scan.num_points)}), "
+            f"above the limit max_run_duration = {limits.duration:g} s ({_span(limits.duration)})"
+        )
     return PreparedRun(
-        experiment, targets, checked_overrides, device_settings, shots, repetitions, pattern, seed, points
+        experiment,
+        targets,
+        checked_overrides,
+        device_settings,
+        shots,
+        scan,
+        RunEstimate(scan.num_points, memory_mb, duration),
     )
+
+
+def _check_size(experiment: Experiment, scan: Scan, shots: int, limits: RunLimits) -> float:
+    """The run's memory estimate (MB), once its points and memory are within the limits."""
+    points = scan.num_points
+    shape = " x ".join(f"{len(axis):,}" for axis in scan.axes) or "1"
+    if scan.repetitions > 1:
+        shape += f" x {scan.repetitions:,} repetitions"
+    if points > limits.points:
+        raise InputError(
+            f"{experiment.name}: the run has {points:,} points ({shape}), "
+            f"above the limit max_run_points = {limits.points:,}"
+        )
+    memory_mb = points * (POINT_BYTES + SHOT_BYTES * shots) / 1e6
+    if memory_mb > limits.memory_mb:
+        raise InputError(
+            f"{experiment.name}: the run would hold about {memory_mb:,.0f} MB of readings "
+            f"({points:,} points of {shots} shots), above the limit max_run_memory_mb = {limits.memory_mb:g}"
+        )
+    return memory_mb
+
+
+def _check_not_scanned(
+    experiment: Experiment, given: Sequence[ScanAxis] | None, scan: Scan, settings: Mapping[str, Any]
+) -> None:
+    """Refuse a value set for a parameter the scan varies, saying how to run at that one value."""
+    clash = sorted({axis.id for axis in scan.axes} & set(settings))
+    if not clash:
+        return
+    parameter_id = clash[0]
+    if given is not None:
+        raise InputError(f"parameter '{parameter_id}' is both scanned and set")
+    # The user asked for no scan: the experiment's default scan varies this parameter.
+    value = settings[parameter_id]
+    alone = [f"{parameter_id}={value:g}" if axis.id == parameter_id else axis.spec_text() for axis in scan.axes]
+    default = " and ".join(axis.spec_text() for axis in scan.axes)
+    raise InputError(
+        f"{experiment.name}'s default scan varies '{parameter_id}' ({default}), so it cannot also be set; "
+        f"to run at {value:g} alone, scan that one value: {' '.join(f'--scan {a}' for a in alone)}"
+    )
+
+
+def _defaults(experiment: Experiment) -> dict[str, ParameterValueType]:
+    return {spec.id: spec.default for spec in experiment.parameters}
+
+
+def _estimate_duration(
+    experiment: Experiment,
+    scan: Scan,
+    targets: Sequence[AxisTarget],
+    values: Mapping[str, ParameterValueType],
+    shots: int,
+    *,
+    strict: bool,
+) -> float | None:
+    """Seconds of pulse sequences the run will play: its points times the mean of the grid's corners.
+
+    Sequence length varies along a scan (a Rabi or Ramsey scan's pulse or wait), and
+    roughly linearly, so the mean of the first and the last grid point stands for all.
+    With the declared defaults (``strict`` false) a sequence that does not compile
+    leaves the estimate to the run itself, which compiles from the stored values.
+    """
+    parameter_axes = {t.axis.id for t in targets if t.device is None}
+    durations: list[float] = []
+    for corner in scan.corners():
+        point_values = {pid: v for pid, v in corner.items() if pid in parameter_axes}
+        try:
+            durations.append(_compile_sequence(experiment, {**values, **point_values}, shots).duration)
+        except SequenceError as exc:
+            if strict:
+                raise InputError(f"{experiment.name}: {exc}") from None
+            return None
+    return scan.num_points * sum(durations) / len(durations)
+
+
+def _compile_sequence(experiment: Experiment, values: Mapping[str, Any], shots: int) -> PulseSequence:
+    """One point's sequence; a compiler's own validation error becomes a `SequenceError`."""
+    try:
+        return experiment.build_sequence(values, shots)
+    except ValidationError as exc:  # a compiler that builds models directly
+        raise as_sequence_error(exc) from None
+
+
+def _span(seconds: float) -> str:
+    """A duration for people: '42 ms', '3.5 min', '11.6 days'."""
+    for unit, size in (("days", 86400.0), ("h", 3600.0), ("min", 60.0), ("s", 1.0)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds * 1e3:.3g} ms"
+
+
+def _settable_ids(devices: DeviceRegistry) -> list[str]:
+    """Ids of the lab's device parameters that a scan or a setting can take ('rf.frequency')."""
+    ids: list[str] = []
+
+    def walk(prefix: str, device: Any, depth: int) -> None:
+        if devices.resolve_settable(prefix) is not None:
+            ids.append(prefix)
+        children = getattr(device, "children", None)
+        if depth > 0 and callable(children):
+            for name, child in children():
+                walk(f"{prefix}.{name}", child, depth - 1)
+
+    for lab_device in devices:
+        walk(lab_device.name, lab_device.device, 2)
+    return ids
 
 
 def _axis_target(experiment: Experiment, devices: DeviceRegistry, axis: ScanAxis) -> AxisTarget:
@@ -140,14 +335,17 @@ def _axis_target(experiment: Experiment, devices: DeviceRegistry, axis: ScanAxis
     if spec is not None:
         if spec.type.value not in ("int", "float"):
             raise ScanSpecError(f"scan '{axis.id}': a {spec.type.value} parameter cannot be scanned")
-        for value in axis.values:
+        # Bounds are an interval: an evenly spaced float axis is inside when its ends are.
+        ends = spec.type.value == "float" and spec.allowed is None and isinstance(axis.values, Linspace)
+        for value in (axis.values[0], axis.values[-1]) if ends else axis.values:
             spec.validate_value(value)
         return AxisTarget(axis, None)
     _require_device_of(devices, axis.id, f"scan '{axis.id}'")
     device = devices.resolve_settable(axis.id)
     if device is None:
         raise ScanSpecError(
-            f"scan '{axis.id}': neither a parameter of '{experiment.name}' nor a settable device parameter"
+            f"scan {quoted(axis.id)}: neither a parameter of '{experiment.name}' nor a settable device parameter"
+            + did_you_mean(axis.id, [*experiment.parameter_ids, *_settable_ids(devices)])
         )
     for value in axis.values:
         _device_value(axis.id, device, value)
@@ -161,12 +359,13 @@ def _require_device_of(devices: DeviceRegistry, parameter_id: str, by: str) -> N
 
 
 def _device_value(parameter_id: str, device: Any, raw: Any) -> float:
+    shown = quoted(raw) if isinstance(raw, str) else repr(raw)
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        raise ParameterError(f"{parameter_id}: {raw!r} is not a number") from None
+        raise ParameterError(f"{parameter_id}: {shown} is not a number") from None
     if not math.isfinite(value):
-        raise ParameterError(f"{parameter_id}: {raw!r} is not a finite number")
+        raise ParameterError(f"{parameter_id}: {shown} is not a finite number")
     check = getattr(device, "check_value", None)
     # An asynchronous check (ophyd-async's movables read their limits from the hardware)
     # runs in the move itself; a synchronous one is asked here, before anything moves.
@@ -325,10 +524,10 @@ def run_experiment(
     Everything is validated and the first sequence compiled before the run opens; a bad
     request raises `InputError` and no hardware moves.
     """
-    request = prepare_run(experiment, lab.devices, run, seed=seed)
     snapshot = read_parameters(experiment, lab, run.md.get(PARAMETERS_AT))
-    values: dict[str, ParameterValueType] = {pid: v.value for pid, v in snapshot.items()}
-    values.update(request.overrides)
+    stored: dict[str, ParameterValueType] = {pid: v.value for pid, v in snapshot.items()}
+    request = prepare_run(experiment, lab.devices, run, limits=RunLimits.of(lab.config), parameters=stored, seed=seed)
+    values = {**stored, **request.overrides}
 
     # Split once: stored-parameter axes feed the compiler, device axes are set on devices.
     parameter_targets = [t for t in request.axes if t.device is None]
@@ -337,13 +536,10 @@ def run_experiment(
 
     def compile_point(point: ScanPoint) -> PulseSequence:
         point_values = {pid: point.values[pid] for pid in parameter_axes}
-        try:
-            return experiment.build_sequence(ChainMap(point_values, values), request.shots)
-        except ValidationError as exc:  # a compiler that builds models directly
-            raise as_sequence_error(exc) from None
+        return _compile_sequence(experiment, ChainMap(point_values, values), request.shots)
 
     try:
-        first = compile_point(request.points[0])
+        first = compile_point(next(request.points()))
     except SequenceError as exc:
         raise InputError(f"{experiment.name}: {exc}") from None
 
@@ -358,7 +554,7 @@ def run_experiment(
         "plan_name": experiment.name,
         "experiment": experiment.name,
         "description": experiment.description,
-        "num_points": len(request.points),
+        "num_points": request.num_points,
         "scan": request.describe(),
         # Event-model metadata keys may not contain dots: ids nest by namespace.
         "parameters": nest_by_id(
@@ -387,11 +583,11 @@ def run_experiment(
             yield from set_with_readback(setting_id, device, value, retries)
         with Preprocessor(
             compile_point,
-            request.points,
+            request.points(),
             lookahead=lab.config.preprocess_lookahead,
             workers=lab.config.preprocess_workers,
         ) as preprocessor:
-            for point in request.points:
+            for point in request.points():
                 # A checkpoint per point: a deferred pause (Ctrl-C once) stops here, and
                 # resuming repeats at most the current point.
                 yield from bps.checkpoint()

@@ -13,7 +13,7 @@ from pydantic import Field, StrictInt
 from orchestrion.config import OrchestrionConfig
 from orchestrion.devices import DeviceRegistry
 from orchestrion.errors import InputError, OrchestrionError
-from orchestrion.experiment import ExperimentLibrary, RunRequest, prepare_run
+from orchestrion.experiment import ExperimentLibrary, RunLimits, RunRequest, prepare_run
 from orchestrion.parameters import open_parameter_store
 from orchestrion.schema import JOB_ID_KEY, PARAMETERS_AT
 
@@ -32,7 +32,9 @@ class JobRequest(RunRequest):
     priority: StrictInt = Field(0, description="Higher runs sooner; ties run in submission order")
 
 
-def validate_request(library: ExperimentLibrary, devices: DeviceRegistry, request: JobRequest) -> dict[str, Any]:
+def validate_request(
+    library: ExperimentLibrary, devices: DeviceRegistry, request: JobRequest, *, limits: RunLimits
+) -> dict[str, Any]:
     """Check a request completely (no store opened, nothing moved); the plan's kwargs.
 
     Parameter values given as text (from a command line) come back typed, so the queue
@@ -43,7 +45,7 @@ def validate_request(library: ExperimentLibrary, devices: DeviceRegistry, reques
         raise InputError(f"metadata key '{JOB_ID_KEY}' is Orchestrion's own")
     # The hardware is the worker's: a device it could not connect is refused here too.
     devices.use_connection_reports = True
-    checked = prepare_run(library.experiment(request.experiment), devices, request)
+    checked = prepare_run(library.experiment(request.experiment), devices, request, limits=limits)
     typed: dict[str, Any] = dict(checked.overrides)
     typed.update({pid: value for pid, (_, value) in checked.device_settings.items()})
     return request.model_copy(update={"parameters": typed, "pattern": checked.pattern.value, "md": {}}).plan_kwargs()
