@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._connection import RedisClient
+
 # The run's status, as the workers move it on.
 ANNOUNCED = "announced"  # its start is on the bus
 PROCESSING = "processing"  # a worker is writing it
