@@ -12,7 +12,6 @@ loses what the previous attempt left: its HDF5 file and its catalog node.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -92,14 +91,16 @@ class BusWorker:
         self._held: dict[str, tuple[str, float, int]] = {}  # entry id -> (run uid, retry at, attempts)
         self._notes: dict[str, str] = {}
         self._stopping = threading.Event()
-        self._current: str | None = None
-        self._last_touch = 0.0
-        self._last_beat = 0.0
+        self._current: str | None = None  # the announcement of the run being written
+        self._lost: set[str] = set()  # announcements another worker has taken
+        self._owned_lock = threading.Lock()
+        self._heart = threading.Thread(target=self._heartbeat, name=f"orchestrion-{name}-heartbeat", daemon=True)
 
     # -- the loop ---------------------------------------------------------------------------
 
     def serve(self) -> None:
         """Process runs until `stop`; a Redis that goes away is waited for."""
+        self._heart.start()
         self._warm_up()
         delay = 0.1
         while not self._stopping.is_set():
@@ -120,9 +121,7 @@ class BusWorker:
 
     def poll(self, block_ms: int = 1000) -> bool:
         """Process the next run there is, if any (waiting up to ``block_ms``); True if one was."""
-        self._beat()
-        self._touch([])
-        entry = self.claims.next(block_ms, skip=self._held)
+        entry = self.claims.next(block_ms, skip=set(self._held))
         if entry is not None:
             self.process(*entry)
             return True
@@ -131,7 +130,8 @@ class BusWorker:
 
     def _ack(self, announcement: str) -> None:
         self.claims.ack(announcement)
-        self._held.pop(announcement, None)
+        with self._owned_lock:
+            self._held.pop(announcement, None)
         self.trim()
 
     # -- one run --------------------------------------------------------------------------------
@@ -151,7 +151,9 @@ class BusWorker:
         self.client.hdel(state_key, "hdf5", "tiled", "reason", "points")
         self.client.hset(state_key, mapping={"status": PROCESSING, "worker": self.name, "attempt": attempt})
         logger.info("%s: writing run %s (attempt %d)", self.name, run_uid, attempt)
-        self._current, self._notes = announcement, {}
+        with self._owned_lock:
+            self._current, self._notes = announcement, {}
+            self._lost.discard(announcement)
         errors = _Errors()
         watched = logging.getLogger("orchestrion.pipeline")
         watched.addHandler(errors)
@@ -165,7 +167,8 @@ class BusWorker:
                     close()
         finally:
             watched.removeHandler(errors)
-            self._current = None
+            with self._owned_lock:
+                self._current = None
         if outcome == "lost":
             logger.warning("%s: run %s was taken over by another worker; it writes it", self.name, run_uid)
             return "lost"
@@ -181,9 +184,8 @@ class BusWorker:
         """The run's documents, in order, into ``chain``: "stopped", "abandoned" or "lost"."""
         last, stream, silent_since = "0-0", self.keys.run(run_uid), time.monotonic()
         while True:
-            if not self._touch([announcement]):
+            if announcement in self._lost:
                 return "lost"
-            self._beat()
             try:
                 answer = self.client.xread({stream: last}, count=READ_COUNT, block=READ_BLOCK_MS)
                 if self._notes:
@@ -234,7 +236,8 @@ class BusWorker:
             previous = self._held.get(announcement)
             tries = previous[2] + 1 if previous else 1
             wait = min(CATALOG_RETRY[0] * 2 ** (tries - 1), CATALOG_RETRY[1])
-            self._held[announcement] = (run_uid, time.monotonic() + wait, tries)
+            with self._owned_lock:
+                self._held[announcement] = (run_uid, time.monotonic() + wait, tries)
             self.client.hset(state_key, mapping={"status": CATALOG_PENDING, "reason": catalog_reason, "points": points})
             logger.warning("%s: run %s: HDF5 written; catalog not complete (%s); retrying", self.name,
                            run_uid, catalog_reason)  # fmt: skip
@@ -314,30 +317,30 @@ class BusWorker:
 
     # -- liveness -----------------------------------------------------------------------------
 
-    def _touch(self, extra: list[str]) -> bool:
-        """Touch this worker's pending runs (now and then); False if one of ``extra`` was taken."""
-        now = time.monotonic()
-        if now - self._last_touch < self.config.bus_claim_idle / 4:
-            return True
-        ids = list(dict.fromkeys([*extra, *self._held]))
-        if not ids:
-            self._last_touch = now
-            return True
-        kept = self.claims.touch(ids)
-        self._last_touch = now
-        for lost in set(self._held) - kept:
-            logger.warning("%s: run %s was taken over by another worker", self.name, self._held[lost][0])
-            del self._held[lost]
-        return all(i in kept for i in extra)
+    def _heartbeat(self) -> None:
+        """Touch this worker's pending runs and publish its heartbeat, whatever the writing does.
 
-    def _beat(self) -> None:
-        now = time.monotonic()
-        if now - self._last_beat < 2.0:
-            return
-        beat = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), "run": self._current}
-        with contextlib.suppress(redis.RedisError):
-            self.client.set(self.keys.worker(self.name), json.dumps(beat), ex=WORKER_TTL)
-            self._last_beat = now
+        A thread of its own: one slow step of a run (a catalog request on a busy machine)
+        must not make the run look abandoned to the other workers.
+        """
+        client = connect(self.config)
+        claims = Claims(client, self.keys.runs, POST_PROCESSING_GROUP, self.name, self.config.bus_claim_idle)
+        while not self._stopping.wait(self.config.bus_claim_idle / 4):
+            with self._owned_lock:
+                owned = [a for a in (self._current, *self._held) if a is not None]
+            beat = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), "run": self._current}
+            try:
+                kept = claims.touch(owned)
+                client.set(self.keys.worker(self.name), json.dumps(beat), ex=WORKER_TTL)
+            except redis.RedisError:
+                continue  # the main loop reports and waits for Redis
+            with self._owned_lock:
+                for announcement in set(owned) - kept:
+                    self._lost.add(announcement)
+                    if announcement in self._held:
+                        logger.warning("%s: run %s was taken over by another worker", self.name,
+                                       self._held.pop(announcement)[0])  # fmt: skip
+        client.close()
 
     def _warm_up(self) -> None:
         """Import and build the chain once (Tiled's imports take seconds), before the first run."""
