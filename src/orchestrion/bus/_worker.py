@@ -49,7 +49,6 @@ logger = logging.getLogger(__name__)
 READ_COUNT = 500  # documents read from a run's stream at once
 READ_BLOCK_MS = 500
 STATE_TTL = 86_400  # s a finished run's state stays readable (`wait_catalogued`, `status`)
-WORKER_TTL = 10  # s a worker's heartbeat lives
 CATALOG_RETRY = (2.0, 60.0)  # s: first and longest wait before writing a catalog-pending run again
 HDF5_NOT_DONE = ("running", "error", "incomplete")  # the HDF5 writer's statuses of an unfinished file
 
@@ -146,6 +145,9 @@ class BusWorker:
             self._ack(announcement)
             return status or "gone"
         if state.get("attempt"):
+            previous = state.get("worker", "")
+            if previous and previous != self.name:
+                self._wait_released(previous, announcement, run_uid)
             self._discard(run_uid, state)
         attempt = int(state.get("attempt") or 0) + 1
         self.client.hdel(state_key, "hdf5", "tiled", "reason", "points")
@@ -281,6 +283,22 @@ class BusWorker:
             connection.close()
         return True, ""
 
+    def _wait_released(self, previous: str, announcement: str, run_uid: str) -> None:
+        """Wait until worker ``previous`` no longer writes the run (it learns it lost it
+        at its next heartbeat, and closes its file), or has gone silent."""
+
+        def released() -> bool:
+            beat = self.client.get(self.keys.worker(previous))
+            return beat is None or json.loads(beat).get("run") != announcement
+
+        deadline = time.monotonic() + 4 * self.config.bus_claim_idle
+        while not released():
+            if time.monotonic() > deadline:
+                logger.warning("%s: run %s: worker %s still names it; writing it all the same", self.name,
+                               run_uid, previous)  # fmt: skip
+                return
+            self._stopping.wait(0.05)
+
     def _discard(self, run_uid: str, state: dict[str, str]) -> None:
         """Remove what an earlier attempt at the run left: its HDF5 file, its catalog node."""
         recover_incomplete(self.config.data_dir)  # frees the names a dead writer held
@@ -331,7 +349,8 @@ class BusWorker:
             beat = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), "run": self._current}
             try:
                 kept = claims.touch(owned)
-                client.set(self.keys.worker(self.name), json.dumps(beat), ex=WORKER_TTL)
+                # Lives one claim interval: a worker whose heartbeat is gone may be taken over.
+                client.set(self.keys.worker(self.name), json.dumps(beat), px=int(self.config.bus_claim_idle * 1000))
             except redis.RedisError:
                 continue  # the main loop reports and waits for Redis
             with self._owned_lock:
