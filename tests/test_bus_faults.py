@@ -4,6 +4,9 @@ in the run's one HDF5 file and in Tiled, each once, in order."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -127,37 +130,60 @@ def assert_written_once(bus: Bus, uid: str, points: list[float]) -> None:
     assert len(set(points)) == len(points) == POINTS
 
 
-@pytest.mark.parametrize("recovery", ["another worker claims the run", "the killed worker is restarted"])
+def worker_pid(bus: Bus, name: str) -> int:
+    """The pid of the worker process itself (its supervisor is the process `Workers` started)."""
+    beat = bus.client.get(BusKeys().worker(name))
+    assert beat is not None
+    return int(json.loads(beat)["pid"])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+@pytest.mark.parametrize("recovery", ["another worker claims the run", "its supervisor starts it again"])
 def test_sigkill_of_a_post_processing_worker_mid_scan_loses_and_doubles_nothing(bus: Bus, recovery: str) -> None:
+    peer = recovery.startswith("another")
     bus.workers.start("post-processing-1")
-    if recovery.startswith("another"):
+    if peer:
         bus.workers.start("post-processing-2")
     scan = Scan(bus)
-    killed: list[str] = []
+    killed: list[tuple[str, int]] = []
 
     def kill() -> None:
         current = scan.processing()
         assert current is not None
-        killed.append(current["worker"])
-        bus.workers.kill(current["worker"])
-        if recovery.startswith("the killed"):
-            bus.workers.start(current["worker"])
+        name = current["worker"]
+        pid = worker_pid(bus, name)
+        killed.append((name, pid))
+        if peer:
+            bus.workers.kill(name)  # the supervisor: the worker dies with it
+        else:
+            os.kill(pid, signal.SIGKILL)
 
     fault = scan.inject(scan.processing, kill, "a worker writing the run")
     uid = scan.run()
     fault.join(timeout=120)
     assert not scan.errors, scan.errors
-    assert killed
+    ((name, pid),) = killed
+    wait_until(lambda: not alive(pid), timeout=10, what="the killed worker to be gone")
     assert scan.pipeline.wait_catalogued(uid, timeout=120), state(bus.client, uid)
     final = state(bus.client, uid)
     assert int(final["attempt"]) == 2
-    if recovery.startswith("another"):
-        assert final["worker"] != killed[0]
+    if peer:
+        assert final["worker"] != name
+    else:
+        assert final["worker"] == name
+        assert worker_pid(bus, name) != pid  # a new process under the same name
     assert_written_once(bus, uid, scan.points)
     scan.pipeline.close()
 
 
-def test_redis_killed_and_restarted_mid_scan_loses_nothing(bus: Bus) -> None:
+def test_redis_killed_and_restarted_mid_scan_loses_nothing(bus: Bus, caplog: pytest.LogCaptureFixture) -> None:
     bus.workers.start("post-processing-1")
     bus.workers.start("post-processing-2")
     scan = Scan(bus)
@@ -169,6 +195,8 @@ def test_redis_killed_and_restarted_mid_scan_loses_nothing(bus: Bus) -> None:
     uid = scan.run()
     restarted.join(timeout=60)
     assert not scan.errors, scan.errors
+    # The RunEngine went on while Redis was down: its documents waited in the publisher.
+    assert any("Redis unreachable" in record.getMessage() for record in caplog.records)
     assert scan.pipeline.wait_catalogued(uid, timeout=120), state(bus.client, uid)
     assert_written_once(bus, uid, scan.points)
     scan.pipeline.close()
@@ -216,7 +244,7 @@ def test_a_full_data_directory_keeps_the_run_on_the_bus_until_replayed(bus: Bus,
     assert not scan.pipeline.wait_catalogued(uid, timeout=120)
     failed = state(bus.client, uid)
     assert failed["status"] == FAILED
-    assert "No space left on device" in failed["reason"] or "space" in failed["reason"], failed["reason"]
+    assert "No space left on device" in failed["reason"], failed["reason"]
     assert bus.client.exists(BusKeys().run(uid))  # its documents wait on the bus
     assert bus.client.hexists(BusKeys().failed, uid)
 
@@ -225,4 +253,3 @@ def test_a_full_data_directory_keeps_the_run_on_the_bus_until_replayed(bus: Bus,
     wait_status(bus.client, uid, (DONE,))
     assert_written_once(bus, uid, scan.points)
     scan.pipeline.close()
-

@@ -2,7 +2,8 @@
 
 - ``worker --name NAME``: process runs from the bus until SIGTERM (what `orchestrion
   up` starts as ``post-processing-N``; on another machine, point it at the same Redis,
-  Tiled and data directory).
+  Tiled and data directory).  The process supervises the worker: a worker that dies
+  (a crash, SIGKILL) is started again under the same name, and takes its runs back.
 - ``replay [RUN_UID ...]``: write again runs whose files could not be written (default:
   all of them); prints their uids.
 - ``failed``: the runs waiting for a replay, with the reason (JSON).
@@ -11,12 +12,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
+import threading
 from types import FrameType
 
 from orchestrion.config import load_config
@@ -27,8 +32,43 @@ from ._connectors import ConnectorRunner, load_connectors
 from ._keys import BusKeys
 from ._worker import BusWorker, replay
 
+RESTART_DELAY = 1.0  # s before a dead worker is started again
+
+
+def _supervise(name: str) -> int:
+    """Run the worker in a child process; start it again whenever it dies."""
+    logger = logging.getLogger(__name__)
+    stopping = threading.Event()
+    child: subprocess.Popen[bytes] | None = None
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while True:
+        child = subprocess.Popen([sys.executable, "-m", "orchestrion.bus", "worker", "--name", name, "--child"])
+        code = child.wait()
+        if stopping.is_set() or code == 0:
+            return 0
+        logger.error("post-processing worker %s (pid %d) died (%s); starting it again", name, child.pid, code)
+        if stopping.wait(RESTART_DELAY):
+            return 0
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when its supervisor dies (Linux), so no orphan writes on."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+
 
 def _worker(name: str) -> int:
+    _die_with_parent()
     config = load_config()
     if config.post_processing_niceness > 0:
         # Before any thread starts: later threads inherit the main thread's niceness.
@@ -58,13 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     worker = commands.add_parser("worker", help="process runs from the bus")
     worker.add_argument("--name", default=f"post-processing-{socket.gethostname()}-{os.getpid()}")
+    worker.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     again = commands.add_parser("replay", help="write failed runs again")
     again.add_argument("runs", nargs="*")
     commands.add_parser("failed", help="runs waiting for a replay")
     arguments = parser.parse_args(argv)
     try:
         if arguments.command == "worker":
-            return _worker(arguments.name)
+            return _worker(arguments.name) if arguments.child else _supervise(arguments.name)
         config = load_config()
         if arguments.command == "replay":
             for run_uid in replay(config, arguments.runs or None):

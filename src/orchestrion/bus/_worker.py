@@ -12,6 +12,7 @@ loses what the previous attempt left: its HDF5 file and its catalog node.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ READ_COUNT = 500  # documents read from a run's stream at once
 READ_BLOCK_MS = 500
 STATE_TTL = 86_400  # s a finished run's state stays readable (`wait_catalogued`, `status`)
 CATALOG_RETRY = (2.0, 60.0)  # s: first and longest wait before writing a catalog-pending run again
+MAX_UNFINISHED = 3  # attempts at a run that ended with their worker, before the run waits for `replay`
 HDF5_NOT_DONE = ("running", "error", "incomplete")  # the HDF5 writer's statuses of an unfinished file
 
 Chain = Callable[[str, dict[str, Any]], Any]
@@ -61,11 +63,15 @@ def _stream_id(text: str) -> tuple[int, int]:
 
 
 class _Errors(logging.Handler):
-    """The first error the chain logs while it writes a run: the reason a run failed."""
+    """The first error the chain logs while it writes a run: the reason a run failed.
 
-    def __init__(self) -> None:
+    Also kept in the run's state at once, in case the error takes the worker with it.
+    """
+
+    def __init__(self, client: RedisClient, state_key: str) -> None:
         super().__init__(logging.ERROR)
         self.first: str | None = None
+        self._client, self._state_key = client, state_key
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.first is None:
@@ -74,6 +80,8 @@ class _Errors(logging.Handler):
                 exc = record.exc_info[1]
                 text = f"{text}: {type(exc).__name__}: {exc}"
             self.first = text
+            with contextlib.suppress(redis.RedisError):
+                self._client.hset(self._state_key, "last_error", text[:2000])
 
 
 class BusWorker:
@@ -144,6 +152,14 @@ class BusWorker:
             # Written already (a repeated announcement), or failed and waiting for `replay`.
             self._ack(announcement)
             return status or "gone"
+        unfinished = int(state.get("unfinished") or 0)
+        if unfinished >= MAX_UNFINISHED:
+            # Each attempt took its worker down (a crash in a library, a machine out of
+            # memory): the run waits for `replay` rather than taking every worker down.
+            reason = (f"post-processing stopped {unfinished} times while writing this run; last error: "
+                      f"{state.get('last_error') or 'none logged'}")  # fmt: skip
+            self._fail(announcement, run_uid, reason, 0)
+            return FAILED
         if state.get("attempt"):
             previous = state.get("worker", "")
             if previous and previous != self.name:
@@ -151,12 +167,13 @@ class BusWorker:
             self._discard(run_uid, state)
         attempt = int(state.get("attempt") or 0) + 1
         self.client.hdel(state_key, "hdf5", "tiled", "reason", "points")
-        self.client.hset(state_key, mapping={"status": PROCESSING, "worker": self.name, "attempt": attempt})
+        self.client.hset(state_key, mapping={"status": PROCESSING, "worker": self.name, "attempt": attempt,
+                                             "unfinished": unfinished + 1})  # fmt: skip
         logger.info("%s: writing run %s (attempt %d)", self.name, run_uid, attempt)
         with self._owned_lock:
             self._current, self._notes = announcement, {}
             self._lost.discard(announcement)
-        errors = _Errors()
+        errors = _Errors(self.client, state_key)
         watched = logging.getLogger("orchestrion.pipeline")
         watched.addHandler(errors)
         try:
@@ -218,7 +235,7 @@ class BusWorker:
 
     def _conclude(self, announcement: str, run_uid: str, outcome: str, error: str | None, attempt: int) -> str:
         state_key = self.keys.state(run_uid)
-        self.client.hset(state_key, mapping=dict(self._notes) or {"hdf5": ""})
+        self.client.hset(state_key, mapping={**self._notes, "unfinished": 0})
         hdf5_ok, points, hdf5_reason = self._check_file(self._notes.get("hdf5"))
         if outcome == "abandoned":
             reason = "the RunEngine's process went away before the run's stop"
@@ -227,11 +244,7 @@ class BusWorker:
             logger.error("%s: run %s written as incomplete: %s", self.name, run_uid, reason)
             return INCOMPLETE
         if not hdf5_ok:
-            reason = error or hdf5_reason
-            self.client.hset(state_key, mapping={"status": FAILED, "reason": reason, "points": points})
-            self.client.hset(self.keys.failed, run_uid, reason)
-            self._ack(announcement)  # the documents stay on the bus: `replay` writes them
-            logger.error("%s: run %s could not be written: %s (kept on the bus; replay it)", self.name, run_uid, reason)
+            self._fail(announcement, run_uid, error or hdf5_reason, points)
             return FAILED
         catalogued, catalog_reason = self._check_catalog(run_uid)
         if not catalogued:
@@ -249,6 +262,12 @@ class BusWorker:
         self._ack(announcement)
         logger.info("%s: run %s written (%d points, attempt %d)", self.name, run_uid, points, attempt)
         return DONE
+
+    def _fail(self, announcement: str, run_uid: str, reason: str, points: int) -> None:
+        self.client.hset(self.keys.state(run_uid), mapping={"status": FAILED, "reason": reason, "points": points})
+        self.client.hset(self.keys.failed, run_uid, reason)
+        self._ack(announcement)  # the documents stay on the bus: `replay` writes them
+        logger.error("%s: run %s could not be written: %s (kept on the bus; replay it)", self.name, run_uid, reason)
 
     def _check_file(self, path_text: str | None) -> tuple[bool, int, str]:
         """(closed with the run's status, points in it, why not)."""
@@ -423,7 +442,7 @@ def replay(config: OrchestrionConfig, run_uids: list[str] | None = None, *, keys
             if not client.exists(keys.run(run_uid)):
                 raise ValueError(f"run {run_uid} has no documents on the bus")
         for run_uid in uids:
-            client.hset(keys.state(run_uid), "status", REPLAY)
+            client.hset(keys.state(run_uid), mapping={"status": REPLAY, "unfinished": 0})
             client.hdel(keys.failed, run_uid)
             client.xadd(keys.runs, {RUN_FIELD: run_uid})
         return uids
