@@ -23,6 +23,7 @@ from bluesky import RunEngine
 from event_model import DocumentRouter
 from event_model.documents import RunStart, RunStop
 
+from orchestrion.bus import build_bus_pipeline
 from orchestrion.config import OrchestrionConfig, load_config
 from orchestrion.experiment import flatten_ids
 from orchestrion.lab import Lab, activate, load_library_and_devices, open_lab
@@ -30,7 +31,6 @@ from orchestrion.pipeline import DocumentPipeline, build_pipeline
 from orchestrion.schema import JOB_ID_KEY
 
 logger = logging.getLogger(__name__)
-
 
 
 def code_version(directory: Path) -> tuple[str | None, bool | None]:
@@ -136,7 +136,10 @@ class WorkerEnvironment:
             # Connecting runs in the RunEngine's loop: the RunEngine exists by now.
             self.lab = open_lab(config, library=library, devices=devices)
             activate(self.lab)
-            self.pipeline = build_pipeline(config)
+            # Services mode: documents go onto the bus, and the post-processing workers
+            # (`orchestrion up` starts them) write the runs; with none configured, this
+            # process post-processes its runs itself, as embedded mode does.
+            self.pipeline = build_bus_pipeline(config) if config.post_processing_workers else build_pipeline(config)
             self.pipeline.subscribe(self.RE)
             self.recorder = JobRecorder(self.pipeline, config, self.code)
             self.RE.subscribe(self.recorder)

@@ -191,6 +191,9 @@ class BusWorker:
         if outcome == "lost":
             logger.warning("%s: run %s was taken over by another worker; it writes it", self.name, run_uid)
             return "lost"
+        if outcome == "interrupted":
+            logger.warning("%s: stopped while writing run %s; it stays on the bus", self.name, run_uid)
+            return "interrupted"
         return self._conclude(announcement, run_uid, outcome, errors.first, attempt)
 
     def _note(self, note: dict[str, Any]) -> None:
@@ -200,11 +203,13 @@ class BusWorker:
                 self._notes[key] = str(note[key])
 
     def _feed(self, run_uid: str, announcement: str, publisher: str, chain: Chain) -> str:
-        """The run's documents, in order, into ``chain``: "stopped", "abandoned" or "lost"."""
+        """The run's documents, in order, into ``chain``: "stopped", "abandoned", "lost" or "interrupted"."""
         last, stream, silent_since = "0-0", self.keys.run(run_uid), time.monotonic()
         while True:
             if announcement in self._lost:
                 return "lost"
+            if self._stopping.is_set():
+                return "interrupted"  # pending still: the next worker writes it from its start
             try:
                 answer = self.client.xread({stream: last}, count=READ_COUNT, block=READ_BLOCK_MS)
                 if self._notes:

@@ -162,12 +162,14 @@ def tiled_paths(config: OrchestrionConfig) -> tuple[Path, Path, Path]:
 
 
 def _tiled_command(config: OrchestrionConfig) -> list[str]:
-    catalog, data, tables = tiled_paths(config)
+    catalog_path, data, tables = tiled_paths(config)
     data.mkdir(parents=True, exist_ok=True)
+    # A lab that outgrows SQLite names a PostgreSQL catalog (tiled_catalog_uri).
+    catalog = config.tiled_catalog_uri or str(catalog_path)
     # Through the redacting wrapper: tiled prints its URL with the API key.
     return [
         sys.executable, "-m", "orchestrion.services._redact",
-        _executable("tiled"), "serve", "catalog", str(catalog), "--init", "-w", str(data),
+        _executable("tiled"), "serve", "catalog", catalog, "--init", "-w", str(data),
         "-w", f"sqlite:///{tables}", "--host", HOST, "--port", str(config.tiled_port),
     ]  # fmt: skip
 
@@ -233,6 +235,41 @@ SERVICES: tuple[Service, ...] = (
         _scheduler_command, _scheduler_check, 60.0,
     ),
 )  # fmt: skip
+
+
+# -- post-processing workers (orchestrion.bus): `post_processing_workers` of them ---------
+
+
+def _post_processing_check(name: str) -> Callable[[OrchestrionConfig], tuple[bool, str]]:
+    def check(config: OrchestrionConfig) -> tuple[bool, str]:
+        from orchestrion.bus import BusKeys, connect
+
+        client = connect(config, timeout=2.0)
+        try:
+            beat = client.get(BusKeys().worker(name))
+        finally:
+            client.close()
+        if beat is None:
+            return False, "no heartbeat on the bus"
+        run = json.loads(beat).get("run")
+        return True, f"worker pid {json.loads(beat)['pid']}, " + (f"writing run entry {run}" if run else "idle")
+
+    return check
+
+
+def post_processing_services(config: OrchestrionConfig) -> tuple[Service, ...]:
+    """The post-processing workers `up` starts, ``post-processing-1`` ... ``-N``."""
+
+    def worker(name: str) -> Service:
+        from orchestrion.bus import bus_redis_url
+
+        return Service(
+            name, "orchestrion.bus", bus_redis_url,
+            lambda c: [sys.executable, "-m", "orchestrion.bus", "worker", "--name", name],
+            _post_processing_check(name), 120.0,
+        )  # fmt: skip
+
+    return tuple(worker(f"post-processing-{n}") for n in range(1, config.post_processing_workers + 1))
 
 
 def service(name: str) -> Service:
@@ -346,18 +383,24 @@ def up(config: OrchestrionConfig) -> list[ServiceStatus]:
             ensure(tiled_svc)  # the slowest to start: it imports while the others come up
             ensure(redis_svc)
             _wait_healthy(redis_svc, config, pids["redis"])
+            workers = post_processing_services(config)
+            for worker in workers:  # they import while the rest comes up
+                ensure(worker)
             ensure(manager_svc)
             _wait_healthy(manager_svc, config, pids["queue-server"])
             _open_environment(config)
             _wait_healthy(tiled_svc, config, pids["tiled"])
             ensure(scheduler_svc)
             _wait_healthy(scheduler_svc, config, pids["scheduler"])
+            for worker in workers:
+                _wait_healthy(worker, config, pids[worker.name])
         except BaseException:
             # Leave nothing half-started behind: stop what this call started.
+            by_name = {svc.name: svc for svc in (*SERVICES, *post_processing_services(config))}
             for name in reversed(started):
-                _stop(service(name), config)
+                _stop(by_name[name], config)
             raise
-        return [svc.status(config) for svc in SERVICES]
+        return status(config)
 
 
 def _open_environment(config: OrchestrionConfig) -> None:
@@ -393,9 +436,11 @@ def down(config: OrchestrionConfig, *, force: bool = False) -> list[ServiceStatu
                     f"a job is {'paused' if state == 'paused' else 'running'}: wait for it, cancel it, "
                     "or use `orchestrion down --force`"
                 )
-        for svc in reversed(SERVICES):
+        # Workers after the queue server (what it published waits on the bus), before Redis.
+        scheduler_svc, manager_svc, *rest = reversed(SERVICES)
+        for svc in (scheduler_svc, manager_svc, *post_processing_services(config), *rest):
             _stop(svc, config)
-        return [svc.status(config) for svc in SERVICES]
+        return status(config)
 
 
 def _manager_state(config: OrchestrionConfig) -> str:
@@ -468,4 +513,4 @@ def stop_service(config: OrchestrionConfig, name: str) -> None:
 
 def status(config: OrchestrionConfig) -> list[ServiceStatus]:
     """Each service with its pid, address and health."""
-    return [svc.status(config) for svc in SERVICES]
+    return [svc.status(config) for svc in (*SERVICES, *post_processing_services(config))]
