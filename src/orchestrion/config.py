@@ -94,7 +94,7 @@ class OrchestrionConfig(BaseSettings):
     # Streams; post-processing workers (here or on other machines) write the runs.
     post_processing_workers: int = Field(
         2, ge=0, le=64,
-        description="Post-processing workers `orchestrion up` starts (0: the queue-server worker post-processes itself)",
+        description="Post-processing workers `orchestrion up` starts (0: the queue-server worker does it itself)",
     )  # fmt: skip
     bus_redis_url: str | None = Field(
         None, description="Redis of the document bus; unset: the stack's own (redis://127.0.0.1:redis_port)"
@@ -115,7 +115,7 @@ class OrchestrionConfig(BaseSettings):
     )
     logbook_path: Path | None = Field(None, description="The logbook connector's file; unset: home/logbook.jsonl")
     tiled_catalog_uri: str | None = Field(
-        None, description="Catalog database of the stack's Tiled server (e.g. postgresql://...); unset: SQLite under home"
+        None, description="Catalog database of the stack's Tiled server (postgresql://...); unset: SQLite under home"
     )
 
     @classmethod

@@ -99,6 +99,7 @@ class BusWorker:
         self._notes: dict[str, str] = {}
         self._stopping = threading.Event()
         self._current: str | None = None  # the announcement of the run being written
+        self._ready = False  # the chain has been built once (imports done)
         self._lost: set[str] = set()  # announcements another worker has taken
         self._owned_lock = threading.Lock()
         self._heart = threading.Thread(target=self._heartbeat, name=f"orchestrion-{name}-heartbeat", daemon=True)
@@ -370,7 +371,8 @@ class BusWorker:
         while not self._stopping.wait(self.config.bus_claim_idle / 4):
             with self._owned_lock:
                 owned = [a for a in (self._current, *self._held) if a is not None]
-            beat = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), "run": self._current}
+            beat = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), "run": self._current,
+                    "ready": self._ready}  # fmt: skip
             try:
                 kept = claims.touch(owned)
                 # Lives one claim interval: a worker whose heartbeat is gone may be taken over.
@@ -394,6 +396,7 @@ class BusWorker:
                 close()
         except Exception:
             logger.exception("%s: the post-processing chain could not be built", self.name)
+        self._ready = True
 
     # -- bounding the bus ---------------------------------------------------------------------
 

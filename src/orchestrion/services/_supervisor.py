@@ -251,8 +251,11 @@ def _post_processing_check(name: str) -> Callable[[OrchestrionConfig], tuple[boo
             client.close()
         if beat is None:
             return False, "no heartbeat on the bus"
-        run = json.loads(beat).get("run")
-        return True, f"worker pid {json.loads(beat)['pid']}, " + (f"writing run entry {run}" if run else "idle")
+        heartbeat = json.loads(beat)
+        if not heartbeat.get("ready"):
+            return False, "starting"
+        run = heartbeat.get("run")
+        return True, f"worker pid {heartbeat['pid']}, " + (f"writing run entry {run}" if run else "idle")
 
     return check
 
