@@ -120,7 +120,8 @@ def listening_addresses(ports: set[int]) -> set[str]:
 def test_up_is_idempotent_and_every_service_listens_on_loopback_only(stack: OrchestrionConfig) -> None:
     before = {s.name: s for s in status(stack)}
     again = {s.name: s for s in up(stack)}
-    assert set(before) == {"redis", "tiled", "queue-server", "scheduler"}
+    workers = {"post-processing-1", "post-processing-2"}  # post_processing_workers: 2 by default
+    assert set(before) == {"redis", "tiled", "queue-server", "scheduler", *workers}
     assert {name: s.pid for name, s in again.items()} == {name: s.pid for name, s in before.items()}
     assert all(s.health == "ok" for s in again.values()), again
     ports = {stack.redis_port, stack.zmq_control_port, stack.zmq_info_port, stack.tiled_port}
@@ -136,7 +137,7 @@ def test_up_is_idempotent_and_every_service_listens_on_loopback_only(stack: Orch
     result = CliRunner().invoke(cli, ["status", "--json"], obj={"config": stack})
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert [row["name"] for row in rows] == ["redis", "tiled", "queue-server", "scheduler"]
+    assert [row["name"] for row in rows] == ["redis", "tiled", "queue-server", "scheduler", *sorted(workers)]
     assert all(row["pid"] and row["health"] == "ok" for row in rows)
     assert rows[2]["address"] == f"tcp://127.0.0.1:{stack.zmq_control_port}"
 
