@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # Debian packages for the services (Redis for the queue server, influxd for the
-# InfluxDB parameter-store tests), for the live-plot test (the Xvfb X server) and the
+# InfluxDB parameter-store tests, PostgreSQL for the Tiled catalog test of the
+# document bus), for the live-plot test (the Xvfb X server) and the
 # shared libraries PySide6's Qt needs to open windows on X (found with ldd on its xcb
 # platform plugin and Qt libraries); installed only when missing.
 QT_X11_PACKAGES := libegl1 libgl1 libfontconfig1 libglib2.0-0 libdbus-1-3 libx11-xcb1 libxkbcommon-x11-0 \
@@ -30,6 +31,7 @@ system-deps:
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v influxd >/dev/null 2>&1 || missing="$$missing influxdb"; \
 	command -v Xvfb >/dev/null 2>&1 || missing="$$missing xvfb"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	for package in $(QT_X11_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || missing="$$missing $$package"; \
 	done; \

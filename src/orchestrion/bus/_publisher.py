@@ -30,7 +30,7 @@ from orchestrion.config import OrchestrionConfig
 from ._codec import encode
 from ._connection import RedisClient, connect
 from ._keys import DOC_FIELD, NAME_FIELD, RUN_FIELD, BusKeys, entry_id
-from ._state import DONE, FINAL, read_state
+from ._state import CATALOG_PENDING, DONE, FINAL, read_state
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,9 @@ class BusPublisher:
         """Wait until the workers have written ``run_uid`` (default: every run published).
 
         True once its HDF5 file is closed and its catalog entry complete; False (the
-        reason logged) when a worker gave up on it or ``timeout`` passed.
+        reason logged) when a worker gave up on it, when its file is written but the
+        catalog cannot be completed yet (the worker completes it later), or after
+        ``timeout``.
         """
         deadline = time.monotonic() + timeout
         if run_uid is None:
@@ -210,7 +212,9 @@ class BusPublisher:
             except redis.RedisError:
                 state = {}
             status = state.get("status", "")
-            if status in FINAL:
+            # A run whose file is written but whose catalog entry waits for Tiled is
+            # answered at once (False): a job must not wait on the catalog's outage.
+            if status in FINAL or status == CATALOG_PENDING:
                 self._report(run_uid, state)
                 if status != DONE:
                     logger.error("bus: run %s was not written: %s", run_uid, state.get("reason", status))
