@@ -13,6 +13,8 @@ storage, and post-processing workers (``python -m orchestrion.bus worker``).
   Goal < 1 s.
 - Runs per minute with one and with two workers: a burst of 200-point runs published
   while the workers are busy, timed until the last is written.
+  Also the process's CPU per event, bare and with the bus, and what one document
+  costs the RunEngine's thread (replayed).  ``BUS_BENCH_PARTS=throughput``: only this.
 - Memory over one long scan (100,000 points by default; ``BUS_BENCH_LONG`` sets it):
   Redis ``used_memory`` and the worker's resident set, sampled while the scan runs and
   after it is written (retention 0: a written run's stream is dropped).
@@ -50,6 +52,7 @@ REPEATS = 5
 BURST_RUNS = 8
 BURST_POINTS = 200
 LONG = int(os.environ.get("BUS_BENCH_LONG", "100000"))
+PARTS = os.environ.get("BUS_BENCH_PARTS", "all")  # "throughput": that part alone
 
 
 def wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -112,11 +115,16 @@ def throughput(bench: Bench) -> dict[str, float]:
     publisher = BusPublisher(bench.config)
     RE(bp.scan([det], motor, -1, 1, 50))  # warm-up of the RunEngine and the devices
 
+    cpu: dict[bool, list[float]] = {False: [], True: []}
+
     def timed(with_bus: bool) -> float:
         token = RE.subscribe(publisher) if with_bus else None
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         RE(bp.scan([det], motor, -1, 1, POINTS))
         seconds = time.perf_counter() - start
+        # CPU of the whole process (RunEngine and the publisher's feeder thread): less
+        # sensitive than wall time to what else runs on the shared machine.
+        cpu[with_bus].append((time.process_time() - start_cpu) / POINTS * 1000)
         if token is not None:
             RE.unsubscribe(token)
         return POINTS / seconds
@@ -129,8 +137,23 @@ def throughput(bench: Bench) -> dict[str, float]:
         bus.append(rates[True])
         ratios.append(rates[True] / rates[False])
     publisher.close()
+    # What one document costs the RunEngine's thread itself: the call only queues it.
+    docs: list[tuple[str, dict[str, Any]]] = []
+    token = RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE(bp.scan([det], motor, -1, 1, POINTS))
+    RE.unsubscribe(token)
+    replay = BusPublisher(bench.config)
+    start_thread = time.thread_time()
+    for name, doc in docs:
+        replay(name, doc)
+    per_document_ms = (time.thread_time() - start_thread) / len(docs) * 1000
+    replay.close()
     return {"bare_events_per_s": statistics.median(bare), "bus_events_per_s": statistics.median(bus),
-            "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}  # fmt: skip
+            "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "cpu_ms_per_event_bare": statistics.median(cpu[False]),
+            "cpu_ms_per_event_bus": statistics.median(cpu[True]),
+            "cpu_ratio_bare_over_bus": statistics.median(cpu[False]) / statistics.median(cpu[True]),
+            "runengine_thread_ms_per_document": per_document_ms}  # fmt: skip
 
 
 def lag(bench: Bench) -> dict[str, float]:
@@ -212,6 +235,8 @@ def main() -> None:
         try:
             results: dict[str, Any] = {"throughput": throughput(bench)}
             print(json.dumps(results, indent=2), flush=True)
+            if PARTS == "throughput":
+                return
             bench.start_workers(1)
             results["lag"] = lag(bench)
             print(json.dumps(results["lag"], indent=2), flush=True)

@@ -19,6 +19,8 @@ from bluesky_queueserver_api import BPlan
 from bluesky_queueserver_api.zmq import REManagerAPI
 from click.testing import CliRunner
 
+from orchestrion.bus import DONE, BusKeys, read_state
+from orchestrion.bus import connect as connect_bus
 from orchestrion.cli import cli
 from orchestrion.client import Client, JobHandle
 from orchestrion.config import OrchestrionConfig, load_config
@@ -334,3 +336,22 @@ def test_queued_jobs_survive_a_restart_of_the_stack_and_run_in_order(
     assert rows[0].started is not None
     assert rows[1].started is not None
     assert rows[0].started < rows[1].started
+
+
+def test_the_post_processing_workers_write_the_jobs_runs_from_the_bus(stack: OrchestrionConfig, client: Client) -> None:
+    rows = {s.name: s for s in status(stack) if s.name.startswith("post-processing")}
+    assert set(rows) == {"post-processing-1", "post-processing-2"}
+    assert all(row.pid and row.health == "ok" for row in rows.values()), rows
+    job = client.submit("spectroscopy", **SHORT).wait(timeout=120)
+    assert job.status is JobStatus.DONE
+    assert job.run_uid is not None
+    bus = connect_bus(stack)
+    try:
+        written = read_state(bus, BusKeys().state(job.run_uid))
+    finally:
+        bus.close()
+    # Written by one of the stack's workers from the bus, not by the queue-server worker.
+    assert written["status"] == DONE
+    assert written["worker"] in rows
+    assert written["hdf5"] == job.hdf5
+    assert Path(written["hdf5"]).is_file()
