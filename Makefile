@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # Debian packages for the services (Redis for the queue server, influxd for the
-# InfluxDB parameter-store tests), for the live-plot test (the Xvfb X server) and the
+# InfluxDB parameter-store tests, PostgreSQL for the Tiled catalog test of the
+# document bus), for the live-plot test (the Xvfb X server) and the
 # shared libraries PySide6's Qt needs to open windows on X (found with ldd on its xcb
 # platform plugin and Qt libraries), and Debian's HDF5 tools (h5dump, h5ls: the HDF5
 # tests read the files with them); installed only when missing.
@@ -32,6 +33,7 @@ system-deps:
 	command -v influxd >/dev/null 2>&1 || missing="$$missing influxdb"; \
 	command -v Xvfb >/dev/null 2>&1 || missing="$$missing xvfb"; \
 	command -v h5dump >/dev/null 2>&1 || missing="$$missing hdf5-tools"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	for package in $(QT_X11_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || missing="$$missing $$package"; \
 	done; \

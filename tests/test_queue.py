@@ -19,6 +19,8 @@ from bluesky_queueserver_api import BPlan
 from bluesky_queueserver_api.zmq import REManagerAPI
 from click.testing import CliRunner
 
+from orchestrion.bus import DONE, BusKeys, read_state
+from orchestrion.bus import connect as connect_bus
 from orchestrion.cli import cli
 from orchestrion.client import Client, JobHandle
 from orchestrion.config import OrchestrionConfig, load_config
@@ -121,7 +123,8 @@ def listening_addresses(ports: set[int]) -> set[str]:
 def test_up_is_idempotent_and_every_service_listens_on_loopback_only(stack: OrchestrionConfig) -> None:
     before = {s.name: s for s in status(stack)}
     again = {s.name: s for s in up(stack)}
-    assert set(before) == {"redis", "tiled", "queue-server", "scheduler", "keeper"}
+    workers = {"post-processing-1", "post-processing-2"}  # post_processing_workers: 2 by default
+    assert set(before) == {"redis", "tiled", "queue-server", "scheduler", "keeper", *workers}
     assert {name: s.pid for name, s in again.items()} == {name: s.pid for name, s in before.items()}
     assert all(s.health == "ok" for s in again.values()), again
     ports = {stack.redis_port, stack.zmq_control_port, stack.zmq_info_port, stack.tiled_port}
@@ -137,9 +140,10 @@ def test_up_is_idempotent_and_every_service_listens_on_loopback_only(stack: Orch
     result = CliRunner().invoke(cli, ["status", "--json"], obj={"config": stack})
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert [row["name"] for row in rows] == ["redis", "tiled", "queue-server", "scheduler", "keeper"]
+    names = ["redis", "tiled", *sorted(workers), "queue-server", "scheduler", "keeper"]
+    assert [row["name"] for row in rows] == names
     assert all(row["pid"] and row["health"] == "ok" for row in rows)
-    assert rows[2]["address"] == f"tcp://127.0.0.1:{stack.zmq_control_port}"
+    assert rows[names.index("queue-server")]["address"] == f"tcp://127.0.0.1:{stack.zmq_control_port}"
     # The pid reported is the process that serves the port, not a wrapper of it.
     assert again["tiled"].pid == listener(stack.tiled_port)
     assert again["redis"].pid == listener(stack.redis_port)
@@ -409,3 +413,22 @@ def test_a_run_beyond_the_limits_is_refused_at_submission_and_by_the_worker(clie
     failed = wait_until(lambda: (j := client.store.by_item_uids([uid]).get(uid)) and j.status.terminal and j)
     assert failed.status is JobStatus.FAILED
     assert "31,000,000,000 points" in (failed.error or "")
+
+
+def test_the_post_processing_workers_write_the_jobs_runs_from_the_bus(stack: OrchestrionConfig, client: Client) -> None:
+    rows = {s.name: s for s in status(stack) if s.name.startswith("post-processing")}
+    assert set(rows) == {"post-processing-1", "post-processing-2"}
+    assert all(row.pid and row.health == "ok" for row in rows.values()), rows
+    job = client.submit("spectroscopy", **SHORT).wait(timeout=120)
+    assert job.status is JobStatus.DONE
+    assert job.run_uid is not None
+    bus = connect_bus(stack)
+    try:
+        written = read_state(bus, BusKeys().state(job.run_uid))
+    finally:
+        bus.close()
+    # Written by one of the stack's workers from the bus, not by the queue-server worker.
+    assert written["status"] == DONE
+    assert written["worker"] in rows
+    assert written["hdf5"] == job.hdf5
+    assert Path(written["hdf5"]).is_file()

@@ -112,6 +112,34 @@ class OrchestrionConfig(BaseSettings):
         description="HDF5 file name template: date, scan_id, experiment, uid, uid8, start[KEY]",
     )
 
+    # Document bus (orchestrion.bus): services mode publishes every document to Redis
+    # Streams; post-processing workers (here or on other machines) write the runs.
+    post_processing_workers: int = Field(
+        2, ge=0, le=64,
+        description="Post-processing workers `orchestrion up` starts (0: the queue-server worker does it itself)",
+    )  # fmt: skip
+    bus_redis_url: str | None = Field(
+        None, description="Redis of the document bus; unset: the stack's own (redis://127.0.0.1:redis_port)"
+    )
+    bus_claim_idle: float = Field(
+        5.0, gt=0, le=3600, description="Seconds without a worker's heartbeat before another worker takes its runs"
+    )
+    bus_retention: float = Field(
+        60.0, ge=0, le=86_400 * 30,
+        description="Seconds a finished run's documents stay on the bus for late live consumers",
+    )  # fmt: skip
+    bus_buffer_documents: int = Field(
+        100_000, ge=100, le=10_000_000,
+        description="Documents the RunEngine buffers while Redis is unreachable before it waits",
+    )  # fmt: skip
+    bus_connectors: list[str] = Field(
+        default_factory=lambda: ["logbook"], description="Edge connectors (entry points) the workers run"
+    )
+    logbook_path: Path | None = Field(None, description="The logbook connector's file; unset: home/logbook.jsonl")
+    tiled_catalog_uri: str | None = Field(
+        None, description="Catalog database of the stack's Tiled server (postgresql://...); unset: SQLite under home"
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -158,10 +158,18 @@ class LabSession:
     """
 
     def __init__(
-        self, config: OrchestrionConfig, *, run_engine: RunEngine | None = None, lenient: bool = False
+        self,
+        config: OrchestrionConfig,
+        *,
+        run_engine: RunEngine | None = None,
+        lenient: bool = False,
+        pipeline_factory: Callable[[OrchestrionConfig], DocumentPipeline] = build_pipeline,
     ) -> None:
         self.config = config
         self.lenient = lenient
+        # Where the documents go: this process's post-processing (embedded), or the
+        # document bus (services mode, `orchestrion.bus.build_bus_pipeline`).
+        self._pipeline_factory = pipeline_factory
         self.problems: list[Problem] = []
         self.RE = run_engine if run_engine is not None else RunEngine({}, call_returns_result=True)
         self.RE.scan_id_source = ScanIdCounter(config.home)
@@ -198,7 +206,7 @@ class LabSession:
         if self.lab is not None:
             activate(self.lab)
         with _helpers_ignore_ctrl_c():
-            pipeline = self.attempt("document pipeline", lambda: build_pipeline(self.config))
+            pipeline = self.attempt("document pipeline", lambda: self._pipeline_factory(self.config))
         if pipeline is not None:
             self.pipeline = pipeline
             pipeline.subscribe(self.RE)

@@ -23,10 +23,11 @@ from typing import Any
 from bluesky import RunEngine
 
 from orchestrion.addresses import worker_state_file
+from orchestrion.bus import build_bus_pipeline
 from orchestrion.config import OrchestrionConfig, load_config
 from orchestrion.jobs import JobRecorder, code_version
 from orchestrion.lab import Lab
-from orchestrion.pipeline import DocumentPipeline
+from orchestrion.pipeline import DocumentPipeline, build_pipeline
 from orchestrion.session import LabSession
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,11 @@ class WorkerEnvironment:
         self.config = config
         self.code = code_version(config.plans_dir)
         # The queue server's worker drives the RunEngine itself: no call_returns_result.
-        self.session = LabSession(config, run_engine=RunEngine({}))
+        # Services mode: documents go onto the bus, and the post-processing workers
+        # (`orchestrion up` starts them) write the runs; with none configured, this
+        # process post-processes its runs itself, as embedded mode does.
+        pipeline_factory = build_bus_pipeline if config.post_processing_workers else build_pipeline
+        self.session = LabSession(config, run_engine=RunEngine({}), pipeline_factory=pipeline_factory)
         self.RE = self.session.RE
         self.recorder: JobRecorder | None = None
         if worker:

@@ -299,10 +299,64 @@ KEEPER = Service(
 )  # fmt: skip
 
 SERVICES: tuple[Service, ...] = (REDIS, TILED, QUEUE_SERVER, SCHEDULER, KEEPER)
+"""The services every stack has; `stack_services` adds those the configuration asks for."""
 
 
-def service(name: str) -> Service:
-    for candidate in SERVICES:
+# -- post-processing workers (orchestrion.bus): `post_processing_workers` of them ---------
+
+
+def _post_processing_check(name: str) -> Callable[[OrchestrionConfig], tuple[bool, str]]:
+    def check(config: OrchestrionConfig) -> tuple[bool, str]:
+        from orchestrion.bus import BusKeys, connect
+
+        client = connect(config, timeout=2.0)
+        try:
+            beat = client.get(BusKeys().worker(name))
+        finally:
+            client.close()
+        if beat is None:
+            return False, "no heartbeat on the bus"
+        heartbeat = json.loads(beat)
+        if not heartbeat.get("ready"):
+            return False, "starting"
+        run = heartbeat.get("run")
+        return True, f"worker pid {heartbeat['pid']}, " + (f"writing run entry {run}" if run else "idle")
+
+    return check
+
+
+def _post_processing_address(config: OrchestrionConfig) -> str:
+    from orchestrion.bus import bus_redis_url
+
+    return bus_redis_url(config)
+
+
+def post_processing_services(config: OrchestrionConfig) -> tuple[Service, ...]:
+    """The post-processing workers, ``post-processing-1`` ... ``-N`` (`post_processing_workers`).
+
+    They need Redis (the bus) and Tiled; the queue server does not need them (what it
+    publishes waits on the bus), and it stops before them, so they finish what it sent.
+    """
+
+    def worker(name: str) -> Service:
+        return Service(
+            name, "orchestrion.bus", _post_processing_address,
+            lambda c: [sys.executable, "-m", "orchestrion.bus", "worker", "--name", name],
+            _post_processing_check(name), start_timeout=120.0, requires=("redis", "tiled"),
+        )  # fmt: skip
+
+    return tuple(worker(f"post-processing-{n}") for n in range(1, config.post_processing_workers + 1))
+
+
+def stack_services(config: OrchestrionConfig) -> tuple[Service, ...]:
+    """Every service of this configuration's stack, in declaration order."""
+    redis, tiled, *rest = SERVICES
+    return (redis, tiled, *post_processing_services(config), *rest)
+
+
+def service(name: str, config: OrchestrionConfig | None = None) -> Service:
+    candidates = SERVICES if config is None else stack_services(config)
+    for candidate in candidates:
         if candidate.name == name:
             return candidate
     raise KeyError(name)
@@ -389,13 +443,13 @@ def _start_fresh(svc: Service, config: OrchestrionConfig, env: dict[str, str]) -
     return svc.start(config, env)
 
 
-def up(config: OrchestrionConfig, services: Sequence[Service] = SERVICES) -> list[ServiceStatus]:
+def up(config: OrchestrionConfig, services: Sequence[Service] | None = None) -> list[ServiceStatus]:
     """Start every service that is not running, each once those it requires are ready; idempotent.
 
     Services whose requirements are ready start together, so a slow one (Tiled's imports)
     overlaps the others.  If anything fails, what this call started is stopped again.
     """
-    order = start_order(services)
+    order = start_order(stack_services(config) if services is None else services)
     with _exclusive(config):
         env = service_environment(config)
         started: list[Service] = []
@@ -434,14 +488,14 @@ def up(config: OrchestrionConfig, services: Sequence[Service] = SERVICES) -> lis
 
 
 def down(
-    config: OrchestrionConfig, *, force: bool = False, services: Sequence[Service] = SERVICES
+    config: OrchestrionConfig, *, force: bool = False, services: Sequence[Service] | None = None
 ) -> list[ServiceStatus]:
     """Stop every running service, in the reverse of the start order; idempotent.
 
     Refuses while a service is busy (a job runs: its item would come back at the front of
     the queue on the next `up`), unless ``force``.
     """
-    order = start_order(services)
+    order = start_order(stack_services(config) if services is None else services)
     with _exclusive(config):
         if not force:
             for svc in order:
@@ -465,7 +519,7 @@ def _stop(svc: Service, config: OrchestrionConfig) -> None:
 def stop_service(config: OrchestrionConfig, name: str) -> None:
     """Stop one service (the others keep running) and hold it: the keeper leaves it be; `up` starts it."""
     with _exclusive(config):
-        svc = service(name)
+        svc = service(name, config)
         _held_file(svc, config).parent.mkdir(parents=True, exist_ok=True)
         _held_file(svc, config).touch()
         _stop(svc, config)
@@ -480,7 +534,7 @@ def restart_dead(config: OrchestrionConfig, env: dict[str, str] | None = None) -
     with _exclusive(config, wait=False) as mine:
         if not mine:
             return restarted
-        for svc in start_order(SERVICES):
+        for svc in start_order(stack_services(config)):
             if svc is KEEPER or _held_file(svc, config).exists() or svc.pid(config) is not None:
                 continue
             how = svc.death(config)
@@ -513,6 +567,6 @@ def keep(config: OrchestrionConfig, stop: threading.Event, interval: float = 1.0
         stop.wait(interval)
 
 
-def status(config: OrchestrionConfig, services: Sequence[Service] = SERVICES) -> list[ServiceStatus]:
+def status(config: OrchestrionConfig, services: Sequence[Service] | None = None) -> list[ServiceStatus]:
     """Each service with its pid, address and health."""
-    return [svc.status(config) for svc in start_order(services)]
+    return [svc.status(config) for svc in start_order(stack_services(config) if services is None else services)]

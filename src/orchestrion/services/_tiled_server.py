@@ -26,8 +26,11 @@ def main() -> int:
 
     config = load_config()
     catalog, data, tables = tiled_paths(config)
+    # A lab that outgrows SQLite names a PostgreSQL catalog (tiled_catalog_uri).
     tree = from_uri(
-        f"sqlite:///{catalog}", writable_storage=[str(data), f"sqlite:///{tables}"], init_if_not_exists=True
+        config.tiled_catalog_uri or f"sqlite:///{catalog}",
+        writable_storage=[str(data), f"sqlite:///{tables}"],
+        init_if_not_exists=True,
     )
     app = build_app(tree, Authentication(single_user_api_key=os.environ["TILED_SINGLE_USER_API_KEY"]))
     uvicorn.run(app, host=HOST, port=config.tiled_port, log_level="info")

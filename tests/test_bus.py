@@ -1,0 +1,127 @@
+"""The document bus with real Redis, Tiled and worker processes: runs written once, in
+order, by whichever worker claims them; followed live; trimmed when acknowledged."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from bluesky import RunEngine
+
+from orchestrion.bus import DONE, BusKeys, BusPublisher, Follower, build_bus_pipeline
+from orchestrion.config import OrchestrionConfig, load_config
+
+from .bus_support import (
+    RedisServer,
+    TiledServer,
+    Workers,
+    bus_env,
+    count_plan,
+    hdf5_points,
+    run_files,
+    state,
+    tiled_points,
+)  # fmt: skip
+from .support import wait_until
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, TiledServer]]:
+    redis_server = RedisServer(tmp_path_factory.mktemp("redis"))
+    tiled = TiledServer(tmp_path_factory.mktemp("tiled"))
+    redis_server.start()
+    tiled.start()
+    yield redis_server, tiled
+    redis_server.stop()
+    tiled.stop()
+
+
+@pytest.fixture
+def bus(
+    servers: tuple[RedisServer, TiledServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[OrchestrionConfig, redis.Redis, Workers]]:
+    redis_server, tiled = servers
+    home = tmp_path / "home"
+    # Each test its own bus: a fresh Redis database, the keys of earlier tests gone.
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    env = bus_env(home, redis_server, tiled, ORCHESTRION_BUS_RETENTION="0")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    home.mkdir()
+    workers = Workers(home, env)
+    yield load_config(), client, workers
+    workers.stop()
+    client.close()
+
+
+def test_runs_are_written_once_in_order_by_the_workers_and_the_bus_is_trimmed(
+    bus: tuple[OrchestrionConfig, redis.Redis, Workers], servers: tuple[RedisServer, TiledServer]
+) -> None:
+    config, client, workers = bus
+    _, tiled = servers
+    workers.start("post-processing-1")
+    workers.start("post-processing-2")
+    RE = RunEngine({}, call_returns_result=True)
+    pipeline = build_bus_pipeline(config)
+    pipeline.subscribe(RE)
+    uids = [RE(count_plan(40, 0.0)).run_start_uids[0] for _ in range(3)]
+    for uid in uids:
+        assert pipeline.wait_catalogued(uid, timeout=120), state(client, uid)
+    pipeline.close()
+
+    files = run_files(config.data_dir)
+    assert len(files) == 3
+    workers_used = set()
+    for uid in uids:
+        final = state(client, uid)
+        assert final["status"] == DONE
+        workers_used.add(final["worker"])
+        status, values = hdf5_points(Path(final["hdf5"]))
+        assert status == "success"
+        stop, catalogued = tiled_points(tiled, uid)
+        assert stop["exit_status"] == "success"
+        assert values == catalogued
+        assert len(set(values)) == len(values) == 40
+        assert values == sorted(values)
+        # The summary names the file the worker wrote.
+        assert pipeline.summaries.runs[uid].hdf5 == final["hdf5"]
+    # Acknowledged by every group (post-processing, the logbook connector): trimmed.
+    keys = BusKeys()
+    wait_until(lambda: client.xlen(keys.runs) == 0, timeout=30, what="the announcements to be trimmed")
+    wait_until(lambda: not any(client.exists(keys.run(u)) for u in uids), timeout=30, what="run streams gone")
+    logbook = [json.loads(line) for line in (config.home / "logbook.jsonl").read_text().splitlines()]
+    assert [entry["uid"] for entry in logbook] == uids
+    assert all(entry["points"] == 40 and entry["exit_status"] == "success" for entry in logbook)
+
+
+def test_a_late_follower_gets_the_whole_run_raw_and_bundled_and_reads_analysis_back(
+    bus: tuple[OrchestrionConfig, redis.Redis, Workers],
+) -> None:
+    config, _, _ = bus  # no worker: the run stays on the bus
+    RE = RunEngine({}, call_returns_result=True)
+    publisher = BusPublisher(config)
+    RE.subscribe(publisher)
+    emitted: list[tuple[str, dict[str, Any]]] = []
+    RE.subscribe(lambda name, doc: emitted.append((name, doc)))
+    uid = RE(count_plan(25, 0.0)).run_start_uids[0]
+    publisher.close()
+
+    with Follower(config) as follower:
+        raw = list(follower.documents(uid, timeout=5))
+        assert [name for name, _ in raw] == [name for name, _ in emitted]
+        assert [doc["uid"] for _, doc in raw if "uid" in doc] == [doc["uid"] for _, doc in emitted if "uid" in doc]
+        bundled = list(follower.bundled(uid, timeout=5))
+        descriptors = {d["uid"]: d["name"] for n, d in bundled if n == "descriptor"}
+        points = [d["data"]["det"] for n, d in bundled if n == "event" and descriptors[d["descriptor"]] == "bundled"]
+        assert points == [doc["data"]["det"] for name, doc in emitted if name == "event"]
+        assert len(points) == 25
+        follower.publish_analysis(uid, {"center": 12.0}, producer="test-fit")
+        results = list(follower.analysis(uid))
+        assert [(r["producer"], r["result"]) for r in results] == [("test-fit", {"center": 12.0})]
