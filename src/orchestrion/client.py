@@ -111,7 +111,9 @@ class Client:
             try:
                 key = path.read_text().strip()
             except OSError:
-                raise AuthError(f"no API key: set ORCHESTRION_API_KEY (or start the stack, which writes {path})") from None
+                raise AuthError(
+                    f"no API key: set ORCHESTRION_API_KEY (or start the stack, which writes {path})"
+                ) from None
         return cls(url, key, **options)
 
     def __enter__(self) -> Client:

@@ -349,4 +349,3 @@ class Backend:
 def _user_group(role: Role) -> str:
     """The queue-server user group a role submits as (profile/user_group_permissions.yaml)."""
     return "admin" if role is Role.ADMIN else "primary"
-

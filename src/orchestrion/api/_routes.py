@@ -14,10 +14,10 @@ import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from bluesky_httpserver.authentication import get_current_principal
-from fastapi import APIRouter, Depends, HTTPException, Request, Security
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -87,7 +87,7 @@ class Caller:
         return f"api:{self.name}"
 
 
-def caller(principal: Any = Security(get_current_principal, scopes=[])) -> Caller:
+def caller(principal: Annotated[Any, Security(get_current_principal, scopes=[])]) -> Caller:
     roles = [r for r in (principal.roles or []) if r in {role.value for role in Role}]
     if not principal.scopes or not roles:
         raise HTTPException(
@@ -99,9 +99,13 @@ def caller(principal: Any = Security(get_current_principal, scopes=[])) -> Calle
     return Caller(name=name, role=Role(roles[0]), scopes=frozenset(principal.scopes))
 
 
-def reader(who: Caller = Depends(caller)) -> Caller:
+def reader(who: Annotated[Caller, Depends(caller)]) -> Caller:
     who.require(Scope.READ)
     return who
+
+
+Authenticated = Annotated[Caller, Depends(caller)]
+Reader = Annotated[Caller, Depends(reader)]
 
 
 async def parse(request: Request, model: type[T]) -> T:
@@ -158,7 +162,7 @@ def health() -> dict[str, str]:
 
 
 @router.get("/whoami")
-def whoami(who: Caller = Depends(caller)) -> dict[str, Any]:
+def whoami(who: Authenticated) -> dict[str, Any]:
     return {"name": who.name, "role": who.role.value, "scopes": sorted(who.scopes)}
 
 
@@ -166,14 +170,14 @@ def whoami(who: Caller = Depends(caller)) -> dict[str, Any]:
 
 
 @router.get("/experiments")
-async def experiments(who: Caller = Depends(reader)) -> list[dict[str, Any]]:
+async def experiments(who: Reader) -> list[dict[str, Any]]:
     """The library: each experiment with its declared parameters and the schema of a submission."""
     lab = await call(backend)
     return [await call(lab.describe_experiment, name) for name in lab.experiment_names()]
 
 
 @router.get("/experiments/{name}")
-async def experiment(name: str, who: Caller = Depends(reader)) -> dict[str, Any]:
+async def experiment(who: Reader, name: str) -> dict[str, Any]:
     return await call((await call(backend)).describe_experiment, name)  # type: ignore[no-any-return]
 
 
@@ -192,23 +196,23 @@ class SnapshotRequest(BaseModel):
 
 
 @router.get("/parameters")
-async def parameters(namespace: list[str] | None = None, who: Caller = Depends(reader)) -> list[dict[str, Any]]:
+async def parameters(who: Reader, namespace: Annotated[list[str] | None, Query()] = None) -> list[dict[str, Any]]:
     return await call(backend().list_parameters, list(namespace or []))  # type: ignore[no-any-return]
 
 
 @router.post("/parameters/snapshot")
-async def snapshot(request: Request, who: Caller = Depends(reader)) -> dict[str, Any]:
+async def snapshot(who: Reader, request: Request) -> dict[str, Any]:
     body = await parse(request, SnapshotRequest)
     return await call(backend().snapshot, body.ids, parse_time(body.at, "at"))  # type: ignore[no-any-return]
 
 
 @router.get("/parameters/{parameter_id}")
-async def parameter(parameter_id: str, at: str | None = None, who: Caller = Depends(reader)) -> dict[str, Any]:
+async def parameter(who: Reader, parameter_id: str, at: str | None = None) -> dict[str, Any]:
     return await call(backend().get_parameter, parameter_id, parse_time(at, "at"))  # type: ignore[no-any-return]
 
 
 @router.put("/parameters/{parameter_id}")
-async def set_parameter(parameter_id: str, request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+async def set_parameter(who: Authenticated, parameter_id: str, request: Request) -> dict[str, Any]:
     who.require(Scope.PARAMETERS)
     backend().spec(parameter_id)  # an unknown id is 404 before the body is read
     body = await parse(request, ParameterWrite)
@@ -217,7 +221,7 @@ async def set_parameter(parameter_id: str, request: Request, who: Caller = Depen
 
 @router.get("/parameters/{parameter_id}/history")
 async def history(
-    parameter_id: str, since: str | None = None, until: str | None = None, who: Caller = Depends(reader)
+    who: Reader, parameter_id: str, since: str | None = None, until: str | None = None
 ) -> list[dict[str, Any]]:
     start, end = parse_time(since, "since"), parse_time(until, "until")
     return await call(backend().history, parameter_id, start, end)  # type: ignore[no-any-return]
@@ -237,7 +241,7 @@ class PriorityChange(BaseModel):
 
 
 @router.post("/jobs", status_code=201)
-async def submit(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+async def submit(who: Authenticated, request: Request) -> dict[str, Any]:
     """Queue a job: the same validation as `orchestrion submit`; refused requests leave nothing."""
     who.require(Scope.SUBMIT)
     body = await parse(request, JobRequest)
@@ -248,11 +252,11 @@ async def submit(request: Request, who: Caller = Depends(caller)) -> dict[str, A
 
 @router.get("/jobs")
 async def jobs(
-    status: list[str] | None = None,
+    who: Reader,
+    status: Annotated[list[str] | None, Query()] = None,
     experiment: str | None = None,
     submitter: str | None = None,
     limit: int = 1000,
-    who: Caller = Depends(reader),
 ) -> list[dict[str, Any]]:
     """The job table, newest first, filtered by status (repeatable), experiment, submitter."""
     try:
@@ -268,13 +272,13 @@ async def jobs(
 
 
 @router.get("/jobs/{job_id}")
-async def job(job_id: str, who: Caller = Depends(reader)) -> dict[str, Any]:
+async def job(who: Reader, job_id: str) -> dict[str, Any]:
     lab = backend()
     return await call(lab.describe_job, await call(lab.job, job_id_of(job_id)))  # type: ignore[no-any-return]
 
 
 @router.post("/jobs/{job_id}/cancel")
-async def cancel(job_id: str, who: Caller = Depends(caller)) -> dict[str, Any]:
+async def cancel(who: Authenticated, job_id: str) -> dict[str, Any]:
     """Remove a queued job from the queue, or abort it if it runs (users: their own jobs)."""
     who.require(Scope.SUBMIT)
     lab = backend()
@@ -283,7 +287,7 @@ async def cancel(job_id: str, who: Caller = Depends(caller)) -> dict[str, Any]:
 
 
 @router.post("/jobs/{job_id}/resubmit", status_code=201)
-async def resubmit(job_id: str, request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+async def resubmit(who: Authenticated, job_id: str, request: Request) -> dict[str, Any]:
     """A new job with the same request; it records the job it came from as its parent."""
     who.require(Scope.SUBMIT)
     body = await parse(request, Resubmission)
@@ -293,7 +297,7 @@ async def resubmit(job_id: str, request: Request, who: Caller = Depends(caller))
 
 
 @router.patch("/jobs/{job_id}")
-async def reprioritise(job_id: str, request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+async def reprioritise(who: Authenticated, job_id: str, request: Request) -> dict[str, Any]:
     """Change the priority of a queued job; it moves in the queue accordingly."""
     who.require(Scope.SUBMIT)
     body = await parse(request, PriorityChange)
@@ -312,25 +316,25 @@ class PauseRequest(BaseModel):
 
 
 @router.get("/runengine")
-async def runengine(who: Caller = Depends(reader)) -> dict[str, Any]:
+async def runengine(who: Reader) -> dict[str, Any]:
     return await call(backend().runengine_state)  # type: ignore[no-any-return]
 
 
 @router.post("/runengine/pause")
-async def pause(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+async def pause(who: Authenticated, request: Request) -> dict[str, Any]:
     who.require(Scope.CONTROL)
     body = await parse(request, PauseRequest)
     return await call(backend().pause, body.option)  # type: ignore[no-any-return]
 
 
 @router.post("/runengine/resume")
-async def resume(who: Caller = Depends(caller)) -> dict[str, Any]:
+async def resume(who: Authenticated) -> dict[str, Any]:
     who.require(Scope.CONTROL)
     return await call(backend().resume)  # type: ignore[no-any-return]
 
 
 @router.post("/runengine/abort")
-async def abort(who: Caller = Depends(caller)) -> dict[str, Any]:
+async def abort(who: Authenticated) -> dict[str, Any]:
     who.require(Scope.CONTROL)
     return await call(backend().abort)  # type: ignore[no-any-return]
 
@@ -339,18 +343,18 @@ async def abort(who: Caller = Depends(caller)) -> dict[str, Any]:
 
 
 @router.get("/devices")
-async def devices(who: Caller = Depends(reader)) -> list[dict[str, Any]]:
+async def devices(who: Reader) -> list[dict[str, Any]]:
     return await call(backend().list_devices)  # type: ignore[no-any-return]
 
 
 @router.post("/devices/{name}/enable")
-async def enable(name: str, who: Caller = Depends(caller)) -> dict[str, Any]:
+async def enable(who: Authenticated, name: str) -> dict[str, Any]:
     who.require(Scope.DEVICES)
     return await call(backend().switch_device, name, enabled=True, user=who.name)  # type: ignore[no-any-return]
 
 
 @router.post("/devices/{name}/disable")
-async def disable(name: str, who: Caller = Depends(caller)) -> dict[str, Any]:
+async def disable(who: Authenticated, name: str) -> dict[str, Any]:
     who.require(Scope.DEVICES)
     return await call(backend().switch_device, name, enabled=False, user=who.name)  # type: ignore[no-any-return]
 
@@ -359,7 +363,7 @@ async def disable(name: str, who: Caller = Depends(caller)) -> dict[str, Any]:
 
 
 @router.get("/catalog")
-def catalog(who: Caller = Depends(reader)) -> dict[str, Any]:
+def catalog(who: Reader) -> dict[str, Any]:
     """Where the stack's runs are catalogued: the Tiled server's URL and the key to read it.
 
     The stack's Tiled server has one key (tiled's single-user mode), so every reader
@@ -380,7 +384,7 @@ class KeyRequest(BaseModel):
 
 
 @router.post("/keys", status_code=201)
-async def new_key(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+async def new_key(who: Authenticated, request: Request) -> dict[str, Any]:
     """A new API key for a named holder with a role: the secret is in this answer only."""
     who.require(Scope.KEYS)
     body = await parse(request, KeyRequest)
@@ -395,7 +399,7 @@ async def new_key(request: Request, who: Caller = Depends(caller)) -> dict[str, 
 
 
 @router.get("/live")
-async def live(request: Request, interval: float = 0.2, who: Caller = Depends(reader)) -> StreamingResponse:
+async def live(who: Reader, request: Request, interval: float = 0.2) -> StreamingResponse:
     """Server-sent events: `job` (a job's row, when it changes) and `points` (the running job's new points)."""
     if not 0.05 <= interval <= 10:
         raise HTTPException(422, "interval: between 0.05 and 10 s")
