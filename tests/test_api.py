@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from bluesky_queueserver_api import BPlan
 from click.testing import CliRunner
-from pydantic import SecretStr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
 from orchestrion.cli import cli
 from orchestrion.client import AuthError, Client
