@@ -138,7 +138,7 @@ def listening(ports: set[int]) -> dict[int, set[str]]:
 def stack_listening_sockets(config: OrchestrionConfig) -> set[str]:
     """Every LISTEN socket owned by a process of the stack (found through /proc/PID/fd)."""
     pids = {s.pid for s in status(config) if s.pid}
-    for pid in list(pids):  # children: the queue server's worker, tiled's and the redactor's
+    for _generation in range(3):  # children and grandchildren: the queue server's worker, tiled under the redactor
         for child in Path("/proc").glob("[0-9]*"):
             try:
                 if int((child / "stat").read_text().rsplit(")", 1)[1].split()[1]) in pids:
@@ -341,7 +341,8 @@ def test_pause_resume_abort_and_the_live_stream(stack: OrchestrionConfig, admin:
             break
     assert any(e == "job" and d["id"] == job.id and d["status"] == "running" for e, d in events)
     points = next(d for e, d in events if e == "points")["points"]
-    assert points and "index" in points[0]
+    assert points
+    assert "index" in points[0]
     admin.pause(immediate=False)
     wait_until(lambda: admin.runengine()["manager_state"] == "paused", timeout=30, what="paused")
     admin.resume()
