@@ -21,7 +21,6 @@ from orchestrion.jobs import (
     NewJob,
     UnknownJobError,
     insert_position,
-    jobs_db_path,
     placement_from_table,
     submit_job,
     validate_request,
