@@ -68,12 +68,20 @@ class JobHandle:
     def cancel(self) -> dict[str, Any]:
         return self.client.cancel(self.id)
 
-    def data(self) -> Any:
-        """The job's (last) run in the stack's Tiled catalog."""
+    def data(self, timeout: float = 30.0) -> Any:
+        """The job's (last) run in the stack's Tiled catalog (waiting up to ``timeout`` for it to arrive)."""
         job = self.refresh()
         if not job.get("run_uid"):
             raise LookupError(f"job {self.id} has no run (it is {job['status']})")
-        return self.client.catalog()[job["run_uid"]]
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.client.catalog()[job["run_uid"]]
+            except KeyError:
+                # Post-processing catalogues a run after its RunEngine is done with it.
+                if time.monotonic() > deadline:
+                    raise LookupError(f"job {self.id}: run {job['run_uid']} is not in the catalog") from None
+                time.sleep(0.2)
 
 
 class Client:
