@@ -13,8 +13,7 @@ The document times come from the stack's Tiled catalog; the queue server's own
 
 Bare: bluesky-queueserver-api `item_add` + `queue_start` (the scheduler stopped).
 Orchestrion: `Client.submit` over HTTP to the API server (validation, job row, priority
-placement there), autostart and the
-scheduler following.
+placement there), autostart and the scheduler following.
 
 Fairness on a small shared machine, where other work comes and goes in phases of
 seconds: single jobs are measured in pairs, one bare and one Orchestrion a few seconds

@@ -15,6 +15,7 @@ URL and admin key (or `ORCHESTRION_API_URL` and `ORCHESTRION_API_KEY`).
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
@@ -95,9 +96,12 @@ class Client:
         tiled_url: str | None = None,
         tiled_api_key: str | None = None,
         timeout: float = 30.0,
-        verify: bool | str = True,
+        verify: bool | str | ssl.SSLContext = True,
     ) -> None:
+        """``verify``: True (the system's CAs), a CA file of the lab's certificate, or an SSL context."""
         self.url = url.rstrip("/")
+        if isinstance(verify, str):
+            verify = ssl.create_default_context(cafile=verify)
         self._http = httpx.Client(
             base_url=self.url, headers={"Authorization": f"Apikey {api_key}"}, timeout=timeout, verify=verify
         )

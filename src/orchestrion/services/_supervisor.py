@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -234,7 +235,10 @@ def _api_command(config: OrchestrionConfig) -> list[str]:
 def _api_check(config: OrchestrionConfig) -> tuple[bool, str]:
     import httpx
 
-    verify = str(config.api_tls_certfile) if config.api_tls_certfile is not None else True
+    # A lab's own certificate is trusted here as the CA of the check (it may be self-signed).
+    verify: ssl.SSLContext | bool = True
+    if config.api_tls_certfile is not None:
+        verify = ssl.create_default_context(cafile=str(config.api_tls_certfile))
     response = httpx.get(f"{api_url(config)}/api/orchestrion/health", timeout=2.0, verify=verify)
     return response.status_code == 200, f"HTTP {response.status_code}"
 
