@@ -12,8 +12,8 @@ The document times come from the stack's Tiled catalog; the queue server's own
 `time_start`/`time_stop` would hide the manager's polling of the worker.
 
 Bare: bluesky-queueserver-api `item_add` + `queue_start` (the scheduler stopped).
-Orchestrion: `Client.submit` (validation, job row, priority placement), autostart and the
-scheduler following.
+Orchestrion: `Client.submit` over HTTP to the API server (validation, job row, priority
+placement there), autostart and the scheduler following.
 
 Fairness on a small shared machine, where other work comes and goes in phases of
 seconds: single jobs are measured in pairs, one bare and one Orchestrion a few seconds
@@ -121,7 +121,7 @@ def main() -> None:
 
     from orchestrion.client import Client
     from orchestrion.config import load_config
-    from orchestrion.jobs import ACTIVE
+    from orchestrion.jobs import ACTIVE, JobStore
     from orchestrion.services import close_api, down, queue_server_api, stop_service, up
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,13 +129,14 @@ def main() -> None:
         config = load_config(
             home=Path(tmp) / "home", sim_time_scale=0.02, sim_seed=1,
             redis_port=next(ports), zmq_control_port=next(ports), zmq_info_port=next(ports),
-            tiled_port=next(ports), scheduler_poll_interval=0.02,
+            tiled_port=next(ports), api_port=next(ports), scheduler_poll_interval=0.02,
         )  # fmt: skip
         t0 = time.monotonic()
         up(config)
         print(f"stack up in {time.monotonic() - t0:.1f} s")
         api = queue_server_api(config)
-        client = Client(config)
+        client = Client.local(config)  # through the API server, as every client now
+        store = JobStore.open(config)
         try:
             client.submit("spectroscopy", **TRIVIAL).wait(60)  # warm up the worker and the client
             catalog = client.catalog()
@@ -146,7 +147,7 @@ def main() -> None:
 
             def orchestrion_submit() -> str:
                 t = time.perf_counter()
-                uid = client.submit("spectroscopy", **TRIVIAL).record.item_uid
+                uid = client.submit("spectroscopy", **TRIVIAL).refresh()["item_uid"]
                 submit_times.append(time.perf_counter() - t)
                 assert uid is not None
                 return uid
@@ -156,7 +157,7 @@ def main() -> None:
                 api.queue_autostart(False)
 
             def table_settled() -> bool:
-                return not client.store.list(list(ACTIVE), limit=1)
+                return not store.list(list(ACTIVE), limit=1)
 
             def orchestrion_mode() -> None:
                 up(config)  # the scheduler again; it turns autostart back on
@@ -186,6 +187,7 @@ def main() -> None:
                     side.gaps.extend(_batch(api, catalog, side))
         finally:
             client.close()
+            store.close()
             close_api(api)
             down(config, force=True)
 
@@ -196,7 +198,7 @@ def main() -> None:
     print(f"{'median over repeats':24} {'bare (s)':>10} {'orchestrion (s)':>16} {'ratio':>7}")
     for name, bare_figure, our_figure in rows:
         print(f"{name:24} {bare_figure:10.4f} {our_figure:16.4f} {our_figure / bare_figure:7.2f}")
-    print(f"{'Client.submit call':24} {'':10} {statistics.median(submit_times):16.4f}")
+    print(f"{'Client.submit (HTTP)':24} {'':10} {statistics.median(submit_times):16.4f}")
     differences = [o - b for b, o in zip(bare.latencies, ours.latencies, strict=True)]
     print(f"submission-to-start, Orchestrion - bare, paired: {_spread(differences, 1e3, 'ms')}")
     print(f"submission-to-start, bare:        {_spread(bare.latencies, 1e3, 'ms')}")

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from bluesky import RunEngine
 
-from orchestrion.client import Client
 from orchestrion.config import OrchestrionConfig
 from orchestrion.errors import InputError, OrchestrionError
+from orchestrion.experiment import RunLimits
 from orchestrion.jobs import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -21,17 +21,43 @@ from orchestrion.jobs import (
     JobStore,
     NewJob,
     UnknownJobError,
+    check_parameter_store,
     insert_position,
-    jobs_db_path,
     latest_parameter_timestamp,
     placement_from_table,
+    submit_job,
+    validate_request,
 )
+from orchestrion.lab import load_library_and_devices
 from orchestrion.schema import JOB_ID_KEY
+from orchestrion.services import close_api, queue_server_api
 from orchestrion.worker import PLANS_AND_DEVICES_FILE, WorkerEnvironment, existing_plans_and_devices
 
 from .support import free_port
 
 PROFILE = Path(__file__).resolve().parents[1] / "profile"
+
+
+def submit_as_the_api_server_does(config: OrchestrionConfig, timeout: float = 5.0, **fields: Any) -> None:
+    """Build, validate and submit a request with the code the API server runs."""
+    library, devices = load_library_and_devices(config)
+    request = JobRequest.build(**fields)
+    check_parameter_store(config)
+    kwargs = validate_request(library, devices, request, limits=RunLimits.of(config))
+    store, api = JobStore.open(config), queue_server_api(config, timeout=timeout)
+    try:
+        submit_job(store, api, request, kwargs, submitter="test", user_group="primary")
+    finally:
+        close_api(api)
+        store.close()
+
+
+def job_rows(config: OrchestrionConfig) -> list[Any]:
+    store = JobStore.open(config)
+    try:
+        return store.list()
+    finally:
+        store.close()
 
 
 def new_job(priority: int = 0, **values: object) -> NewJob:
@@ -172,20 +198,18 @@ def test_bad_submissions_are_refused_before_anything_is_written(
     config: OrchestrionConfig, request_: dict[str, Any], message: str
 ) -> None:
     # No services run for this configuration: a refusal must come before any request.
-    with Client(config) as client:
-        with pytest.raises(InputError, match=message):
-            client.submit(**request_)
-        assert client.jobs() == []
-    assert jobs_db_path(config).is_file()
+    with pytest.raises(InputError, match=message):
+        submit_as_the_api_server_does(config, **request_)
+    assert job_rows(config) == []
 
 
 def test_validation_types_the_values_given_as_text(config: OrchestrionConfig) -> None:
-    with Client(config) as client:
-        kwargs = client.validate(
-            JobRequest(
-                experiment="spectroscopy", parameters={"qubit.amplitude": "0.25", "rf.frequency": "2e8"}, shots=7
-            )
-        )
+    library, devices = load_library_and_devices(config)
+    kwargs = validate_request(
+        library,
+        devices,
+        JobRequest(experiment="spectroscopy", parameters={"qubit.amplitude": "0.25", "rf.frequency": "2e8"}, shots=7),
+    )
     assert kwargs["parameters"] == {"qubit.amplitude": 0.25, "rf.frequency": 2e8}
     assert kwargs["shots"] == 7
     assert "scan" not in kwargs
@@ -262,20 +286,22 @@ def test_a_submission_without_a_queue_server_fails_clearly_and_leaves_no_row(con
     from orchestrion.jobs import QueueServerError
 
     unreachable = config.model_copy(update={"zmq_control_port": free_port(), "zmq_info_port": free_port()})
-    with Client(unreachable, timeout=0.3) as client:
-        with pytest.raises(QueueServerError, match="orchestrion up"):
-            client.submit("spectroscopy", scan=["spectroscopy.detuning=0:0:1"])
-        assert client.jobs() == []
+    with pytest.raises(QueueServerError, match="orchestrion up"):
+        submit_as_the_api_server_does(
+            unreachable, timeout=0.3, experiment="spectroscopy", scan=["spectroscopy.detuning=0:0:1"]
+        )
+    assert job_rows(unreachable) == []
 
 
 def test_a_submission_while_influxdb_is_down_is_refused_with_the_reason(config: OrchestrionConfig) -> None:
     from orchestrion.parameters import ParameterStoreUnavailable
 
     down = config.model_copy(update={"influx_url": f"http://127.0.0.1:{free_port()}", "influx_timeout": 1.0})
-    with Client(down, timeout=0.3) as client:
-        with pytest.raises(ParameterStoreUnavailable, match=r"InfluxDB at http://127\.0\.0\.1:\d+ is unreachable"):
-            client.submit("spectroscopy", scan=["spectroscopy.detuning=0:0:1"])
-        assert client.jobs() == []
+    with pytest.raises(ParameterStoreUnavailable, match=r"InfluxDB at http://127\.0\.0\.1:\d+ is unreachable"):
+        submit_as_the_api_server_does(
+            down, timeout=0.3, experiment="spectroscopy", scan=["spectroscopy.detuning=0:0:1"]
+        )
+    assert job_rows(down) == []
 
 
 def test_up_refuses_a_port_that_another_program_holds(config: OrchestrionConfig) -> None:

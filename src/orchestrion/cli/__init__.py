@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from ._api import api_key
 from ._catalog import catalog
 from ._common import config_from, json_option, print_json, reports_errors
 from ._devices import devices
@@ -64,6 +65,7 @@ cli.add_command(experiments)
 cli.add_command(devices)
 cli.add_command(params)
 cli.add_command(catalog)  # pipeline: `orchestrion catalog repair`
+cli.add_command(api_key)
 for _command in (up, down, status, submit, jobs, job, cancel, pause, resume, abort):
     cli.add_command(_command)
 

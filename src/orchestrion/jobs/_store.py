@@ -105,6 +105,10 @@ MIGRATIONS: tuple[str, ...] = (
         time REAL NOT NULL
     );
     """,
+    # API server (resubmission): the job a resubmitted job was made from.
+    """
+    ALTER TABLE jobs ADD COLUMN parent INTEGER;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -183,6 +187,7 @@ class Job:
     code_clean: bool | None = None
     analysis: dict[str, float] = field(default_factory=dict)
     attempts: list[Attempt] = field(default_factory=list)
+    parent: int | None = None  #: the job this one was resubmitted from
 
     @property
     def run_uid(self) -> str | None:
@@ -216,13 +221,14 @@ class NewJob:
     code_commit: str | None = None
     code_clean: bool | None = None
     created: float | None = None
+    parent: int | None = None
 
 
 _COLUMNS = (
     "id", "experiment", "status", "priority", "submitter", "created", "arguments", "scan",
     "repetitions", "shots", "pattern", "user_group", "source", "started", "finished", "error",
     "item_uid", "run_uids", "points", "hdf5", "tiled", "parameters_timestamp", "code_commit",
-    "code_clean", "analysis", "attempts",
+    "code_clean", "analysis", "attempts", "parent",
 )  # fmt: skip
 _RUN_COLUMNS = (
     "run_uid", "job_id", "item_uid", "started", "finished", "exit_status", "points", "hdf5", "tiled",
@@ -375,15 +381,15 @@ class JobStore:
         with self.write():
             cursor = self._db.execute(
                 "INSERT INTO jobs (experiment, arguments, scan, priority, repetitions, shots, pattern,"
-                " submitter, user_group, source, created, status, item_uid, code_commit, code_clean)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " submitter, user_group, source, created, status, item_uid, code_commit, code_clean, parent)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.experiment, json.dumps(dict(job.arguments), default=str),
                     None if job.scan is None else json.dumps(list(job.scan)), job.priority,
                     job.repetitions, job.shots, job.pattern, job.submitter, job.user_group,
                     job.source, time.time() if job.created is None else job.created,
                     job.status.value, job.item_uid, job.code_commit,
-                    None if job.code_clean is None else int(job.code_clean),
+                    None if job.code_clean is None else int(job.code_clean), job.parent,
                 ),
             )  # fmt: skip
             assert cursor.lastrowid is not None

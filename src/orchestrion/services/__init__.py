@@ -1,4 +1,4 @@
-"""The lab's services: Redis, the queue server, Tiled and the scheduler, on loopback.
+"""The lab's services: Redis, the queue server, Tiled, the scheduler and the API server, on loopback.
 
 `up`, `down` and `status` supervise them as processes with pid files and logs under
 `$ORCHESTRION_HOME/run/`: each a `SupervisedProcess` (`_process.py`), declared with its
@@ -8,6 +8,7 @@ live one layer down, in `orchestrion.addresses`, and are re-exported here.
 
 from orchestrion.addresses import (
     HOST,
+    api_url,
     close_api,
     queue_server_api,
     redis_address,
@@ -43,6 +44,7 @@ __all__ = [
     "ServiceError",
     "ServiceStatus",
     "SupervisedProcess",
+    "api_url",
     "close_api",
     "down",
     "keep",

@@ -27,6 +27,7 @@ from pydantic import SecretStr
 
 from orchestrion.addresses import (
     HOST,
+    api_url,
     close_api,
     queue_server_api,
     redis_address,
@@ -293,12 +294,38 @@ SCHEDULER = Service(
     _scheduler_command, _scheduler_check, requires=("queue-server",),
 )  # fmt: skip
 
-KEEPER = Service(
-    "keeper", "orchestrion.services", lambda c: str(run_dir(c) / KEEPER_FILE), _keeper_command, _keeper_check,
-    requires=("redis", "tiled", "queue-server", "scheduler"),
+# -- the API server (orchestrion.api): bluesky-httpserver with Orchestrion's router ------
+
+
+def _api_command(config: OrchestrionConfig) -> list[str]:
+    return [sys.executable, "-m", "orchestrion.api"]
+
+
+def _api_check(config: OrchestrionConfig) -> tuple[bool, str]:
+    import ssl
+
+    import httpx
+
+    # A lab's own certificate is trusted here as the CA of the check (it may be self-signed).
+    verify: ssl.SSLContext | bool = True
+    if config.api_tls_certfile is not None:
+        verify = ssl.create_default_context(cafile=str(config.api_tls_certfile))
+    response = httpx.get(f"{api_url(config)}/api/orchestrion/health", timeout=2.0, verify=verify)
+    return response.status_code == 200, f"HTTP {response.status_code}"
+
+
+# After the queue server it fronts; `health` answers without a key.
+API = Service(
+    "api", "orchestrion.api", api_url, _api_command, _api_check, start_timeout=60.0,
+    ports=lambda c: (c.api_port,), requires=("queue-server",),
 )  # fmt: skip
 
-SERVICES: tuple[Service, ...] = (REDIS, TILED, QUEUE_SERVER, SCHEDULER, KEEPER)
+KEEPER = Service(
+    "keeper", "orchestrion.services", lambda c: str(run_dir(c) / KEEPER_FILE), _keeper_command, _keeper_check,
+    requires=("redis", "tiled", "queue-server", "scheduler", "api"),
+)  # fmt: skip
+
+SERVICES: tuple[Service, ...] = (REDIS, TILED, QUEUE_SERVER, SCHEDULER, API, KEEPER)
 """The services every stack has; `stack_services` adds those the configuration asks for."""
 
 
