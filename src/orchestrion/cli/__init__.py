@@ -7,6 +7,7 @@ import logging
 import click
 
 from ._common import config_from, json_option, print_json, reports_errors
+from ._gui import gui, plot
 from ._jobs import abort, cancel, job, jobs, pause, resume, submit
 from ._params import params
 from ._run import devices, experiments, run
@@ -61,7 +62,7 @@ cli.add_command(run)
 cli.add_command(experiments)
 cli.add_command(devices)
 cli.add_command(params)
-for _command in (up, down, status, submit, jobs, job, cancel, pause, resume, abort):
+for _command in (up, down, status, submit, jobs, job, cancel, pause, resume, abort, gui, plot):
     cli.add_command(_command)
 
 

@@ -1,0 +1,65 @@
+"""The Qt GUI and the run plots it shares with `orchestrion plot`.
+
+`plot_run` turns a run (`RunData`, from Tiled or the live stream) into what is drawn;
+`save_figure` draws it with matplotlib, the GUI's data page with pyqtgraph.  The GUI
+(`run_gui`, `MainWindow`) talks to the stack only through a `StackClient`:
+`ApiStackClient`, the API server and its Tiled.
+"""
+
+from ._api import ApiStackClient
+from ._app import run_gui
+from ._catalog import find_run, open_catalog, run_data_from_node, search_catalog
+from ._figure import draw_figure, save_figure, show_figure, write_run_figures
+from ._plotdata import Axis, Curve, FitCurve, Histogram, Image, RunData, RunPlot, plot_run, point_histogram
+from ._window import MainWindow
+from ._protocol import (
+    DeviceInfo,
+    ExperimentInfo,
+    FieldError,
+    Forbidden,
+    JobInfo,
+    LiveEvent,
+    ParameterChange,
+    ParameterInfo,
+    RunSearch,
+    RunSummary,
+    ServiceHealth,
+    StackClient,
+    StackStatus,
+)
+
+__all__ = [
+    "ApiStackClient",
+    "MainWindow",
+    "Axis",
+    "Curve",
+    "DeviceInfo",
+    "ExperimentInfo",
+    "FieldError",
+    "FitCurve",
+    "Forbidden",
+    "Histogram",
+    "Image",
+    "JobInfo",
+    "LiveEvent",
+    "ParameterChange",
+    "ParameterInfo",
+    "RunData",
+    "RunPlot",
+    "RunSearch",
+    "RunSummary",
+    "ServiceHealth",
+    "StackClient",
+    "StackStatus",
+    "draw_figure",
+    "find_run",
+    "open_catalog",
+    "plot_run",
+    "point_histogram",
+    "run_data_from_node",
+    "run_gui",
+    "save_figure",
+    "search_catalog",
+    "show_figure",
+    "write_run_figures",
+]
