@@ -1,157 +1,186 @@
-"""The Python client of a running stack: submit jobs, follow them, get their data.
+"""The Python client of a running stack: it speaks only HTTP, to the API server and to Tiled.
 
 >>> from orchestrion.client import Client
->>> with Client() as client:
+>>> with Client(url="http://lab-server:60610", api_key="...") as client:
 ...     job = client.submit("spectroscopy", scan=["spectroscopy.detuning=-50e3:50e3:21"], priority=5)
 ...     job.wait()
-...     run = job.data()          # the run in the stack's Tiled catalog
+...     run = job.data()          # the run, from the stack's Tiled catalog
 
-Submissions are validated here (unknown experiment, bad value, bad scan) and by the
-queue server (the user group's permissions, the plan's signature) before the job is
-accepted; a refused submission raises `InputError` and leaves nothing behind.
+It needs no `$ORCHESTRION_HOME`, no job table and no checkout of `plans/` or
+`devices/`: validation happens on the server, and a refusal raises `InputError` with
+the server's one line naming the problem.  `Client.local()` finds the local stack's
+URL and admin key (or `ORCHESTRION_API_URL` and `ORCHESTRION_API_KEY`).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
-from orchestrion.config import OrchestrionConfig, load_config
-from orchestrion.devices import DeviceRegistry
-from orchestrion.errors import InputError
-from orchestrion.experiment import ExperimentLibrary
-from orchestrion.jobs import (
-    Job,
-    JobRequest,
-    JobStatus,
-    JobStore,
-    QueueServerError,
-    abort_running,
-    cancel_job,
-    default_submitter,
-    submit_job,
-    validate_request,
-)
-from orchestrion.services import close_api, queue_server_api, tiled_api_key, tiled_uri
-from orchestrion.worker import code_version
+import httpx
+
+from orchestrion.errors import InputError, OrchestrionError
+
+PREFIX = "/api/orchestrion"
+TERMINAL = ("done", "failed", "cancelled")
 
 
-@contextmanager
-def _refused(action: str) -> Iterator[None]:
-    """The queue server's refusals as one-line user errors."""
-    from bluesky_queueserver_api.comm_base import RequestFailedError, RequestTimeoutError
+class ApiError(OrchestrionError):
+    """The API server cannot be reached, or failed for a reason not the caller's."""
 
-    try:
-        yield
-    except RequestFailedError as exc:
-        message = str(exc).strip().splitlines()[0].removeprefix("Request failed: ")
-        raise InputError(f"cannot {action}: {message}") from None
-    except RequestTimeoutError as exc:
-        raise QueueServerError(f"cannot {action}: the queue server does not answer ({exc})") from None
+
+class AuthError(InputError):
+    """No valid key (401), or the key's role may not do this (403)."""
 
 
 class JobHandle:
-    """A submitted job: its row in the job table, read afresh on every question."""
+    """A submitted job, read afresh from the server on every question."""
 
     def __init__(self, client: Client, job_id: int) -> None:
         self.client = client
         self.id = job_id
 
     def __repr__(self) -> str:
-        return f"<JobHandle {self.id}: {self.status.value}>"
+        return f"<JobHandle {self.id}: {self.status}>"
 
-    def refresh(self) -> Job:
-        return self.client.store.get(self.id)
-
-    @property
-    def record(self) -> Job:
-        return self.refresh()
+    def refresh(self) -> dict[str, Any]:
+        """The job's row: status, times, error, run uid, points, HDF5 path, Tiled node, fits, code commit."""
+        return self.client.job_record(self.id)
 
     @property
-    def status(self) -> JobStatus:
-        return self.refresh().status
+    def status(self) -> str:
+        return str(self.refresh()["status"])
 
-    def wait(self, timeout: float | None = None, *, poll: float = 0.05) -> Job:
+    def wait(self, timeout: float | None = None, *, poll: float = 0.1) -> dict[str, Any]:
         """Block until the job is done, failed or cancelled; its final row."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             job = self.refresh()
-            if job.status.terminal:
+            if job["status"] in TERMINAL:
                 return job
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {self.id} is still {job.status.value} after {timeout} s")
+                raise TimeoutError(f"job {self.id} is still {job['status']} after {timeout} s")
             time.sleep(poll)
 
-    def cancel(self) -> Job:
-        """Remove the job from the queue, or abort it if it runs."""
+    def cancel(self) -> dict[str, Any]:
         return self.client.cancel(self.id)
 
     def data(self) -> Any:
         """The job's (last) run in the stack's Tiled catalog."""
         job = self.refresh()
-        if job.run_uid is None:
-            raise LookupError(f"job {self.id} has no run (it is {job.status.value})")
-        return self.client.catalog()[job.run_uid]
+        if not job.get("run_uid"):
+            raise LookupError(f"job {self.id} has no run (it is {job['status']})")
+        return self.client.catalog()[job["run_uid"]]
 
 
 class Client:
-    """Submit to and follow the stack that `orchestrion up` started for a configuration."""
+    """Submit to and follow a stack through its API server."""
 
     def __init__(
         self,
-        config: OrchestrionConfig | None = None,
+        url: str,
+        api_key: str,
         *,
-        user: str | None = None,
-        user_group: str | None = None,
-        timeout: float = 5.0,
+        tiled_url: str | None = None,
+        tiled_api_key: str | None = None,
+        timeout: float = 30.0,
+        verify: bool | str = True,
     ) -> None:
-        self.config = config or load_config()
-        self.timeout = timeout
-        self.user = user or default_submitter()
-        self.user_group = user_group or self.config.queue_user_group
-        self.store = JobStore.open(self.config)
-        self._api: Any = None
-        self._lab: tuple[ExperimentLibrary, DeviceRegistry] | None = None
-        self._code: tuple[str | None, bool | None] | None = None
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Apikey {api_key}"}, timeout=timeout, verify=verify
+        )
+        self._tiled = (tiled_url, tiled_api_key)
         self._catalog: Any = None
 
-    # -- context ---------------------------------------------------------------------------
+    @classmethod
+    def local(cls, config: Any = None, **options: Any) -> Client:
+        """The client of the configured stack: `api_url`/`api_key`, else the local stack's URL and admin key."""
+        from orchestrion.config import load_config
+        from orchestrion.services import api_url, run_dir
+
+        config = config or load_config()
+        url = config.api_url or api_url(config)
+        if config.api_key is not None:
+            key = config.api_key.get_secret_value()
+        else:
+            path = run_dir(config) / "api-key"
+            try:
+                key = path.read_text().strip()
+            except OSError:
+                raise AuthError(
+                    f"no API key: set ORCHESTRION_API_KEY (or start the stack, which writes {path})"
+                ) from None
+        return cls(url, key, **options)
 
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
-        if self._api is not None:
-            close_api(self._api)
-            self._api = None
+        self._http.close()
         if self._catalog is not None:
             self._catalog.context.close()
             self._catalog = None
-        self.store.close()
 
-    @property
-    def api(self) -> Any:
-        """The bluesky-queueserver-api client (0MQ) of the stack's queue server."""
-        if self._api is None:
-            self._api = queue_server_api(self.config, timeout=self.timeout)
-        return self._api
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, body: Any = None, params: Any = None) -> Any:
+        """One call to the API; its JSON answer, or one error with the server's message."""
+        try:
+            response = self._http.request(method, PREFIX + path, json=body, params=params)
+        except httpx.HTTPError as exc:
+            raise ApiError(f"the API server at {self.url} does not answer ({exc})") from None
+        if response.is_success:
+            return response.json()
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        message = detail if isinstance(detail, str) else json.dumps(detail)
+        if response.status_code in (401, 403):
+            raise AuthError(message)
+        if response.status_code < 500:
+            raise InputError(message)
+        raise ApiError(f"the API server failed (HTTP {response.status_code}): {message}")
+
+    # -- experiments and parameters --------------------------------------------------------
+
+    def whoami(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/whoami"))
+
+    def experiments(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/experiments"))
+
+    def experiment(self, name: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/experiments/{_segment(name)}"))
+
+    def parameters(self, *namespaces: str) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/parameters", params={"namespace": list(namespaces)}))
+
+    def get(self, parameter_id: str, at: str | None = None) -> dict[str, Any]:
+        params = {"at": at} if at is not None else None
+        return dict(self.request("GET", f"/parameters/{_segment(parameter_id)}", params=params))
+
+    def set(self, parameter_id: str, value: Any) -> dict[str, Any]:
+        """Store a new value (validated by the server; the source recorded is this key's holder)."""
+        return dict(self.request("PUT", f"/parameters/{_segment(parameter_id)}", body={"value": value}))
+
+    def history(self, parameter_id: str, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+        params = {k: v for k, v in (("since", since), ("until", until)) if v is not None}
+        return list(self.request("GET", f"/parameters/{_segment(parameter_id)}/history", params=params))
+
+    def snapshot(self, ids: Sequence[str], at: str | None = None) -> dict[str, Any]:
+        return dict(self.request("POST", "/parameters/snapshot", body={"ids": list(ids), "at": at}))
 
     # -- jobs ------------------------------------------------------------------------------
-
-    def validate(self, request: JobRequest) -> dict[str, Any]:
-        """Check a request without submitting it; the plan arguments it would queue."""
-        if self._lab is None:
-            from orchestrion.lab import load_library_and_devices
-
-            self._lab = load_library_and_devices(self.config)
-        library, devices = self._lab
-        return validate_request(library, devices, request)
 
     def submit(
         self,
@@ -165,59 +194,114 @@ class Client:
         priority: int = 0,
         md: Mapping[str, Any] | None = None,
     ) -> JobHandle:
-        """Queue ``experiment``; higher ``priority`` runs sooner (ties: first come, first run).
-
-        ``scan`` takes "ID=START:STOP:NUM" texts; ``parameters`` values for this run only.
-        """
-        request = JobRequest.build(
-            experiment=experiment, scan=scan, parameters=dict(parameters or {}), shots=shots,
-            repetitions=repetitions, pattern=pattern, priority=priority, md=dict(md or {}),
-        )  # fmt: skip
-        kwargs = self.validate(request)
-        if self._code is None:
-            self._code = code_version(self.config.plans_dir)
-        job = submit_job(
-            self.store, self.api, request, kwargs, submitter=self.user, user_group=self.user_group, code=self._code
-        )
-        return JobHandle(self, job.id)
+        """Queue ``experiment``; higher ``priority`` runs sooner (ties: first come, first run)."""
+        body: dict[str, Any] = {"experiment": experiment, "repetitions": repetitions, "pattern": pattern,
+                                "priority": priority}  # fmt: skip
+        if scan is not None:
+            body["scan"] = list(scan)
+        if parameters:
+            body["parameters"] = dict(parameters)
+        if shots is not None:
+            body["shots"] = shots
+        if md:
+            body["md"] = dict(md)
+        return JobHandle(self, int(self.request("POST", "/jobs", body=body)["id"]))
 
     def job(self, job_id: int) -> JobHandle:
-        self.store.get(job_id)  # an unknown id fails here, not later
+        self.job_record(job_id)  # an unknown id fails here, not later
         return JobHandle(self, job_id)
 
-    def jobs(self, status: JobStatus | str | None = None) -> list[Job]:
+    def job_record(self, job_id: int) -> dict[str, Any]:
+        return dict(self.request("GET", f"/jobs/{int(job_id)}"))
+
+    def jobs(
+        self, status: str | Sequence[str] | None = None, *, experiment: str | None = None, submitter: str | None = None
+    ) -> list[dict[str, Any]]:
         """The job table, newest first."""
-        return self.store.list(JobStatus(status) if status is not None else None)
+        params: dict[str, Any] = {}
+        if status is not None:
+            params["status"] = [status] if isinstance(status, str) else list(status)
+        if experiment is not None:
+            params["experiment"] = experiment
+        if submitter is not None:
+            params["submitter"] = submitter
+        return list(self.request("GET", "/jobs", params=params))
 
-    def cancel(self, job_id: int) -> Job:
+    def cancel(self, job_id: int) -> dict[str, Any]:
         """Remove a queued job from the queue, or abort it if it runs."""
-        with _refused(f"cancel job {job_id}"):
-            return cancel_job(self.store, self.api, job_id)
+        return dict(self.request("POST", f"/jobs/{int(job_id)}/cancel"))
 
-    # -- the RunEngine ---------------------------------------------------------------------
+    def resubmit(self, job_id: int, *, priority: int | None = None) -> JobHandle:
+        """A new job with the same request (its parent recorded)."""
+        row = self.request("POST", f"/jobs/{int(job_id)}/resubmit", body={"priority": priority})
+        return JobHandle(self, int(row["id"]))
 
-    def pause(self, *, immediate: bool = False) -> None:
+    def set_priority(self, job_id: int, priority: int) -> dict[str, Any]:
+        return dict(self.request("PATCH", f"/jobs/{int(job_id)}", body={"priority": priority}))
+
+    # -- the RunEngine and devices ---------------------------------------------------------
+
+    def pause(self, *, immediate: bool = False) -> dict[str, Any]:
         """Pause the running job (at its next checkpoint, or at once)."""
-        with _refused("pause"):
-            self.api.re_pause(option="immediate" if immediate else "deferred")
+        return dict(self.request("POST", "/runengine/pause", body={"option": "immediate" if immediate else "deferred"}))
 
-    def resume(self) -> None:
-        """Resume the paused job."""
-        with _refused("resume"):
-            self.api.re_resume()
+    def resume(self) -> dict[str, Any]:
+        return dict(self.request("POST", "/runengine/resume"))
 
-    def abort(self) -> None:
+    def abort(self) -> dict[str, Any]:
         """Abort the running job: it is recorded cancelled and the queue goes on."""
-        with _refused("abort"):
-            abort_running(self.api)
+        return dict(self.request("POST", "/runengine/abort"))
+
+    def runengine(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/runengine"))
+
+    def devices(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/devices"))
+
+    def enable_device(self, name: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/devices/{_segment(name)}/enable"))
+
+    def disable_device(self, name: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/devices/{_segment(name)}/disable"))
+
+    def create_key(self, role: str, name: str, note: str = "") -> dict[str, Any]:
+        """A new API key (admins only); its secret is in this answer and nowhere else."""
+        return dict(self.request("POST", "/keys", body={"role": role, "name": name, "note": note}))
+
+    # -- live ------------------------------------------------------------------------------
+
+    def live(self, *, interval: float = 0.2) -> Iterator[tuple[str, Any]]:
+        """Server-sent events as (event, data): 'job' on each change of a job, 'points' as they are written."""
+        with self._http.stream("GET", PREFIX + "/live", params={"interval": interval}, timeout=None) as response:
+            if not response.is_success:
+                response.read()
+                raise AuthError(response.text) if response.status_code in (401, 403) else InputError(response.text)
+            event = "message"
+            for line in response.iter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    yield event, json.loads(line[5:])
+                    event = "message"
 
     # -- data ------------------------------------------------------------------------------
 
     def catalog(self) -> Any:
-        """The stack's Tiled catalog (a tiled client node)."""
+        """The stack's Tiled catalog (a tiled client node): `tiled_url`, else the one on the API's host."""
         if self._catalog is None:
             from tiled.client import from_uri
 
-            uri = self.config.tiled_uri or tiled_uri(self.config)
-            self._catalog = from_uri(uri, api_key=tiled_api_key(self.config))
+            url, key = self._tiled
+            if url is None:
+                info = self.request("GET", "/catalog")
+                url = info["url"]
+                key = key or info.get("api_key")
+            self._catalog = from_uri(url, api_key=key)
         return self._catalog
+
+
+def _segment(text: str) -> str:
+    """A path segment, quoted: an id with a slash or a dot-dot stays one segment."""
+    from urllib.parse import quote
+
+    return quote(text, safe="")

@@ -69,6 +69,23 @@ class OrchestrionConfig(BaseSettings):
         0.05, gt=0, le=10, description="How often the scheduler checks the queue server's status (s)"
     )
 
+    # API server (the stack's one authenticated HTTP door; orchestrion.api).
+    api_host: str = Field(
+        "127.0.0.1", description="Interface the API server binds; another than loopback serves a lab network (use TLS)"
+    )
+    api_port: int = Field(60610, ge=1, le=65535, description="Port of the stack's API server")
+    api_tls_certfile: Path | None = Field(None, description="TLS certificate (PEM) the API server presents; set both")
+    api_tls_keyfile: Path | None = Field(None, description="TLS private key (PEM) of api_tls_certfile")
+    api_max_body_bytes: int = Field(
+        1_000_000, ge=1024, le=1_000_000_000, description="Largest request body the API server accepts (413 beyond)"
+    )
+    api_url: str | None = Field(
+        None, description="API server clients talk to (unset: the local stack's, when it is up)"
+    )
+    api_key: SecretStr | None = Field(
+        None, description="API key clients present (unset: the local stack's admin key under run/, if readable)"
+    )
+
     # Document pipeline: bundler, HDF5 files under home/data, Tiled catalog.
     tiled_uri: str | None = Field(
         None, description="Tiled server runs are catalogued in (with tiled_api_key); unset: embedded catalog under home"

@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from ._api import api_key
 from ._common import config_from, json_option, print_json, reports_errors
 from ._gui import gui, plot
 from ._jobs import abort, cancel, job, jobs, pause, resume, submit
@@ -62,6 +63,7 @@ cli.add_command(run)
 cli.add_command(experiments)
 cli.add_command(devices)
 cli.add_command(params)
+cli.add_command(api_key)
 for _command in (up, down, status, submit, jobs, job, cancel, pause, resume, abort, gui, plot):
     cli.add_command(_command)
 

@@ -13,60 +13,82 @@ from ._run import parse_assignments, run_options
 STATUSES = ["submitted", "queued", "running", "done", "failed", "cancelled"]
 
 
-def _client(ctx: click.Context, user_group: str | None = None) -> Any:
+def api_available(config: Any) -> bool:
+    """Whether commands go through the API server: one is named, or the local stack runs one."""
+    from orchestrion.services import service
+
+    return config.api_url is not None or service("api").pid(config) is not None
+
+
+def _client(ctx: click.Context) -> Any:
+    """The API client of the configured stack (the only way job commands reach it)."""
     from orchestrion.client import Client
 
-    return Client(config_from(ctx), user_group=user_group)
+    return Client.local(config_from(ctx))
 
 
-def _job_line(job: Any) -> str:
-    run = f" run {job.run_uid[:8]}" if job.run_uid else ""
-    error = f"  ({job.error})" if job.error else ""
-    return f"{job.id:5}  {job.status.value:9}  p{job.priority:<3} {job.experiment:22} {job.submitter}{run}{error}"
+def _job_line(job: dict[str, Any]) -> str:
+    run = f" run {job['run_uid'][:8]}" if job.get("run_uid") else ""
+    error = f"  ({job['error']})" if job.get("error") else ""
+    return (
+        f"{job['id']:5}  {job['status']:9}  p{job['priority']:<3} {job['experiment']:22} {job['submitter']}{run}{error}"
+    )
 
 
-def _job_details(job: Any) -> None:
-    document = job.to_dict()
+def _job_details(document: dict[str, Any]) -> None:
     for key in ("id", "experiment", "status", "priority", "submitter", "user_group", "run_uid", "points",
-                "hdf5", "tiled", "error", "parameters_timestamp", "code_commit", "code_clean"):  # fmt: skip
+                "points_total", "hdf5", "tiled", "error", "parent", "parameters_timestamp", "code_commit",
+                "code_clean"):  # fmt: skip
         if document.get(key) is not None:
             click.echo(f"{key:21} {document[key]}")
-    if job.scan:
-        click.echo(f"{'scan':21} {' '.join(job.scan)}")
-    for key, value in job.analysis.items():
+    if document.get("scan"):
+        click.echo(f"{'scan':21} {' '.join(document['scan'])}")
+    analysis = document.get("analysis") or {}
+    for key, value in analysis.items():
         if not key.endswith("_err"):
-            error = job.analysis.get(f"{key}_err")
+            error = analysis.get(f"{key}_err")
             click.echo(f"{'fit ' + key:21} {value:.10g}" + (f" ± {error:.2g}" if error is not None else ""))
+
+
+def _local_rows(ctx: click.Context, status: str | None = None, job_id: int | None = None) -> Any:
+    """The job table read in place, when no API server runs (nothing to submit to either)."""
+    from orchestrion.jobs import JobStatus, JobStore
+
+    store = JobStore.open(config_from(ctx))
+    try:
+        if job_id is not None:
+            return store.get(job_id).to_dict()
+        return [job.to_dict() for job in store.list(JobStatus(status) if status else None)]
+    finally:
+        store.close()
 
 
 @click.command()
 @click.argument("experiment")
 @run_options
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher runs sooner; ties: first come.")
-@click.option("--group", "user_group", default=None, help="Queue-server user group (default: queue_user_group).")
 @click.option("--wait", is_flag=True, help="Wait until the job has run; exit status 1 unless it is done.")
 @json_option
 @click.pass_context
 @reports_errors
 def submit(
     ctx: click.Context, experiment: str, assignments: tuple[str, ...], scans: tuple[str, ...],
-    shots: int | None, repetitions: int, pattern: str, priority: int, user_group: str | None,
-    wait: bool, as_json: bool,
+    shots: int | None, repetitions: int, pattern: str, priority: int, wait: bool, as_json: bool,
 ) -> None:  # fmt: skip
-    """Queue EXPERIMENT on the stack's RunEngine (validated before it is accepted)."""
-    with _client(ctx, user_group) as client:
+    """Queue EXPERIMENT on the stack's RunEngine, through its API server (validated there first)."""
+    with _client(ctx) as client:
         handle = client.submit(
             experiment, scan=list(scans) if scans else None, parameters=parse_assignments(assignments),
             shots=shots, repetitions=repetitions, pattern=pattern, priority=priority,
         )  # fmt: skip
         job = handle.wait() if wait else handle.refresh()
     if as_json:
-        print_json(job.to_dict())
+        print_json(job)
     elif wait:
         click.echo(_job_line(job))
     else:
-        click.echo(f"job {job.id} {job.status.value}")
-    if wait and job.status.value != "done":
+        click.echo(f"job {job['id']} {job['status']}")
+    if wait and job["status"] != "done":
         sys.exit(1)
 
 
@@ -76,16 +98,14 @@ def submit(
 @click.pass_context
 @reports_errors
 def jobs(ctx: click.Context, status: str | None, as_json: bool) -> None:
-    """The job table, newest first."""
-    from orchestrion.jobs import JobStatus, JobStore
-
-    store = JobStore.open(config_from(ctx))
-    try:
-        rows = store.list(JobStatus(status) if status else None)
-    finally:
-        store.close()
+    """The job table, newest first (through the API server when one runs)."""
+    if api_available(config_from(ctx)):
+        with _client(ctx) as client:
+            rows = client.jobs(status)
+    else:
+        rows = _local_rows(ctx, status)
     if as_json:
-        print_json([job.to_dict() for job in rows])
+        print_json(rows)
         return
     for job in rows:
         click.echo(_job_line(job))
@@ -98,15 +118,13 @@ def jobs(ctx: click.Context, status: str | None, as_json: bool) -> None:
 @reports_errors
 def job(ctx: click.Context, job_id: int, as_json: bool) -> None:
     """One job: status, run uid, points, HDF5 file, Tiled node, code version."""
-    from orchestrion.jobs import JobStore
-
-    store = JobStore.open(config_from(ctx))
-    try:
-        row = store.get(job_id)
-    finally:
-        store.close()
+    if api_available(config_from(ctx)):
+        with _client(ctx) as client:
+            row = client.job_record(job_id)
+    else:
+        row = _local_rows(ctx, job_id=job_id)
     if as_json:
-        print_json(row.to_dict())
+        print_json(row)
     else:
         _job_details(row)
 
@@ -120,9 +138,9 @@ def cancel(ctx: click.Context, job_id: int, as_json: bool) -> None:
     """Remove a queued job from the queue, or abort it if it is running."""
     with _client(ctx) as client:
         row = client.cancel(job_id)
-        if not row.status.terminal:
+        if row["status"] not in ("done", "failed", "cancelled"):
             row = client.job(job_id).wait(timeout=60)
-    print_json(row.to_dict()) if as_json else click.echo(f"job {row.id} {row.status.value}")
+    print_json(row) if as_json else click.echo(f"job {row['id']} {row['status']}")
 
 
 @click.command()

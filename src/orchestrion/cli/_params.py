@@ -2,7 +2,8 @@
 
 Every command loads the experiment library first: its declarations say which ids exist
 and what values they take, so an unknown id or a bad value is refused before the store
-is opened, and nothing is written.
+is opened, and nothing is written.  When an API server is named (`ORCHESTRION_API_URL`)
+or the local stack runs one, the commands go through it instead, and it checks the same.
 """
 
 from __future__ import annotations
@@ -82,6 +83,20 @@ def _shown(value: ParameterValue, spec: ParameterSpec) -> str:
     return f"{value.value!r} {spec.unit}".rstrip()
 
 
+def _remote(ctx: click.Context) -> Any:
+    """The API client when the commands go through the API server; None to use the store here."""
+    from orchestrion.client import Client
+
+    from ._jobs import api_available
+
+    config = config_from(ctx)
+    return Client.local(config) if api_available(config) else None
+
+
+def _remote_shown(entry: dict[str, Any]) -> str:
+    return f"{entry['value']!r} {entry.get('unit') or ''}".rstrip()
+
+
 @click.group("params")
 def params() -> None:
     """Read and write stored parameters, with their history."""
@@ -94,6 +109,15 @@ def params() -> None:
 @reports_errors
 def list_params(ctx: click.Context, namespaces: tuple[str, ...], as_json: bool) -> None:
     """Every declared parameter (or those of NAMESPACES) with its value now."""
+    remote = _remote(ctx)
+    if remote is not None:
+        with remote:
+            rows = remote.parameters(*namespaces)
+        if as_json:
+            print_json(rows)
+        for row in [] if as_json else rows:
+            click.echo(f"{row['id']}  {_remote_shown(row):24}  {row['timestamp']}  {row['source']}")
+        return
     config = config_from(ctx)
     specs = declared_specs(config)
     with opened_store(config, specs) as store:
@@ -125,6 +149,15 @@ def list_params(ctx: click.Context, namespaces: tuple[str, ...], as_json: bool) 
 def get_param(ctx: click.Context, parameter_id: str, at: str | None, as_json: bool) -> None:
     """The value of ID now, or as it was at TIME."""
     moment = parse_time(at, "--at")
+    remote = _remote(ctx)
+    if remote is not None:
+        with remote:
+            row = remote.get(parameter_id, at=None if moment is None else moment.isoformat())
+        if as_json:
+            print_json(row)
+        else:
+            click.echo(f"{parameter_id} = {_remote_shown(row)}  (set {row['timestamp']} by {row['source']})")
+        return
     config = config_from(ctx)
     specs = declared_specs(config)
     spec = known_spec(specs, parameter_id)
@@ -144,6 +177,16 @@ def get_param(ctx: click.Context, parameter_id: str, at: str | None, as_json: bo
 @reports_errors
 def set_param(ctx: click.Context, parameter_id: str, value: str, as_json: bool) -> None:
     """Store VALUE for ID, checked against its declaration (type, bounds, allowed values)."""
+    remote = _remote(ctx)
+    if remote is not None:
+        with remote:
+            # The server parses numbers and booleans from JSON; text that is one is sent as one.
+            row = remote.set(parameter_id, _json_value(value))
+        if as_json:
+            print_json(row)
+        else:
+            click.echo(f"{parameter_id} = {_remote_shown(row)}  (was {_remote_shown(row['previous'])})")
+        return
     config = config_from(ctx)
     specs = declared_specs(config)
     spec = known_spec(specs, parameter_id)
@@ -167,6 +210,17 @@ def set_param(ctx: click.Context, parameter_id: str, value: str, as_json: bool) 
 def history_param(ctx: click.Context, parameter_id: str, since: str | None, until: str | None, as_json: bool) -> None:
     """Every value ID had, oldest first, with when and by whom it was set."""
     start, end = parse_time(since, "--since"), parse_time(until, "--until")
+    remote = _remote(ctx)
+    if remote is not None:
+        with remote:
+            rows = remote.history(
+                parameter_id, None if start is None else start.isoformat(), None if end is None else end.isoformat()
+            )
+        if as_json:
+            print_json(rows)
+        for row in [] if as_json else rows:
+            click.echo(f"{row['timestamp']}  {_remote_shown(row):24}  {row['source']}")
+        return
     config = config_from(ctx)
     specs = declared_specs(config)
     spec = known_spec(specs, parameter_id)
@@ -177,3 +231,17 @@ def history_param(ctx: click.Context, parameter_id: str, since: str | None, unti
         return
     for value in values:
         click.echo(f"{value.timestamp.isoformat()}  {_shown(value, spec):24}  {value.source}")
+
+
+def _json_value(text: str) -> Any:
+    """A command-line value as the JSON value it spells (1e6, true, "text"); else the text itself."""
+    import json
+
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else text

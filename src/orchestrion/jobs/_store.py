@@ -77,6 +77,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN analysis TEXT NOT NULL DEFAULT '{}';
     """,
+    # API server (resubmission): the job a resubmitted job was made from.
+    """
+    ALTER TABLE jobs ADD COLUMN parent INTEGER;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -110,6 +114,7 @@ class Job:
     code_commit: str | None = None
     code_clean: bool | None = None
     analysis: dict[str, float] = field(default_factory=dict)
+    parent: int | None = None  #: the job this one was resubmitted from
 
     @property
     def run_uid(self) -> str | None:
@@ -143,13 +148,14 @@ class NewJob:
     code_clean: bool | None = None
     id: int | None = None  # adopted items may carry the id they were submitted with
     created: float | None = None
+    parent: int | None = None
 
 
 _COLUMNS = (
     "id", "experiment", "status", "priority", "submitter", "created", "arguments", "scan",
     "repetitions", "shots", "pattern", "user_group", "source", "started", "finished", "error",
     "item_uid", "run_uids", "points", "hdf5", "tiled", "parameters_timestamp", "code_commit",
-    "code_clean", "analysis",
+    "code_clean", "analysis", "parent",
 )  # fmt: skip
 
 
@@ -283,15 +289,15 @@ class JobStore:
         with self.write():
             cursor = self._db.execute(
                 "INSERT INTO jobs (id, experiment, arguments, scan, priority, repetitions, shots, pattern,"
-                " submitter, user_group, source, created, status, item_uid, code_commit, code_clean)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " submitter, user_group, source, created, status, item_uid, code_commit, code_clean, parent)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id, job.experiment, json.dumps(dict(job.arguments), default=str),
                     None if job.scan is None else json.dumps(list(job.scan)), job.priority,
                     job.repetitions, job.shots, job.pattern, job.submitter, job.user_group,
                     job.source, time.time() if job.created is None else job.created,
                     job.status.value, job.item_uid, job.code_commit,
-                    None if job.code_clean is None else int(job.code_clean),
+                    None if job.code_clean is None else int(job.code_clean), job.parent,
                 ),
             )  # fmt: skip
             assert cursor.lastrowid is not None

@@ -103,6 +103,7 @@ def submit_job(
     user_group: str,
     code: tuple[str | None, bool | None] = (None, None),
     attempts: int = 3,
+    parent: int | None = None,
 ) -> Job:
     """Write the job row and add its item to the queue server's queue, or do neither.
 
@@ -123,7 +124,7 @@ def submit_job(
                         experiment=request.experiment, arguments=dict(kwargs), priority=request.priority,
                         submitter=submitter, user_group=user_group, scan=request.scan,
                         repetitions=request.repetitions, shots=request.shots, pattern=request.pattern,
-                        code_commit=code[0], code_clean=code[1],
+                        code_commit=code[0], code_clean=code[1], parent=parent,
                     )
                 )  # fmt: skip
                 # The job reads its own experiment's parameters as they are now (ICON's rule).

@@ -1,4 +1,4 @@
-"""The lab's services: Redis, the queue server, Tiled and the scheduler, on loopback.
+"""The lab's services: Redis, the queue server, Tiled, the scheduler and the API server, on loopback.
 
 `up`, `down` and `status` supervise them as processes with pid files and logs under
 `$ORCHESTRION_HOME/run/`.
@@ -6,6 +6,7 @@
 
 from ._addresses import (
     HOST,
+    api_url,
     close_api,
     queue_server_api,
     redis_address,
@@ -34,6 +35,7 @@ __all__ = [
     "Service",
     "ServiceError",
     "ServiceStatus",
+    "api_url",
     "close_api",
     "down",
     "queue_server_api",

@@ -33,6 +33,13 @@ def tiled_uri(config: OrchestrionConfig) -> str:
     return f"http://{HOST}:{config.tiled_port}"
 
 
+def api_url(config: OrchestrionConfig) -> str:
+    """Where the stack's API server answers: its configured host (loopback by default), https with TLS."""
+    scheme = "https" if config.api_tls_certfile is not None else "http"
+    host = HOST if config.api_host in ("0.0.0.0", "::", "") else config.api_host
+    return f"{scheme}://{host}:{config.api_port}"
+
+
 def redis_name_prefix(config: OrchestrionConfig) -> str:
     # One Redis per stack already; the prefix keeps a shared Redis usable too.
     return "orchestrion"

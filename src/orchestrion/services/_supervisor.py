@@ -29,6 +29,7 @@ from orchestrion.errors import OrchestrionError
 
 from ._addresses import (
     HOST,
+    api_url,
     close_api,
     queue_server_api,
     redis_address,
@@ -224,6 +225,20 @@ def _scheduler_check(config: OrchestrionConfig) -> tuple[bool, str]:
     return age < 5.0, f"heartbeat {age:.1f} s ago"
 
 
+# API server (orchestrion.api): bluesky-httpserver with Orchestrion's router, after the
+# queue server it fronts; `health` answers without a key.
+def _api_command(config: OrchestrionConfig) -> list[str]:
+    return [sys.executable, "-m", "orchestrion.api"]
+
+
+def _api_check(config: OrchestrionConfig) -> tuple[bool, str]:
+    import httpx
+
+    verify = str(config.api_tls_certfile) if config.api_tls_certfile is not None else True
+    response = httpx.get(f"{api_url(config)}/api/orchestrion/health", timeout=2.0, verify=verify)
+    return response.status_code == 200, f"HTTP {response.status_code}"
+
+
 SERVICES: tuple[Service, ...] = (
     Service("redis", "redis-server", redis_address, _redis_command, _redis_check, 30.0),
     Service("tiled", "tiled", tiled_uri, _tiled_command, _tiled_check, 120.0),
@@ -232,6 +247,7 @@ SERVICES: tuple[Service, ...] = (
         "scheduler", "orchestrion.jobs", lambda c: str(run_dir(c) / "scheduler.json"),
         _scheduler_command, _scheduler_check, 60.0,
     ),
+    Service("api", "orchestrion.api", api_url, _api_command, _api_check, 60.0),
 )  # fmt: skip
 
 
@@ -341,7 +357,7 @@ def up(config: OrchestrionConfig) -> list[ServiceStatus]:
                 started.append(svc.name)
             pids[svc.name] = pid
 
-        redis_svc, tiled_svc, manager_svc, scheduler_svc = SERVICES
+        redis_svc, tiled_svc, manager_svc, scheduler_svc, api_svc = SERVICES
         try:
             ensure(tiled_svc)  # the slowest to start: it imports while the others come up
             ensure(redis_svc)
@@ -351,7 +367,9 @@ def up(config: OrchestrionConfig) -> list[ServiceStatus]:
             _open_environment(config)
             _wait_healthy(tiled_svc, config, pids["tiled"])
             ensure(scheduler_svc)
+            ensure(api_svc)
             _wait_healthy(scheduler_svc, config, pids["scheduler"])
+            _wait_healthy(api_svc, config, pids["api"])
         except BaseException:
             # Leave nothing half-started behind: stop what this call started.
             for name in reversed(started):

@@ -100,7 +100,7 @@ class ShellSession:
         """Offer the stack's queue."""
         from orchestrion.client import Client
 
-        client = self._attempt("queue", lambda: Client(self.config))
+        client = self._attempt("queue", lambda: Client.local(self.config))
         if client is not None:
             self.extras.update({"client": client, "submit": client.submit, "jobs": client.jobs})
 

@@ -1,0 +1,428 @@
+"""Orchestrion's API, mounted in bluesky-httpserver as its custom router (`/api/orchestrion/...`).
+
+Every route but `health` authenticates with bluesky-httpserver's own dependency (the
+same API keys as the queue server's routes) and then checks Orchestrion's scope: no
+valid key is 401, a key whose role lacks the scope 403, and nothing has changed.
+Bodies are parsed and validated here, with the same models as the CLI, so a refusal is
+one line that names the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+from bluesky_httpserver.authentication import get_current_principal
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from orchestrion.config import load_config
+from orchestrion.errors import InputError, OrchestrionError
+from orchestrion.experiment import first_error
+from orchestrion.jobs import JobRequest, JobStatus, QueueServerError
+from orchestrion.parameters import ParameterStoreUnavailable
+from orchestrion.services import run_dir, tiled_api_key, tiled_uri
+
+from ._backend import Backend, Conflict, Forbidden, NotFound
+from ._keys import check_name, create_key, database_uri
+from ._live import PointReader, changed_jobs, sse
+from ._roles import ROLE_SCOPES, Role, RoleFile, Scope, roles_path
+
+T = TypeVar("T", bound=BaseModel)
+
+PREFIX = "/api/orchestrion"
+_backend: Backend | None = None
+
+
+def backend() -> Backend:
+    """The server process's one backend, opened at the first request."""
+    global _backend
+    if _backend is None:
+        _backend = Backend(load_config())
+    return _backend
+
+
+def refusals() -> Iterator[None]:
+    """Orchestrion's errors as HTTP answers: 4xx naming the field, 503 when a server is away."""
+    try:
+        yield
+    except Forbidden as exc:
+        raise HTTPException(403, str(exc)) from None
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except Conflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    except (QueueServerError, ParameterStoreUnavailable) as exc:
+        raise HTTPException(503, str(exc)) from None
+    except InputError as exc:
+        raise HTTPException(422, str(exc)) from None
+    except OrchestrionError as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+router = APIRouter(prefix=PREFIX, tags=["orchestrion"], dependencies=[Depends(refusals)])
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated principal: who, in which role, allowed what."""
+
+    name: str
+    role: Role
+    scopes: frozenset[str]
+
+    def require(self, scope: Scope) -> None:
+        if scope.value not in self.scopes:
+            raise HTTPException(403, f"role '{self.role.value}' may not do this (needs scope {scope.value})")
+
+    @property
+    def source(self) -> str:
+        """How a parameter write is recorded."""
+        return f"api:{self.name}"
+
+
+def caller(principal: Annotated[Any, Security(get_current_principal, scopes=[])]) -> Caller:
+    roles = [r for r in (principal.roles or []) if r in {role.value for role in Role}]
+    if not principal.scopes or not roles:
+        raise HTTPException(
+            401, "authentication required: send a valid API key ('Authorization: Apikey KEY')",
+            headers={"WWW-Authenticate": "Apikey"},
+        )  # fmt: skip
+    identities = principal.identities or []
+    name = identities[0].id if identities else "unknown"
+    return Caller(name=name, role=Role(roles[0]), scopes=frozenset(principal.scopes))
+
+
+def reader(who: Annotated[Caller, Depends(caller)]) -> Caller:
+    who.require(Scope.READ)
+    return who
+
+
+Authenticated = Annotated[Caller, Depends(caller)]
+Reader = Annotated[Caller, Depends(reader)]
+
+
+async def parse(request: Request, model: type[T]) -> T:
+    """The body as ``model``: 400 for malformed JSON, 422 naming the first wrong field."""
+    raw = await request.body()
+    limit = load_limit()
+    if len(raw) > limit:
+        raise HTTPException(413, f"body: larger than {limit} bytes")
+    try:
+        document = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, f"body: not valid JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise HTTPException(422, "body: expected a JSON object")
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        raise HTTPException(422, first_error(exc)) from None
+
+
+def load_limit() -> int:
+    return backend().config.api_max_body_bytes
+
+
+def job_id_of(text: str) -> int:
+    """A job id from a path: digits only, else 422 naming it."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise HTTPException(422, f"job: {text!r} is not a job id (a positive integer)")
+    return int(text)
+
+
+def parse_time(text: str | None, name: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise HTTPException(422, f"{name}: {text!r} is not an ISO-8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+async def call(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run blocking backend work (SQLite, 0MQ) off the event loop."""
+    return await run_in_threadpool(func, *args, **kwargs)
+
+
+# -- who am I ------------------------------------------------------------------------------
+
+
+@router.get("/health")
+def health() -> dict[str, str]:
+    """Liveness, without a key (tells nothing but that the server answers)."""
+    return {"status": "ok"}
+
+
+@router.get("/whoami")
+def whoami(who: Authenticated) -> dict[str, Any]:
+    return {"name": who.name, "role": who.role.value, "scopes": sorted(who.scopes)}
+
+
+# -- experiments ---------------------------------------------------------------------------
+
+
+@router.get("/experiments")
+async def experiments(who: Reader) -> list[dict[str, Any]]:
+    """The library: each experiment with its declared parameters and the schema of a submission."""
+    lab = await call(backend)
+    return [await call(lab.describe_experiment, name) for name in lab.experiment_names()]
+
+
+@router.get("/experiments/{name}")
+async def experiment(who: Reader, name: str) -> dict[str, Any]:
+    return await call((await call(backend)).describe_experiment, name)  # type: ignore[no-any-return]
+
+
+# -- parameters ----------------------------------------------------------------------------
+
+
+class ParameterWrite(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: Any = Field(description="The new value, checked against the declaration")
+
+
+class SnapshotRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[str] = Field(min_length=1, max_length=10_000, description="Parameter ids or namespaces")
+    at: str | None = Field(None, description="ISO-8601 time (UTC unless given); unset: now")
+
+
+@router.get("/parameters")
+async def parameters(who: Reader, namespace: Annotated[list[str] | None, Query()] = None) -> list[dict[str, Any]]:
+    return await call(backend().list_parameters, list(namespace or []))  # type: ignore[no-any-return]
+
+
+@router.post("/parameters/snapshot")
+async def snapshot(who: Reader, request: Request) -> dict[str, Any]:
+    body = await parse(request, SnapshotRequest)
+    return await call(backend().snapshot, body.ids, parse_time(body.at, "at"))  # type: ignore[no-any-return]
+
+
+@router.get("/parameters/{parameter_id}")
+async def parameter(who: Reader, parameter_id: str, at: str | None = None) -> dict[str, Any]:
+    return await call(backend().get_parameter, parameter_id, parse_time(at, "at"))  # type: ignore[no-any-return]
+
+
+@router.put("/parameters/{parameter_id}")
+async def set_parameter(who: Authenticated, parameter_id: str, request: Request) -> dict[str, Any]:
+    who.require(Scope.PARAMETERS)
+    backend().spec(parameter_id)  # an unknown id is 404 before the body is read
+    body = await parse(request, ParameterWrite)
+    return await call(backend().set_parameter, parameter_id, body.value, who.source)  # type: ignore[no-any-return]
+
+
+@router.get("/parameters/{parameter_id}/history")
+async def history(
+    who: Reader, parameter_id: str, since: str | None = None, until: str | None = None
+) -> list[dict[str, Any]]:
+    start, end = parse_time(since, "since"), parse_time(until, "until")
+    return await call(backend().history, parameter_id, start, end)  # type: ignore[no-any-return]
+
+
+# -- jobs ----------------------------------------------------------------------------------
+
+
+class Resubmission(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    priority: StrictInt | None = Field(None, description="The new job's priority (default: the original's)")
+
+
+class PriorityChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    priority: StrictInt = Field(description="Higher runs sooner")
+
+
+@router.post("/jobs", status_code=201)
+async def submit(who: Authenticated, request: Request) -> dict[str, Any]:
+    """Queue a job: the same validation as `orchestrion submit`; refused requests leave nothing."""
+    who.require(Scope.SUBMIT)
+    body = await parse(request, JobRequest)
+    lab = backend()
+    job = await call(lab.submit, body, submitter=who.name, role=who.role)
+    return await call(lab.describe_job, job)  # type: ignore[no-any-return]
+
+
+@router.get("/jobs")
+async def jobs(
+    who: Reader,
+    status: Annotated[list[str] | None, Query()] = None,
+    experiment: str | None = None,
+    submitter: str | None = None,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    """The job table, newest first, filtered by status (repeatable), experiment, submitter."""
+    try:
+        statuses = [JobStatus(s) for s in status or []]
+    except ValueError:
+        known = ", ".join(s.value for s in JobStatus)
+        raise HTTPException(422, f"status: one of {known}") from None
+    if not 1 <= limit <= 100_000:
+        raise HTTPException(422, "limit: between 1 and 100000")
+    lab = backend()
+    rows = await call(lab.list_jobs, statuses, experiment, submitter, limit)
+    return [await call(lab.describe_job, row) for row in rows]
+
+
+@router.get("/jobs/{job_id}")
+async def job(who: Reader, job_id: str) -> dict[str, Any]:
+    lab = backend()
+    return await call(lab.describe_job, await call(lab.job, job_id_of(job_id)))  # type: ignore[no-any-return]
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel(who: Authenticated, job_id: str) -> dict[str, Any]:
+    """Remove a queued job from the queue, or abort it if it runs (users: their own jobs)."""
+    who.require(Scope.SUBMIT)
+    lab = backend()
+    row = await call(lab.cancel, job_id_of(job_id), name=who.name, may_any=Scope.CANCEL_ANY.value in who.scopes)
+    return await call(lab.describe_job, row)  # type: ignore[no-any-return]
+
+
+@router.post("/jobs/{job_id}/resubmit", status_code=201)
+async def resubmit(who: Authenticated, job_id: str, request: Request) -> dict[str, Any]:
+    """A new job with the same request; it records the job it came from as its parent."""
+    who.require(Scope.SUBMIT)
+    body = await parse(request, Resubmission)
+    lab = backend()
+    row = await call(lab.resubmit, job_id_of(job_id), priority=body.priority, submitter=who.name, role=who.role)
+    return await call(lab.describe_job, row)  # type: ignore[no-any-return]
+
+
+@router.patch("/jobs/{job_id}")
+async def reprioritise(who: Authenticated, job_id: str, request: Request) -> dict[str, Any]:
+    """Change the priority of a queued job; it moves in the queue accordingly."""
+    who.require(Scope.SUBMIT)
+    body = await parse(request, PriorityChange)
+    lab = backend()
+    may_any = Scope.CANCEL_ANY.value in who.scopes
+    row = await call(lab.reprioritise, job_id_of(job_id), body.priority, name=who.name, may_any=may_any)
+    return await call(lab.describe_job, row)  # type: ignore[no-any-return]
+
+
+# -- the RunEngine -------------------------------------------------------------------------
+
+
+class PauseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    option: str = Field("deferred", pattern="^(deferred|immediate)$", description='"deferred" or "immediate"')
+
+
+@router.get("/runengine")
+async def runengine(who: Reader) -> dict[str, Any]:
+    return await call(backend().runengine_state)  # type: ignore[no-any-return]
+
+
+@router.post("/runengine/pause")
+async def pause(who: Authenticated, request: Request) -> dict[str, Any]:
+    who.require(Scope.CONTROL)
+    body = await parse(request, PauseRequest)
+    return await call(backend().pause, body.option)  # type: ignore[no-any-return]
+
+
+@router.post("/runengine/resume")
+async def resume(who: Authenticated) -> dict[str, Any]:
+    who.require(Scope.CONTROL)
+    return await call(backend().resume)  # type: ignore[no-any-return]
+
+
+@router.post("/runengine/abort")
+async def abort(who: Authenticated) -> dict[str, Any]:
+    who.require(Scope.CONTROL)
+    return await call(backend().abort)  # type: ignore[no-any-return]
+
+
+# -- devices -------------------------------------------------------------------------------
+
+
+@router.get("/devices")
+async def devices(who: Reader) -> list[dict[str, Any]]:
+    return await call(backend().list_devices)  # type: ignore[no-any-return]
+
+
+@router.post("/devices/{name}/enable")
+async def enable(who: Authenticated, name: str) -> dict[str, Any]:
+    who.require(Scope.DEVICES)
+    return await call(backend().switch_device, name, enabled=True, user=who.name)  # type: ignore[no-any-return]
+
+
+@router.post("/devices/{name}/disable")
+async def disable(who: Authenticated, name: str) -> dict[str, Any]:
+    who.require(Scope.DEVICES)
+    return await call(backend().switch_device, name, enabled=False, user=who.name)  # type: ignore[no-any-return]
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+@router.get("/catalog")
+def catalog(who: Reader) -> dict[str, Any]:
+    """Where the stack's runs are catalogued: the Tiled server's URL and the key to read it.
+
+    The stack's Tiled server has one key (tiled's single-user mode), so every reader
+    gets that one; per-role Tiled keys need Tiled's own authentication configured.
+    """
+    config = backend().config
+    return {"url": config.tiled_uri or tiled_uri(config), "api_key": tiled_api_key(config)}
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+class KeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Role = Field(description="admin, user or observer")
+    name: str = Field(description="Who holds the key (recorded as submitter and parameter source)")
+    note: str = Field("", max_length=500)
+
+
+@router.post("/keys", status_code=201)
+async def new_key(who: Authenticated, request: Request) -> dict[str, Any]:
+    """A new API key for a named holder with a role: the secret is in this answer only."""
+    who.require(Scope.KEYS)
+    body = await parse(request, KeyRequest)
+    check_name(body.name)
+    directory = run_dir(backend().config)
+    secret = await call(create_key, database_uri(directory), RoleFile(roles_path(directory)), body.name, body.role,
+                        note=body.note)  # fmt: skip
+    return {"name": body.name, "role": body.role.value, "scopes": sorted(ROLE_SCOPES[body.role]), "key": secret}
+
+
+# -- live ----------------------------------------------------------------------------------
+
+
+@router.get("/live")
+async def live(who: Reader, request: Request, interval: float = 0.2) -> StreamingResponse:
+    """Server-sent events: `job` (a job's row, when it changes) and `points` (the running job's new points)."""
+    if not 0.05 <= interval <= 10:
+        raise HTTPException(422, "interval: between 0.05 and 10 s")
+    lab = backend()
+
+    async def events() -> AsyncIterator[str]:
+        states = await call(lab.job_states)
+        yield sse("hello", {"name": who.name, "jobs": len(states)})
+        reader_: PointReader | None = None
+        while not await request.is_disconnected():
+            now = await call(lab.job_states)
+            for job_id in changed_jobs(states, now):
+                yield sse("job", await call(lab.describe_job, await call(lab.job, job_id)))
+            states = now
+            running = await call(lab.running_job)
+            if running is not None and (reader_ is None or reader_.job.id != running.id):
+                reader_ = PointReader(lab.config.data_dir, running)
+            if reader_ is not None:
+                points = await call(reader_.new_points)
+                if points:
+                    yield sse("points", {"job": reader_.job.id, "points": points})
+                if running is None:
+                    reader_ = None
+            await asyncio.sleep(interval)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
