@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ ORCHESTRION = Path(sys.executable).with_name("orchestrion")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Three real runs (a repeated 1-D scan with its fit, a 2-axis grid, an oscillation) and their documents."""
     home = tmp_path_factory.mktemp("home")
     config = OrchestrionConfig(home=home, sim_time_scale=0.02, sim_seed=1234)  # type: ignore[call-arg]
@@ -53,7 +52,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             uids[name] = summary.run_uid
     finally:
         session.close()
-    yield {"config": config, "uids": uids, "documents": documents, "home": home}
+    return {"config": config, "uids": uids, "documents": documents, "home": home}
 
 
 def _catalogued(config: OrchestrionConfig, reference: str) -> RunData:

@@ -11,7 +11,6 @@ from ._app import run_gui
 from ._catalog import find_run, open_catalog, run_data_from_node, search_catalog
 from ._figure import draw_figure, save_figure, show_figure, write_run_figures
 from ._plotdata import Axis, Curve, FitCurve, Histogram, Image, RunData, RunPlot, plot_run, point_histogram
-from ._window import MainWindow
 from ._protocol import (
     DeviceInfo,
     ExperimentInfo,
@@ -27,10 +26,10 @@ from ._protocol import (
     StackClient,
     StackStatus,
 )
+from ._window import MainWindow
 
 __all__ = [
     "ApiStackClient",
-    "MainWindow",
     "Axis",
     "Curve",
     "DeviceInfo",
@@ -42,6 +41,7 @@ __all__ = [
     "Image",
     "JobInfo",
     "LiveEvent",
+    "MainWindow",
     "ParameterChange",
     "ParameterInfo",
     "RunData",

@@ -56,7 +56,11 @@ def take_screenshots(window: MainWindow, app: QApplication, directory: Path) -> 
     window.start()
     wait_for(app, lambda: filled(window), SCREENSHOT_TIMEOUT)
     if window.parameters.parameters:
-        first = "qubit.frequency" if "qubit.frequency" in window.parameters.parameters else next(iter(window.parameters.parameters))
+        first = (
+            "qubit.frequency"
+            if "qubit.frequency" in window.parameters.parameters
+            else next(iter(window.parameters.parameters))
+        )
         window.parameters.select(first)
     jobs = [j for j in window.queue.jobs.values() if j.run_uid]
     if window.data.run is None and jobs:
@@ -76,7 +80,8 @@ def run_gui(
     config: OrchestrionConfig, *, url: str | None = None, api_key: str | None = None, screenshot: Path | None = None
 ) -> int:
     """Open the GUI on a stack (or render its pages to ``screenshot`` and return)."""
-    app = QApplication.instance() or QApplication(sys.argv[:1])
+    existing = QApplication.instance()
+    app = existing if isinstance(existing, QApplication) else QApplication(sys.argv[:1])
     client = connect(config, url, api_key)
     window = MainWindow(client)
     try:

@@ -123,13 +123,12 @@ def find_run(client: Any, reference: str) -> Any:
     if len(text) < MIN_UID_PREFIX:
         raise InputError(f"run '{text}': give at least {MIN_UID_PREFIX} characters of its uid")
     # Tiled has no prefix query over keys; a short walk over the newest runs finds it.
-    matches = [uid for uid in client.keys() if uid.startswith(text)]
+    matches = [uid for uid in client if uid.startswith(text)]
     if not matches:
         raise InputError(f"run '{text}': no run with that uid in the catalog")
     if len(matches) > 1:
         raise InputError(f"run '{text}': {len(matches)} runs start with it; give more of the uid")
     return client[matches[0]]
-
 
 
 def open_catalog(config: OrchestrionConfig) -> CatalogConnection:

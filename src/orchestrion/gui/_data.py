@@ -327,7 +327,9 @@ class DataPage(QWidget):
         assert image is not None
         self.graph.setLabel("bottom", image.x_axis.label)
         self.graph.setLabel("left", image.y_axis.label)
-        values = np.nan_to_num(image.values, nan=float(np.nanmin(image.values)) if np.isfinite(image.values).any() else 0)
+        values = np.nan_to_num(
+            image.values, nan=float(np.nanmin(image.values)) if np.isfinite(image.values).any() else 0
+        )
         # ImageItem's first index is x: columns run along the inner (x) axis.
         self.image.setImage(values.T, autoLevels=True)
         dx = float(np.diff(image.x).min()) if image.x.size > 1 else 1.0

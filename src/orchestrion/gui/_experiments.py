@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from qtpy.QtCore import QSettings, Qt, Signal
+from qtpy.QtCore import QSettings, Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._protocol import ExperimentInfo, FieldError, JobInfo, ParameterInfo, StackClient
-from ._tasks import Background
+from ._tasks import Background, Signal
 
 logger = logging.getLogger(__name__)
 
@@ -261,9 +261,10 @@ class ExperimentsPage(QWidget):
     def select(self, name: str) -> None:
         for group in range(self.tree.topLevelItemCount()):
             top = self.tree.topLevelItem(group)
-            for index in range(top.childCount()):
-                if top.child(index).data(0, Qt.ItemDataRole.UserRole) == name:
-                    self.tree.setCurrentItem(top.child(index))
+            children = [top.child(i) for i in range(top.childCount())] if top is not None else []
+            for child in children:
+                if child is not None and child.data(0, Qt.ItemDataRole.UserRole) == name:
+                    self.tree.setCurrentItem(child)
                     return
 
     def _selected(self) -> None:
@@ -350,8 +351,9 @@ class ExperimentsPage(QWidget):
         self.axes.setCellWidget(row, 1, mode)
         for column, text in enumerate((axis.start, axis.stop, axis.points, axis.values, axis.centre, axis.span), 2):
             edit = QLineEdit(text)
+            if column == 6:
+                edit.setPlaceholderText("stored value")
             self.axes.setCellWidget(row, column, edit)
-        self.axes.cellWidget(row, 6).setPlaceholderText("stored value")
         mode.currentTextChanged.connect(lambda _text, r=row: self._mode_changed(r))
         self._mode_changed(row)
 
@@ -368,8 +370,9 @@ class ExperimentsPage(QWidget):
 
     def _cell_text(self, row: int, column: int) -> str:
         widget = self.axes.cellWidget(row, column)
-        text = widget.currentText() if isinstance(widget, QComboBox) else widget.text()
-        return str(text).strip()
+        if isinstance(widget, QComboBox):
+            return str(widget.currentText()).strip()
+        return str(widget.text()).strip() if isinstance(widget, QLineEdit) else ""
 
     def axis_settings(self) -> list[AxisSetting]:
         return [
@@ -455,9 +458,7 @@ class ExperimentsPage(QWidget):
         self.submit_button.setEnabled(False)
         self.message.setText("submitting ...")
         priority = self.priority.value()
-        self.background.call(
-            lambda: self.client.submit(request, priority=priority), self._submitted, self._refused
-        )
+        self.background.call(lambda: self.client.submit(request, priority=priority), self._submitted, self._refused)
 
     def _submitted(self, job: JobInfo | None) -> None:
         self.submit_button.setEnabled(self._may_write)

@@ -30,7 +30,9 @@ def draw_figure(plot: RunPlot, figure: Any) -> None:
     else:
         for curve in plot.curves:
             style = {"linewidth": 2.0, "color": "black"} if curve.averaged else {"alpha": 0.8}
-            main.errorbar(curve.x, curve.y, yerr=curve.yerr, fmt="o-", markersize=3, capsize=2, label=curve.label, **style)
+            main.errorbar(
+                curve.x, curve.y, yerr=curve.yerr, fmt="o-", markersize=3, capsize=2, label=curve.label, **style
+            )
         if plot.fit is not None:
             text = "\n".join(f"{name} = {_format_value(*pair)}" for name, pair in plot.fit.parameters.items())
             main.plot(plot.fit.x, plot.fit.y, "-", color="tab:red", label=f"fit: {plot.fit.model}")

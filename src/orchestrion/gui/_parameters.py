@@ -133,6 +133,8 @@ class ParametersPage(QWidget):
         iterator = [self.tree.topLevelItem(i) for i in range(self.tree.topLevelItemCount())]
         while iterator:
             item = iterator.pop()
+            if item is None:
+                continue
             if item.data(0, Qt.ItemDataRole.UserRole) == parameter_id:
                 self.tree.setCurrentItem(item)
                 return
@@ -170,7 +172,9 @@ class ParametersPage(QWidget):
             xs = [c.timestamp.timestamp() for c in numeric]
             ys = [float(c.value) for c in numeric]
             # The value holds until the next change: a step line, extended to now.
-            self.plot.plot([*xs, max(xs[-1], time.time())], [*ys, ys[-1]], stepMode="left", pen=pg.mkPen("#444", width=1.5))
+            self.plot.plot(
+                [*xs, max(xs[-1], time.time())], [*ys, ys[-1]], stepMode="left", pen=pg.mkPen("#444", width=1.5)
+            )
             self.plot.plot(
                 xs, ys, pen=None, symbol="o", symbolSize=9, symbolPen=None,
                 symbolBrush=[pg.mkBrush(source_colour(c.source)) for c in numeric],

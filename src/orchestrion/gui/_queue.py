@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._protocol import JobInfo, StackClient
-from ._tasks import Background
+from ._tasks import Background, Signal
 
 COLUMNS = ("Id", "Experiment", "Status", "Priority", "Submitter", "Submitted", "Started", "Finished", "Points", "Error")
 PROGRESS_COLUMN = COLUMNS.index("Points")
@@ -129,7 +129,8 @@ class QueuePage(QWidget):
 
     def select_job(self, job_id: int) -> None:
         for row in range(self.table.rowCount()):
-            if int(self.table.item(row, 0).data(Qt.ItemDataRole.UserRole)) == job_id:
+            item = self.table.item(row, 0)
+            if item is not None and int(item.data(Qt.ItemDataRole.UserRole)) == job_id:
                 self.table.selectRow(row)
                 return
 
@@ -171,4 +172,3 @@ class QueuePage(QWidget):
         for button in self.write_buttons:
             button.setToolTip("" if may else "an observer key may not change jobs")
         self._update_buttons()
-

@@ -10,9 +10,17 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from qtpy.QtCore import QObject, QRunnable, QThreadPool, Signal
+# qtpy re-exports PySide6's Signal with a star import, which mypy does not see as an export.
+from qtpy.QtCore import (
+    QObject,
+    QRunnable,
+    QThreadPool,
+    Signal,  # type: ignore[attr-defined]
+)
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["Background", "Signal"]
 
 
 class _Relay(QObject):

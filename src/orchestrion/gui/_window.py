@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QObject, QTimer
 from qtpy.QtGui import QCloseEvent
 from qtpy.QtWidgets import QApplication, QLabel, QMainWindow, QTabWidget, QWidget
 
@@ -15,7 +15,7 @@ from ._experiments import EditorSettings, ExperimentsPage
 from ._parameters import ParametersPage
 from ._protocol import JobInfo, LiveEvent, LiveSubscription, StackClient, StackStatus
 from ._queue import QueuePage
-from ._tasks import Background
+from ._tasks import Background, Signal
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class MainWindow(QMainWindow):
             written.append(path)
         return written
 
-    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt's name)
+    def closeEvent(self, event: QCloseEvent) -> None:
         self.shutdown()
         super().closeEvent(event)
 
