@@ -11,11 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 # qtpy re-exports PySide6's Signal with a star import, which mypy does not see as an export.
-from qtpy.QtCore import (
+from qtpy.QtCore import (  # type: ignore[attr-defined]
     QObject,
     QRunnable,
     QThreadPool,
-    Signal,  # type: ignore[attr-defined]
+    Signal,
 )
 
 logger = logging.getLogger(__name__)
