@@ -7,8 +7,9 @@
 """
 
 from ._api import ApiStackClient
-from ._app import run_gui
+from ._app import run_gui, take_screenshots
 from ._catalog import find_run, open_catalog, run_data_from_node, search_catalog
+from ._experiments import AxisSetting, EditorSettings
 from ._figure import draw_figure, save_figure, show_figure, write_run_figures
 from ._plotdata import Axis, Curve, FitCurve, Histogram, Image, RunData, RunPlot, plot_run, point_histogram
 from ._protocol import (
@@ -26,13 +27,17 @@ from ._protocol import (
     StackClient,
     StackStatus,
 )
+from ._tasks import Background, Mailbox
 from ._window import MainWindow
 
 __all__ = [
     "ApiStackClient",
     "Axis",
+    "AxisSetting",
+    "Background",
     "Curve",
     "DeviceInfo",
+    "EditorSettings",
     "ExperimentInfo",
     "FieldError",
     "FitCurve",
@@ -41,6 +46,7 @@ __all__ = [
     "Image",
     "JobInfo",
     "LiveEvent",
+    "Mailbox",
     "MainWindow",
     "ParameterChange",
     "ParameterInfo",
@@ -61,5 +67,6 @@ __all__ = [
     "save_figure",
     "search_catalog",
     "show_figure",
+    "take_screenshots",
     "write_run_figures",
 ]

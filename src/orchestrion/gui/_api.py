@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from orchestrion.client import AuthError, Client
+import httpx
+
+from orchestrion.client import PREFIX, AuthError, Client
 from orchestrion.errors import InputError
 
 from ._catalog import run_data_from_node, search_catalog
@@ -70,10 +73,15 @@ def _job(data: Mapping[str, Any]) -> JobInfo:
 
 
 class _Live:
-    """Reads the API's server-sent events on a thread of its own until closed."""
+    """Reads the API's server-sent events on a thread of its own until closed.
 
-    def __init__(self, client: Client, on_event: Callable[[LiveEvent], None], interval: float) -> None:
-        self.client, self.on_event, self.interval = client, on_event, interval
+    It has its own HTTP connection, so closing it from the GUI thread ends a read that
+    waits for the next event (`Client.live` is a generator only its own thread can stop).
+    """
+
+    def __init__(self, url: str, api_key: str, on_event: Callable[[LiveEvent], None], interval: float) -> None:
+        self.on_event, self.interval = on_event, interval
+        self._http = httpx.Client(base_url=url, headers={"Authorization": f"Apikey {api_key}"}, timeout=None)
         self._closed = threading.Event()
         self.thread = threading.Thread(target=self._run, name="orchestrion-gui-live", daemon=True)
         self.thread.start()
@@ -81,15 +89,25 @@ class _Live:
     def _run(self) -> None:
         while not self._closed.is_set():
             try:
-                for event, data in self.client.live(interval=self.interval):
-                    if self._closed.is_set():
-                        return
-                    self._deliver(event, data)
-            except Exception as exc:  # the server restarting, a dropped connection
+                self._read()
+            except Exception as exc:  # the server restarting, a dropped connection, close()
                 if self._closed.is_set():
                     return
                 logger.warning("live stream interrupted (%s); reconnecting", exc)
                 self._closed.wait(1.0)
+
+    def _read(self) -> None:
+        with self._http.stream("GET", f"{PREFIX}/live", params={"interval": self.interval}) as response:
+            response.raise_for_status()
+            event = "message"
+            for line in response.iter_lines():
+                if self._closed.is_set():
+                    return
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    self._deliver(event, json.loads(line[5:]))
+                    event = "message"
 
     def _deliver(self, event: str, data: Any) -> None:
         if event == "job":
@@ -99,13 +117,16 @@ class _Live:
 
     def close(self) -> None:
         self._closed.set()
+        self._http.close()
+        self.thread.join(timeout=10)
 
 
 class ApiStackClient:
     """The GUI's view of a stack, through its API server's URL and a key."""
 
-    def __init__(self, client: Client, *, live_interval: float = 0.1) -> None:
-        self.api = client
+    def __init__(self, url: str, api_key: str, *, live_interval: float = 0.1) -> None:
+        self.api = Client(url, api_key)
+        self._key = api_key
         self.live_interval = live_interval
         self._experiment_specs: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -212,7 +233,8 @@ class ApiStackClient:
         except Exception as exc:
             services.append(ServiceHealth("queue server", False, str(exc)))
         try:
-            catalog = self.api.catalog()
+            with self._lock:
+                catalog = self.api.catalog()
             services.append(ServiceHealth("Tiled", True, str(catalog.uri)))
         except Exception as exc:
             services.append(ServiceHealth("Tiled", False, str(exc)))
@@ -224,7 +246,7 @@ class ApiStackClient:
         return StackStatus(services=tuple(services), principal=str(who.get("name", "")), role=str(who.get("role", "")))
 
     def subscribe(self, on_event: Callable[[LiveEvent], None]) -> _Live:
-        live = _Live(self.api, on_event, self.live_interval)
+        live = _Live(self.api.url, self._key, on_event, self.live_interval)
         self._subscriptions.append(live)
         return live
 

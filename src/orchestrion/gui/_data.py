@@ -41,6 +41,8 @@ from ._tasks import Background
 REDRAW_MS = 40
 """The live plot's redraw tick: well under the 0.2 s a point may wait to be seen."""
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+LEGEND_REPETITIONS = 4
+HISTOGRAM_INTERVAL = 0.5
 REPETITION_VIEWS = ("overlaid and averaged", "overlaid", "averaged")
 
 
@@ -62,6 +64,13 @@ class DataPage(QWidget):
         """Monotonic time the latest live point arrived; ``drawn_points`` counts what the plot holds."""
         self.drawn_points = 0
         self.drawn_at = 0.0
+        self._layout: tuple[Any, ...] = ()
+        self._items: dict[str, tuple[Any, Any]] = {}
+        self._shown: dict[str, Any] = {}
+        self._histogram_item: Any = None
+        self._histogram_at = 0.0
+        self._threshold_line: Any = None
+        self._fit_shown: dict[str, tuple[float, float | None]] | None = None
 
         self.graph = pg.PlotWidget(background="w")
         self.graph.showGrid(x=True, y=True, alpha=0.3)
@@ -280,10 +289,19 @@ class DataPage(QWidget):
         if self.run is None:
             return
         self.plot = drawn = plot_run(self.run)
-        self.graph.clear()
-        self.legend.clear()
-        if self.colour_bar is not None:
-            self.colour_bar.hide()
+        # Items are kept while the run and what is shown stay the same, and only their
+        # data change: a live scan costs a setData per curve per tick, not new items.
+        many = len(drawn.curves) > LEGEND_REPETITIONS + 1
+        layout = (self.run.uid, drawn.image is not None, self.repetition_view.currentText(), many)
+        if layout != self._layout:
+            self._layout = layout
+            self._items.clear()
+            self._shown.clear()
+            self.graph.clear()
+            self.legend.clear()
+            if self.colour_bar is not None:
+                self.colour_bar.hide()
+            self._fix_ranges(drawn)
         done = f"{drawn.points}" + (f" of {drawn.expected_points}" if drawn.expected_points else "")
         live = f"job {self.live_job}, live" if self.live_job is not None else "catalogued"
         status = f", {self.run.exit_status}" if self.run.exit_status else ""
@@ -297,30 +315,68 @@ class DataPage(QWidget):
         self.drawn_points = drawn.points
         self.drawn_at = time.monotonic()
 
+    def _fix_ranges(self, drawn: RunPlot) -> None:
+        """The scan's span on x, and 0-1 for a fraction, from the start: axes that do not
+        move as points arrive are not laid out and repainted with every point."""
+        view = self.graph.getPlotItem().getViewBox()
+        view.enableAutoRange()
+        if drawn.image is not None or not drawn.axes or not drawn.axes[0].values:
+            return
+        low, high = min(drawn.axes[0].values), max(drawn.axes[0].values)
+        pad = 0.03 * (high - low or 1.0)
+        view.setXRange(low - pad, high + pad, padding=0)
+        ys = np.concatenate([c.y for c in drawn.curves]) if drawn.curves else np.zeros(0)
+        ys = ys[np.isfinite(ys)]
+        if ys.size and float(ys.min()) >= 0 and float(ys.max()) <= 1:
+            view.setYRange(-0.05, 1.05, padding=0)
+
     def _draw_curves(self, drawn: RunPlot) -> None:
         view = self.repetition_view.currentText()
         self.graph.setLabel("bottom", drawn.x_label)
         self.graph.setLabel("left", drawn.signal_label)
         several = len(drawn.curves) > 1
+        wanted = {"fit"} if drawn.fit is not None else set()
         for index, curve in enumerate(drawn.curves):
             if several and ((curve.averaged and view == "overlaid") or (not curve.averaged and view == "averaged")):
                 continue
+            wanted.add(curve.label)
             colour = "k" if curve.averaged else COLOURS[index % len(COLOURS)]
-            width = 2.5 if curve.averaged else 1.0
-            self.graph.plot(
-                curve.x, curve.y, pen=pg.mkPen(colour, width=width), symbol="o", symbolSize=5,
-                symbolBrush=colour, symbolPen=None, name=curve.label,
-            )  # fmt: skip
-            if curve.yerr is not None:
-                finite = np.isfinite(curve.yerr)
-                self.graph.addItem(
-                    pg.ErrorBarItem(
-                        x=curve.x[finite], y=curve.y[finite], height=2 * curve.yerr[finite],
-                        pen=pg.mkPen(colour, width=1), beam=0,
-                    )
+            finite = np.isfinite(curve.yerr) if curve.yerr is not None else None
+            if curve.label not in self._items:
+                # Dozens of repetitions are context for their average: thin lines, without
+                # markers, error bars or legend entries (which say nothing and cost each repaint).
+                full = curve.averaged or len(drawn.curves) <= LEGEND_REPETITIONS + 1
+                named = curve.averaged or index < LEGEND_REPETITIONS
+                line = self.graph.plot(
+                    pen=pg.mkPen(colour, width=2.5 if curve.averaged else 1.0), symbol="o" if full else None,
+                    symbolSize=5, symbolBrush=colour, symbolPen=None, name=curve.label if named else None,
                 )  # fmt: skip
+                bars = None
+                if full:
+                    bars = pg.ErrorBarItem(x=np.zeros(0), y=np.zeros(0), pen=pg.mkPen(colour, width=1), beam=0)
+                    self.graph.addItem(bars)
+                self._items[curve.label] = (line, bars)
+            line, bars = self._items[curve.label]
+            # A finished repetition does not change: only the growing ones are set again.
+            shown = self._shown.get(curve.label)
+            if shown is not None and np.array_equal(shown, curve.y, equal_nan=True):
+                continue
+            self._shown[curve.label] = curve.y
+            line.setData(curve.x, curve.y)
+            if bars is not None and curve.yerr is not None and finite is not None:
+                bars.setData(x=curve.x[finite], y=curve.y[finite], height=2 * curve.yerr[finite])
         if drawn.fit is not None:
-            self.graph.plot(drawn.fit.x, drawn.fit.y, pen=pg.mkPen("#d62728", width=2), name=f"fit: {drawn.fit.model}")
+            if "fit" not in self._items:
+                fit_line = self.graph.plot(pen=pg.mkPen("#d62728", width=2), name=f"fit: {drawn.fit.model}")
+                self._items["fit"] = (fit_line, None)
+            self._items["fit"][0].setData(drawn.fit.x, drawn.fit.y)
+        for label in set(self._items) - wanted:
+            self._shown.pop(label, None)
+            line, bars = self._items.pop(label)
+            self.legend.removeItem(line)
+            self.graph.removeItem(line)
+            if bars is not None:
+                self.graph.removeItem(bars)
 
     def _draw_image(self, drawn: RunPlot) -> None:
         image = drawn.image
@@ -351,27 +407,42 @@ class DataPage(QWidget):
             self.colour_bar.show()
 
     def _draw_histogram(self) -> None:
-        self.histogram.clear()
+        # While points arrive, the histogram of thousands of shots changes little from
+        # one point to the next: it is redrawn a few times a second, not every tick.
+        now = time.monotonic()
+        if self.live_job is not None and now - self._histogram_at < HISTOGRAM_INTERVAL:
+            return
+        self._histogram_at = now
+        if self._histogram_item is None:
+            self._histogram_item = self.histogram.plot(
+                [0, 1], [0], stepMode="center", fillLevel=0, brush=(31, 119, 180, 120), pen=pg.mkPen("#1f77b4")
+            )
+            self._threshold_line = pg.InfiniteLine(0, angle=90, pen=pg.mkPen("#d62728", style=Qt.PenStyle.DashLine))
+            self.histogram.addItem(self._threshold_line)
         if self.run is None or self.plot is None or not self.plot.signal:
             return
         index = self.shot_point.value()
         chosen = point_histogram(self.run, self.plot.signal, index) if index >= 0 else None
-        histograms = [chosen] if chosen is not None else list(self.plot.histograms)
-        for histogram in histograms:
-            self.histogram.plot(
-                histogram.edges, histogram.counts, stepMode="center", fillLevel=0,
-                brush=(31, 119, 180, 120), pen=pg.mkPen("#1f77b4"),
-            )  # fmt: skip
-            self.histogram.setTitle(histogram.label, size="8pt")
-            if histogram.threshold is not None:
-                self.histogram.addItem(
-                    pg.InfiniteLine(histogram.threshold, angle=90, pen=pg.mkPen("#d62728", style=Qt.PenStyle.DashLine))
-                )
+        histogram = chosen if chosen is not None else (self.plot.histograms[0] if self.plot.histograms else None)
+        if histogram is None:
+            self._histogram_item.setData([0, 1], [0])
+            self._threshold_line.hide()
+            return
+        self._histogram_item.setData(histogram.edges, histogram.counts)
+        self.histogram.setTitle(histogram.label, size="8pt")
+        if histogram.threshold is not None:
+            self._threshold_line.setValue(histogram.threshold)
+            self._threshold_line.show()
+        else:
+            self._threshold_line.hide()
 
     def _draw_fit_table(self, drawn: RunPlot) -> None:
         parameters = drawn.fit.parameters if drawn.fit is not None else {}
         if not parameters and self.run is not None:
             parameters = {k: (v, None) for k, v in self.run.fit.items() if not k.endswith("_err")}
+        if parameters == self._fit_shown:
+            return
+        self._fit_shown = parameters
         self.fit_table.setRowCount(0)
         for row, (name, (value, error)) in enumerate(parameters.items()):
             self.fit_table.insertRow(row)

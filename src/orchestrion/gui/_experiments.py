@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._protocol import ExperimentInfo, FieldError, JobInfo, ParameterInfo, StackClient
-from ._tasks import Background, Signal
+from ._tasks import Background
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +153,6 @@ def _number(text: str, field: str, what: str) -> float:
 class ExperimentsPage(QWidget):
     """Pick an experiment, set its run, submit it."""
 
-    submitted = Signal(object)  # JobInfo
-
     def __init__(self, client: StackClient, background: Background, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.client, self.background = client, background
@@ -163,6 +161,8 @@ class ExperimentsPage(QWidget):
         self.settings: dict[str, EditorSettings] = {}
         self.field_errors: dict[str, str] = {}
         """Field -> the message marked at it (parameter id, "scan[N]", "shots", ...)."""
+        self.on_submitted: list[Callable[[JobInfo], None]] = []
+        """Called with each job this page queued."""
         self._store = QSettings("Orchestrion", "gui")
         self._may_write = True
 
@@ -357,6 +357,12 @@ class ExperimentsPage(QWidget):
         mode.currentTextChanged.connect(lambda _text, r=row: self._mode_changed(r))
         self._mode_changed(row)
 
+    def set_axes(self, axes: Sequence[AxisSetting]) -> None:
+        """Replace the scan editor's rows."""
+        self.axes.setRowCount(0)
+        for axis in axes:
+            self._add_axis_row(axis)
+
     def _mode_changed(self, row: int) -> None:
         mode = self._cell_text(row, 1)
         enabled = {"range": {2, 3, 4}, "list": {5}, "centre": {4, 6, 7}}[mode]
@@ -464,7 +470,8 @@ class ExperimentsPage(QWidget):
         self.submit_button.setEnabled(self._may_write)
         if job is not None:
             self.message.setText(f"job {job.id} queued ({job.experiment}, priority {job.priority})")
-            self.submitted.emit(job)
+            for callback in self.on_submitted:
+                callback(job)
 
     def _refused(self, error: Exception) -> None:
         self.submit_button.setEnabled(self._may_write)

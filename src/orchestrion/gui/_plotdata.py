@@ -65,6 +65,8 @@ class RunData:
     exit_status: str | None = None
     keys: tuple[str, ...] = ()
     """Every data key of the primary stream (from its descriptor)."""
+    shot_counts: dict[str, tuple[int, NDArray[Any], int, int]] = field(default_factory=dict, repr=False, compare=False)
+    """Per-shot count histograms so far, by data key: (points counted, counts per value, shots, points)."""
 
     @property
     def uid(self) -> str:
@@ -270,13 +272,16 @@ def _fraction_error(y: Array, shots: int | None) -> Array | None:
 
 def _mean_by_x(x: Array, y: Array) -> tuple[Array, Array, Array]:
     """Mean and standard error of ``y`` at each distinct ``x`` (ignoring NaNs)."""
-    xs = np.unique(x[np.isfinite(x)])
-    means, errors = [], []
-    for value in xs:
-        sample = y[(x == value) & np.isfinite(y)]
-        means.append(float(np.mean(sample)) if sample.size else np.nan)
-        errors.append(float(np.std(sample, ddof=1) / math.sqrt(sample.size)) if sample.size > 1 else np.nan)
-    return xs, np.array(means), np.array(errors)
+    finite = np.isfinite(x) & np.isfinite(y)
+    xs, where = np.unique(x[finite], return_inverse=True)
+    n = np.bincount(where, minlength=xs.size).astype(float)
+    total = np.bincount(where, weights=y[finite], minlength=xs.size)
+    squares = np.bincount(where, weights=y[finite] ** 2, minlength=xs.size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / n
+        variance = np.where(n > 1, (squares - n * mean**2) / (n - 1), np.nan)
+        error = np.sqrt(np.clip(variance, 0, None) / n)
+    return xs, mean, error
 
 
 def _parameter(start: Mapping[str, Any], parameter_id: str) -> Any:
@@ -347,21 +352,25 @@ def fit_curve(run: RunData, x: Array) -> FitCurve | None:
 def _histograms(run: RunData, signal: str) -> tuple[Histogram, ...]:
     device = signal.split("-", 1)[0]
     key = f"{device}{COUNTS_SUFFIX}"
-    rows = [np.ravel(np.asarray(v, dtype=float)) for v in run.columns.get(key, []) if v is not None]
-    if not rows:
+    column = run.columns.get(key, [])
+    # Counted once per point: a live run adds points, it never changes the ones it has.
+    done, counts, shots, points = run.shot_counts.get(key, (0, np.zeros(0), 0, 0))
+    new = [np.ravel(np.asarray(v, dtype=float)) for v in column[done:] if v is not None]
+    if new:
+        values = np.concatenate(new)
+        values = values[np.isfinite(values) & (values >= 0)].astype(np.int64)
+        more = np.bincount(values)
+        size = max(counts.size, more.size)
+        counts = np.pad(counts, (0, size - counts.size)) + np.pad(more, (0, size - more.size))
+        shots, points = shots + values.size, points + len(new)
+    run.shot_counts[key] = (len(column), counts, shots, points)
+    if shots == 0:
         return ()
-    shots = np.concatenate(rows)
-    shots = shots[np.isfinite(shots)]
-    if shots.size == 0:
-        return ()
-    top = int(shots.max())
-    edges = np.arange(-0.5, top + 1.5, 1.0)
-    counts, _ = np.histogram(shots, bins=edges)
     threshold = _parameter(run.start, "detection.threshold")
     return (
         Histogram(
-            label=f"{key}: {shots.size} shots of {len(rows)} points",
-            edges=edges,
+            label=f"{key}: {shots} shots of {points} points",
+            edges=np.arange(-0.5, counts.size + 0.5, 1.0),
             counts=counts.astype(float),
             threshold=float(threshold) if _is_number(threshold) else None,
         ),

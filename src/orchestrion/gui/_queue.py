@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._protocol import JobInfo, StackClient
-from ._tasks import Background, Signal
+from ._tasks import Background
 
 COLUMNS = ("Id", "Experiment", "Status", "Priority", "Submitter", "Submitted", "Started", "Finished", "Points", "Error")
 PROGRESS_COLUMN = COLUMNS.index("Points")
@@ -36,12 +36,12 @@ def _when(stamp: datetime | None) -> str:
 class QueuePage(QWidget):
     """Jobs queued, running and finished; cancel, priority, resubmit, pause, resume, abort."""
 
-    resubmit = Signal(object)  # JobInfo: load its settings into the editor
-
     def __init__(self, client: StackClient, background: Background, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.client, self.background = client, background
         self.jobs: dict[int, JobInfo] = {}
+        self.on_resubmit: list[Callable[[JobInfo], None]] = []
+        """Called with the job whose settings are to be loaded into the editor."""
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.verticalHeader().setVisible(False)
@@ -159,7 +159,8 @@ class QueuePage(QWidget):
     def _resubmit_selected(self) -> None:
         job = self.selected()
         if job is not None:
-            self.resubmit.emit(job)
+            for callback in self.on_resubmit:
+                callback(job)
 
     def _control(self, action: Callable[[], None], name: str) -> None:
         self.background.call(action, lambda _r: self.message.setText(f"{name}: done"), self._failed)

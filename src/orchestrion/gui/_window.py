@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from qtpy.QtCore import QObject, QTimer
+from qtpy.QtCore import QTimer
 from qtpy.QtGui import QCloseEvent
 from qtpy.QtWidgets import QApplication, QLabel, QMainWindow, QTabWidget, QWidget
 
@@ -15,7 +15,7 @@ from ._experiments import EditorSettings, ExperimentsPage
 from ._parameters import ParametersPage
 from ._protocol import JobInfo, LiveEvent, LiveSubscription, StackClient, StackStatus
 from ._queue import QueuePage
-from ._tasks import Background, Signal
+from ._tasks import Background, Mailbox
 
 logger = logging.getLogger(__name__)
 
@@ -23,12 +23,6 @@ STATUS_POLL_MS = 5_000
 JOBS_POLL_MS = 10_000
 """The live stream carries job changes; the poll only catches what a reconnect missed."""
 PAGES = ("experiments", "queue", "data", "parameters", "devices")
-
-
-class _LiveRelay(QObject):
-    """Carries live messages from the stream's thread to the GUI thread (queued)."""
-
-    message = Signal(object)
 
 
 class MainWindow(QMainWindow):
@@ -60,11 +54,11 @@ class MainWindow(QMainWindow):
         self.statusBar().addWidget(self.services_label, 1)
         self.statusBar().addPermanentWidget(self.principal_label)
 
-        self.experiments.submitted.connect(self._submitted)
-        self.queue.resubmit.connect(self.resubmit)
+        self.experiments.on_submitted.append(self._submitted)
+        self.queue.on_resubmit.append(self.resubmit)
 
-        self._relay = _LiveRelay(self)
-        self._relay.message.connect(self.on_live)
+        self.live_mailbox = Mailbox(self.on_live, self)
+        """The live stream's thread puts its messages here; the GUI thread takes them."""
         self.subscription: LiveSubscription | None = None
 
         self.status_timer = QTimer(self)
@@ -82,7 +76,7 @@ class MainWindow(QMainWindow):
         self.parameters.refresh()
         self.devices.refresh()
         self.data.search()
-        self.subscription = self.client.subscribe(self._relay.message.emit)
+        self.subscription = self.client.subscribe(self.live_mailbox.put)
         self.status_timer.start()
         self.jobs_timer.start()
 
@@ -92,8 +86,11 @@ class MainWindow(QMainWindow):
         if event.kind == "job" and event.job is not None:
             self.queue.update_job(event.job)
             if event.job.terminal and event.job.run_uid:
-                # A calibration may have changed parameters; a finished run is searchable.
+                # A calibration may have changed parameters; the finished run, with its fit,
+                # is in the catalog now.
                 self.parameters.refresh()
+                if self.data.live_job == event.job.id:
+                    self.data.show_run(event.job.run_uid)
         elif event.kind == "points" and event.job_id is not None:
             self.data.on_points(event.job_id, event.document.get("points", []))
         elif event.kind == "document":
@@ -161,6 +158,7 @@ class MainWindow(QMainWindow):
         self.status_timer.stop()
         self.jobs_timer.stop()
         self.data.timer.stop()
+        self.live_mailbox.stop()
         if self.subscription is not None:
             self.subscription.close()
             self.subscription = None
