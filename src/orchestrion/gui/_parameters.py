@@ -57,6 +57,7 @@ class ParametersPage(QWidget):
         self.current: ParameterInfo | None = None
         self.history: list[ParameterChange] = []
         self.error: str = ""
+        self._asked = 0
 
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(["Parameter", "Value", "Unit", "Bounds / allowed", "Source", "Changed"])
@@ -99,7 +100,14 @@ class ParametersPage(QWidget):
         layout.addWidget(splitter)
 
     def refresh(self) -> None:
-        self.background.call(self.client.parameters, self.show_parameters, self._failed)
+        # Answers can come back out of order: only the latest question's answer is shown,
+        # so a listing asked for before a write cannot undo what the write showed.
+        self._asked += 1
+        asked = self._asked
+        self.background.call(
+            self.client.parameters, lambda found: self.show_parameters(found) if asked == self._asked else None,
+            self._failed,
+        )  # fmt: skip
 
     def show_parameters(self, parameters: Sequence[ParameterInfo]) -> None:
         chosen = self.current.id if self.current else None

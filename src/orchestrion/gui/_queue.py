@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -40,6 +41,7 @@ class QueuePage(QWidget):
         super().__init__(parent)
         self.client, self.background = client, background
         self.jobs: dict[int, JobInfo] = {}
+        self._updated: dict[int, float] = {}
         self.on_resubmit: list[Callable[[JobInfo], None]] = []
         """Called with the job whose settings are to be loaded into the editor."""
         self.table = QTableWidget(0, len(COLUMNS))
@@ -85,15 +87,23 @@ class QueuePage(QWidget):
         self._update_buttons()
 
     def refresh(self) -> None:
-        self.background.call(self.client.jobs, self.show_jobs, self._failed)
+        asked = time.monotonic()
+        self.background.call(self.client.jobs, lambda jobs: self.show_jobs(jobs, asked), self._failed)
 
-    def show_jobs(self, jobs: Sequence[JobInfo]) -> None:
-        self.jobs = {job.id: job for job in jobs}
+    def show_jobs(self, jobs: Sequence[JobInfo], asked: float | None = None) -> None:
+        """The job table; a job that changed (live) after the table was asked for keeps its newer state."""
+        fresh = {job.id: job for job in jobs}
+        if asked is not None:
+            for job_id, when in self._updated.items():
+                if when > asked and job_id in self.jobs:
+                    fresh[job_id] = self.jobs[job_id]
+        self.jobs = fresh
         self._redraw()
 
     def update_job(self, job: JobInfo) -> None:
-        """A job's new state from the live stream."""
+        """A job's new state from the live stream (or from an action's answer)."""
         self.jobs[job.id] = job
+        self._updated[job.id] = time.monotonic()
         self._redraw()
 
     def _redraw(self) -> None:
