@@ -74,7 +74,9 @@ def take_screenshots(window: MainWindow, app: QApplication, directory: Path) -> 
     elif window.data.run is None and window.data.results.rowCount():
         window.data.results.selectRow(0)
     if window.queue.jobs:
-        window.queue.select_job(max(window.queue.jobs))
+        latest = window.queue.jobs[max(window.queue.jobs)]
+        window.queue.select_job(latest.id)
+        window.experiments.select(latest.experiment)
     if window.devices.devices:
         window.devices.table.selectRow(0)
     wait_for(app, lambda: window.background.busy == 0 and window.data.run is not None, SCREENSHOT_TIMEOUT)

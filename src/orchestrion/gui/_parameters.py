@@ -6,6 +6,7 @@ its source (the calibration run or the person who set it).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -42,9 +43,12 @@ def source_colour(source: str) -> str:
     return RUN_COLOUR if _looks_like_run(source) else PERSON_COLOUR
 
 
+_RUN_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _looks_like_run(source: str) -> bool:
-    text = source.removeprefix("run:").removeprefix("run ")
-    return len(text) >= 32 and text.count("-") == 4
+    """A calibration records the run it came from ("calibrate_frequency run UID")."""
+    return _RUN_UID.search(source) is not None
 
 
 class ParametersPage(QWidget):
@@ -94,8 +98,7 @@ class ParametersPage(QWidget):
         splitter = QSplitter()
         splitter.addWidget(self.tree)
         splitter.addWidget(right)
-        splitter.setStretchFactor(0, 2)
-        splitter.setStretchFactor(1, 3)
+        splitter.setSizes([560, 840])
         layout = QVBoxLayout(self)
         layout.addWidget(splitter)
 
@@ -240,7 +243,8 @@ def _numeric(value: Any) -> bool:
 
 
 def _short(source: str) -> str:
-    return f"run {source.removeprefix('run:')[:8]}" if _looks_like_run(source) else source
+    """A source as a plot label: a run uid cut to its first 8 characters."""
+    return _RUN_UID.sub(lambda uid: uid.group(0)[:8], source)
 
 
 def _typed(text: str, parameter: ParameterInfo) -> Any:
