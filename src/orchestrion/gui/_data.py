@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QSplitter,
     QTableWidget,
@@ -85,6 +86,9 @@ class DataPage(QWidget):
         self.fit_table.verticalHeader().setVisible(False)
         self.fit_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.heading = QLabel("no run yet")
+        # The heading's text changes with every point: its width must not re-lay out the
+        # page (and repaint the plots) each time.
+        self.heading.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
 
         self.follow = QCheckBox("Follow the latest job")
         self.follow.setChecked(True)
