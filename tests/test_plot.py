@@ -14,14 +14,17 @@ from typing import Any
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from matplotlib.image import imread
 
+from orchestrion.cli import cli
 from orchestrion.config import OrchestrionConfig
 from orchestrion.experiment import RunRequest
 from orchestrion.gui import RunData, find_run, open_catalog, plot_run, run_data_from_node
 from orchestrion.session import EmbeddedSession
 
 ORCHESTRION = Path(sys.executable).with_name("orchestrion")
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
@@ -120,21 +123,28 @@ def test_a_two_axis_grid_is_an_image_of_every_cell(runs: dict[str, Any]) -> None
 
 
 def test_orchestrion_plot_writes_a_figure_for_a_run_a_job_and_the_latest(runs: dict[str, Any], tmp_path: Path) -> None:
-    env = {"ORCHESTRION_HOME": str(runs["home"]), "PATH": str(ORCHESTRION.parent)}
     uid = runs["uids"]["repeated"]
-    for reference in (uid[:8], "41", "-1"):
-        out = tmp_path / f"{reference}.png"
-        result = subprocess.run(
-            [str(ORCHESTRION), "plot", reference, "--out", str(out)], env=env, capture_output=True, text=True
-        )
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == str(out)
-        pixels = imread(out)
-        assert pixels.shape[0] > 300
-        assert pixels.shape[1] > 600
+    # The console script itself once (a process of its own, as a user runs it) ...
+    out = tmp_path / "figure.png"
+    env = {"ORCHESTRION_HOME": str(runs["home"]), "PATH": str(ORCHESTRION.parent)}
+    result = subprocess.run(
+        [str(ORCHESTRION), "plot", uid[:8], "--out", str(out)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(out)
+    pixels = imread(out)
+    assert pixels.shape[0] > 300
+    assert pixels.shape[1] > 600
     # The fit is drawn in red over the repeated scan: a red stripe is on the figure.
-    red = imread(tmp_path / f"{uid[:8]}.png")[..., :3]
+    red = pixels[..., :3]
     assert int(np.sum((red[..., 0] > 0.7) & (red[..., 1] < 0.3) & (red[..., 2] < 0.3))) > 200
+    # ... and each way of naming the run through the command, in this process.
+    for reference, expected in (("41", uid), ("-1", runs["uids"]["rabi"]), ("-3", uid)):
+        named = tmp_path / f"{reference}.png"
+        outcome = CliRunner().invoke(cli, ["plot", reference, "--out", str(named)], env=env)
+        assert outcome.exit_code == 0, outcome.output
+        assert named.is_file()
+        assert _catalogued(runs["config"], reference).uid == expected
 
 
 @pytest.mark.parametrize(
@@ -144,12 +154,10 @@ def test_orchestrion_plot_writes_a_figure_for_a_run_a_job_and_the_latest(runs: d
 def test_a_run_that_is_not_there_is_one_line_naming_it(
     runs: dict[str, Any], tmp_path: Path, reference: str, message: str
 ) -> None:
-    env = {"ORCHESTRION_HOME": str(runs["home"]), "PATH": str(ORCHESTRION.parent)}
     out = tmp_path / "never.png"
-    result = subprocess.run(
-        [str(ORCHESTRION), "plot", reference, "--out", str(out)], env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 2
+    env = {"ORCHESTRION_HOME": str(runs["home"])}
+    result = CliRunner().invoke(cli, ["plot", reference, "--out", str(out)], env=env)
+    assert result.exit_code == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()

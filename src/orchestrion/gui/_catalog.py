@@ -8,6 +8,7 @@ hints in the node's metadata.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,8 @@ from orchestrion.services import tiled_uri as stack_tiled_uri
 
 from ._plotdata import RunData
 from ._protocol import RunSearch, RunSummary
+
+logger = logging.getLogger(__name__)
 
 MIN_UID_PREFIX = 6
 """A uid prefix shorter than this names too many runs to be meant."""
@@ -41,12 +44,21 @@ def run_data_from_node(node: Any) -> RunData:
     descriptor = {"name": PRIMARY, **dict(stream.metadata)}
     run.add_descriptor(descriptor)
     wanted = [key for key in descriptor.get("data_keys", {}) if descriptor["data_keys"][key].get("dtype") != "string"]
-    table = stream.read(wanted) if wanted else None
-    if table is not None:
+    try:
+        table = stream.read(wanted) if wanted else {}
+    except Exception as exc:
+        # One unreadable column (an array Tiled cannot serve) must not hide the others.
+        logger.warning("run %s: reading its points at once failed (%s); reading them one by one", run.uid, exc)
+        table = {}
         for key in wanted:
-            if key in table:
-                values = np.asarray(table[key].values)
-                run.columns[key] = [row.tolist() if values.ndim > 1 else row.item() for row in values]
+            try:
+                table[key] = stream[key].read()
+            except Exception as column_error:
+                logger.warning("run %s: column %s is unreadable (%s)", run.uid, key, column_error)
+    for key in wanted:
+        if key in table:
+            values = np.asarray(getattr(table[key], "values", table[key]))
+            run.columns[key] = [row.tolist() if values.ndim > 1 else row.item() for row in values]
     return run
 
 

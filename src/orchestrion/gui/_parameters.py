@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import pyqtgraph as pg
@@ -212,9 +213,15 @@ class ParametersPage(QWidget):
 
     def _stored(self, parameter: ParameterInfo) -> None:
         self.set_button.setEnabled(True)
+        # The write's answer is the stored value: shown as it is, with the declaration
+        # the page already has (the answer carries value, time and source only).
+        known = self.parameters.get(parameter.id)
+        if known is not None:
+            parameter = replace(known, value=parameter.value, timestamp=parameter.timestamp, source=parameter.source)
         self.parameters[parameter.id] = parameter
         self.message.setText(f"{parameter.id} = {format_value(parameter.value)} {parameter.unit} stored")
-        self.refresh()
+        self._asked += 1  # a listing asked for before this write is older than it
+        self.show_parameters(list(self.parameters.values()))
 
     def _refused(self, error: Exception) -> None:
         self.set_button.setEnabled(True)
