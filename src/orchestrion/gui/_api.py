@@ -46,9 +46,9 @@ def field_error(error: InputError, default: str = "") -> FieldError | Forbidden:
     return FieldError(match.group("field") if match else default, message)
 
 
-def _parameter(data: Mapping[str, Any], spec: Mapping[str, Any] | None = None) -> ParameterInfo:
+def _parameter(data: Mapping[str, Any]) -> ParameterInfo:
     """A parameter from the API: its declaration plus its stored entry (value, timestamp, source)."""
-    merged = {**(spec or {}), **data}
+    merged = dict(data)
     stored = merged.get("stored")
     if isinstance(stored, Mapping):
         merged = {**merged, **{k: stored[k] for k in ("value", "timestamp", "source") if k in stored}}
@@ -128,7 +128,6 @@ class ApiStackClient:
         self.api = Client(url, api_key)
         self._key = api_key
         self.live_interval = live_interval
-        self._experiment_specs: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._subscriptions: list[_Live] = []
 
@@ -143,8 +142,6 @@ class ApiStackClient:
                 default_scans=found[-1].default_scans, device_axes=found[-1].device_axes,
                 calibrates=found[-1].calibrates,
             )  # fmt: skip
-            for p in data.get("parameters", ()):
-                self._experiment_specs[str(p["id"])] = dict(p)
         return found
 
     def submit(self, request: Mapping[str, Any], *, priority: int, validate_only: bool = False) -> JobInfo | None:
@@ -201,7 +198,8 @@ class ApiStackClient:
             if isinstance(error, FieldError) and error.field == "value":
                 error.field = parameter_id
             raise error from None
-        return _parameter(stored, self._experiment_specs.get(parameter_id))
+        # The answer holds the new value, its time and source; the page has the declaration.
+        return _parameter(stored)
 
     def history(self, parameter_id: str) -> Sequence[ParameterChange]:
         return [ParameterChange.from_json(c) for c in self.api.history(parameter_id)]

@@ -8,7 +8,7 @@ and the event loop stays free.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -35,14 +35,16 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._plotdata import RunData, RunPlot, plot_run, point_histogram
-from ._protocol import RunSearch, RunSummary, StackClient
+from ._plotdata import RunData, RunPlot, plot_run, point_histogram, start_from_scan
+from ._protocol import JobInfo, RunSearch, RunSummary, StackClient
 from ._tasks import Background
 
 REDRAW_MS = 40
 """The live plot's redraw tick: well under the 0.2 s a point may wait to be seen."""
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 LEGEND_REPETITIONS = 4
+CATALOG_TRIES = 5
+"""Batches of live rows that may arrive before the run is in the catalog; then it is drawn without it."""
 HISTOGRAM_INTERVAL = 0.5
 REPETITION_VIEWS = ("overlaid and averaged", "overlaid", "averaged")
 
@@ -60,6 +62,9 @@ class DataPage(QWidget):
         self._streams: dict[str, str] = {}
         self._pending: list[Mapping[str, Any]] = []
         self._fetching = False
+        self._missing = 0
+        self.job_lookup: Callable[[int], JobInfo | None] = lambda _job_id: None
+        """The queue's knowledge of a job (set by the window), for runs the catalog lacks."""
         self._dirty = False
         self.last_point_received = 0.0
         """Monotonic time the latest live point arrived; ``drawn_points`` counts what the plot holds."""
@@ -191,7 +196,7 @@ class DataPage(QWidget):
         if self.live_job != job_id:
             if not self.follow.isChecked():
                 return
-            self.live_job, self.run, self._pending = job_id, None, []
+            self.live_job, self.run, self._pending, self._missing = job_id, None, [], 0
         if self.run is None:
             self._pending.extend(rows)
             if not self._fetching:
@@ -206,8 +211,22 @@ class DataPage(QWidget):
 
     def _live_run(self, run: RunData | None) -> None:
         self._fetching = False
-        if run is None or self.live_job is None or run.start.get("job_id") not in (self.live_job, str(self.live_job)):
-            return  # not catalogued yet: the next rows ask again
+        if self.live_job is None:
+            return
+        if run is None:
+            self._missing += 1
+            job = self.job_lookup(self.live_job)
+            if self._missing < CATALOG_TRIES or job is None or not job.request.get("scan"):
+                return  # not catalogued yet: the next rows ask again
+            # The run never reached the catalog (it is in its HDF5 file only): drawn from
+            # the job's own request and the file's rows.
+            start = start_from_scan(
+                job.experiment, job.request["scan"], shots=job.request.get("shots"),
+                points=job.points_total, job_id=job.id,
+            )  # fmt: skip
+            run = RunData(start=start)
+        elif run.start.get("job_id") not in (self.live_job, str(self.live_job)):
+            return
         self.run, pending, self._pending = run, self._pending, []
         self.on_points(self.live_job, pending)
 

@@ -107,8 +107,12 @@ class RunData:
                 column.append(None)
 
     def add_row(self, row: Mapping[str, Any]) -> None:
-        """A point as a file row names it (NeXus names, "index" its row): mapped back to data keys."""
-        names = {nexus_name(key): key for key in self.keys}
+        """A point as a file row names it (NeXus names, "index" its row): mapped back to data keys.
+
+        Without the run's descriptor only the point's own keys and the scanned axes are
+        known; the other columns keep their file names."""
+        known = self.keys or (POINT_KEY, REPETITION_KEY, *(a.key for a in scan_axes(self.start)))
+        names = {nexus_name(key): key for key in known}
         self.add_event({names.get(name, name): value for name, value in row.items() if name != "index"})
 
     def add_analysis(self, data: Mapping[str, Any]) -> None:
@@ -139,6 +143,27 @@ class RunData:
         if run is None:
             raise ValueError("no start document")
         return run
+
+
+def start_from_scan(experiment: str, scan: Sequence[str], *, shots: int | None, points: int | None,
+                    **metadata: Any) -> dict[str, Any]:  # fmt: skip
+    """A start document's plotting part from a job's scan texts ("ID=START:STOP:NUM" or "ID=V1,V2"),
+    for a run whose own start is not to be had (a catalog that was not reached)."""
+    axes = []
+    for text in scan:
+        axis_id, _, spec = str(text).partition("=")
+        parts = spec.split(":")
+        try:
+            values = (
+                np.linspace(float(parts[0]), float(parts[1]), int(parts[2])).tolist()
+                if len(parts) == 3
+                else [float(v) for v in spec.split(",") if v.strip()]
+            )
+        except ValueError:
+            values = []
+        # A scan text does not say whether it sets a device: drawn as a parameter axis.
+        axes.append({"id": axis_id, "kind": "parameter", "values": values})
+    return {"experiment": experiment, "num_points": points, "scan": {"axes": axes, "shots": shots}, **metadata}
 
 
 def _is_number(value: Any) -> bool:

@@ -54,6 +54,7 @@ class MainWindow(QMainWindow):
         self.statusBar().addWidget(self.services_label, 1)
         self.statusBar().addPermanentWidget(self.principal_label)
 
+        self.data.job_lookup = lambda job_id: self.queue.jobs.get(job_id)
         self.experiments.on_submitted.append(self._submitted)
         self.queue.on_resubmit.append(self.resubmit)
 
