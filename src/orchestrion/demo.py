@@ -14,6 +14,7 @@ from rich.console import Console
 from orchestrion.config import load_config
 from orchestrion.errors import OrchestrionError
 from orchestrion.experiment import RunRequest
+from orchestrion.gui import open_catalog, write_run_figures
 from orchestrion.session import EmbeddedSession
 from orchestrion.shell import print_run_summary
 
@@ -37,12 +38,15 @@ def main() -> int:
         return 2
     console.print(f"Orchestrion demo: data under {config.home}\n")
     failed = 0
+    uids: list[str] = []
     try:
         parameters = session.open().lab_parameters()
         before = float(parameters.get("qubit.frequency").value)
         for request in DEMO_RUNS:
             summary = session.run(request)
             print_run_summary(summary, console)
+            if summary.tiled:
+                uids.append(summary.run_uid)
             failed += summary.status != "success"
         after = float(parameters.get("qubit.frequency").value)
         true_now = session.devices.resource("ion").qubit_frequency()
@@ -52,6 +56,15 @@ def main() -> int:
         )
     finally:
         session.close()
+    # Drawn as `orchestrion plot` and the GUI's data page draw them, from the catalog.
+    connection = open_catalog(config)
+    try:
+        figures = write_run_figures(connection.client, uids, config.home / "figures")
+    finally:
+        connection.close()
+    console.print("\nFigures, one per run:")
+    for path in figures:
+        console.print(f"  {path}")
     return 1 if failed else 0
 
 

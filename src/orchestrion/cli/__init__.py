@@ -10,6 +10,7 @@ from ._api import api_key
 from ._catalog import catalog
 from ._common import config_from, json_option, print_json, reports_errors
 from ._devices import devices
+from ._gui import gui, plot
 from ._jobs import abort, cancel, job, jobs, pause, resume, submit
 from ._params import params
 from ._run import experiments, run
@@ -66,7 +67,7 @@ cli.add_command(devices)
 cli.add_command(params)
 cli.add_command(catalog)  # pipeline: `orchestrion catalog repair`
 cli.add_command(api_key)
-for _command in (up, down, status, submit, jobs, job, cancel, pause, resume, abort):
+for _command in (up, down, status, submit, jobs, job, cancel, pause, resume, abort, gui, plot):
     cli.add_command(_command)
 
 

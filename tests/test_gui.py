@@ -1,0 +1,214 @@
+"""The Qt GUI against a real stack (`orchestrion up`: Redis, queue server, Tiled, API server).
+
+Qt draws offscreen; every wait is on a condition of the widgets (qtbot.waitUntil).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from orchestrion.client import Client
+from orchestrion.config import OrchestrionConfig, load_config
+from orchestrion.gui import ApiStackClient, AxisSetting, MainWindow, take_screenshots
+from orchestrion.services import api_url, down, run_dir, up
+
+from .support import free_port
+
+pytestmark = pytest.mark.timeout(600)
+
+SHORT = ("spectroscopy.detuning=-1e5:1e5:9",)
+
+
+@pytest.fixture(scope="session")
+def qapp_args() -> list[str]:
+    return [sys.argv[0], "-platform", "offscreen"]
+
+
+@pytest.fixture(autouse=True)
+def private_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The editor keeps its settings in QSettings: here, not in the user's."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrchestrionConfig]:
+    ports: set[int] = set()
+    while len(ports) < 5:
+        ports.add(free_port())
+    redis_port, control_port, info_port, tiled_port, api_port = sorted(ports)
+    config = load_config(
+        home=tmp_path_factory.mktemp("gui") / "home", sim_time_scale=0.02, sim_seed=1234,
+        redis_port=redis_port, zmq_control_port=control_port, zmq_info_port=info_port,
+        tiled_port=tiled_port, api_port=api_port, scheduler_poll_interval=0.02,
+    )  # fmt: skip
+    try:
+        up(config)
+        yield config
+    finally:
+        down(config, force=True)
+
+
+@pytest.fixture(scope="module")
+def admin(stack: OrchestrionConfig) -> Iterator[Client]:
+    with Client(api_url(stack), (run_dir(stack) / "api-key").read_text().strip()) as client:
+        yield client
+
+
+def open_window(qtbot: object, url: str, key: str) -> MainWindow:
+    window = MainWindow(ApiStackClient(url, key))
+    qtbot.addWidget(window)  # type: ignore[attr-defined]
+    window.start()
+    qtbot.waitUntil(  # type: ignore[attr-defined]
+        lambda: window.status is not None and bool(window.experiments.experiments), timeout=60_000
+    )
+    return window
+
+
+@pytest.fixture
+def window(qtbot: object, stack: OrchestrionConfig) -> Iterator[MainWindow]:
+    opened = open_window(qtbot, api_url(stack), (run_dir(stack) / "api-key").read_text().strip())
+    yield opened
+    opened.shutdown()
+    opened.client.close()
+
+
+def test_a_scan_submitted_from_the_form_runs_to_done_and_its_plot_holds_every_point(
+    qtbot: object, window: MainWindow, admin: Client
+) -> None:
+    page = window.experiments
+    page.select("spectroscopy")
+    qtbot.waitUntil(lambda: page.current is not None and page.current.name == "spectroscopy")  # type: ignore[attr-defined]
+    page.axes.setRowCount(0)
+    page.set_axes([AxisSetting("spectroscopy.detuning", "centre", points="9", centre="0", span="200e3")])
+    page.shots.setValue(20)
+    page.repetitions.setValue(2)
+    page.submit_button.click()
+    qtbot.waitUntil(lambda: "queued" in page.message.text(), timeout=30_000)  # type: ignore[attr-defined]
+    job_id = max(window.queue.jobs)
+    qtbot.waitUntil(lambda: window.queue.jobs[job_id].status == "done", timeout=120_000)  # type: ignore[attr-defined]
+    record = admin.job_record(job_id)
+    assert record["scan"] == ["spectroscopy.detuning=-100000:100000:9"]
+    # The data page followed the job; once done it holds every point: the catalogued run
+    # (with its fit), or, when the stack's worker could not reach Tiled, the job's live rows.
+    data = window.data
+    qtbot.waitUntil(  # type: ignore[attr-defined]
+        lambda: (
+            data.plot is not None
+            and data.run is not None
+            and (data.run.uid == record["run_uid"] or data.live_job == job_id)
+            and data.plot.points == 18
+        ),
+        timeout=60_000,
+    )
+    assert data.plot is not None
+    assert [c.label for c in data.plot.curves] == ["repetition 1", "repetition 2", "average"]
+    assert sum(c.x.size for c in data.plot.curves if not c.averaged) == 18
+    drawn = [item for item in data.graph.getPlotItem().listDataItems() if item.name() == "repetition 1"]
+    assert drawn
+    assert np.asarray(drawn[0].getData()[1]).size == 9
+
+
+def test_a_bad_value_is_marked_at_its_field_and_nothing_is_queued(
+    qtbot: object, window: MainWindow, admin: Client
+) -> None:
+    before = len(admin.jobs())
+    page = window.experiments
+    page.select("rabi_flop")
+    qtbot.waitUntil(lambda: page.current is not None and page.current.name == "rabi_flop")  # type: ignore[attr-defined]
+    override = page.field_widget("qubit.amplitude")
+    assert override is not None
+    override.setText("7")  # type: ignore[attr-defined]
+    page.submit_button.click()
+    qtbot.waitUntil(lambda: "qubit.amplitude" in page.field_errors, timeout=30_000)  # type: ignore[attr-defined]
+    message = page.field_errors["qubit.amplitude"]
+    assert "7" in message
+    assert "border" in override.styleSheet()
+    assert override.toolTip() == message
+    assert len(admin.jobs()) == before
+    # The editor kept what was typed: back on this experiment, the override is still there.
+    page.select("spectroscopy")
+    page.select("rabi_flop")
+    qtbot.waitUntil(lambda: page.current is not None and page.current.name == "rabi_flop")  # type: ignore[attr-defined]
+    again = page.field_widget("qubit.amplitude")
+    assert again is not None
+    assert again.text() == "7"  # type: ignore[attr-defined]
+
+
+def test_a_parameter_edited_appears_in_its_history_plot_with_its_source(qtbot: object, window: MainWindow) -> None:
+    page = window.parameters
+    qtbot.waitUntil(lambda: "qubit.pi_time" in page.parameters, timeout=30_000)  # type: ignore[attr-defined]
+    page.select("qubit.pi_time")
+    qtbot.waitUntil(lambda: page.current is not None and page.current.id == "qubit.pi_time")  # type: ignore[attr-defined]
+    page.value.setText("1.05e-05")
+    page.set_button.click()
+    qtbot.waitUntil(  # type: ignore[attr-defined]
+        lambda: bool(page.history) and page.history[-1].value == pytest.approx(1.05e-05), timeout=30_000
+    )
+    assert page.history[-1].source.endswith("admin") or page.history[-1].source
+    points = [item.getData()[1] for item in page.plot.getPlotItem().listDataItems()]
+    assert any(np.any(np.isclose(np.asarray(ys, dtype=float), 1.05e-05)) for ys in points)
+    assert page.parameters["qubit.pi_time"].value == pytest.approx(1.05e-05)
+    # A refused value is marked at the field, and the stored value stays.
+    page.value.setText("-1")
+    page.set_button.click()
+    qtbot.waitUntil(lambda: bool(page.error), timeout=30_000)  # type: ignore[attr-defined]
+    assert "border" in page.value.styleSheet()
+
+
+def test_a_queued_job_is_cancelled_from_the_queue_page(qtbot: object, window: MainWindow, admin: Client) -> None:
+    long = admin.submit("spectroscopy", scan=["spectroscopy.detuning=-1e5:1e5:400"], shots=50)
+    waiting = admin.submit("spectroscopy", scan=list(SHORT), shots=5)
+    queue = window.queue
+    qtbot.waitUntil(  # type: ignore[attr-defined]
+        lambda: waiting.id in queue.jobs and queue.jobs[waiting.id].status == "queued", timeout=60_000
+    )
+    queue.select_job(waiting.id)
+    assert queue.cancel_button.isEnabled()
+    queue.cancel_button.click()
+    qtbot.waitUntil(lambda: queue.jobs[waiting.id].status == "cancelled", timeout=30_000)  # type: ignore[attr-defined]
+    assert admin.job_record(waiting.id)["status"] == "cancelled"
+    # The running one is aborted from the same page.
+    qtbot.waitUntil(lambda: queue.jobs[long.id].status == "running", timeout=60_000)  # type: ignore[attr-defined]
+    queue.abort_button.click()
+    qtbot.waitUntil(lambda: queue.jobs[long.id].terminal, timeout=60_000)  # type: ignore[attr-defined]
+
+
+def test_an_observer_sees_everything_and_its_buttons_are_disabled(
+    qtbot: object, stack: OrchestrionConfig, admin: Client
+) -> None:
+    key = str(admin.create_key("observer", "lab-pc")["key"])
+    window = open_window(qtbot, api_url(stack), key)
+    try:
+        assert window.status is not None
+        assert window.status.role == "observer"
+        qtbot.waitUntil(lambda: bool(window.parameters.parameters), timeout=30_000)  # type: ignore[attr-defined]
+        assert not window.experiments.submit_button.isEnabled()
+        assert not window.parameters.set_button.isEnabled()
+        for button in window.queue.write_buttons:
+            assert not button.isEnabled()
+        assert not window.devices.enable_button.isEnabled()
+        assert not window.devices.disable_button.isEnabled()
+        assert "observer" in window.principal_label.text()
+    finally:
+        window.shutdown()
+        window.client.close()
+
+
+def test_screenshots_of_every_page_filled_from_the_stack(
+    qtbot: object, window: MainWindow, tmp_path: Path, qapp: object
+) -> None:
+    written = take_screenshots(window, qapp, tmp_path)  # type: ignore[arg-type]
+    assert [p.name for p in written] == [
+        "1-experiments.png", "2-queue.png", "3-data.png", "4-parameters.png", "5-devices.png",
+    ]  # fmt: skip
+    for path in written:
+        pixels = imread(path)
+        assert pixels.shape[0] > 500
+        # Not a blank page: many distinct colours.
+        assert len(np.unique(pixels.reshape(-1, pixels.shape[-1])[::97], axis=0)) > 20
