@@ -10,7 +10,6 @@ is what the store's validation, decoding and cache cost on top.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from bench._report import Figure, collector
 from orchestrion.parameters import (
     BaseParameterStore,
     InfluxParameterStore,
@@ -37,8 +37,8 @@ SPECS = [
 IDS = [spec.id for spec in SPECS]
 
 
-def median_ms(action: Callable[[], Any], repeats: int, before: Callable[[], Any] | None = None) -> float:
-    """Median wall time of ``action`` in milliseconds; ``before`` runs untimed each time."""
+def median_ms(action: Callable[[], Any], repeats: int, before: Callable[[], Any] | None = None) -> list[float]:
+    """Wall times of ``action`` in milliseconds, each repeat; ``before`` runs untimed each time."""
     times = []
     for _ in range(repeats):
         if before is not None:
@@ -46,10 +46,10 @@ def median_ms(action: Callable[[], Any], repeats: int, before: Callable[[], Any]
         start = time.perf_counter()
         action()
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return [t * 1e3 for t in times]
 
 
-def measure(store: BaseParameterStore, bare_snapshot: Callable[[], Any]) -> dict[str, float]:
+def measure(store: BaseParameterStore, bare_snapshot: Callable[[], Any]) -> dict[str, list[float]]:
     store.declare(SPECS)
     store.snapshot(IDS)
     # Some history, so reads have more than one row per id to skip.
@@ -75,7 +75,7 @@ def measure(store: BaseParameterStore, bare_snapshot: Callable[[], Any]) -> dict
     return figures
 
 
-def bench_sqlite(directory: Path) -> dict[str, float]:
+def bench_sqlite(directory: Path) -> dict[str, list[float]]:
     import sqlite3
 
     path = directory / "parameters.db"
@@ -107,7 +107,7 @@ def influx_server(directory: Path) -> Iterator[str | None]:
         yield None
 
 
-def bench_influx(url: str) -> dict[str, float]:
+def bench_influx(url: str) -> dict[str, list[float]]:
     store = InfluxParameterStore(url, "bench")
     raw = httpx.Client(base_url=url)
     statement = 'SELECT * FROM "parameter" GROUP BY "id" ORDER BY time DESC LIMIT 1'
@@ -118,21 +118,33 @@ def bench_influx(url: str) -> dict[str, float]:
         store.close()
 
 
-def main() -> None:
-    results: dict[str, dict[str, float]] = {}
+@collector("parameters")
+def figures() -> list[Figure]:
+    results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
-        results["sqlite"] = bench_sqlite(directory)
+        results["SQLite"] = bench_sqlite(directory)
         with influx_server(directory) as url:
             if url is not None:
-                results["influxdb 1.6"] = bench_influx(url)
-    names = list(results)
-    print(f"{'ms (median)':24}" + "".join(f"{name:>14}" for name in names))
-    for row in results[names[0]]:
-        print(f"{row:24}" + "".join(f"{results[name][row]:14.3f}" for name in names))
-    for name in names:
-        ratio = results[name]["snapshot 1000 cold"] / results[name]["snapshot 1000 bare"]
-        print(f"{name}: cold snapshot = {ratio:.2f} x the bare query")
+                results["InfluxDB 1.6"] = bench_influx(url)
+    figures: list[Figure] = []
+    for backend, r in results.items():
+        bare = "bare SQL query" if backend == "SQLite" else "bare InfluxDB query"
+        figures += [
+            Figure("parameters", f"parameter snapshot of 1,000, cold, {backend}", "ms", r["snapshot 1000 cold"],
+                   r["snapshot 1000 bare"], bare, digits=3,
+                   note="the store decodes and validates every value and fills its cache."),
+            Figure("parameters", f"parameter snapshot of 1,000, cached, {backend}", "ms", r["snapshot 1000 cached"],
+                   r["snapshot 1000 bare"], bare, digits=3),
+            Figure("parameters", f"single set, {backend}", "ms", r["set"], None, "", digits=3),
+        ]  # fmt: skip
+    return figures
+
+
+def main() -> None:
+    from bench._report import run
+
+    run(["parameters"], "parameters")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,164 @@
+"""The fixed cost of a command: whole-process timings of the CLI against ``python -c pass``.
+
+Each repeat runs, one after the other in a fresh temporary home: ``python -c pass`` (the
+interpreter's own start, the baseline), the listings (``orchestrion experiments``,
+``devices``, ``params list``, ``jobs``), ``orchestrion run spectroscopy`` (31 points,
+catalog on, the simulated lab in real time) and ``orchestrion shell`` until IPython shows
+its prompt (in a pseudo-terminal).  The commands alternate within each repeat, so the
+shared machine's load phases fall on all of them alike; figures are medians.
+
+The fixed cost of ``orchestrion run`` is its wall time less the run's own duration (start
+to stop document, from ``--json``): imports, the lab's set-up, the post-processing
+process and waiting for the run to be written.
+
+``BENCH_STARTUP_BEFORE=REV`` also times the same commands on the source of git revision
+REV (exported to a temporary directory, put first on ``PYTHONPATH``), interleaved with
+the current code: the before and after of a change (the report keeps them).
+
+    python -m bench startup
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench._report import Figure, Goal, collector
+
+REPEATS = int(os.environ.get("BENCH_STARTUP_REPEATS", "3"))
+ROOT = Path(__file__).resolve().parent.parent
+ORCHESTRION = [str(Path(sys.executable).parent / "orchestrion")]
+LISTINGS = {
+    "experiments": ["experiments"],
+    "devices": ["devices"],
+    "params list": ["params", "list"],
+    "jobs": ["jobs"],
+}
+LISTING_GOAL = 0.5  # s
+RUN_GOAL = 2.0  # s of fixed cost
+SHELL_GOAL = 5.0  # s to the prompt
+
+
+class Tree:
+    """A source tree to time: the checkout, or a git revision exported beside it."""
+
+    def __init__(self, label: str, root: Path, home: Path) -> None:
+        self.label, self.root, self.home = label, root, home
+        self.env = os.environ | {"ORCHESTRION_HOME": str(home), "ORCHESTRION_SIM_SEED": "1"}
+        self.env.pop("DISPLAY", None)  # no live-plot window: the prompt, not a display check
+        if root != ROOT:
+            self.env["PYTHONPATH"] = os.pathsep.join([str(root / "src"), str(root)])
+        home.mkdir(parents=True, exist_ok=True)
+
+    def seconds(self, command: Sequence[str]) -> float:
+        start = time.perf_counter()
+        subprocess.run(command, cwd=self.root, env=self.env, check=True, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+    def run_seconds(self) -> tuple[float, float]:
+        """Wall time of ``orchestrion run spectroscopy --json`` and the run's own duration."""
+        start = time.perf_counter()
+        done = subprocess.run([*ORCHESTRION, "run", "spectroscopy", "--json"], cwd=self.root, env=self.env,
+                              check=True, capture_output=True, text=True)  # fmt: skip
+        wall = time.perf_counter() - start
+        summary = json.loads(done.stdout)
+        if summary["status"] != "success" or not summary["tiled"]:
+            raise RuntimeError(f"orchestrion run did not write its run to the catalog: {summary}")
+        return wall, float(summary["duration"])
+
+    def shell_seconds(self) -> float:
+        """From starting ``orchestrion shell`` to IPython's first prompt."""
+        import pexpect  # type: ignore[import-untyped]
+
+        start = time.perf_counter()
+        child = pexpect.spawn(ORCHESTRION[0], [*ORCHESTRION[1:], "shell", "--simple-prompt", "--no-banner"],
+                              cwd=str(self.root), env=self.env, timeout=300, encoding="utf-8")  # fmt: skip
+        try:
+            child.expect(r"In \[1\]: ")
+            elapsed = time.perf_counter() - start
+            child.sendline("exit")
+            child.expect(pexpect.EOF)
+        finally:
+            child.close(force=True)
+        return elapsed
+
+
+def _export(revision: str, directory: Path) -> Path:
+    """The tracked files of ``revision``, as a plain directory."""
+    directory.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", revision], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
+    return directory
+
+
+def measure(trees: Sequence[Tree], repeats: int = REPEATS) -> dict[str, dict[str, list[float]]]:
+    times: dict[str, dict[str, list[float]]] = {tree.label: {} for tree in trees}
+    baseline: list[float] = []
+    for tree in trees:  # warm the file cache and create the stores, untimed
+        tree.run_seconds()
+    for _ in range(repeats):
+        baseline.append(trees[0].seconds([sys.executable, "-c", "pass"]))
+        for tree in trees:
+            figures = times[tree.label]
+            for name, arguments in LISTINGS.items():
+                figures.setdefault(name, []).append(tree.seconds([*ORCHESTRION, *arguments]))
+            wall, duration = tree.run_seconds()
+            figures.setdefault("run wall", []).append(wall)
+            figures.setdefault("run fixed", []).append(wall - duration)
+            figures.setdefault("shell", []).append(tree.shell_seconds())
+    return times | {"python -c pass": {"wall": baseline}}
+
+
+@collector("startup")
+def figures() -> list[Figure]:
+    before = os.environ.get("BENCH_STARTUP_BEFORE")
+    with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
+        trees = [Tree("current", ROOT, Path(tmp) / "home")]
+        if before:
+            trees.append(Tree(before, _export(before, Path(tmp) / "before"), Path(tmp) / "home-before"))
+        times = measure(trees)
+        for tree in trees[1:]:
+            shutil.rmtree(tree.root, ignore_errors=True)
+    bare = times["python -c pass"]["wall"]
+    result: list[Figure] = []
+    for tree in trees:
+        t = times[tree.label]
+        suffix = "" if tree.root == ROOT else f" (at {tree.label}, before)"
+        for name in LISTINGS:
+            result.append(Figure(
+                "startup", f"`orchestrion {name}`{suffix}", "s", t[name], bare, "python -c pass",
+                goal=Goal.below(LISTING_GOAL, "s"), digits=2,
+                missed_because="imports: the experiment library's plans import bluesky and ophyd-async; "
+                "the parameter and job packages import theirs at import time (see the README).",
+            ))  # fmt: skip
+        result.append(Figure(
+            "startup", f"`orchestrion run spectroscopy` fixed cost (wall less the run){suffix}", "s",
+            t["run fixed"], bare, "python -c pass", goal=Goal.below(RUN_GOAL, "s"), digits=2,
+            missed_because="the post-processing process's imports (Tiled's server and catalog) and the CLI's "
+            "(bluesky, ophyd-async, the library) still add up to more on this shared machine.",
+            note=f"wall time {statistics.median(t['run wall']):.2f} s, 31 points.",
+        ))  # fmt: skip
+        result.append(Figure(
+            "startup", f"`orchestrion shell` to its prompt{suffix}", "s", t["shell"], bare, "python -c pass",
+            goal=Goal.below(SHELL_GOAL, "s"), digits=2,
+            missed_because="IPython, the lab, the catalog client and databroker's view are imported before the prompt.",
+        ))  # fmt: skip
+    return result
+
+
+def main() -> None:
+    from bench._report import run
+
+    run(["startup"], "startup")
+
+
+if __name__ == "__main__":
+    main()
