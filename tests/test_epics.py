@@ -131,6 +131,10 @@ def test_a_scan_moves_the_epics_axis_and_bundles_its_signals_into_hdf5_and_tiled
     assert int(np.argmax(data["diode"])) == 5
     assert data["diode"][5] > 5 * data["diode"][0]
 
+    # The stage's speed (baseline role) was read before and after the scan.
+    with h5py.File(summary.hdf5, "r") as f:
+        assert f["entry/streams/baseline/stage_velocity"][()].tolist() == [20.0, 20.0]
+
     assert summary.tiled is not None
     catalog = open_embedded_catalog(epics_config.home)
     try:
@@ -206,7 +210,7 @@ def test_a_pv_that_does_not_exist_leaves_its_device_out_with_the_reason(
     assert states["sample_y"]["reason"].startswith("could not connect within 1 s: ca://ORCH:NO:MOTOR.")
     # The rest of the lab started.
     assert {name for name, d in states.items() if d["state"] == "connected"} == {
-        "rf", "sequencer", "field", "stage", "beam_current", "diode",
+        "rf", "sequencer", "field", "stage", "stage_velocity", "beam_current", "diode",
     }  # fmt: skip
 
     # A process that connects nothing (the API server) lists them from that report.
@@ -278,3 +282,39 @@ def test_a_queued_job_scans_the_epics_axis_into_hdf5_and_the_stacks_tiled(epics_
         with pytest.raises(InputError, match="needs device 'stage', which is disabled: disabled by operator"):
             client.submit("spectroscopy", scan=["stage=0:1:3"])
         assert [j.id for j in client.jobs()] == [done.id]
+
+
+def test_a_baseline_device_lost_after_the_last_point_fails_the_run_naming_it(
+    ioc: subprocess.Popen[str], epics_config: OrchestrionConfig
+) -> None:
+    config = epics_config.model_copy(update={"tiled_enabled": False})
+    session = EmbeddedSession(config)
+    started: list[str] = []
+    primary: set[str] = set()
+
+    def kill_after_the_last_point(name: str, doc: dict[str, Any]) -> None:
+        if name == "start":
+            started.append(doc["uid"])
+        if name == "descriptor" and doc["name"] == "primary":
+            primary.add(doc["uid"])
+        if name == "event" and doc["descriptor"] in primary and doc["seq_num"] == 3 and ioc.poll() is None:
+            ioc.send_signal(signal.SIGKILL)
+            ioc.wait()
+
+    try:
+        with pytest.raises(DeviceError, match="baseline device 'stage_velocity' could not be read at the end"):
+            session.run(
+                RunOptions("spectroscopy", scans=["spectroscopy.detuning=-1e4:1e4:3"], shots=5),
+                extra_callbacks=[kill_after_the_last_point],
+            )
+        assert session.pipeline is not None
+        assert session.pipeline.wait_catalogued(started[0])
+        summary = session.pipeline.summaries.runs[started[0]]
+    finally:
+        session.close()
+    # Every point was measured and is kept; the run does not claim success.
+    assert summary.status == "fail"
+    assert "stage_velocity" in summary.reason
+    assert summary.points == 3
+    assert summary.hdf5 is not None
+    assert len(_bundled(summary.hdf5)["diode"]) == 3

@@ -35,6 +35,7 @@ from orchestrion.errors import (
 from orchestrion.parameters import ParameterValue, ParameterValueType
 from orchestrion.schema import (
     ANALYSIS,
+    BASELINE,
     PARAMETERS_AT,
     POINT_SEQUENCE_KEY_MD,
     PRIMARY,
@@ -635,7 +636,7 @@ def run_experiment(
     plan: MsgGenerator[str] = bpp.run_wrapper(points_plan(), md=start_md)
     baseline = lab.devices.with_role(ReadoutRole.BASELINE)
     if baseline:
-        plan = bpp.baseline_wrapper(plan, baseline)
+        plan = baseline_readings(plan, baseline, lab.devices.blame)
     monitors = lab.devices.async_signals()
     if monitors:
         plan = bpp.monitor_during_wrapper(plan, monitors)
@@ -649,6 +650,45 @@ def run_experiment(
             )
             logger.info("%s: wrote %s = %r", experiment.name, parameter_id, result.analysis[result_key])
     return result
+
+
+def baseline_readings(
+    plan: MsgGenerator[str], devices: Sequence[Any], blame: Callable[[BaseException], str | None]
+) -> MsgGenerator[str]:
+    """bluesky's `baseline_wrapper`, with a baseline device that cannot be read at the
+    close named: it fails a run that was going to succeed, and is logged where the run
+    already failed (that failure, the one that stopped the scan, is what it reports)."""
+
+    def opening() -> MsgGenerator[None]:
+        yield from bps.declare_stream(*devices, name=BASELINE)
+        yield from bps.trigger_and_read(devices, name=BASELINE)
+
+    def insert(msg: Msg) -> tuple[MsgGenerator[Any] | None, MsgGenerator[Any] | None]:
+        if msg.command == "open_run":
+            return None, opening()
+        if msg.command != "close_run":
+            return None, None
+
+        def closing() -> MsgGenerator[Any]:
+            try:
+                yield from bps.trigger_and_read(devices, name=BASELINE)
+            except Exception as exc:
+                culprit = blame(exc)
+                if culprit is None:
+                    raise
+                detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                error = DeviceError(f"baseline device '{culprit}' could not be read at the end of the run: {detail}")
+                if msg.kwargs.get("exit_status") not in (None, "success"):
+                    logger.warning("%s", error)
+                    return (yield msg)
+                yield Msg("close_run", exit_status="fail", reason=str(error))
+                raise error from exc
+            return (yield msg)
+
+        return closing(), None
+
+    run_uid: str = yield from bpp.plan_mutator(plan, insert)
+    return run_uid
 
 
 def _unit(experiment: Experiment, parameter_id: str) -> str:
