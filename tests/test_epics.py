@@ -304,7 +304,7 @@ def test_a_baseline_device_lost_after_the_last_point_fails_the_run_naming_it(
     try:
         with pytest.raises(DeviceError, match="baseline device 'stage_velocity' could not be read at the end"):
             session.run(
-                RunOptions("spectroscopy", scans=["spectroscopy.detuning=-1e4:1e4:3"], shots=5),
+                RunRequest(experiment="spectroscopy", scan=("spectroscopy.detuning=-1e4:1e4:3",), shots=5),
                 extra_callbacks=[kill_after_the_last_point],
             )
         assert session.pipeline is not None
