@@ -73,8 +73,8 @@ class ProcessSink:
         niceness: int = 0,
     ) -> None:
         self.label = label
-        self._factory, self._argument, self._on_note = factory, argument, on_note
-        self._niceness = niceness
+        self.factory, self.argument, self.on_note = factory, argument, on_note  # what its helpers run
+        self.niceness = niceness  # of its helper process
         self._closing = False
         # Runs handed to a helper and not yet acknowledged, and runs that never will be.
         self._state = threading.Condition()
@@ -132,7 +132,7 @@ class ProcessSink:
 
     # -- answers from a helper, in its reader thread -----------------------------------
 
-    def _answered(self, helper: _Helper, answer: str) -> None:
+    def helper_answered(self, helper: _Helper, answer: str) -> None:
         """A run acknowledged by ``helper``, or (anything else) what went wrong there."""
         with self._state:
             if answer in self._unfinished:
@@ -142,7 +142,7 @@ class ProcessSink:
                 logger.error("%s: %s", self.label, answer)
             self._state.notify_all()
 
-    def _exited(self, helper: _Helper) -> None:
+    def helper_exited(self, helper: _Helper) -> None:
         """``helper``'s answers have ended: nothing more will be acknowledged."""
         with self._state:
             helper.exited = True
@@ -161,11 +161,11 @@ class ProcessSink:
             self._forget_dead_helpers()
             return dict(self._lost)
 
-    def _take_note(self, text: str) -> None:
-        if self._on_note is None:
+    def helper_noted(self, text: str) -> None:
+        if self.on_note is None:
             return
         try:
-            self._on_note(json.loads(text))
+            self.on_note(json.loads(text))
         except Exception:  # a note is bookkeeping: it must not stop the acknowledgements
             logger.exception("%s: a note from the helper could not be taken: %s", self.label, text)
 
@@ -180,7 +180,7 @@ class _Helper:
     def __init__(self, sink: ProcessSink) -> None:
         self.sink = sink
         self.process = subprocess.Popen(
-            [sys.executable, "-m", HELPER_MODULE, "--niceness", str(sink._niceness)],
+            [sys.executable, "-m", HELPER_MODULE, "--niceness", str(sink.niceness)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )  # fmt: skip
         # Documents are handed over in batches: waking the feeder thread for every event
@@ -201,7 +201,7 @@ class _Helper:
         self._reader = threading.Thread(target=self._read, name=f"orchestrion-{label}-acks", daemon=True)
         # Not waited for: the helper imports while the session opens and the run starts;
         # documents wait here and in the pipe.
-        factory = {"factory": sink._factory, "argument": sink._argument, "notes": sink._on_note is not None}
+        factory = {"factory": sink.factory, "argument": sink.argument, "notes": sink.on_note is not None}
         self._pending.append(("__factory__", factory))
         self._given = 1
         self._wake.set()
@@ -265,12 +265,12 @@ class _Helper:
         for line in self.process.stdout:
             text = line.decode(errors="replace").strip()
             if text.startswith(NOTE):
-                sink._take_note(text[len(NOTE) :])
+                sink.helper_noted(text[len(NOTE) :])
             elif text == f"{ACK}ready":
                 self.ready = True
             elif text.startswith(ACK):
-                sink._answered(self, text[len(ACK) :])
-        sink._exited(self)
+                sink.helper_answered(self, text[len(ACK) :])
+        sink.helper_exited(self)
 
     def close(self) -> None:
         with self._lock:
