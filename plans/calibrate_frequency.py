@@ -55,6 +55,7 @@ def analyze(
         and fit["center_err"] < abs(max(detunings) - min(detunings))
     ):
         fit["qubit_frequency"] = float(p["qubit.frequency"]) + fit["center"]
+        fit["qubit_frequency_err"] = fit["center_err"]  # the stored value is taken as exact
     return fit
 
 
