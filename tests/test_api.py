@@ -116,6 +116,8 @@ def held_queue(admin: Client) -> Iterator[None]:
     wait_until(lambda: blocker.status == "running", timeout=60, what="the blocker running")
     admin.pause(immediate=True)
     wait_until(lambda: admin.runengine()["manager_state"] == "paused", timeout=30, what="paused")
+    # The job table follows within a poll: what is compared against it meanwhile is settled.
+    wait_until(lambda: blocker.status == "paused", timeout=10, what="the blocker paused in the table")
     try:
         yield
     finally:

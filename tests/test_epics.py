@@ -28,7 +28,7 @@ from orchestrion.client import Client
 from orchestrion.config import OrchestrionConfig, load_config
 from orchestrion.devices import DeviceState, describe_devices, disable_device, load_devices
 from orchestrion.errors import DeviceConnectionError, DeviceError, InputError
-from orchestrion.experiment import RunRequest
+from orchestrion.experiment import RunLimits, RunRequest
 from orchestrion.jobs import JobRequest, JobStatus, validate_request
 from orchestrion.pipeline import BUNDLED, open_embedded_catalog
 from orchestrion.services import down, up
@@ -234,7 +234,12 @@ def test_a_pv_that_does_not_exist_leaves_its_device_out_with_the_reason(
     # A submission (a process that connects nothing) refuses it too, from the last report.
     library = EmbeddedSession(config).library
     with pytest.raises(InputError, match="needs device 'sample_y', which failed: could not connect within 1 s"):
-        validate_request(library, load_devices(config), JobRequest(experiment="spectroscopy", scan=("sample_y=0:1:3",)))
+        validate_request(
+            library,
+            load_devices(config),
+            JobRequest(experiment="spectroscopy", scan=("sample_y=0:1:3",)),
+            limits=RunLimits.of(config),
+        )
 
     # A strict lab refuses to start instead.
     strict = EmbeddedSession(config.model_copy(update={"devices_strict": True}))
@@ -265,13 +270,13 @@ def epics_stack(ioc: subprocess.Popen[str], tmp_path: Path) -> Iterator[Orchestr
 
 @pytest.mark.stack
 def test_a_queued_job_scans_the_epics_axis_into_hdf5_and_the_stacks_tiled(epics_stack: OrchestrionConfig) -> None:
-    with Client(epics_stack) as client:
+    with Client.local(epics_stack) as client:
         job = client.submit("spectroscopy", scan=["stage=0:2:5"], shots=5)
         done = job.wait(timeout=120)
-        assert done.status is JobStatus.DONE, done.error
-        assert done.points == 5
-        assert done.hdf5 is not None
-        data = _bundled(done.hdf5)
+        assert done["status"] == JobStatus.DONE, done["error"]
+        assert done["points"] == 5
+        assert done["hdf5"] is not None
+        data = _bundled(done["hdf5"])
         assert data["stage"] == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0], abs=1e-3)
         assert ((data["beam_current"] > 290.0) & (data["beam_current"] < 310.0)).all()
         table = job.data()[BUNDLED].read()
@@ -281,7 +286,7 @@ def test_a_queued_job_scans_the_epics_axis_into_hdf5_and_the_stacks_tiled(epics_
         disable_device(epics_stack, "stage", user="operator", reason="beam-line search")
         with pytest.raises(InputError, match="needs device 'stage', which is disabled: disabled by operator"):
             client.submit("spectroscopy", scan=["stage=0:1:3"])
-        assert [j.id for j in client.jobs()] == [done.id]
+        assert [j["id"] for j in client.jobs()] == [done["id"]]
 
 
 def test_a_baseline_device_lost_after_the_last_point_fails_the_run_naming_it(

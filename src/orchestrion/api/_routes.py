@@ -408,6 +408,10 @@ async def live(who: Reader, request: Request, interval: float = 0.2) -> Streamin
     async def events() -> AsyncIterator[str]:
         states = await call(lab.job_states)
         yield sse("hello", {"name": who.name, "jobs": len(states)})
+        # A client that joins late learns the state of every job still in flight first.
+        for job_id, (state, *_) in states.items():
+            if state not in ("done", "failed", "cancelled"):
+                yield sse("job", await call(lab.describe_job, await call(lab.job, job_id)))
         reader_: PointReader | None = None
         while not await request.is_disconnected():
             now = await call(lab.job_states)

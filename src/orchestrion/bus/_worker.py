@@ -27,7 +27,13 @@ import h5py
 import redis
 
 from orchestrion.config import OrchestrionConfig
-from orchestrion.pipeline import build_post_processing, connect_catalog, file_name_for, recover_incomplete
+from orchestrion.pipeline import (
+    build_post_processing,
+    connect_catalog,
+    discard_spool,
+    file_name_for,
+    recover_incomplete,
+)
 
 from ._claims import Claims
 from ._claims import text as _text
@@ -327,6 +333,10 @@ class BusWorker:
     def _discard(self, run_uid: str, state: dict[str, str]) -> None:
         """Remove what an earlier attempt at the run left: its HDF5 file, its catalog node."""
         recover_incomplete(self.config.data_dir)  # frees the names a dead writer held
+        # The run is written again from its start: the dead attempt's spool goes, so the
+        # new spool does not extend it and no catalog repair replays it beside the new.
+        if not discard_spool(self.config.home, run_uid):
+            logger.warning("%s: run %s: its spool is still held by a live writer", self.name, run_uid)
         candidates = {Path(state["hdf5"])} if state.get("hdf5") else set()
         first = self.client.xrange(self.keys.run(run_uid), entry_id(1), entry_id(1))
         if first:

@@ -19,6 +19,7 @@ from ._post import PostProcessing, RunOutcome
 from ._recovery import Recovered, recover_file, recover_incomplete, recover_orphans
 from ._repair import RepairResult, repair_catalog
 from ._serializer import FileOutcome, Serializer
+from ._spool import discard_spool
 from ._summary import RunSummary, RunSummaryCollector
 from ._tiled import (
     CatalogConnection,
@@ -59,6 +60,7 @@ __all__ = [
     "build_pipeline",
     "build_post_processing",
     "connect_catalog",
+    "discard_spool",
     "embedded_catalog_paths",
     "file_name_for",
     "how_to_open",

@@ -83,6 +83,22 @@ def claim(path: Path) -> Iterator[bool]:
         yield True
 
 
+def discard_spool(home: Path, run_uid: str) -> bool:
+    """Remove the spool an earlier, dead writer of ``run_uid`` left; False if its writer lives.
+
+    For a run that is written again from the start (the document bus re-processes a run
+    whose worker died): the new writer's spool must not extend the old one, and a catalog
+    repair must not replay the old attempt beside the new.
+    """
+    path = spool_dir(home) / f"{run_uid}{SUFFIX}"
+    if not path.exists():
+        return True
+    with claim(path) as free:
+        if free:
+            path.unlink(missing_ok=True)
+        return free
+
+
 def read_spool(path: Path) -> list[Document]:
     """Every whole document in the spool (a torn last one is left out)."""
     documents: list[Document] = []
