@@ -25,7 +25,7 @@ from orchestrion.devices import (
     load_lab_config,
 )
 from orchestrion.errors import DeviceConfigError, DeviceConnectionError, DeviceError, InputError
-from orchestrion.experiment import set_with_readback
+from orchestrion.experiment import RunLimits, set_with_readback
 from orchestrion.jobs import JobRequest, validate_request
 from orchestrion.lab import Lab
 
@@ -175,7 +175,10 @@ def test_devices_switched_off_and_on_at_run_time_with_who_and_when(
     assert listing["sequencer"]["state"] == "connected"
     with pytest.raises(InputError, match="needs device 'rf', which is disabled"):
         validate_request(
-            lab.library, load_devices(config), JobRequest(experiment="spectroscopy", scan=("rf.frequency=2e8",))
+            lab.library,
+            load_devices(config),
+            JobRequest(experiment="spectroscopy", scan=("rf.frequency=2e8",)),
+            limits=RunLimits.of(config),
         )
 
     assert _cli(config, "devices", "enable", "rf", "--user", "bob").exit_code == 0

@@ -209,6 +209,7 @@ def test_validation_types_the_values_given_as_text(config: OrchestrionConfig) ->
         library,
         devices,
         JobRequest(experiment="spectroscopy", parameters={"qubit.amplitude": "0.25", "rf.frequency": "2e8"}, shots=7),
+        limits=RunLimits.of(config),
     )
     assert kwargs["parameters"] == {"qubit.amplitude": 0.25, "rf.frequency": 2e8}
     assert kwargs["shots"] == 7

@@ -23,6 +23,7 @@ from orchestrion.cli import cli
 from orchestrion.client import Client, JobHandle
 from orchestrion.config import OrchestrionConfig, load_config
 from orchestrion.errors import InputError
+from orchestrion.experiment import RunLimits
 from orchestrion.jobs import JobRequest, JobStatus, JobStore
 from orchestrion.services import (
     ServiceError,
@@ -306,7 +307,7 @@ def test_a_group_without_permission_is_refused_and_nothing_is_queued(stack: Orch
         ("student", "calibrate_frequency", "may not run 'calibrate_frequency'"),
     ):
         request = JobRequest(experiment=experiment, **(SHORT if experiment == "spectroscopy" else {}))
-        kwargs = validate_request(library, devices, request)
+        kwargs = validate_request(library, devices, request, limits=RunLimits.of(stack))
         with pytest.raises(InputError, match=refusal):
             submit_job(store, api, request, kwargs, submitter="test", user_group=group)
     assert [j.id for j in store.list()] == before
