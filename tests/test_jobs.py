@@ -251,7 +251,10 @@ def test_permissions_define_the_groups_a_lab_needs() -> None:
 
 def test_the_worker_records_each_run_of_a_job(config: OrchestrionConfig) -> None:
     # The recorder reads the pipeline's summary; the catalog is not needed (and slow to start).
-    environment = WorkerEnvironment(config.model_copy(update={"tiled_enabled": False}), worker=True)
+    # Local post-processing (no bus: no Redis runs here), without the catalog (slow to start).
+    environment = WorkerEnvironment(
+        config.model_copy(update={"tiled_enabled": False, "post_processing_workers": 0}), worker=True
+    )
     try:
         namespace = environment.namespace()
         assert isinstance(namespace["RE"], RunEngine)

@@ -216,7 +216,7 @@ def test_a_higher_priority_overtakes_queued_jobs_but_not_the_running_one(client:
     low_b = client.submit("spectroscopy", **SHORT)
     high = client.submit("spectroscopy", priority=5, **SHORT)
     assert queued_uids(api) == [high.refresh()["item_uid"], low_a.refresh()["item_uid"], low_b.refresh()["item_uid"]]
-    assert running.status == JobStatus.RUNNING  # never interrupted by the newcomer
+    wait_status(running, JobStatus.PAUSED, timeout=10)  # never interrupted by the newcomer: paused, not done
     client.resume()
     jobs = [job.wait(timeout=120) for job in (running, high, low_a, low_b)]
     assert [j["status"] for j in jobs] == [JobStatus.DONE] * 4
