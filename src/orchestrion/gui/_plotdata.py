@@ -329,11 +329,14 @@ def _rabi_lineshape(x: Array, fit: Mapping[str, float], start: Mapping[str, Any]
     pulse_time = _parameter(start, "qubit.pi_time")
     if not _is_number(pulse_time):
         return None
-    return rabi_lineshape(x, fit["center"], fit["rabi_frequency"], float(pulse_time), fit["contrast"], fit["offset"])
+    # The fit holds the Rabi frequency at what the pi time implies (ADR 0011) unless it stored one.
+    rabi = fit.get("rabi_frequency", 1.0 / (2.0 * float(pulse_time)))
+    return rabi_lineshape(x, fit["center"], rabi, float(pulse_time), fit["contrast"], fit["offset"])
 
 
 def _damped_sine(x: Array, fit: Mapping[str, float], start: Mapping[str, Any]) -> Array | None:
-    return damped_sine(x, fit["frequency"], fit["tau"], fit["contrast"], fit["offset"], fit["phase"])
+    # No `tau`: the scan showed no decay and the fit has none (ADR 0011).
+    return damped_sine(x, fit["frequency"], fit.get("tau", math.inf), fit["contrast"], fit["offset"], fit["phase"])
 
 
 def _lorentzian(x: Array, fit: Mapping[str, float], start: Mapping[str, Any]) -> Array | None:
@@ -343,8 +346,8 @@ def _lorentzian(x: Array, fit: Mapping[str, float], start: Mapping[str, Any]) ->
 # A run stores its fit's values, not the model's name: the parameter names tell the
 # models of `orchestrion.analysis` apart.
 FIT_MODELS: dict[frozenset[str], tuple[str, FitModel]] = {
-    frozenset({"center", "rabi_frequency", "contrast", "offset"}): ("rabi_lineshape", _rabi_lineshape),
-    frozenset({"frequency", "tau", "contrast", "offset", "phase"}): ("damped_sine", _damped_sine),
+    frozenset({"center", "contrast", "offset"}): ("rabi_lineshape", _rabi_lineshape),
+    frozenset({"frequency", "contrast", "offset", "phase"}): ("damped_sine", _damped_sine),
     frozenset({"center", "fwhm", "amplitude", "offset"}): ("lorentzian", _lorentzian),
 }
 
