@@ -16,7 +16,7 @@ from typing import Any
 from orchestrion import devices as lab_devices
 from orchestrion.config import OrchestrionConfig
 from orchestrion.errors import InputError, ParameterError
-from orchestrion.experiment import RunLimits, RunRequest, ScanPattern, prepare_run
+from orchestrion.experiment import RunLimits, RunRequest, prepare_run
 from orchestrion.jobs import (
     Job,
     JobRequest,
@@ -64,13 +64,7 @@ def _queue_server_refusals(action: str) -> Iterator[None]:
 
 
 def value_entry(value: ParameterValue, spec: ParameterSpec) -> dict[str, Any]:
-    return {
-        "id": value.id,
-        "value": value.value,
-        "unit": spec.unit,
-        "timestamp": value.timestamp.isoformat(),
-        "source": value.source,
-    }
+    return value.entry(spec.unit)
 
 
 class Backend:
@@ -116,12 +110,7 @@ class Backend:
         schema = JobRequest.model_json_schema()
         schema["properties"]["experiment"] = {**schema["properties"]["experiment"], "const": name}
         return {
-            "name": experiment.name,
-            "description": experiment.description,
-            "default_shots": experiment.default_shots,
-            "default_scans": [{"id": a.id, "values": list(a.values)} for a in experiment.default_scans],
-            "scan_patterns": [p.value for p in ScanPattern],
-            "calibrates": dict(experiment.calibrates),
+            **experiment.describe(),
             "parameters": [
                 {**spec.model_dump(mode="json"), "stored": value_entry(stored[spec.id], spec)}
                 for spec in experiment.parameters

@@ -61,13 +61,7 @@ def cli_source() -> str:
 
 
 def entry(value: ParameterValue, spec: ParameterSpec) -> dict[str, Any]:
-    return {
-        "id": value.id,
-        "value": value.value,
-        "unit": spec.unit,
-        "timestamp": value.timestamp.isoformat(),
-        "source": value.source,
-    }
+    return value.entry(spec.unit)
 
 
 def _shown(value: ParameterValue, spec: ParameterSpec) -> str:

@@ -137,18 +137,7 @@ def experiments(ctx: click.Context, as_json: bool) -> None:
     """List the experiment library with parameters and scan options."""
     config = config_from(ctx)
     session = EmbeddedSession(config)
-    listing: list[dict[str, Any]] = [
-        {
-            "name": e.name,
-            "description": e.description,
-            "default_shots": e.default_shots,
-            "default_scans": [{"id": a.id, "values": list(a.values)} for a in e.default_scans],
-            "scan_patterns": [p.value for p in ScanPattern],
-            "calibrates": dict(e.calibrates),
-            "parameters": [spec.model_dump(mode="json") for spec in e.parameters],
-        }
-        for e in session.library
-    ]
+    listing: list[dict[str, Any]] = [e.describe() for e in session.library]
     if as_json:
         print_json(listing)
         return

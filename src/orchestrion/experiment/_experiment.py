@@ -9,7 +9,7 @@ from typing import Any
 from orchestrion.parameters import ParameterSpec
 from orchestrion.sequence import PulseSequence
 
-from ._scan import ScanAxis, ScanPoint
+from ._scan import ScanAxis, ScanPattern, ScanPoint
 
 BuildSequence = Callable[[Mapping[str, Any], int], PulseSequence]
 """Compile one data point: (parameter values by id, shots) -> the point's sequence."""
@@ -45,6 +45,18 @@ class Experiment:
     @property
     def parameter_ids(self) -> list[str]:
         return [p.id for p in self.parameters]
+
+    def describe(self) -> dict[str, Any]:
+        """The experiment as the CLI's and the API's listings show it (JSON-ready)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "default_shots": self.default_shots,
+            "default_scans": [{"id": a.id, "values": list(a.values)} for a in self.default_scans],
+            "scan_patterns": [p.value for p in ScanPattern],
+            "calibrates": dict(self.calibrates),
+            "parameters": [spec.model_dump(mode="json") for spec in self.parameters],
+        }
 
     def spec(self, parameter_id: str) -> ParameterSpec | None:
         return next((p for p in self.parameters if p.id == parameter_id), None)

@@ -143,3 +143,13 @@ class ParameterValue(BaseModel):
     value: ParameterValueType
     timestamp: datetime = Field(description="When the value was set (UTC)")
     source: str = Field("", description="Who or what set it: a user, an experiment, 'default'")
+
+    def entry(self, unit: str = "") -> dict[str, Any]:
+        """The value as the CLI's and the API's JSON show it: id, value, unit, timestamp, source."""
+        return {
+            "id": self.id,
+            "value": self.value,
+            "unit": unit,
+            "timestamp": self.timestamp.isoformat(),
+            "source": self.source,
+        }
