@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from orchestrion.config import OrchestrionConfig, load_config
 
 T = TypeVar("T")
 
@@ -44,3 +48,33 @@ def stop_process(process: subprocess.Popen[bytes] | subprocess.Popen[str], timeo
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def stack_config(home: Path, **overrides: Any) -> OrchestrionConfig:
+    """A services stack's configuration on free loopback ports, with fast simulated hardware.
+
+    Every port the stack listens on is chosen here: a port left at its default (the API
+    server's, say) would collide with another stack or with anything on the machine.
+    """
+    ports: set[int] = set()
+    while len(ports) < 5:
+        ports.add(free_port())
+    redis_port, control_port, info_port, tiled_port, api_port = sorted(ports)
+    return load_config(
+        home=home, sim_time_scale=0.02, sim_seed=1234,
+        redis_port=redis_port, zmq_control_port=control_port, zmq_info_port=info_port,
+        tiled_port=tiled_port, api_port=api_port, scheduler_poll_interval=0.02, **overrides,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def running_stack(home: Path, **overrides: Any) -> Iterator[OrchestrionConfig]:
+    """`orchestrion up` on `stack_config`; `down --force` afterwards, whatever happened."""
+    from orchestrion.services import down, up
+
+    config = stack_config(home, **overrides)
+    try:
+        up(config)
+        yield config
+    finally:
+        down(config, force=True)

@@ -27,11 +27,11 @@ from pydantic import SecretStr
 
 from orchestrion.cli import cli
 from orchestrion.client import AuthError, Client
-from orchestrion.config import OrchestrionConfig, load_config
+from orchestrion.config import OrchestrionConfig
 from orchestrion.jobs import JobStatus, JobStore
-from orchestrion.services import api_url, close_api, down, queue_server_api, run_dir, status, tiled_api_key, up
+from orchestrion.services import api_url, close_api, queue_server_api, run_dir, status, tiled_api_key
 
-from .support import free_port, wait_until
+from .support import running_stack, wait_until
 
 SHORT = {"scan": ["spectroscopy.detuning=-1e5:1e5:3"], "shots": 5}
 LONG = {"scan": ["spectroscopy.detuning=-1e5:1e5:300"], "shots": 20}
@@ -39,20 +39,8 @@ LONG = {"scan": ["spectroscopy.detuning=-1e5:1e5:300"], "shots": 20}
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrchestrionConfig]:
-    ports: set[int] = set()
-    while len(ports) < 5:
-        ports.add(free_port())
-    redis_port, control_port, info_port, tiled_port, api_port = sorted(ports)
-    config = load_config(
-        home=tmp_path_factory.mktemp("api") / "home", sim_time_scale=0.02, sim_seed=1234,
-        redis_port=redis_port, zmq_control_port=control_port, zmq_info_port=info_port,
-        tiled_port=tiled_port, api_port=api_port, scheduler_poll_interval=0.02,
-    )  # fmt: skip
-    try:
-        up(config)
+    with running_stack(tmp_path_factory.mktemp("api") / "home") as config:
         yield config
-    finally:
-        down(config, force=True)
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from orchestrion.services import (
     up,
 )
 
-from .support import free_port, wait_until
+from .support import free_port, running_stack, wait_until
 
 # Long enough to be caught mid-run (about 10-20 s on this machine), short enough to finish.
 LONG = {"scan": ["spectroscopy.detuning=-1e5:1e5:300"], "shots": 20}
@@ -42,20 +42,8 @@ SHORT = {"scan": ["spectroscopy.detuning=-1e5:1e5:3"], "shots": 5}
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrchestrionConfig]:
-    ports: set[int] = set()
-    while len(ports) < 4:
-        ports.add(free_port())
-    redis_port, control_port, info_port, tiled_port = sorted(ports)
-    config = load_config(
-        home=tmp_path_factory.mktemp("faults") / "home", sim_time_scale=0.02, sim_seed=1234,
-        redis_port=redis_port, zmq_control_port=control_port, zmq_info_port=info_port,
-        tiled_port=tiled_port, scheduler_poll_interval=0.02,
-    )  # fmt: skip
-    try:
-        up(config)
+    with running_stack(tmp_path_factory.mktemp("faults") / "home") as config:
         yield config
-    finally:
-        down(config, force=True)
 
 
 class TableJob:

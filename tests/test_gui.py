@@ -14,11 +14,11 @@ import pytest
 from matplotlib.image import imread
 
 from orchestrion.client import Client
-from orchestrion.config import OrchestrionConfig, load_config
+from orchestrion.config import OrchestrionConfig
 from orchestrion.gui import ApiStackClient, AxisSetting, MainWindow, take_screenshots
-from orchestrion.services import api_url, down, run_dir, up
+from orchestrion.services import api_url, run_dir
 
-from .support import free_port
+from .support import running_stack
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -38,20 +38,8 @@ def private_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrchestrionConfig]:
-    ports: set[int] = set()
-    while len(ports) < 5:
-        ports.add(free_port())
-    redis_port, control_port, info_port, tiled_port, api_port = sorted(ports)
-    config = load_config(
-        home=tmp_path_factory.mktemp("gui") / "home", sim_time_scale=0.02, sim_seed=1234,
-        redis_port=redis_port, zmq_control_port=control_port, zmq_info_port=info_port,
-        tiled_port=tiled_port, api_port=api_port, scheduler_poll_interval=0.02,
-    )  # fmt: skip
-    try:
-        up(config)
+    with running_stack(tmp_path_factory.mktemp("gui") / "home") as config:
         yield config
-    finally:
-        down(config, force=True)
 
 
 @pytest.fixture(scope="module")

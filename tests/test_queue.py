@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from orchestrion.cli import cli
 from orchestrion.client import Client, JobHandle
-from orchestrion.config import OrchestrionConfig, load_config
+from orchestrion.config import OrchestrionConfig
 from orchestrion.errors import InputError
 from orchestrion.experiment import RunLimits
 from orchestrion.jobs import JobRequest, JobStatus, JobStore
@@ -39,7 +39,7 @@ from orchestrion.services import (
     zmq_info_address,
 )
 
-from .support import free_port, wait_until
+from .support import running_stack, wait_until
 
 # About 300 points: long enough to be caught running and paused, short enough to finish.
 LONG = {"scan": ["spectroscopy.detuning=-1e5:1e5:300"], "shots": 20}
@@ -48,20 +48,8 @@ SHORT = {"scan": ["spectroscopy.detuning=-1e5:1e5:3"], "shots": 5}
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrchestrionConfig]:
-    ports: set[int] = set()
-    while len(ports) < 5:
-        ports.add(free_port())
-    redis_port, control_port, info_port, tiled_port, api_port = sorted(ports)
-    config = load_config(
-        home=tmp_path_factory.mktemp("stack") / "home", sim_time_scale=0.02, sim_seed=1234,
-        redis_port=redis_port, zmq_control_port=control_port, zmq_info_port=info_port,
-        tiled_port=tiled_port, api_port=api_port, scheduler_poll_interval=0.02,
-    )  # fmt: skip
-    try:
-        up(config)
+    with running_stack(tmp_path_factory.mktemp("stack") / "home") as config:
         yield config
-    finally:
-        down(config, force=True)
 
 
 @pytest.fixture
