@@ -9,7 +9,7 @@ own REST routes (bluesky-httpserver's `/api/...`) take the same keys.
 from ._backend import Backend, Conflict, Forbidden, NotFound
 from ._keys import check_name, create_key, database_uri
 from ._roles import PROVIDER, ROLE_SCOPES, KeysOnly, Role, RoleAccessControl, RoleFile, Scope, roles_path
-from ._routes import PREFIX, router
+from ._routes import PREFIX, router, tiled_router
 from ._server import (
     BodyLimit,
     admin_key,
@@ -46,5 +46,6 @@ __all__ = [
     "roles_path",
     "router",
     "serve",
+    "tiled_router",
     "uvicorn_options",
 ]
