@@ -5,6 +5,8 @@ Qt draws offscreen; every wait is on a condition of the widgets (qtbot.waitUntil
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from matplotlib.image import imread
 from orchestrion.client import Client
 from orchestrion.config import OrchestrionConfig
 from orchestrion.gui import ApiStackClient, AxisSetting, MainWindow, take_screenshots
-from orchestrion.services import api_url, run_dir
+from orchestrion.services import api_url, run_dir, service, stop_service, up
 
 from .support import running_stack
 
@@ -200,3 +202,35 @@ def test_screenshots_of_every_page_filled_from_the_stack(
         assert pixels.shape[0] > 500
         # Not a blank page: many distinct colours.
         assert len(np.unique(pixels.reshape(-1, pixels.shape[-1])[::97], axis=0)) > 20
+
+
+def test_the_status_bar_shows_every_service_who_is_connected_and_a_killed_worker(
+    qtbot: object, window: MainWindow, stack: OrchestrionConfig
+) -> None:
+    def shown() -> dict[str, str]:
+        status = window.status
+        return {s.name: s.health for s in status.services} if status is not None else {}
+
+    qtbot.waitUntil(lambda: "post-processing-2" in shown(), timeout=30_000)  # type: ignore[attr-defined]
+    text = window.services_label.text()
+    for name in ("API server", "queue server", "Redis", "Tiled", "parameter store", "post-processing-1",
+                 "post-processing-2", "scheduler"):  # fmt: skip
+        assert name in text, text
+    assert set(shown().values()) == {"ok"}, shown()
+    # This window's own live stream is a connected client: the admin key's holder.
+    qtbot.waitUntil(lambda: "admin (admin)" in window.principal_label.text(), timeout=30_000)  # type: ignore[attr-defined]
+
+    # The keeper would restart the worker at once: stopped first, so the dead worker is seen.
+    stop_service(stack, "keeper")
+    worker = service("post-processing-2", stack)
+    pid = worker.pid(stack)
+    assert pid is not None
+    try:
+        os.kill(pid, signal.SIGKILL)
+        # The slow poll (every few seconds, off the GUI thread) brings it.
+        qtbot.waitUntil(lambda: shown().get("post-processing-2") in ("down", "unhealthy"), timeout=60_000)  # type: ignore[attr-defined]
+        assert "post-processing-2 down" in window.services_label.text() or "unhealthy" in window.services_label.text()
+        assert shown()["post-processing-1"] == "ok"
+    finally:
+        up(stack)
+    qtbot.waitUntil(lambda: set(shown().values()) == {"ok"}, timeout=60_000)  # type: ignore[attr-defined]

@@ -114,22 +114,7 @@ class Client:
     @classmethod
     def local(cls, config: Any = None, **options: Any) -> Client:
         """The client of the configured stack: `api_url`/`api_key`, else the local stack's URL and admin key."""
-        from orchestrion.config import load_config
-        from orchestrion.services import api_url, run_dir
-
-        config = config or load_config()
-        url = config.api_url or api_url(config)
-        if config.api_key is not None:
-            key = config.api_key.get_secret_value()
-        else:
-            path = run_dir(config) / "api-key"
-            try:
-                key = path.read_text().strip()
-            except OSError:
-                raise AuthError(
-                    f"no API key: set ORCHESTRION_API_KEY (or start the stack, which writes {path})"
-                ) from None
-        return cls(url, key, **options)
+        return cls(*local_credentials(config), **options)
 
     def __enter__(self) -> Client:
         return self
@@ -315,7 +300,7 @@ class Client:
     @property
     def tiled_url(self) -> str:
         """The API server's door to the stack's Tiled (read only, with this client's key)."""
-        return f"{self.url}{API_TILED_PREFIX}"
+        return tiled_door(self.url)
 
     def catalog(self) -> Any:
         """The stack's Tiled catalog (a tiled client node), read through the API server with this key.
@@ -331,6 +316,27 @@ class Client:
                 url, key = self.tiled_url, self._api_key
             self._catalog = from_uri(url, api_key=key, verify=self._verify)
         return self._catalog
+
+
+def local_credentials(config: Any = None) -> tuple[str, str]:
+    """(API URL, key) of the configured stack: `api_url`/`api_key`, else the local stack's URL and admin key."""
+    from orchestrion.config import load_config
+    from orchestrion.services import api_url, run_dir
+
+    config = config or load_config()
+    url = config.api_url or api_url(config)
+    if config.api_key is not None:
+        return url, config.api_key.get_secret_value()
+    path = run_dir(config) / "api-key"
+    try:
+        return url, path.read_text().strip()
+    except OSError:
+        raise AuthError(f"no API key: set ORCHESTRION_API_KEY (or start the stack, which writes {path})") from None
+
+
+def tiled_door(url: str) -> str:
+    """The Tiled URL of the API server at ``url``: its door to the stack's catalog."""
+    return f"{url.rstrip('/')}{API_TILED_PREFIX}"
 
 
 def _segment(text: str) -> str:
