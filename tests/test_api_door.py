@@ -18,9 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
+from pydantic import SecretStr
 
+from orchestrion.cli import cli
 from orchestrion.client import AuthError, Client
-from orchestrion.config import OrchestrionConfig
+from orchestrion.config import OrchestrionConfig, load_config
 from orchestrion.errors import InputError
 from orchestrion.jobs import JobStore
 from orchestrion.schema import API_TILED_PREFIX
@@ -270,3 +273,16 @@ def test_the_status_names_every_service_and_the_live_clients_and_shows_a_killed_
     wait_until(
         lambda: all(r["health"] == "ok" for r in admin.stack_status()["services"]), timeout=30, what="all healthy again"
     )
+
+
+def test_orchestrion_plot_on_a_lab_pc_reads_the_run_through_the_door(
+    stack: OrchestrionConfig, observer_key: str, finished: dict[str, Any], tmp_path: Path
+) -> None:
+    # A lab PC's configuration: another home (nothing of the stack's in it), the URL and a key.
+    elsewhere = load_config(home=tmp_path / "lab-pc", api_url=api_url(stack), api_key=SecretStr(observer_key))
+    for reference in (finished["run_uid"][:8], str(finished["id"]), "-1"):
+        out = tmp_path / f"run-{reference}.png"
+        result = CliRunner().invoke(cli, ["plot", reference, "--out", str(out)], obj={"config": elsewhere})
+        assert result.exit_code == 0, result.output
+        assert out.stat().st_size > 10_000, reference
+    assert not (tmp_path / "lab-pc").exists()
