@@ -87,11 +87,11 @@ class DataPage(QWidget):
         self.histogram.setLabel("bottom", "counts per shot")
         self.histogram.setLabel("left", "shots")
         for widget in (self.graph, self.histogram):
-            for side in ("left", "bottom"):
+            for edge in ("left", "bottom"):
                 # An axis draws its grid over the whole plot, so every new point repaints it:
                 # replaying its ticks and labels was most of the GUI thread's time under a live
                 # scan (py-spy, bench gui).  Kept as a pixmap, redrawn only when it changes.
-                widget.getPlotItem().getAxis(side).setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+                widget.getPlotItem().getAxis(edge).setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
         self.image = pg.ImageItem()
         self.colour_bar: Any = None
         self.fit_table = QTableWidget(0, 2)
