@@ -6,7 +6,7 @@ keys), `user` (submit, cancel their own jobs, set parameters, pause/resume/abort
 own REST routes (bluesky-httpserver's `/api/...`) take the same keys.
 """
 
-from ._backend import Backend, Conflict, Forbidden, NotFound
+from ._backend import Backend, Conflict, Forbidden, NotFound, without_credentials
 from ._keys import check_name, create_key, database_uri
 from ._roles import PROVIDER, ROLE_SCOPES, KeysOnly, Role, RoleAccessControl, RoleFile, Scope, roles_path
 from ._routes import PREFIX, router, tiled_router
@@ -48,4 +48,5 @@ __all__ = [
     "serve",
     "tiled_router",
     "uvicorn_options",
+    "without_credentials",
 ]
