@@ -234,3 +234,22 @@ def test_the_status_bar_shows_every_service_who_is_connected_and_a_killed_worker
     finally:
         up(stack)
     qtbot.waitUntil(lambda: set(shown().values()) == {"ok"}, timeout=60_000)  # type: ignore[attr-defined]
+
+
+def test_a_device_is_disabled_and_enabled_from_the_devices_page(
+    qtbot: object, window: MainWindow, admin: Client
+) -> None:
+    page = window.devices
+    qtbot.waitUntil(lambda: "rf" in page.devices, timeout=30_000)  # type: ignore[attr-defined]
+    row = list(page.devices).index("rf")  # the table lists them in this order
+    page.table.selectRow(row)
+    assert page.disable_button.isEnabled()
+    page.disable_button.click()
+    qtbot.waitUntil(lambda: not page.devices["rf"].enabled, timeout=30_000)  # type: ignore[attr-defined]
+    assert next(d for d in admin.devices() if d["name"] == "rf")["enabled"] is False
+    assert admin.device_history("rf")[-1]["user"] == "admin"
+    page.table.selectRow(row)
+    qtbot.waitUntil(page.enable_button.isEnabled, timeout=10_000)  # type: ignore[attr-defined]
+    page.enable_button.click()
+    qtbot.waitUntil(lambda: page.devices["rf"].enabled, timeout=30_000)  # type: ignore[attr-defined]
+    assert next(d for d in admin.devices() if d["name"] == "rf")["enabled"] is True
