@@ -3,7 +3,8 @@
 Clients on any machine need its URL and an API key.  Roles: `admin` (everything,
 keys), `user` (submit, cancel their own jobs, set parameters, pause/resume/abort),
 `observer` (read only).  The routes are under `/api/orchestrion/`; the queue server's
-own REST routes (bluesky-httpserver's `/api/...`) take the same keys.
+own REST routes (bluesky-httpserver's `/api/...`) take the same keys, and so does the
+stack's Tiled catalog, read through `/tiled` (ADR 0510).
 """
 
 from ._backend import Backend, Conflict, Forbidden, NotFound, without_credentials
