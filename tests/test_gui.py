@@ -1,6 +1,6 @@
 """The Qt GUI against a real stack (`orchestrion up`: Redis, queue server, Tiled, API server).
 
-Qt draws offscreen; every wait is on a condition of the widgets (qtbot.waitUntil).
+Qt draws on a private Xvfb; every wait is on a condition of the widgets (qtbot.waitUntil).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from orchestrion.config import OrchestrionConfig
 from orchestrion.gui import ApiStackClient, AxisSetting, MainWindow, take_screenshots
 from orchestrion.services import api_url, run_dir, service, stop_service, up
 
-from .support import running_stack
+from .support import running_stack, xvfb_display
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -28,8 +28,17 @@ SHORT = ("spectroscopy.detuning=-1e5:1e5:9",)
 
 
 @pytest.fixture(scope="session")
-def qapp_args() -> list[str]:
-    return [sys.argv[0], "-platform", "offscreen"]
+def x_display() -> Iterator[str]:
+    """A private Xvfb for the session's QApplication (which lives as long as the session)."""
+    with xvfb_display() as display:
+        yield display
+
+
+@pytest.fixture(scope="session")
+def qapp_args(x_display: str) -> list[str]:
+    # A real X server (Qt's xcb platform) rather than offscreen drawing.  pytest-qt makes one
+    # QApplication per session: if another module made it first, its platform stands.
+    return [sys.argv[0], "-platform", "xcb", "-display", x_display]
 
 
 @pytest.fixture(autouse=True)
