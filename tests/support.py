@@ -78,3 +78,41 @@ def running_stack(home: Path, **overrides: Any) -> Iterator[OrchestrionConfig]:
         yield config
     finally:
         down(config, force=True)
+
+
+@contextlib.contextmanager
+def xvfb_display(timeout: float = 20.0) -> Iterator[str]:
+    """A private X server (Xvfb) for the duration: its display name (":N"), once it accepts clients.
+
+    Xvfb chooses a free display itself (``-displayfd``) and writes its number when ready;
+    ``-noreset`` keeps it up between clients; no TCP listener.
+    """
+    import os
+    import select
+    import shutil
+
+    program = shutil.which("Xvfb")
+    if program is None:
+        raise RuntimeError("Xvfb is not installed (`make system-deps` installs xvfb)")
+    ready, told = os.pipe()
+    server = subprocess.Popen(
+        [program, "-displayfd", str(told), "-nolisten", "tcp", "-noreset", "-screen", "0", "1600x1000x24"],
+        pass_fds=(told,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(told)
+    try:
+        said = b""
+        deadline = time.monotonic() + timeout
+        while not said.endswith(b"\n") and (left := deadline - time.monotonic()) > 0:
+            if not select.select([ready], [], [], left)[0]:
+                break
+            chunk = os.read(ready, 64)
+            if not chunk:
+                break
+            said += chunk
+        if not said.strip().isdigit():
+            raise RuntimeError(f"Xvfb did not report a display within {timeout:g} s")
+        yield f":{said.decode().strip()}"
+    finally:
+        stop_process(server)
+        os.close(ready)

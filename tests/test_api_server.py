@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orchestrion.api import Role, RoleFile, httpserver_configuration, uvicorn_options
+from orchestrion.api import Role, RoleFile, httpserver_configuration, uvicorn_options, without_credentials
 from orchestrion.config import load_config
 from orchestrion.errors import InputError
 
@@ -86,7 +86,8 @@ def test_the_configuration_keeps_everything_on_loopback_unless_told(tmp_path: Pa
     assert uvicorn_options(config)["host"] == "127.0.0.1"
     settings = httpserver_configuration(config)
     assert settings["qserver_zmq_configuration"]["control_address"].startswith("tcp://127.0.0.1:")
-    assert settings["server_configuration"]["custom_routers"] == ["orchestrion.api.router"]
+    routers = settings["server_configuration"]["custom_routers"]
+    assert routers == ["orchestrion.api.router", "orchestrion.api.tiled_router"]
     with pytest.raises(InputError, match="api_tls_keyfile"):
         uvicorn_options(config.model_copy(update={"api_tls_certfile": tmp_path / "c.pem"}))
 
@@ -99,3 +100,10 @@ def test_a_name_keeps_its_first_role(tmp_path: Path) -> None:
         roles.assign("alice", Role.ADMIN)
     assert roles.roles() == {"alice": Role.USER}
     assert (tmp_path / "roles.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_addresses_in_the_stack_status_carry_no_credentials() -> None:
+    assert without_credentials("redis://:s3cret@bus-host:6379/0") == "redis://bus-host:6379/0"
+    assert without_credentials("http://user:pw@influx:8086") == "http://influx:8086"
+    assert without_credentials("tcp://127.0.0.1:60615") == "tcp://127.0.0.1:60615"
+    assert without_credentials("embedded (SQLite)") == "embedded (SQLite)"

@@ -1,10 +1,12 @@
 """The Qt GUI against a real stack (`orchestrion up`: Redis, queue server, Tiled, API server).
 
-Qt draws offscreen; every wait is on a condition of the widgets (qtbot.waitUntil).
+Qt draws on a private Xvfb; every wait is on a condition of the widgets (qtbot.waitUntil).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +18,9 @@ from matplotlib.image import imread
 from orchestrion.client import Client
 from orchestrion.config import OrchestrionConfig
 from orchestrion.gui import ApiStackClient, AxisSetting, MainWindow, take_screenshots
-from orchestrion.services import api_url, run_dir
+from orchestrion.services import api_url, run_dir, service, stop_service, up
 
-from .support import running_stack
+from .support import running_stack, xvfb_display
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -26,8 +28,17 @@ SHORT = ("spectroscopy.detuning=-1e5:1e5:9",)
 
 
 @pytest.fixture(scope="session")
-def qapp_args() -> list[str]:
-    return [sys.argv[0], "-platform", "offscreen"]
+def x_display() -> Iterator[str]:
+    """A private Xvfb for the session's QApplication (which lives as long as the session)."""
+    with xvfb_display() as display:
+        yield display
+
+
+@pytest.fixture(scope="session")
+def qapp_args(x_display: str) -> list[str]:
+    # A real X server (Qt's xcb platform) rather than offscreen drawing.  pytest-qt makes one
+    # QApplication per session: if another module made it first, its platform stands.
+    return [sys.argv[0], "-platform", "xcb", "-display", x_display]
 
 
 @pytest.fixture(autouse=True)
@@ -200,3 +211,54 @@ def test_screenshots_of_every_page_filled_from_the_stack(
         assert pixels.shape[0] > 500
         # Not a blank page: many distinct colours.
         assert len(np.unique(pixels.reshape(-1, pixels.shape[-1])[::97], axis=0)) > 20
+
+
+def test_the_status_bar_shows_every_service_who_is_connected_and_a_killed_worker(
+    qtbot: object, window: MainWindow, stack: OrchestrionConfig
+) -> None:
+    def shown() -> dict[str, str]:
+        status = window.status
+        return {s.name: s.health for s in status.services} if status is not None else {}
+
+    qtbot.waitUntil(lambda: "post-processing-2" in shown(), timeout=30_000)  # type: ignore[attr-defined]
+    text = window.services_label.text()
+    for name in ("API server", "queue server", "Redis", "Tiled", "parameter store", "post-processing-1",
+                 "post-processing-2", "scheduler"):  # fmt: skip
+        assert name in text, text
+    assert set(shown().values()) == {"ok"}, shown()
+    # This window's own live stream is a connected client: the admin key's holder.
+    qtbot.waitUntil(lambda: "admin (admin)" in window.principal_label.text(), timeout=30_000)  # type: ignore[attr-defined]
+
+    # The keeper would restart the worker at once: stopped first, so the dead worker is seen.
+    stop_service(stack, "keeper")
+    worker = service("post-processing-2", stack)
+    pid = worker.pid(stack)
+    assert pid is not None
+    try:
+        os.kill(pid, signal.SIGKILL)
+        # The slow poll (every few seconds, off the GUI thread) brings it.
+        qtbot.waitUntil(lambda: shown().get("post-processing-2") in ("down", "unhealthy"), timeout=60_000)  # type: ignore[attr-defined]
+        assert "post-processing-2 down" in window.services_label.text() or "unhealthy" in window.services_label.text()
+        assert shown()["post-processing-1"] == "ok"
+    finally:
+        up(stack)
+    qtbot.waitUntil(lambda: set(shown().values()) == {"ok"}, timeout=60_000)  # type: ignore[attr-defined]
+
+
+def test_a_device_is_disabled_and_enabled_from_the_devices_page(
+    qtbot: object, window: MainWindow, admin: Client
+) -> None:
+    page = window.devices
+    qtbot.waitUntil(lambda: "rf" in page.devices, timeout=30_000)  # type: ignore[attr-defined]
+    row = list(page.devices).index("rf")  # the table lists them in this order
+    page.table.selectRow(row)
+    assert page.disable_button.isEnabled()
+    page.disable_button.click()
+    qtbot.waitUntil(lambda: not page.devices["rf"].enabled, timeout=30_000)  # type: ignore[attr-defined]
+    assert next(d for d in admin.devices() if d["name"] == "rf")["enabled"] is False
+    assert admin.device_history("rf")[-1]["user"] == "admin"
+    page.table.selectRow(row)
+    qtbot.waitUntil(page.enable_button.isEnabled, timeout=10_000)  # type: ignore[attr-defined]
+    page.enable_button.click()
+    qtbot.waitUntil(lambda: page.devices["rf"].enabled, timeout=30_000)  # type: ignore[attr-defined]
+    assert next(d for d in admin.devices() if d["name"] == "rf")["enabled"] is True

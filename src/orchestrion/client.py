@@ -24,8 +24,9 @@ from typing import Any
 import httpx
 
 from orchestrion.errors import InputError, OrchestrionError
+from orchestrion.schema import API_PREFIX, API_TILED_PREFIX
 
-PREFIX = "/api/orchestrion"
+PREFIX = API_PREFIX
 TERMINAL = ("done", "failed", "cancelled")
 
 
@@ -106,27 +107,14 @@ class Client:
             base_url=self.url, headers={"Authorization": f"Apikey {api_key}"}, timeout=timeout, verify=verify
         )
         self._tiled = (tiled_url, tiled_api_key)
+        self._api_key = api_key
+        self._verify = verify
         self._catalog: Any = None
 
     @classmethod
     def local(cls, config: Any = None, **options: Any) -> Client:
         """The client of the configured stack: `api_url`/`api_key`, else the local stack's URL and admin key."""
-        from orchestrion.config import load_config
-        from orchestrion.services import api_url, run_dir
-
-        config = config or load_config()
-        url = config.api_url or api_url(config)
-        if config.api_key is not None:
-            key = config.api_key.get_secret_value()
-        else:
-            path = run_dir(config) / "api-key"
-            try:
-                key = path.read_text().strip()
-            except OSError:
-                raise AuthError(
-                    f"no API key: set ORCHESTRION_API_KEY (or start the stack, which writes {path})"
-                ) from None
-        return cls(url, key, **options)
+        return cls(*local_credentials(config), **options)
 
     def __enter__(self) -> Client:
         return self
@@ -270,11 +258,22 @@ class Client:
     def devices(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/devices"))
 
-    def enable_device(self, name: str) -> dict[str, Any]:
-        return dict(self.request("POST", f"/devices/{_segment(name)}/enable"))
+    def enable_device(self, name: str, *, reason: str = "") -> dict[str, Any]:
+        """Use the device again from the next run on (kept with who, when and why)."""
+        return dict(self.request("POST", f"/devices/{_segment(name)}/enable", body={"reason": reason}))
 
-    def disable_device(self, name: str) -> dict[str, Any]:
-        return dict(self.request("POST", f"/devices/{_segment(name)}/disable"))
+    def disable_device(self, name: str, *, reason: str = "") -> dict[str, Any]:
+        """Leave the device out from the next run on: a submission that needs it is refused, naming it."""
+        return dict(self.request("POST", f"/devices/{_segment(name)}/disable", body={"reason": reason}))
+
+    def device_history(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every device switch, oldest first (of one device, if named)."""
+        path = "/devices/history" if name is None else f"/devices/{_segment(name)}/history"
+        return list(self.request("GET", path))
+
+    def stack_status(self) -> dict[str, Any]:
+        """The health of every service of the stack, the live stream's clients, and who you are."""
+        return dict(self.request("GET", "/status"))
 
     def create_key(self, role: str, name: str, note: str = "") -> dict[str, Any]:
         """A new API key (admins only); its secret is in this answer and nowhere else."""
@@ -298,18 +297,46 @@ class Client:
 
     # -- data ------------------------------------------------------------------------------
 
+    @property
+    def tiled_url(self) -> str:
+        """The API server's door to the stack's Tiled (read only, with this client's key)."""
+        return tiled_door(self.url)
+
     def catalog(self) -> Any:
-        """The stack's Tiled catalog (a tiled client node): `tiled_url`, else the one on the API's host."""
+        """The stack's Tiled catalog (a tiled client node), read through the API server with this key.
+
+        ``tiled_url`` and ``tiled_api_key`` given to the constructor name another Tiled
+        server (and its key) instead.
+        """
         if self._catalog is None:
             from tiled.client import from_uri
 
             url, key = self._tiled
             if url is None:
-                info = self.request("GET", "/catalog")
-                url = info["url"]
-                key = key or info.get("api_key")
-            self._catalog = from_uri(url, api_key=key)
+                url, key = self.tiled_url, self._api_key
+            self._catalog = from_uri(url, api_key=key, verify=self._verify)
         return self._catalog
+
+
+def local_credentials(config: Any = None) -> tuple[str, str]:
+    """(API URL, key) of the configured stack: `api_url`/`api_key`, else the local stack's URL and admin key."""
+    from orchestrion.config import load_config
+    from orchestrion.services import api_url, run_dir
+
+    config = config or load_config()
+    url = config.api_url or api_url(config)
+    if config.api_key is not None:
+        return url, config.api_key.get_secret_value()
+    path = run_dir(config) / "api-key"
+    try:
+        return url, path.read_text().strip()
+    except OSError:
+        raise AuthError(f"no API key: set ORCHESTRION_API_KEY (or start the stack, which writes {path})") from None
+
+
+def tiled_door(url: str) -> str:
+    """The Tiled URL of the API server at ``url``: its door to the stack's catalog."""
+    return f"{url.rstrip('/')}{API_TILED_PREFIX}"
 
 
 def _segment(text: str) -> str:

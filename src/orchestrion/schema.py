@@ -71,3 +71,14 @@ def nexus_name(text: str) -> str:
     if not cleaned:
         return "unnamed"
     return f"_{cleaned}" if cleaned[0].isdigit() else cleaned
+
+
+# -- the API server's paths (API server area): its routes and its door to Tiled -----------
+
+API_PREFIX = "/api/orchestrion"
+"""Orchestrion's routes on the API server (bluesky-httpserver's own are under /api/)."""
+API_TILED_PREFIX = "/tiled"
+"""Tiled's read API through the API server: `tiled.client.from_uri(API_URL + API_TILED_PREFIX, api_key=KEY)`.
+
+At the server's root, as a Tiled server's own root: the tiled client reads a path with
+"/api" in it as Tiled's API path itself."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from orchestrion import devices as lab_devices
 from orchestrion.config import OrchestrionConfig
@@ -33,7 +35,7 @@ from orchestrion.jobs import (
 )
 from orchestrion.lab import load_library_and_devices
 from orchestrion.parameters import ParameterSpec, ParameterValue, open_parameter_store
-from orchestrion.services import close_api, queue_server_api
+from orchestrion.services import close_api, queue_server_api, stack_services, start_order
 
 from ._roles import Role
 
@@ -306,29 +308,63 @@ class Backend:
     # -- devices ---------------------------------------------------------------------------
 
     def list_devices(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": d.name,
-                "class": d.entry.class_,
-                "role": d.role.value,
-                "enabled": d.entry.enabled,
-                "state": d.state.value,
-                "description": d.entry.description,
-                "error": d.error,
-            }
-            for d in self.devices
-        ]
+        """Each device with class, role, enabled (operators' switches applied), state and why not in use."""
+        # Switches made by another process (the CLI, another API call) are in the lab's
+        # switches file: read them again, as a submission does.
+        self.devices.refresh()
+        return lab_devices.describe_devices(self.devices)
 
-    def switch_device(self, name: str, *, enabled: bool, user: str) -> dict[str, Any]:
+    def switch_device(self, name: str, *, enabled: bool, user: str, reason: str) -> dict[str, Any]:
+        """Enable or disable a device for every process of the lab (kept with who, when and why)."""
         if name not in self.devices:
             raise NotFound(f"device: no device {name!r} in the lab configuration")
-        # orchestrion.devices gains run-time switches (enable_device, disable_device) in
-        # the devices branch; until it has them, switching is refused, not faked.
-        switch = getattr(lab_devices, "enable_device" if enabled else "disable_device", None)
-        if switch is None:
-            raise Conflict("device: switching devices at run time needs orchestrion.devices.enable_device")
-        record = switch(self.config, name, user=user)
-        return {"name": name, "enabled": enabled, "switch": getattr(record, "__dict__", str(record))}
+        record = lab_devices.switch_device(self.config, name, enabled=enabled, user=user, reason=reason)
+        self.devices.refresh()
+        described = next(d for d in self.list_devices() if d["name"] == name)
+        return {**described, "switch": record.to_dict()}
+
+    def device_history(self, name: str | None) -> list[dict[str, Any]]:
+        if name is not None and name not in self.devices:
+            raise NotFound(f"device: no device {name!r} in the lab configuration")
+        return [switch.to_dict() for switch in lab_devices.device_history(self.config, name)]
+
+    # -- health ----------------------------------------------------------------------------
+
+    def stack_health(self) -> list[dict[str, Any]]:
+        """Every service of the stack as `orchestrion status` checks it, then the parameter store.
+
+        The checks run side by side (each waits up to 2 s for an answer), so a dead
+        service costs one timeout, not one per service.
+        """
+        services = start_order(stack_services(self.config))
+        with ThreadPoolExecutor(max_workers=len(services) + 1, thread_name_prefix="health") as pool:
+            store = pool.submit(self.parameter_store_health)
+            rows = [
+                {
+                    "name": s.name,
+                    "health": s.health,
+                    "detail": s.detail,
+                    "address": without_credentials(s.address),
+                    "pid": s.pid,
+                }
+                for s in pool.map(lambda svc: svc.status(self.config), services)
+            ]
+            rows.append(store.result())
+        return rows
+
+    def parameter_store_health(self) -> dict[str, Any]:
+        where = without_credentials(self.config.influx_url) if self.config.influx_url else "embedded (SQLite)"
+        try:
+            if self.config.influx_url:
+                # A new connection: the open store's cache would answer for a server that is gone.
+                check_parameter_store(self.config)
+            else:
+                self.parameters.snapshot(list(self.specs)[:1])
+        except Exception as exc:
+            return {"name": "parameter-store", "health": "unhealthy", "detail": f"{type(exc).__name__}: {exc}",
+                    "address": where, "pid": None}  # fmt: skip
+        kind = "InfluxDB" if self.config.influx_url else "SQLite"
+        return {"name": "parameter-store", "health": "ok", "detail": kind, "address": where, "pid": None}
 
     # -- live ------------------------------------------------------------------------------
 
@@ -338,6 +374,14 @@ class Backend:
     def running_job(self) -> Job | None:
         running = self.store.list(JobStatus.RUNNING, limit=1)
         return running[0] if running else None
+
+
+def without_credentials(address: str) -> str:
+    """An address fit to show anyone: a password or user in a URL (redis://:PW@host) left out."""
+    parts = urlsplit(address)
+    if not parts.scheme or "@" not in parts.netloc:
+        return address
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def _user_group(role: Role) -> str:

@@ -9,8 +9,12 @@ quicker source of points; the events keep their shape.
 
 from __future__ import annotations
 
+import itertools
 import json
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +106,40 @@ def changed_jobs(
     for job_id, state in now.items():
         if before.get(job_id) != state:
             yield job_id
+
+
+@dataclass(frozen=True)
+class LiveClient:
+    """A client connected to the live stream: whose key, which role, since when, from where."""
+
+    name: str
+    role: str
+    since: float
+    address: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LiveClients:
+    """The live stream's connected clients (thread-safe): a client is listed while its stream is open."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[int, LiveClient] = {}
+        self._tokens = itertools.count(1)
+
+    def add(self, name: str, role: str, address: str) -> int:
+        with self._lock:
+            token = next(self._tokens)
+            self._clients[token] = LiveClient(name, role, time.time(), address)
+            return token
+
+    def remove(self, token: int) -> None:
+        with self._lock:
+            self._clients.pop(token, None)
+
+    def listed(self) -> list[LiveClient]:
+        """Oldest connection first."""
+        with self._lock:
+            return sorted(self._clients.values(), key=lambda c: c.since)

@@ -25,7 +25,7 @@ class Role(StrEnum):
     """What a key's holder may do."""
 
     ADMIN = "admin"  #: everything, keys included
-    USER = "user"  #: read; submit, cancel their own jobs, set parameters, pause/resume/abort
+    USER = "user"  #: read; submit, cancel their own jobs, set parameters, pause/resume/abort, switch devices
     OBSERVER = "observer"  #: read only
 
 
@@ -56,7 +56,8 @@ _QUEUE_SERVER_ADMIN = _QUEUE_SERVER_USER | {
 ROLE_SCOPES: dict[Role, frozenset[str]] = {
     Role.ADMIN: frozenset(_QUEUE_SERVER_ADMIN | {s.value for s in Scope}),
     Role.USER: frozenset(
-        _QUEUE_SERVER_USER | {Scope.READ.value, Scope.SUBMIT.value, Scope.PARAMETERS.value, Scope.CONTROL.value}
+        _QUEUE_SERVER_USER
+        | {Scope.READ.value, Scope.SUBMIT.value, Scope.PARAMETERS.value, Scope.CONTROL.value, Scope.DEVICES.value}
     ),
     Role.OBSERVER: frozenset(_QUEUE_SERVER_READ | {Scope.READ.value}),
 }

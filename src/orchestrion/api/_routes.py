@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,8 +19,9 @@ from typing import Annotated, Any, TypeVar
 
 from bluesky_httpserver.authentication import get_current_principal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from orchestrion.config import load_config
@@ -27,16 +29,18 @@ from orchestrion.errors import InputError, OrchestrionError
 from orchestrion.experiment import first_error
 from orchestrion.jobs import JobRequest, JobStatus, QueueServerError
 from orchestrion.parameters import ParameterStoreUnavailable
+from orchestrion.schema import API_PREFIX, API_TILED_PREFIX
 from orchestrion.services import run_dir, tiled_api_key, tiled_uri
 
 from ._backend import Backend, Conflict, Forbidden, NotFound
 from ._keys import check_name, create_key, database_uri
-from ._live import PointReader, changed_jobs, sse
+from ._live import LiveClients, PointReader, changed_jobs, sse
 from ._roles import ROLE_SCOPES, Role, RoleFile, Scope, roles_path
+from ._tiled import Forwarded, TiledDoor, TiledRefusal, query_items, response_headers
 
 T = TypeVar("T", bound=BaseModel)
 
-PREFIX = "/api/orchestrion"
+PREFIX = API_PREFIX
 _backend: Backend | None = None
 
 
@@ -342,35 +346,141 @@ async def abort(who: Authenticated) -> dict[str, Any]:
 # -- devices -------------------------------------------------------------------------------
 
 
+class DeviceSwitchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field("", max_length=500, description="Why (one line), kept in the device's history")
+
+
 @router.get("/devices")
 async def devices(who: Reader) -> list[dict[str, Any]]:
+    """Each device with class, role, enabled, state, and the operator's last switch."""
     return await call(backend().list_devices)  # type: ignore[no-any-return]
 
 
-@router.post("/devices/{name}/enable")
-async def enable(who: Authenticated, name: str) -> dict[str, Any]:
+@router.get("/devices/history")
+async def all_device_history(who: Reader) -> list[dict[str, Any]]:
+    """Every device switch, oldest first: who, when, why."""
+    return await call(backend().device_history, None)  # type: ignore[no-any-return]
+
+
+@router.get("/devices/{name}/history")
+async def device_history(who: Reader, name: str) -> list[dict[str, Any]]:
+    return await call(backend().device_history, name)  # type: ignore[no-any-return]
+
+
+async def _switch(who: Caller, name: str, request: Request, *, enabled: bool) -> dict[str, Any]:
     who.require(Scope.DEVICES)
-    return await call(backend().switch_device, name, enabled=True, user=who.name)  # type: ignore[no-any-return]
+    body = await parse(request, DeviceSwitchRequest)
+    lab = backend()
+    return await call(lab.switch_device, name, enabled=enabled, user=who.name, reason=body.reason)  # type: ignore[no-any-return]
+
+
+@router.post("/devices/{name}/enable")
+async def enable(who: Authenticated, name: str, request: Request) -> dict[str, Any]:
+    """Use the device again from the next run on (in every process of the lab)."""
+    return await _switch(who, name, request, enabled=True)
 
 
 @router.post("/devices/{name}/disable")
-async def disable(who: Authenticated, name: str) -> dict[str, Any]:
-    who.require(Scope.DEVICES)
-    return await call(backend().switch_device, name, enabled=False, user=who.name)  # type: ignore[no-any-return]
+async def disable(who: Authenticated, name: str, request: Request) -> dict[str, Any]:
+    """Leave the device out from the next run on; an experiment that needs it is refused, naming it."""
+    return await _switch(who, name, request, enabled=False)
 
 
-# -- data ----------------------------------------------------------------------------------
+# -- health of the stack, and who is connected -----------------------------------------------
+
+_clients = LiveClients()
+_health_lock = asyncio.Lock()
+_health: tuple[float, list[dict[str, Any]]] | None = None
+HEALTH_MAX_AGE = 1.0
+"""Seconds one round of health checks answers for: many GUIs polling cost one round."""
+
+
+@router.get("/status")
+async def stack_status(who: Reader) -> dict[str, Any]:
+    """The health of every service (as `orchestrion status` checks it) and the live stream's clients."""
+    global _health
+    async with _health_lock:
+        if _health is None or time.monotonic() - _health[0] > HEALTH_MAX_AGE:
+            _health = (time.monotonic(), await call(backend().stack_health))
+        services = _health[1]
+    return {
+        "services": services,
+        "clients": [client.to_dict() for client in _clients.listed()],
+        "you": {"name": who.name, "role": who.role.value},
+    }
+
+
+# -- data: Tiled's read API through this door ------------------------------------------------
+
+_door: TiledDoor | None = None
+
+
+def tiled_door() -> TiledDoor:
+    """The process's one forwarder to the stack's Tiled server (its key read on each request)."""
+    global _door
+    if _door is None:
+        config = backend().config
+        _door = TiledDoor(config.tiled_uri or tiled_uri(config), lambda: tiled_api_key(config))
+    return _door
+
+
+def door_url(request: Request) -> str:
+    """This server's Tiled door as the client reached it (scheme, host, root path)."""
+    return f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}{door_prefix(request)}"
+
+
+def door_prefix(request: Request) -> str:
+    return f"{request.scope.get('root_path', '').rstrip('/')}{API_TILED_PREFIX}"
 
 
 @router.get("/catalog")
-def catalog(who: Reader) -> dict[str, Any]:
-    """Where the stack's runs are catalogued: the Tiled server's URL and the key to read it.
+def catalog(who: Reader, request: Request) -> dict[str, Any]:
+    """Where the stack's runs are read: the Tiled door of this server (`tiled.client.from_uri(url, api_key=KEY)`).
 
-    The stack's Tiled server has one key (tiled's single-user mode), so every reader
-    gets that one; per-role Tiled keys need Tiled's own authentication configured.
+    The same Orchestrion key reads them; the stack's own Tiled key stays on the server.
     """
-    config = backend().config
-    return {"url": config.tiled_uri or tiled_uri(config), "api_key": tiled_api_key(config)}
+    return {"url": door_url(request)}
+
+
+tiled_router = APIRouter(prefix=API_TILED_PREFIX, tags=["tiled"], include_in_schema=False)
+"""Tiled's read API at `/tiled`: a Tiled server's root, so `tiled.client.from_uri(API_URL/tiled)` finds it."""
+
+
+@tiled_router.get("/api/v1")
+@tiled_router.get("/api/v1/")
+async def tiled_about(request: Request) -> Response:
+    """Tiled's `about` (its version, formats, links), without a key, as Tiled serves it.
+
+    The tiled client reads it before it sends its key; it holds no data.
+    """
+    return await _forward(request, "api/v1/")
+
+
+@tiled_router.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
+async def tiled(who: Reader, path: str, request: Request) -> Response:
+    """Tiled's read API (GET, and the POSTs that read columns), forwarded with the stack's Tiled key."""
+    return await _forward(request, path)
+
+
+async def _forward(request: Request, path: str) -> Response:
+    door = await call(tiled_door)
+    where = Forwarded(host=request.headers.get("host", request.url.netloc), scheme=request.url.scheme,
+                      prefix=door_prefix(request))  # fmt: skip
+    body = await request.body() if request.method == "POST" else b""
+    try:
+        answer = await door.forward(
+            request.method, path, query_items(request.query_params.multi_items()), request.headers, body, where
+        )
+    except TiledRefusal as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    if request.method == "HEAD":
+        await answer.aclose()
+        return Response(status_code=answer.status_code, headers=response_headers(answer))
+    return StreamingResponse(
+        answer.aiter_raw(), status_code=answer.status_code, headers=response_headers(answer),
+        background=BackgroundTask(answer.aclose),
+    )  # fmt: skip
 
 
 # -- keys ----------------------------------------------------------------------------------
@@ -405,7 +515,18 @@ async def live(who: Reader, request: Request, interval: float = 0.2) -> Streamin
         raise HTTPException(422, "interval: between 0.05 and 10 s")
     lab = backend()
 
+    address = request.client.host if request.client is not None else ""
+
     async def events() -> AsyncIterator[str]:
+        # Listed while the stream is open: a disconnect cancels it, which ends here too.
+        token = _clients.add(who.name, who.role.value, address)
+        try:
+            async for event in stream():
+                yield event
+        finally:
+            _clients.remove(token)
+
+    async def stream() -> AsyncIterator[str]:
         states = await call(lab.job_states)
         yield sse("hello", {"name": who.name, "jobs": len(states)})
         # A client that joins late learns the state of every job still in flight first.

@@ -63,7 +63,7 @@ def httpserver_configuration(config: OrchestrionConfig) -> dict[str, Any]:
             "control_address": zmq_control_address(config),
             "info_address": zmq_info_address(config),
         },
-        "server_configuration": {"custom_routers": ["orchestrion.api.router"]},
+        "server_configuration": {"custom_routers": ["orchestrion.api.router", "orchestrion.api.tiled_router"]},
         "authentication": {
             "providers": [{"provider": PROVIDER, "authenticator": "orchestrion.api:KeysOnly"}],
             # Signs session tokens, which only password logins make (none here): per start.

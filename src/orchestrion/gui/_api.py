@@ -72,6 +72,16 @@ def _job(data: Mapping[str, Any]) -> JobInfo:
     })  # fmt: skip
 
 
+SERVICE_NAMES = {
+    "api": "API server",
+    "queue-server": "queue server",
+    "redis": "Redis",
+    "tiled": "Tiled",
+    "parameter-store": "parameter store",
+}
+"""The stack's service names as the status bar shows them (post-processing workers keep theirs)."""
+
+
 class _Live:
     """Reads the API's server-sent events on a thread of its own until closed.
 
@@ -221,27 +231,20 @@ class ApiStackClient:
         return next(d for d in self.devices() if d.name == name)
 
     def status(self) -> StackStatus:
-        who = self.api.whoami()
-        services = [ServiceHealth("API server", True, self.api.url)]
-        try:
-            state = self.api.runengine()
-            services.append(
-                ServiceHealth("queue server", True, f"{state.get('manager_state', '')} / {state.get('re_state', '')}")
+        """Every service's health as the API server checks it (`GET status`), who is connected, who you are."""
+        answer = self.api.stack_status()
+        services = tuple(
+            ServiceHealth(
+                name=SERVICE_NAMES.get(row["name"], row["name"]),
+                healthy=row["health"] == "ok",
+                detail=str(row.get("detail") or ""),
+                health=str(row["health"]),
             )
-        except Exception as exc:
-            services.append(ServiceHealth("queue server", False, str(exc)))
-        try:
-            with self._lock:
-                catalog = self.api.catalog()
-            services.append(ServiceHealth("Tiled", True, str(catalog.uri)))
-        except Exception as exc:
-            services.append(ServiceHealth("Tiled", False, str(exc)))
-        try:
-            self.api.parameters("qubit")
-            services.append(ServiceHealth("parameter store", True))
-        except Exception as exc:
-            services.append(ServiceHealth("parameter store", False, str(exc)))
-        return StackStatus(services=tuple(services), principal=str(who.get("name", "")), role=str(who.get("role", "")))
+            for row in answer["services"]
+        )
+        you = answer["you"]
+        connected = tuple((str(c["name"]), str(c["role"])) for c in answer.get("clients", ()))
+        return StackStatus(services=services, principal=str(you["name"]), role=str(you["role"]), connected=connected)
 
     def subscribe(self, on_event: Callable[[LiveEvent], None]) -> _Live:
         live = _Live(self.api.url, self._key, on_event, self.live_interval)

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from orchestrion.client import local_credentials, tiled_door
 from orchestrion.config import OrchestrionConfig
 from orchestrion.errors import InputError
 from orchestrion.pipeline import CatalogConnection, connect_catalog, open_embedded_catalog
 from orchestrion.schema import JOB_ID_KEY, PRIMARY
-from orchestrion.services import service, tiled_api_key
-from orchestrion.services import tiled_uri as stack_tiled_uri
+from orchestrion.services import service
 
 from ._plotdata import RunData
 from ._protocol import RunSearch, RunSummary
@@ -144,17 +144,20 @@ def find_run(client: Any, reference: str) -> Any:
 
 
 def open_catalog(config: OrchestrionConfig) -> CatalogConnection:
-    """The catalog runs are in: the configured Tiled server, the local stack's, or the embedded one.
+    """The catalog runs are in: the configured Tiled server, the stack's (through its API server), or the embedded one.
 
-    The stack's Tiled server counts only when `orchestrion up` runs it and it answers;
-    otherwise runs made by `orchestrion run` are in the embedded catalog under the home.
+    The stack's catalog is read as the GUI reads it, through the API server's door to
+    Tiled with an API key (`api_url` and `api_key`, or the local stack's URL and admin
+    key when `orchestrion up` runs it).  Otherwise runs made by `orchestrion run` are in
+    the embedded catalog under the home.
     """
     if config.tiled_uri:
         return connect_catalog(config)
-    if service("tiled").status(config).health == "ok":
+    if config.api_url is not None or service("api").status(config).health == "ok":
         from tiled.client import from_uri
 
-        uri = stack_tiled_uri(config)
-        client = from_uri(uri, api_key=tiled_api_key(config))
-        return CatalogConnection(client=client, location=uri, served=True, _context=client.context)
+        url, key = local_credentials(config)
+        door = tiled_door(url)
+        client = from_uri(door, api_key=key)
+        return CatalogConnection(client=client, location=door, served=True, _context=client.context)
     return open_embedded_catalog(config.home)

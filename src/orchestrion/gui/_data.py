@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
+    QGraphicsItem,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
@@ -73,6 +74,7 @@ class DataPage(QWidget):
         self._layout: tuple[Any, ...] = ()
         self._items: dict[str, tuple[Any, Any]] = {}
         self._shown: dict[str, Any] = {}
+        self._labels: dict[str, str] = {}
         self._histogram_item: Any = None
         self._histogram_at = 0.0
         self._threshold_line: Any = None
@@ -84,6 +86,12 @@ class DataPage(QWidget):
         self.histogram = pg.PlotWidget(background="w")
         self.histogram.setLabel("bottom", "counts per shot")
         self.histogram.setLabel("left", "shots")
+        for widget in (self.graph, self.histogram):
+            for edge in ("left", "bottom"):
+                # An axis draws its grid over the whole plot, so every new point repaints it:
+                # replaying its ticks and labels was most of the GUI thread's time under a live
+                # scan (py-spy, bench gui).  Kept as a pixmap, redrawn only when it changes.
+                widget.getPlotItem().getAxis(edge).setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
         self.image = pg.ImageItem()
         self.colour_bar: Any = None
         self.fit_table = QTableWidget(0, 2)
@@ -355,8 +363,8 @@ class DataPage(QWidget):
 
     def _draw_curves(self, drawn: RunPlot) -> None:
         view = self.repetition_view.currentText()
-        self.graph.setLabel("bottom", drawn.x_label)
-        self.graph.setLabel("left", drawn.signal_label)
+        self._set_label("bottom", drawn.x_label)
+        self._set_label("left", drawn.signal_label)
         several = len(drawn.curves) > 1
         wanted = {"fit"} if drawn.fit is not None else set()
         for index, curve in enumerate(drawn.curves):
@@ -401,11 +409,19 @@ class DataPage(QWidget):
             if bars is not None:
                 self.graph.removeItem(bars)
 
+    def _set_label(self, side: str, text: str) -> None:
+        # Setting an axis label, even to the same text, makes pyqtgraph lay the axis out and
+        # paint it again (its cached picture dropped): half the GUI thread's time under a
+        # live scan (py-spy, bench gui).  Set only when it changes.
+        if self._labels.get(side) != text:
+            self._labels[side] = text
+            self.graph.setLabel(side, text)
+
     def _draw_image(self, drawn: RunPlot) -> None:
         image = drawn.image
         assert image is not None
-        self.graph.setLabel("bottom", image.x_axis.label)
-        self.graph.setLabel("left", image.y_axis.label)
+        self._set_label("bottom", image.x_axis.label)
+        self._set_label("left", image.y_axis.label)
         values = np.nan_to_num(
             image.values, nan=float(np.nanmin(image.values)) if np.isfinite(image.values).any() else 0
         )

@@ -199,9 +199,13 @@ class DeviceInfo:
 
 @dataclass(frozen=True)
 class ServiceHealth:
+    """One service of the stack as its health check found it."""
+
     name: str
     healthy: bool
     detail: str = ""
+    health: str = ""
+    """"ok", "degraded", "unhealthy" or "down" (`orchestrion status`'s words); "" if not told."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 STATUS_POLL_MS = 5_000
 JOBS_POLL_MS = 10_000
 """The live stream carries job changes; the poll only catches what a reconnect missed."""
+HEALTH_COLOURS = {"ok": "#2ca02c", "degraded": "#ff7f0e", "unhealthy": "#d62728", "down": "#7f7f7f"}
 PAGES = ("experiments", "queue", "data", "parameters", "devices")
 
 
@@ -33,6 +34,7 @@ class MainWindow(QMainWindow):
         self.client = client
         self.background = Background(self)
         self.status: StackStatus | None = None
+        self._status_pending = False
         self.setWindowTitle("Orchestrion")
         self.resize(1400, 880)
 
@@ -110,17 +112,25 @@ class MainWindow(QMainWindow):
     # -- status -------------------------------------------------------------------------
 
     def refresh_status(self) -> None:
+        """Ask for the stack's status in the background; one request at a time, however slow."""
+        if self._status_pending:
+            return
+        self._status_pending = True
         self.background.call(self.client.status, self.show_status, self._status_failed)
 
     def show_status(self, status: StackStatus) -> None:
+        self._status_pending = False
         first = self.status is None or self.status.may_write != status.may_write
         self.status = status
-        parts = []
+        parts, tips = [], []
         for service in status.services:
-            colour = "#2ca02c" if service.healthy else "#d62728"
-            tip = f" ({service.detail})" if service.detail and not service.healthy else ""
-            parts.append(f"<font color='{colour}'>●</font> {service.name}{tip}")
+            colour = HEALTH_COLOURS.get(service.health, "#2ca02c" if service.healthy else "#d62728")
+            word = f" {service.health}" if not service.healthy and service.health else ""
+            parts.append(f"<font color='{colour}'>●</font> {service.name}{word}")
+            tips.append(f"{service.name}: {service.health or ('ok' if service.healthy else 'failing')}"
+                        + (f" ({service.detail})" if service.detail else ""))  # fmt: skip
         self.services_label.setText("  ".join(parts))
+        self.services_label.setToolTip("\n".join(tips))
         others = ", ".join(f"{who} ({role})" for who, role in status.connected)
         self.principal_label.setText(
             f"you: <b>{status.principal}</b> ({status.role})" + (f"   connected: {others}" if others else "")
@@ -129,6 +139,7 @@ class MainWindow(QMainWindow):
             self.set_may_write(status.may_write)
 
     def _status_failed(self, error: Exception) -> None:
+        self._status_pending = False
         self.services_label.setText(f"<font color='#d62728'>● API server: {error}</font>")
 
     def set_may_write(self, may: bool) -> None:

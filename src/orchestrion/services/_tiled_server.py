@@ -10,12 +10,41 @@ from `TILED_SINGLE_USER_API_KEY` in the environment and goes nowhere else.
 from __future__ import annotations
 
 import os
+import re
 import sys
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 from orchestrion.addresses import HOST
 from orchestrion.config import load_config
 
 from ._stack import tiled_paths
+
+ASGIApp = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
+
+# A path prefix of letters, digits and `_.-` segments: nothing a link could be bent with.
+_PREFIX = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
+
+
+class ForwardedPrefix:
+    """ASGI wrapper: a request with `X-Forwarded-Prefix: /p` is served as if the app were mounted at /p.
+
+    Tiled takes the links' path from the ASGI ``root_path``; the API server's door sets
+    the header, direct clients do not and get links without a prefix.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            prefix = dict(scope.get("headers") or []).get(b"x-forwarded-prefix", b"").decode("latin-1").rstrip("/")
+            if prefix and _PREFIX.match(prefix) and ".." not in prefix:
+                root = scope.get("root_path", "") + prefix
+                # ASGI: `path` includes `root_path`; routing strips it again.
+                scope = {**scope, "root_path": root, "path": prefix + scope["path"],
+                         "raw_path": prefix.encode() + (scope.get("raw_path") or scope["path"].encode())}  # fmt: skip
+        await self.app(scope, receive, send)
 
 
 def main() -> int:
@@ -33,7 +62,7 @@ def main() -> int:
         init_if_not_exists=True,
     )
     app = build_app(tree, Authentication(single_user_api_key=os.environ["TILED_SINGLE_USER_API_KEY"]))
-    uvicorn.run(app, host=HOST, port=config.tiled_port, log_level="info")
+    uvicorn.run(ForwardedPrefix(app), host=HOST, port=config.tiled_port, log_level="info")
     return 0
 
 
