@@ -85,7 +85,9 @@ def xvfb_display(timeout: float = 20.0) -> Iterator[str]:
     """A private X server (Xvfb) for the duration: its display name (":N"), once it accepts clients.
 
     Xvfb chooses a free display itself (``-displayfd``) and writes its number when ready;
-    ``-noreset`` keeps it up between clients; no TCP listener.
+    ``-noreset`` keeps it up between clients (a bare X server resets when its last client
+    leaves, and refuses connections meanwhile); no TCP listener.  The pipe stays open while
+    Xvfb runs: it treats a failed write as fatal.  Fails if Xvfb died while it was used.
     """
     import os
     import select
@@ -96,7 +98,7 @@ def xvfb_display(timeout: float = 20.0) -> Iterator[str]:
         raise RuntimeError("Xvfb is not installed (`make system-deps` installs xvfb)")
     ready, told = os.pipe()
     server = subprocess.Popen(
-        [program, "-displayfd", str(told), "-nolisten", "tcp", "-noreset", "-screen", "0", "1600x1000x24"],
+        [program, "-displayfd", str(told), "-nolisten", "tcp", "-noreset", "-screen", "0", "2048x2048x24"],
         pass_fds=(told,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     os.close(told)
@@ -110,9 +112,15 @@ def xvfb_display(timeout: float = 20.0) -> Iterator[str]:
             if not chunk:
                 break
             said += chunk
-        if not said.strip().isdigit():
-            raise RuntimeError(f"Xvfb did not report a display within {timeout:g} s")
-        yield f":{said.decode().strip()}"
+        if not said.endswith(b"\n") or not said.strip().isdigit():
+            raise RuntimeError(f"Xvfb did not report a display within {timeout:g} s (exit status {server.poll()})")
+        number = said.decode().strip()
+        socket_path = Path(f"/tmp/.X11-unix/X{number}")
+        if not socket_path.is_socket():
+            raise RuntimeError(f"Xvfb reported display :{number}, but {socket_path} is not there")
+        yield f":{number}"
+        if server.poll() is not None:
+            raise RuntimeError(f"Xvfb exited (status {server.returncode}) while the tests used it")
     finally:
         stop_process(server)
         os.close(ready)

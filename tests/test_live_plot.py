@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import select
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,57 +12,14 @@ import pytest
 from orchestrion.shell._display import check_display
 
 from .shell_session import Session
-from .support import stop_process
-
-XVFB_START_TIMEOUT = 20.0
+from .support import xvfb_display
 
 
 @pytest.fixture(scope="module")
 def x_display() -> Iterator[str]:
-    """A private Xvfb: its display name (":N"), once it accepts connections."""
-    xvfb = shutil.which("Xvfb")
-    if xvfb is None:
-        pytest.fail("Xvfb is not installed: the live-plot tests need it (`make system-deps` installs xvfb)")
-    # -displayfd: Xvfb picks a free display number itself and writes it to the pipe once
-    # it accepts connections. -noreset: a bare X server resets when its last client leaves,
-    # and refuses connections meanwhile; the session connects and disconnects in turn.
-    ready_read, ready_write = os.pipe()
-    server = subprocess.Popen(
-        [xvfb, "-displayfd", str(ready_write), "-nolisten", "tcp", "-noreset", "-screen", "0", "2048x2048x24"],
-        pass_fds=(ready_write,),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    os.close(ready_write)
-    # The whole line, "N\n", and the pipe kept open while Xvfb runs: it treats a failed
-    # write as fatal, and closing after the digits alone killed it about one time in two.
-    said = b""
-    deadline = time.monotonic() + XVFB_START_TIMEOUT
-    while not said.endswith(b"\n") and (remaining := deadline - time.monotonic()) > 0:
-        readable, _, _ = select.select([ready_read], [], [], remaining)
-        chunk = os.read(ready_read, 64) if readable else b""
-        if not chunk:
-            break
-        said += chunk
-    number = said.decode().strip()
-    try:
-        if not said.endswith(b"\n") or not number:
-            stop_process(server)
-            error = server.stderr.read() if server.stderr else ""
-            pytest.fail(
-                f"Xvfb did not start within {XVFB_START_TIMEOUT:g} s (exit status {server.returncode}): {error}"
-            )
-        socket_path = Path(f"/tmp/.X11-unix/X{number}")
-        assert socket_path.is_socket(), f"Xvfb reported display :{number}, but {socket_path} is not there"
-        yield f":{number}"
-        alive = server.poll() is None
-        stop_process(server)
-        assert alive, "Xvfb exited while the tests used it"
-    finally:
-        os.close(ready_read)
-        if server.stderr is not None:
-            server.stderr.close()
+    """A private Xvfb for this module's sessions."""
+    with xvfb_display() as display:
+        yield display
 
 
 def test_the_display_check_finds_qt_on_the_x_server(x_display: str, monkeypatch: pytest.MonkeyPatch) -> None:
