@@ -30,7 +30,7 @@ from orchestrion.config import OrchestrionConfig
 from ._codec import encode
 from ._connection import RedisClient, connect
 from ._keys import DOC_FIELD, NAME_FIELD, RUN_FIELD, BusKeys, entry_id
-from ._state import CATALOG_PENDING, DONE, FINAL, read_state
+from ._state import CATALOG_PENDING, DONE, FINAL, INCOMPLETE, read_state
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,9 @@ class BusPublisher:
 
     Also the pipeline's catalog stage: `wait_catalogued` waits until a worker has
     written the run (HDF5 file closed, catalog entry complete) and passes what it
-    reported (``{"run", "hdf5"}``, ``{"run", "tiled"}``) to ``on_note``.
+    reported to ``on_note`` as the embedded pipeline's helper does: ``{"run", "hdf5"}``,
+    ``{"run", "tiled"}``, then ``{"run", "outcome"}``, the `RunOutcome` the worker read
+    back and decided on (`outcome` gives it too).
     """
 
     def __init__(
@@ -229,14 +231,24 @@ class BusPublisher:
         once the whole run is on the bus (what a worker failed is in `wait_catalogued`)."""
         return {}
 
+    def outcome(self, run_uid: str) -> dict[str, Any] | None:
+        """The run's outcome as the worker that wrote it read it back (`RunOutcome.to_dict`),
+        once it has decided on the run (written, failed, incomplete, or its file written and
+        its catalog entry pending); None before, or when Redis cannot be read."""
+        try:
+            state = read_state(self._client, self.keys.state(run_uid))
+        except redis.RedisError:
+            return None
+        status = state.get("status", "")
+        return outcome_of(run_uid, state) if status in FINAL or status == CATALOG_PENDING else None
+
     def _report(self, run_uid: str, state: dict[str, str]) -> None:
         if self._on_note is None:
             return
         for key in ("hdf5", "tiled"):
             if state.get(key):
                 self._on_note({"run": run_uid, key: state[key]})
-        if state.get("points"):
-            self._on_note({"run": run_uid, "points": json.loads(state["points"])})
+        self._on_note({"run": run_uid, "outcome": outcome_of(run_uid, state)})
 
     def close(self) -> None:
         """Write what is queued, then stop the feeder."""
@@ -245,3 +257,17 @@ class BusPublisher:
             self._state.notify_all()
         self._feeder.join(timeout=HANDOVER_TIMEOUT)
         self._client.close()
+
+
+def outcome_of(run_uid: str, state: dict[str, str]) -> dict[str, Any]:
+    """The outcome a worker recorded in a run's state hash; one shaped like it (nothing
+    durable, the state's reason as the problem) for a run decided without one."""
+    if state.get("outcome"):
+        outcome: dict[str, Any] = json.loads(state["outcome"])
+        if state.get("status") == INCOMPLETE and outcome.get("status") != "incomplete":
+            outcome["status"] = "incomplete"
+        return outcome
+    reason = state.get("reason") or f"the run is {state.get('status') or 'not on the bus'}"
+    return {"run": run_uid, "status": "incomplete", "points": int(state.get("points") or 0), "bundled": None,
+            "hdf5": state.get("hdf5") or None, "tiled": None, "catalog_rows": None, "exit_status": None,
+            "problems": [reason], "spool": None, "file_complete": False, "catalog_complete": None}  # fmt: skip
