@@ -8,6 +8,15 @@ run no longer depends on this process.  While Redis is unreachable the feeder re
 and the RunEngine goes on, with documents buffered here up to ``bus_buffer_documents``;
 beyond that, and at a stop, the RunEngine waits for Redis.  Resending a batch after a
 lost reply adds nothing twice: each document has a fixed id in its run's stream.
+
+What "handed over" means, precisely: a run is handed over when its stop document's
+call returns, and not before.  By then Redis has answered every write of the run, and
+with the stack's ``appendfsync always`` an answered write is in its append-only file.
+An earlier document is only queued in this process when its call returns, for at most
+``INTERVAL`` seconds or one ``BATCH`` while Redis answers.  If this process dies
+first, those documents are lost together with the RunEngine that made them.  The run
+cannot stop normally then anyway: a worker writes what reached the bus and records
+the run ``incomplete`` once this publisher's heartbeat expires.
 """
 
 from __future__ import annotations
