@@ -19,7 +19,7 @@ storage, and post-processing workers (``python -m orchestrion.bus worker``).
   Redis ``used_memory`` and the worker's resident set, sampled while the scan runs and
   after it is written (retention 0: a written run's stream is dropped).
 
-    python -m bench bus
+    python -m bench bus          # bench/results/bus.json and .md
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import redis
 from bluesky import RunEngine
 from ophyd.sim import det, motor
 
+from bench._report import Figure, Goal, collector
 from orchestrion.bus import DONE, BusKeys, BusPublisher, read_state
 from orchestrion.config import OrchestrionConfig, load_config
 
@@ -110,7 +111,7 @@ class Bench:
         self.redis.stop()
 
 
-def throughput(bench: Bench) -> dict[str, float]:
+def throughput(bench: Bench) -> dict[str, Any]:
     RE = RunEngine({})
     publisher = BusPublisher(bench.config)
     RE(bp.scan([det], motor, -1, 1, 50))  # warm-up of the RunEngine and the devices
@@ -151,7 +152,8 @@ def throughput(bench: Bench) -> dict[str, float]:
     # The feeder thread's CPU (encoding, pipelined writes): off the RunEngine's thread,
     # but on the same two cores.
     feeder_ms = ((time.process_time() - start_process) / len(docs) * 1000) - per_document_ms
-    return {"bare_events_per_s": statistics.median(bare), "bus_events_per_s": statistics.median(bus),
+    return {"bare": bare, "bus": bus, "ratios": ratios,
+            "bare_events_per_s": statistics.median(bare), "bus_events_per_s": statistics.median(bus),
             "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
             "cpu_ms_per_event_bare": statistics.median(cpu[False]),
             "cpu_ms_per_event_bus": statistics.median(cpu[True]),
@@ -173,7 +175,7 @@ def lag(bench: Bench) -> dict[str, float]:
         wait(lambda uid=uid: bench.done(uid), 120, "the run to be written")
         lags.append(time.perf_counter() - returned)
     publisher.close()
-    return {"lag_s_median": statistics.median(lags), "lag_s_max": max(lags)}
+    return {"lags": lags, "lag_s_median": statistics.median(lags), "lag_s_max": max(lags)}
 
 
 def runs_per_minute(bench: Bench) -> float:
@@ -200,8 +202,12 @@ def memory(bench: Bench) -> dict[str, Any]:
     RE = RunEngine({}, call_returns_result=True)
     publisher = BusPublisher(bench.config)
     RE.subscribe(publisher)
-    beat = wait(lambda: bench.client.get(BusKeys().worker("post-processing-1")), 60, "a worker heartbeat")
+    wait(lambda: bench.ready("post-processing-1"), 300, "the worker to warm up")
+    beat = bench.client.get(BusKeys().worker("post-processing-1"))
     worker_pid = int(json.loads(beat)["pid"])
+    # A first run of the same kind: the worker's imports, caches and catalog client in place.
+    warm = RE(bp.count([det], num=1000)).run_start_uids[0]
+    wait(lambda: bench.done(warm), 300, "the warm-up run to be written")
     samples: list[tuple[float, float, float]] = []
     stop = threading.Event()
 
@@ -233,29 +239,80 @@ def memory(bench: Bench) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def main() -> None:
+def measure() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="orchestrion-bench-bus-") as directory:
         bench = Bench(Path(directory))
         try:
             results: dict[str, Any] = {"throughput": throughput(bench)}
-            print(json.dumps(results, indent=2), flush=True)
+            print(json.dumps(results, indent=2), file=sys.stderr, flush=True)
             if PARTS == "throughput":
-                return
+                return results
             bench.start_workers(1)
             results["lag"] = lag(bench)
-            print(json.dumps(results["lag"], indent=2), flush=True)
-            results["runs_per_minute_1_worker"] = runs_per_minute(bench)
+            print(json.dumps(results["lag"], indent=2), file=sys.stderr, flush=True)
+            results["runs_per_minute_1_worker"] = [runs_per_minute(bench) for _ in range(2)]
             bench.start_workers(2)
             wait(lambda: bench.ready("post-processing-2"), 300, "the second worker to warm up")
-            results["runs_per_minute_2_workers"] = runs_per_minute(bench)
-            print(json.dumps({k: v for k, v in results.items() if k.startswith("runs")}, indent=2), flush=True)
+            results["runs_per_minute_2_workers"] = [runs_per_minute(bench) for _ in range(2)]
+            print(json.dumps({k: v for k, v in results.items() if k.startswith("runs")}, indent=2), file=sys.stderr,
+                  flush=True)  # fmt: skip
+            if PARTS == "no-memory":
+                return results
             bench.stop_workers()
             bench.start_workers(1)
             results["memory"] = memory(bench)
-            print(json.dumps(results["memory"], indent=2), flush=True)
+            print(json.dumps(results["memory"], indent=2), file=sys.stderr, flush=True)
         finally:
             bench.close()
+    return results
+
+
+@collector("bus")
+def figures() -> list[Figure]:
+    results = measure()
+    t = results["throughput"]
+    found: list[Figure] = [
+        Figure("bus", f"RunEngine events/s with the bus publisher ({POINTS:,}-point bp.scan)", "events/s",
+               t["bus"], t["bare"], "bare RunEngine", goal=Goal.ratio_at_least(0.95),
+               missed_because=f"wall-clock rates on the shared machine (load average {os.getloadavg()[0]:.0f}: bare "
+                              f"itself {min(t['bare']):.0f}-{max(t['bare']):.0f} events/s); the process's CPU per "
+                              f"event with the bus was {t['cpu_ms_per_event_bus'] / t['cpu_ms_per_event_bare']:.2f} "
+                              "of bare's (next figure).",
+               note=f"alternating pairs; median of the pair ratios {t['ratio']:.2f} "
+                    f"[{t['ratio_min']:.2f}-{t['ratio_max']:.2f}].", digits=3),
+        Figure("bus", "process CPU per event with the bus publisher", "ms", [t["cpu_ms_per_event_bus"]],
+               [t["cpu_ms_per_event_bare"]], "bare RunEngine", digits=3,
+               note=f"RunEngine thread {t['runengine_thread_ms_per_document'] * 1000:.1f} us per document "
+                    f"(it only queues), feeder thread {t['feeder_thread_ms_per_document'] * 1000:.1f} us."),
+    ]  # fmt: skip
+    if "lag" in results:
+        found.append(Figure("bus", f"stop to last point durable in HDF5 and Tiled, {POINTS:,} points", "s",
+                            results["lag"]["lags"], goal=Goal.below(1.0, "s"), digits=3,
+                            note="until the worker read the file and the catalog entry back and acknowledged.",
+                            missed_because="the catalog's writes and read-back on the shared machine."))  # fmt: skip
+        one, two = results["runs_per_minute_1_worker"], results["runs_per_minute_2_workers"]
+        found.append(Figure("bus", f"runs per minute, {BURST_POINTS}-point runs, one worker", "runs/min", one,
+                            digits=3))  # fmt: skip
+        found.append(Figure("bus", f"runs per minute, {BURST_POINTS}-point runs, two workers", "runs/min", two,
+                            one, "one worker", digits=3, note="2 cores shared by the RunEngine, both workers "
+                            "and Tiled."))  # fmt: skip
+    if "memory" in results:
+        m = results["memory"]
+        redis_mb, worker_mb = m["redis_mb"], m["worker_rss_mb"]
+        found.append(Figure("bus", f"worker resident memory growth over a {LONG:,}-point scan (peak less before)",
+                            "MB", [worker_mb["peak"] - worker_mb["before"]], goal=Goal.below(50.0, "MB"), digits=3,
+                            note=f"before {worker_mb['before']:.0f} MB (warmed up), peak {worker_mb['peak']:.0f}, "
+                                 f"after {worker_mb['after']:.0f}.",
+                            missed_because="per-run state in the worker's chain."))  # fmt: skip
+        found.append(Figure("bus", f"Redis used_memory growth over a {LONG:,}-point scan (after written less before)",
+                            "MB", [redis_mb["after"] - redis_mb["before"]], goal=Goal.below(5.0, "MB"), digits=3,
+                            note=f"peak {redis_mb['peak']:.0f} MB while the run is written (its stream is kept "
+                                 "until acknowledged: a worker that dies writes it again from its start).",
+                            missed_because="written runs' streams not released."))  # fmt: skip
+    return found
 
 
 if __name__ == "__main__":
-    main()
+    from bench._report import run
+
+    run(["bus"], "bus")

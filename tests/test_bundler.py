@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
-from collections.abc import Sequence
+import tracemalloc
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +17,8 @@ from event_model import DocumentNames, compose_run, pack_event_page, schema_vali
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrion.pipeline import BUNDLED, COMPLETE_KEY, Bundler
+from orchestrion.pipeline import BUNDLED, COMPLETE_KEY, Bundler, DocumentError, RunBundler, RunChecks
+from orchestrion.pipeline._checks import RECENT_UIDS, SeenNumbers
 
 NUMBER = {"dtype": "number", "shape": [], "source": "sim://x"}
 INTEGER = {"dtype": "integer", "shape": [], "source": "sim://index"}
@@ -312,3 +316,124 @@ def test_a_stream_with_several_descriptors_is_one_stream() -> None:
     descriptors, events = bundled(out)
     assert len(descriptors) == 1
     assert [(e["data"]["point-index"], e["data"]["det-value"]) for e in events] == [(0, 1.0), (1, 2.0)]
+
+
+# -- memory bounded over a run: the guarantees (each point once, a repeat refused) kept
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-20, 60), max_size=120))
+def test_seen_numbers_answer_as_a_set_would_whatever_the_order(numbers: list[int]) -> None:
+    seen, reference = SeenNumbers(), set()
+    for number in numbers:
+        assert seen.add(number) == (number not in reference)
+        reference.add(number)
+        assert all((n in seen) == (n in reference) for n in range(-22, 63))
+
+
+def test_numbers_in_order_leave_no_gap() -> None:
+    seen = SeenNumbers()
+    for number in range(1, 100_001):
+        seen.add(number)
+    assert seen.gaps == 0
+    assert 1 in seen
+    assert 100_000 in seen
+    assert 0 not in seen
+    assert 100_001 not in seen
+
+
+def plain_events(descriptor: str, first: int, last: int, key: str = "point-index") -> Iterator[dict[str, Any]]:
+    """Events built by hand (no validation: the long runs below would spend their time in it)."""
+    for n in range(first, last):
+        when = 1000.0 + n
+        yield {"uid": str(uuid.uuid4()), "descriptor": descriptor, "seq_num": n + 1, "time": when,
+               "data": {key: n, "det-value": float(n)}, "timestamps": {key: when, "det-value": when},
+               "filled": {}}  # fmt: skip
+
+
+def growth_per_point(feed: Callable[[int, int], None], warm: int, points: int) -> float:
+    """Bytes per point that stay allocated while a run goes from ``warm + points`` to
+    ``warm + 2 * points`` points: what the run's state grows by (bounded windows, full
+    by then, only replace their contents)."""
+    feed(0, warm)
+    tracemalloc.start()  # before the first window is replaced: its contents are traced too
+    try:
+        feed(warm, warm + points)
+        gc.collect()
+        before = tracemalloc.take_snapshot()
+        feed(warm + points, warm + 2 * points)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    return sum(stat.size_diff for stat in after.compare_to(before, "filename")) / points
+
+
+def test_the_checks_of_a_long_run_stay_small_and_still_refuse_an_event_sent_again() -> None:
+    run = compose_run()
+    primary = run.compose_descriptor(name="primary", data_keys={"point-index": INTEGER, "det-value": NUMBER})
+    checks = RunChecks(run.start_doc["uid"])
+    checks.check("start", run.start_doc)
+    checks.check("descriptor", primary.descriptor_doc)
+    sent: list[dict[str, Any]] = []
+
+    def feed(first: int, last: int) -> None:
+        for event in plain_events(primary.descriptor_doc["uid"], first, last):
+            checks.check("event", event)
+            if len(sent) < 3:
+                sent.append(event)
+
+    # The state is the last uids' window and a few numbers: it does not grow with the run
+    # (it grew by about 200 bytes per point when every uid was kept).
+    assert growth_per_point(feed, RECENT_UIDS, 15_000) < 8
+    # An event sent again long after the uid window forgot it: its seq_num gives it away.
+    with pytest.raises(DocumentError, match="used twice"):
+        checks.check("event", sent[1])
+    # A page whose events came before, too.
+    page = pack_event_page(*plain_events(primary.descriptor_doc["uid"], 5, 7))  # type: ignore[arg-type]
+    with pytest.raises(DocumentError, match="seq_num 6 of stream 'primary' is used twice"):
+        checks.check("event_page", page)
+
+
+def test_a_long_run_is_bundled_in_bounded_memory_each_point_once() -> None:
+    emitted: list[tuple[str, dict[str, Any]]] = []
+    run = compose_run()
+    primary = run.compose_descriptor(name="primary", data_keys={"point-index": INTEGER, "det-value": NUMBER})
+    field_monitor = run.compose_descriptor(name="field-field_monitor", data_keys={"field-field": NUMBER})
+    field_uid = field_monitor.descriptor_doc["uid"]
+    raw = {primary.descriptor_doc["uid"], field_uid}
+
+    def keep_bundled(name: str, doc: dict[str, Any]) -> None:
+        if name == "event" and doc["descriptor"] not in raw:
+            emitted.append((name, doc))
+
+    bundler = RunBundler(run.start_doc, keep_bundled)
+    bundler("descriptor", dict(primary.descriptor_doc))
+    bundler("descriptor", dict(field_monitor.descriptor_doc))
+    counted = 0
+
+    def feed(first: int, last: int) -> None:
+        nonlocal counted
+        for event in plain_events(primary.descriptor_doc["uid"], first, last):
+            # An async reading on its own clock before each point: its history is bounded too.
+            when = event["time"] - 0.5
+            bundler("event", {"uid": str(uuid.uuid4()), "descriptor": field_uid, "seq_num": event["seq_num"],
+                              "time": when, "data": {"field-field": when}, "timestamps": {"field-field": when},
+                              "filled": {}})  # fmt: skip
+            bundler("event", event)
+        counted += len(emitted)
+        emitted.clear()  # what goes downstream is not the bundler's to keep
+
+    assert growth_per_point(feed, 1000, 15_000) < 8
+    assert counted == 31_000 == bundler.bundled_points
+    # A point reported again after it was bundled is not bundled twice.
+    bundler("event", next(plain_events(primary.descriptor_doc["uid"], 10, 11)))
+    assert emitted == []
+    assert bundler.bundled_points == 31_000
+    # Each point's async value is still the last one at or before it.
+    bundler("event", {"uid": str(uuid.uuid4()), "descriptor": field_uid, "seq_num": 40_000, "time": 40_999.0,
+                      "data": {"field-field": 7.0}, "timestamps": {"field-field": 40_999.0}, "filled": {}})  # fmt: skip
+    bundler("event", next(plain_events(primary.descriptor_doc["uid"], 40_000, 40_001)))
+    ((_, last),) = emitted
+    assert last["data"]["field-field"] == 7.0
+    assert last["data"]["point-index"] == 40_000

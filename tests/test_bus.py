@@ -90,8 +90,19 @@ def test_runs_are_written_once_in_order_by_the_workers_and_the_bus_is_trimmed(
         assert values == catalogued
         assert len(set(values)) == len(values) == 40
         assert values == sorted(values)
-        # The summary names the file the worker wrote.
-        assert pipeline.summaries.runs[uid].hdf5 == final["hdf5"]
+        # The RunEngine's side reports what the worker read back and acknowledged on, as
+        # embedded mode reports it: the outcome, the durable points, the file, the node.
+        summary = pipeline.summaries.runs[uid]
+        assert summary.hdf5 == final["hdf5"]
+        outcome = pipeline.outcome(uid, timeout=0)
+        assert outcome is not None
+        assert outcome == summary.outcome == json.loads(final["outcome"])
+        assert outcome["status"] == summary.status == "success"
+        assert outcome["points"] == outcome["bundled"] == summary.points == 40
+        assert outcome["file_complete"] is outcome["catalog_complete"] is True
+        assert outcome["hdf5"] == final["hdf5"]
+        assert outcome["tiled"] == summary.tiled == f"{tiled.uri}/api/v1/metadata/{uid}"
+        assert outcome["catalog_rows"] == 40
     # Acknowledged by every group (post-processing, the logbook connector): trimmed.
     keys = BusKeys()
     wait_until(lambda: client.xlen(keys.runs) == 0, timeout=30, what="the announcements to be trimmed")

@@ -246,6 +246,15 @@ def test_a_full_data_directory_keeps_the_run_on_the_bus_until_replayed(bus: Bus,
     failed = state(bus.client, uid)
     assert failed["status"] == FAILED
     assert "No space left on device" in failed["reason"], failed["reason"]
+    # Reported as embedded mode reports it: incomplete, with what the file holds and why.
+    summary = scan.pipeline.summaries.runs[uid]
+    assert summary.status == "incomplete", summary
+    assert summary.points == int(failed["points"]) < POINTS
+    assert summary.measured_points == POINTS
+    outcome = json.loads(failed["outcome"])
+    assert outcome["file_complete"] is False
+    assert summary.tiled == outcome["tiled"]  # the catalog has the run whole: not the file's fault
+    assert "No space left on device" in summary.reason
     assert bus.client.exists(BusKeys().run(uid))  # its documents wait on the bus
     assert bus.client.hexists(BusKeys().failed, uid)
 

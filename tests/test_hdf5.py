@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
 import subprocess
 import sys
 import textwrap
+import tracemalloc
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +33,7 @@ from orchestrion.pipeline import (
     load_plugins,
     recover_incomplete,
 )
+from orchestrion.schema import POINT_SEQUENCE_KEY_MD
 
 from .pipeline_docs import fake_run, sequence_hash, sequence_json, whole_run
 from .support import wait_until
@@ -485,3 +489,61 @@ def test_a_live_reader_that_keeps_the_file_open_costs_no_point(tmp_path: Path) -
         assert entry["data/point_index"][:].tolist() == list(range(30))
         assert entry["analysis/center"][()] == pytest.approx(1234.5)
         assert "baseline" in entry["streams"]
+
+
+def test_a_long_run_is_written_in_bounded_memory(tmp_path: Path) -> None:
+    """The writer keeps what is not in the file yet, not the run: rows of the streams it
+    does not write (``primary`` beside the bundled points) are not kept, and sequences'
+    texts go once written."""
+    run = compose_run(metadata={POINT_SEQUENCE_KEY_MD: "sequence-hash"})
+    keys = {"point-index": {"dtype": "integer", "shape": [], "source": "sim://index"},
+            "det-value": {"dtype": "number", "shape": [], "source": "sim://det"},
+            "sequence-hash": {"dtype": "string", "shape": [], "source": "sim://hash"}}  # fmt: skip
+    raw, points = (
+        run.compose_descriptor(name="primary", data_keys=keys),
+        run.compose_descriptor(name="points", data_keys=keys),
+    )
+    sequences = run.compose_descriptor(name="sequences", data_keys={
+        "sequence-hash": {"dtype": "string", "shape": [], "source": "x"},
+        "sequence-json": {"dtype": "string", "shape": [], "source": "x"}})  # fmt: skip
+    serializer = Serializer(tmp_path, data_stream="points", skip_streams=("primary",), buffer_points=64)
+    for name, doc in [("start", run.start_doc), ("descriptor", sequences.descriptor_doc),
+                      ("descriptor", raw.descriptor_doc), ("descriptor", points.descriptor_doc)]:  # fmt: skip
+        serializer(name, dict(doc))
+
+    def feed(first: int, last: int) -> None:
+        for n in range(first, last):
+            digest = f"{n % 50:064x}"  # 50 distinct sequences, each once in the file
+            if n < 50:
+                data = {"sequence-hash": digest, "sequence-json": json.dumps({"point": n, "pad": "x" * 500})}
+                serializer("event", {"uid": str(uuid.uuid4()), "descriptor": sequences.descriptor_doc["uid"],
+                                     "seq_num": n + 1, "time": 1.0, "data": data, "timestamps": {},
+                                     "filled": {}})  # fmt: skip
+            data = {"point-index": n, "det-value": float(n), "sequence-hash": digest}
+            for descriptor in (raw, points):
+                serializer("event", {"uid": str(uuid.uuid4()), "descriptor": descriptor.descriptor_doc["uid"],
+                                     "seq_num": n + 1, "time": 1.0 + n, "data": dict(data),
+                                     "timestamps": dict.fromkeys(data, 1.0 + n), "filled": {}})  # fmt: skip
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        feed(0, 5_000)
+        gc.collect()
+        before = tracemalloc.take_snapshot()
+        feed(5_000, 15_000)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    # About 500 bytes per point when every primary row was kept until the stop.
+    assert sum(s.size_diff for s in after.compare_to(before, "filename")) / 10_000 < 8
+    serializer("stop", dict(run.compose_stop()))
+    with h5py.File(serializer.path, "r") as f:
+        entry = f["entry"]
+        assert entry["points"][()] == 15_000
+        assert entry["data/point_index"][:].tolist() == list(range(15_000))
+        assert entry["sequences/hash"].shape == (50,)
+        assert entry["sequences/point_sequence"][:].tolist() == [n % 50 for n in range(15_000)]
+        assert json.loads(text(entry["sequences/json"][7]))["point"] == 7
+        assert "primary" not in entry["streams"]

@@ -8,10 +8,20 @@ run no longer depends on this process.  While Redis is unreachable the feeder re
 and the RunEngine goes on, with documents buffered here up to ``bus_buffer_documents``;
 beyond that, and at a stop, the RunEngine waits for Redis.  Resending a batch after a
 lost reply adds nothing twice: each document has a fixed id in its run's stream.
+
+What "handed over" means, precisely: a run is handed over when its stop document's
+call returns, and not before.  By then Redis has answered every write of the run, and
+with the stack's ``appendfsync always`` an answered write is in its append-only file.
+An earlier document is only queued in this process when its call returns, for at most
+``INTERVAL`` seconds or one ``BATCH`` while Redis answers.  If this process dies
+first, those documents are lost together with the RunEngine that made them.  The run
+cannot stop normally then anyway: a worker writes what reached the bus and records
+the run ``incomplete`` once this publisher's heartbeat expires.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -30,7 +40,7 @@ from orchestrion.config import OrchestrionConfig
 from ._codec import encode
 from ._connection import RedisClient, connect
 from ._keys import DOC_FIELD, NAME_FIELD, RUN_FIELD, BusKeys, entry_id
-from ._state import CATALOG_PENDING, DONE, FINAL, read_state
+from ._state import CATALOG_PENDING, DONE, FINAL, INCOMPLETE, read_state
 
 logger = logging.getLogger(__name__)
 
@@ -40,18 +50,26 @@ HEARTBEAT = 2.0  # s between the publisher's heartbeats
 HEARTBEAT_TTL = 15  # s: a publisher silent this long is gone (its open runs end incomplete)
 HANDOVER_TIMEOUT = 3600.0  # s: longest a stop document waits for Redis
 
-# Adds one document at its fixed id; a start also announces the run, once: a resent
-# start whose id is already taken announces nothing.
+# Adds consecutive documents of one run, each at its fixed id.  ARGV: publisher, time,
+# run uid, the three field names (`_keys`), then (id, name, payload) per document.  A
+# start also announces the run, once: a resent document whose id is already taken adds
+# and announces nothing.  One call per run per batch: a call per document cost the
+# publisher's process 27 us of CPU per document, this 11 us.
 _ADD = """
-local added = redis.pcall('XADD', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
-if type(added) == 'table' and added['err'] then return 0 end
-if ARGV[3] == 'start' then
-  redis.call('HSET', KEYS[3], 'status', 'announced', 'publisher', ARGV[6], 'published', ARGV[7])
-  redis.call('XADD', KEYS[2], '*', ARGV[8], ARGV[9])
-elseif ARGV[3] == 'stop' then
-  redis.call('HSET', KEYS[3], 'stopped', ARGV[1])
+local added = 0
+for i = 7, #ARGV, 3 do
+  local ok = redis.pcall('XADD', KEYS[1], ARGV[i], ARGV[4], ARGV[i + 1], ARGV[5], ARGV[i + 2])
+  if not (type(ok) == 'table' and ok['err']) then
+    added = added + 1
+    if ARGV[i + 1] == 'start' then
+      redis.call('HSET', KEYS[3], 'status', 'announced', 'publisher', ARGV[1], 'published', ARGV[2])
+      redis.call('XADD', KEYS[2], '*', ARGV[6], ARGV[3])
+    elseif ARGV[i + 1] == 'stop' then
+      redis.call('HSET', KEYS[3], 'stopped', ARGV[i])
+    end
+  end
 end
-return 1
+return added
 """
 
 Note = dict[str, Any]
@@ -62,7 +80,9 @@ class BusPublisher:
 
     Also the pipeline's catalog stage: `wait_catalogued` waits until a worker has
     written the run (HDF5 file closed, catalog entry complete) and passes what it
-    reported (``{"run", "hdf5"}``, ``{"run", "tiled"}``) to ``on_note``.
+    reported to ``on_note`` as the embedded pipeline's helper does: ``{"run", "hdf5"}``,
+    ``{"run", "tiled"}``, then ``{"run", "outcome"}``, the `RunOutcome` the worker read
+    back and decided on (`outcome` gives it too).
     """
 
     def __init__(
@@ -172,10 +192,11 @@ class BusPublisher:
             try:
                 pipe = self._client.pipeline(transaction=False)
                 now = str(time.time())
-                for run_uid, sequence, name, payload in encoded:
+                for run_uid, group in itertools.groupby(encoded, key=lambda item: item[0]):
                     keys = [self.keys.run(run_uid), self.keys.runs, self.keys.state(run_uid)]
-                    arguments = [entry_id(sequence), NAME_FIELD, name, DOC_FIELD, payload, self.id, now,
-                                 RUN_FIELD, run_uid]  # fmt: skip
+                    arguments: list[Any] = [self.id, now, run_uid, NAME_FIELD, DOC_FIELD, RUN_FIELD]
+                    for _run, sequence, name, payload in group:
+                        arguments += [entry_id(sequence), name, payload]
                     self._add(keys=keys, args=arguments, client=pipe)
                 pipe.execute()
             except redis.RedisError as exc:  # unreachable, restarting, or unable to persist
@@ -229,14 +250,24 @@ class BusPublisher:
         once the whole run is on the bus (what a worker failed is in `wait_catalogued`)."""
         return {}
 
+    def outcome(self, run_uid: str) -> dict[str, Any] | None:
+        """The run's outcome as the worker that wrote it read it back (`RunOutcome.to_dict`),
+        once it has decided on the run (written, failed, incomplete, or its file written and
+        its catalog entry pending); None before, or when Redis cannot be read."""
+        try:
+            state = read_state(self._client, self.keys.state(run_uid))
+        except redis.RedisError:
+            return None
+        status = state.get("status", "")
+        return outcome_of(run_uid, state) if status in FINAL or status == CATALOG_PENDING else None
+
     def _report(self, run_uid: str, state: dict[str, str]) -> None:
         if self._on_note is None:
             return
         for key in ("hdf5", "tiled"):
             if state.get(key):
                 self._on_note({"run": run_uid, key: state[key]})
-        if state.get("points"):
-            self._on_note({"run": run_uid, "points": json.loads(state["points"])})
+        self._on_note({"run": run_uid, "outcome": outcome_of(run_uid, state)})
 
     def close(self) -> None:
         """Write what is queued, then stop the feeder."""
@@ -245,3 +276,17 @@ class BusPublisher:
             self._state.notify_all()
         self._feeder.join(timeout=HANDOVER_TIMEOUT)
         self._client.close()
+
+
+def outcome_of(run_uid: str, state: dict[str, str]) -> dict[str, Any]:
+    """The outcome a worker recorded in a run's state hash; one shaped like it (nothing
+    durable, the state's reason as the problem) for a run decided without one."""
+    if state.get("outcome"):
+        outcome: dict[str, Any] = json.loads(state["outcome"])
+        if state.get("status") == INCOMPLETE and outcome.get("status") != "incomplete":
+            outcome["status"] = "incomplete"
+        return outcome
+    reason = state.get("reason") or f"the run is {state.get('status') or 'not on the bus'}"
+    return {"run": run_uid, "status": "incomplete", "points": int(state.get("points") or 0), "bundled": None,
+            "hdf5": state.get("hdf5") or None, "tiled": None, "catalog_rows": None, "exit_status": None,
+            "problems": [reason], "spool": None, "file_complete": False, "catalog_complete": None}  # fmt: skip

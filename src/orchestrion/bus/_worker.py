@@ -1,9 +1,11 @@
 """Post-processing workers: each run from the bus through `build_post_processing`.
 
 A worker claims a run from the announcement stream's consumer group, reads the run's
-stream in order into a fresh post-processing chain (bundler -> HDF5 -> Tiled), checks
-the result (the HDF5 file closed with the run's status, the catalog entry carrying the
-stop document) and only then acknowledges the run.  While it works it touches the
+stream in order into a fresh post-processing chain (bundler -> HDF5 -> Tiled), and
+decides on the run from what the chain read back of it (`RunOutcome`, ADR 0207): it
+acknowledges the run only when its HDF5 file is closed with its final status and every
+bundled point, and its catalog entry holds the stop and every point (ADR 0610).  The
+outcome goes into the run's state hash, for the RunEngine's side to report.  While it works it touches the
 run's pending entry; a worker that stops touching (killed, hung, its machine gone) has
 its runs taken by another worker after ``bus_claim_idle`` seconds (XAUTOCLAIM), and a
 worker restarted under the same name takes its own first.  A run written again first
@@ -58,7 +60,6 @@ READ_BLOCK_MS = 500
 STATE_TTL = 86_400  # s a finished run's state stays readable (`wait_catalogued`, `status`)
 CATALOG_RETRY = (2.0, 60.0)  # s: first and longest wait before writing a catalog-pending run again
 MAX_UNFINISHED = 3  # attempts at a run that ended with their worker, before the run waits for `replay`
-HDF5_NOT_DONE = ("running", "error", "incomplete")  # the HDF5 writer's statuses of an unfinished file
 
 Chain = Callable[[str, dict[str, Any]], Any]
 
@@ -103,6 +104,7 @@ class BusWorker:
         self.claims = Claims(self.client, self.keys.runs, POST_PROCESSING_GROUP, name, config.bus_claim_idle)
         self._held: dict[str, tuple[str, float, int]] = {}  # entry id -> (run uid, retry at, attempts)
         self._notes: dict[str, str] = {}
+        self._outcome: dict[str, Any] | None = None  # what the chain read back of the run being written
         self._stopping = threading.Event()
         self._current: str | None = None  # the announcement of the run being written
         self._ready = False  # the chain has been built once (imports done)
@@ -165,7 +167,8 @@ class BusWorker:
             # memory): the run waits for `replay` rather than taking every worker down.
             reason = (f"post-processing stopped {unfinished} times while writing this run; last error: "
                       f"{state.get('last_error') or 'none logged'}")  # fmt: skip
-            self._fail(announcement, run_uid, reason, 0)
+            self.client.hset(state_key, mapping=self._recorded(unwritten_outcome(run_uid, reason, state.get("hdf5"))))
+            self._fail(announcement, run_uid, reason)
             return FAILED
         if state.get("attempt"):
             previous = state.get("worker", "")
@@ -173,12 +176,12 @@ class BusWorker:
                 self._wait_released(previous, announcement, run_uid)
             self._discard(run_uid, state)
         attempt = int(state.get("attempt") or 0) + 1
-        self.client.hdel(state_key, "hdf5", "tiled", "reason", "points")
+        self.client.hdel(state_key, "hdf5", "tiled", "reason", "points", "outcome")
         self.client.hset(state_key, mapping={"status": PROCESSING, "worker": self.name, "attempt": attempt,
                                              "unfinished": unfinished + 1})  # fmt: skip
         logger.info("%s: writing run %s (attempt %d)", self.name, run_uid, attempt)
         with self._owned_lock:
-            self._current, self._notes = announcement, {}
+            self._current, self._notes, self._outcome = announcement, {}, None
             self._lost.discard(announcement)
         errors = _Errors(self.client, state_key)
         watched = logging.getLogger("orchestrion.pipeline")
@@ -208,6 +211,8 @@ class BusWorker:
         for key in ("hdf5", "tiled"):
             if key in note:
                 self._notes[key] = str(note[key])
+        if "outcome" in note:
+            self._outcome = dict(note["outcome"])
 
     def _feed(self, run_uid: str, announcement: str, publisher: str, chain: Chain) -> str:
         """The run's documents, in order, into ``chain``: "stopped", "abandoned", "lost" or "interrupted"."""
@@ -245,74 +250,54 @@ class BusWorker:
                 if name == "stop":
                     return "stopped"
 
-    def _conclude(self, announcement: str, run_uid: str, outcome: str, error: str | None, attempt: int) -> str:
+    def _conclude(self, announcement: str, run_uid: str, ending: str, error: str | None, attempt: int) -> str:
+        """Decide on the run from its outcome as the chain read it back (`RunOutcome`)."""
         state_key = self.keys.state(run_uid)
-        self.client.hset(state_key, mapping={**self._notes, "unfinished": 0})
-        hdf5_ok, points, hdf5_reason = self._check_file(self._notes.get("hdf5"))
-        if outcome == "abandoned":
+        outcome = self._outcome
+        if outcome is None:  # the chain reports once per run; without it nothing is known written
+            reason = error or "post-processing reported no outcome of the run"
+            outcome = unwritten_outcome(run_uid, reason, self._notes.get("hdf5"))
+        self.client.hset(state_key, mapping={"unfinished": 0, **self._recorded(outcome)})
+        problems = "; ".join(str(p) for p in outcome.get("problems") or [])
+        if ending == "abandoned":
             reason = "the RunEngine's process went away before the run's stop"
-            self.client.hset(state_key, mapping={"status": INCOMPLETE, "reason": reason, "points": points})
+            self.client.hset(state_key, mapping={"status": INCOMPLETE, "reason": reason})
             self._ack(announcement)
             logger.error("%s: run %s written as incomplete: %s", self.name, run_uid, reason)
             return INCOMPLETE
-        if not hdf5_ok:
-            self._fail(announcement, run_uid, error or hdf5_reason, points)
+        if not outcome.get("file_complete"):
+            self._fail(announcement, run_uid, error or problems or "its HDF5 file was not completed")
             return FAILED
-        catalogued, catalog_reason = self._check_catalog(run_uid)
-        if not catalogued:
+        if outcome.get("catalog_complete") is False:
             previous = self._held.get(announcement)
             tries = previous[2] + 1 if previous else 1
             wait = min(CATALOG_RETRY[0] * 2 ** (tries - 1), CATALOG_RETRY[1])
             with self._owned_lock:
                 self._held[announcement] = (run_uid, time.monotonic() + wait, tries)
-            self.client.hset(state_key, mapping={"status": CATALOG_PENDING, "reason": catalog_reason, "points": points})
+            self.client.hset(state_key, mapping={"status": CATALOG_PENDING, "reason": problems or "catalog incomplete"})
             logger.warning("%s: run %s: HDF5 written; catalog not complete (%s); retrying", self.name,
-                           run_uid, catalog_reason)  # fmt: skip
+                           run_uid, problems)  # fmt: skip
             return CATALOG_PENDING
-        self.client.hset(state_key, mapping={"status": DONE, "points": points})
+        self.client.hset(state_key, "status", DONE)
         self.client.hdel(state_key, "reason")
         self._ack(announcement)
-        logger.info("%s: run %s written (%d points, attempt %d)", self.name, run_uid, points, attempt)
+        logger.info("%s: run %s written (%d points, attempt %d)", self.name, run_uid, outcome["points"], attempt)
         return DONE
 
-    def _fail(self, announcement: str, run_uid: str, reason: str, points: int) -> None:
-        self.client.hset(self.keys.state(run_uid), mapping={"status": FAILED, "reason": reason, "points": points})
+    @staticmethod
+    def _recorded(outcome: dict[str, Any]) -> dict[str, Any]:
+        """The state hash's fields from the outcome: what the RunEngine's side reports."""
+        fields: dict[str, Any] = {"points": int(outcome.get("points") or 0), "outcome": json.dumps(outcome)}
+        for key in ("hdf5", "tiled"):
+            if outcome.get(key):
+                fields[key] = str(outcome[key])
+        return fields
+
+    def _fail(self, announcement: str, run_uid: str, reason: str) -> None:
+        self.client.hset(self.keys.state(run_uid), mapping={"status": FAILED, "reason": reason})
         self.client.hset(self.keys.failed, run_uid, reason)
         self._ack(announcement)  # the documents stay on the bus: `replay` writes them
         logger.error("%s: run %s could not be written: %s (kept on the bus; replay it)", self.name, run_uid, reason)
-
-    def _check_file(self, path_text: str | None) -> tuple[bool, int, str]:
-        """(closed with the run's status, points in it, why not)."""
-        if not path_text:
-            return False, 0, "no HDF5 file was written"
-        path = Path(path_text)
-        try:
-            with h5py.File(path, "r") as f:
-                status = _text(f["entry/status"][()])
-                points = int(f["entry/points"][()])
-                reason = _text(f["entry/reason"][()]) if "reason" in f["entry"] else ""
-        except (OSError, KeyError) as exc:
-            return False, 0, f"HDF5 file {path} unreadable: {exc}"
-        if status in HDF5_NOT_DONE:
-            return False, points, f"HDF5 file {path} is {status}: {reason}"
-        return True, points, ""
-
-    def _check_catalog(self, run_uid: str) -> tuple[bool, str]:
-        if not self.config.tiled_enabled:
-            return True, ""
-        try:
-            connection = connect_catalog(self.config)
-        except Exception as exc:
-            return False, f"the catalog cannot be reached: {type(exc).__name__}: {exc}"
-        try:
-            node = connection.client[run_uid]
-            if not node.metadata.get("stop"):
-                return False, "the catalog entry has no stop document"
-        except Exception as exc:
-            return False, f"the catalog entry cannot be read: {type(exc).__name__}: {exc}"
-        finally:
-            connection.close()
-        return True, ""
 
     def _wait_released(self, previous: str, announcement: str, run_uid: str) -> None:
         """Wait until worker ``previous`` no longer writes the run (it learns it lost it
@@ -436,6 +421,18 @@ class BusWorker:
                         self.client.delete(key)
                 self.client.expire(self.keys.state(run_uid), STATE_TTL)
         self.client.xtrim(runs, minid=minid)
+
+
+def unwritten_outcome(run_uid: str, reason: str, hdf5: str | None) -> dict[str, Any]:
+    """The outcome of a run the chain did not finish (no `RunOutcome` came): nothing
+    counted durable, ``reason`` the problem; shaped as `RunOutcome.to_dict`."""
+    points = 0
+    if hdf5:
+        with contextlib.suppress(OSError, KeyError), h5py.File(hdf5, "r", swmr=True) as f:
+            points = int(f["entry/points"][()])
+    return {"run": run_uid, "status": "incomplete", "points": points, "bundled": None, "hdf5": hdf5, "tiled": None,
+            "catalog_rows": None, "exit_status": None, "problems": [reason], "spool": None,
+            "file_complete": False, "catalog_complete": None}  # fmt: skip
 
 
 def _file_run(path: Path) -> str | None:

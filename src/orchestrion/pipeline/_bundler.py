@@ -38,12 +38,14 @@ from event_model import unpack_event_page
 
 from orchestrion.schema import ANALYSIS, BASELINE, BUNDLED, COMPLETE_KEY, POINT_KEY, PRIMARY, SEQUENCES
 
-from ._checks import DocumentError, RunChecks
+from ._checks import DocumentError, RecentKeys, RunChecks, SeenNumbers
 from ._routing import RunsRouter
 
 logger = logging.getLogger(__name__)
 
 NOT_JOINED = (BASELINE, ANALYSIS, SEQUENCES, BUNDLED)
+RECENT_POINTS = 4096  # point ids that are no integers, remembered once bundled
+ASYNC_KEPT = 256  # readings of an async key beyond which those no point can need are let go
 
 DocumentCallback = Callable[[str, dict[str, Any]], Any]
 
@@ -94,6 +96,33 @@ class _AsyncKey:
         at = bisect.bisect_right(self.times, time)
         return None if at == 0 else (self.values[at - 1], self.times[at - 1])
 
+    def forget_before(self, time: float) -> None:
+        """Let go of the readings older than the last one at or before ``time``."""
+        drop = bisect.bisect_right(self.times, time) - 1
+        if drop > 0:
+            del self.times[:drop]
+            del self.values[:drop]
+
+
+class _Emitted:
+    """The points bundled so far: integer point ids (in scan order, mostly) as a few
+    numbers (`SeenNumbers`), any other id in a bounded window of the latest."""
+
+    def __init__(self) -> None:
+        self._numbers = SeenNumbers()
+        self._others = RecentKeys(RECENT_POINTS)
+
+    def add(self, point: Any) -> None:
+        if isinstance(point, int) and not isinstance(point, bool):
+            self._numbers.add(point)
+        else:
+            self._others.add(point)
+
+    def __contains__(self, point: object) -> bool:
+        if isinstance(point, int) and not isinstance(point, bool):
+            return point in self._numbers
+        return point in self._others
+
 
 class _RunBundle:
     """The state of one run: points waiting for readings, async histories."""
@@ -112,7 +141,7 @@ class _RunBundle:
         self.async_keys: dict[str, _AsyncKey] = {}
         self.watermark: dict[str, float] = {}  # async stream -> latest reading timestamp
         self.points: dict[Any, dict[str, _Reading]] = {}
-        self.emitted: set[Any] = set()
+        self.emitted = _Emitted()
         self.descriptor: dict[str, Any] | None = None
         self.seq_num = 0
         self.late_async: set[str] = set()
@@ -204,6 +233,7 @@ class RunBundler:
                 latest = max(latest, stamp)
             run.watermark[stream] = latest
             self._release(run)
+            self._forget(run)
         elif kind == "monitored":
             point = event["data"].get(run.point_key, event["seq_num"])
             if point in run.emitted:
@@ -218,6 +248,21 @@ class RunBundler:
             run.latest_monitored = max(run.latest_monitored, float(event["time"]))
             readings[stream] = _Reading(float(event["time"]), dict(event["data"]), dict(event["timestamps"]))
             self._release(run)
+
+    def _forget(self, run: _RunBundle) -> None:
+        """Bound the async histories: a point to come is no older than the oldest point
+        waiting, nor than ``async_wait`` before the latest monitored reading (documents in
+        time order, or late by at most ``async_wait``), so older readings but the last
+        one before that are never needed.  With ``async_wait=math.inf`` all are kept."""
+        long = [history for history in run.async_keys.values() if len(history.times) > ASYNC_KEPT]
+        if not long:
+            return
+        floor = run.latest_monitored - self.async_wait
+        for readings in run.points.values():
+            floor = min(floor, max(r.time for r in readings.values()))
+        if math.isfinite(floor):
+            for history in long:
+                history.forget_before(floor)
 
     def _ready(self, run: _RunBundle, readings: Mapping[str, _Reading]) -> bool:
         if any(stream not in readings for stream in run.monitored):

@@ -1,11 +1,15 @@
-"""Checking that one run's documents follow the event model."""
+"""Checking that one run's documents follow the event model, in memory bounded over a run."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+from collections import deque
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 from orchestrion.errors import OrchestrionError
+
+RECENT_UIDS = 1024  # event uids remembered to catch one used twice (see `RunChecks`)
 
 
 class DocumentError(OrchestrionError):
@@ -20,17 +24,92 @@ class DocumentError(OrchestrionError):
         self.run_uid = run_uid
 
 
+class SeenNumbers:
+    """Which integers have been seen, exactly, in memory that does not grow with their count.
+
+    It keeps the lowest and highest number seen and the gaps between them (the numbers
+    not seen yet, as ranges): numbers that come in order (a stream's ``seq_num``, a
+    scan's point index) leave no gap, so the state is three numbers however long the
+    run.  Memory grows only with the numbers skipped or still out of order.
+    """
+
+    def __init__(self) -> None:
+        self._low: int | None = None
+        self._high = 0
+        self._gaps: list[tuple[int, int]] = []  # sorted, disjoint [first, last] ranges not seen
+
+    def add(self, number: int) -> bool:
+        """Record ``number``; False if it had been seen before."""
+        if self._low is None:
+            self._low = self._high = number
+            return True
+        if number > self._high:
+            if number > self._high + 1:
+                self._gaps.append((self._high + 1, number - 1))
+            self._high = number
+            return True
+        if number < self._low:
+            if number < self._low - 1:
+                self._gaps.insert(0, (number + 1, self._low - 1))
+            self._low = number
+            return True
+        at = bisect.bisect_right(self._gaps, (number, self._high + 1)) - 1
+        if at < 0 or self._gaps[at][1] < number:
+            return False
+        first, last = self._gaps[at]
+        self._gaps[at : at + 1] = [gap for gap in ((first, number - 1), (number + 1, last)) if gap[0] <= gap[1]]
+        return True
+
+    def __contains__(self, number: object) -> bool:
+        if self._low is None or not isinstance(number, int) or not self._low <= number <= self._high:
+            return False
+        at = bisect.bisect_right(self._gaps, (number, self._high + 1)) - 1
+        return at < 0 or self._gaps[at][1] < number
+
+    @property
+    def gaps(self) -> int:
+        """Ranges of numbers not seen between the lowest and the highest: what memory it holds."""
+        return len(self._gaps)
+
+
+class RecentKeys:
+    """The last ``size`` keys seen: a bounded window, for keys that come in no order."""
+
+    def __init__(self, size: int) -> None:
+        self._order: deque[Hashable] = deque()
+        self._keys: set[Hashable] = set()
+        self.size = size
+
+    def add(self, key: Hashable) -> bool:
+        """Record ``key``; False if it is among the last ``size`` keys."""
+        if key in self._keys:
+            return False
+        self._keys.add(key)
+        self._order.append(key)
+        if len(self._order) > self.size:
+            self._keys.discard(self._order.popleft())
+        return True
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+
 class RunChecks:
     """Follows one run through its documents; `check` raises `DocumentError` on a bad one.
 
     Made per run (by a `RunRouter` factory), so it knows only its own run: descriptor
-    and event uids used twice, and documents after the stop.
+    uids used twice, events used twice, and documents after the stop.  An event is the
+    same event twice when its stream's ``seq_num`` was seen already (a stream numbers
+    its events in order, so this holds every event of the run in a few numbers,
+    `SeenNumbers`), or its uid is among the last `RECENT_UIDS` (a bounded window: uids
+    come in no order).
     """
 
     def __init__(self, run_uid: str) -> None:
         self.run_uid = run_uid
-        self._descriptors: set[str] = set()
-        self._events: set[str] = set()
+        self._descriptors: dict[str, str] = {}  # descriptor uid -> stream
+        self._seq_nums: dict[str, SeenNumbers] = {}  # stream -> the seq_nums of its events
+        self._recent = RecentKeys(RECENT_UIDS)
         self._stopped = False
 
     def check(self, name: str, doc: Mapping[str, Any]) -> None:
@@ -39,13 +118,23 @@ class RunChecks:
         if name == "descriptor":
             if doc["uid"] in self._descriptors:
                 raise DocumentError(f"descriptor uid {doc['uid']} is used twice", self.run_uid)
-            self._descriptors.add(doc["uid"])
-        elif name in ("event", "event_page"):
-            uids = [doc["uid"]] if name == "event" else list(doc["uid"])
-            for uid in uids:
-                if uid in self._events:
-                    raise DocumentError(f"event uid {uid} is used twice", self.run_uid)
-            self._events.update(uids)
+            # A stream's descriptors share its seq_num counter (bluesky numbers per stream).
+            stream = str(doc.get("name") or doc["uid"])
+            self._descriptors[doc["uid"]] = stream
+            self._seq_nums.setdefault(stream, SeenNumbers())
+        elif name == "event":
+            self._event(doc["uid"], doc.get("descriptor"), doc.get("seq_num"))
+        elif name == "event_page":
+            for uid, seq_num in zip(doc["uid"], doc.get("seq_num") or [None] * len(doc["uid"]), strict=True):
+                self._event(uid, doc.get("descriptor"), seq_num)
         elif name == "stop":
             self._stopped = True
-            self._events.clear()
+            self._seq_nums.clear()
+
+    def _event(self, uid: str, descriptor: Any, seq_num: Any) -> None:
+        stream = self._descriptors.get(str(descriptor))
+        seen = self._seq_nums.get(stream) if stream is not None else None
+        if not self._recent.add(uid):
+            raise DocumentError(f"event uid {uid} is used twice", self.run_uid)
+        if seen is not None and isinstance(seq_num, int) and not seen.add(seq_num):
+            raise DocumentError(f"event {uid}: seq_num {seq_num} of stream {stream!r} is used twice", self.run_uid)

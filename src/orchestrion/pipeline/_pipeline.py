@@ -64,6 +64,22 @@ class DocumentPipeline:
                 self._settle_lost(uid, reason)
         return False
 
+    def outcome(self, run_uid: str, timeout: float = 300.0) -> dict[str, Any] | None:
+        """The run's checked outcome, as post-processing read it back from the run's file
+        and catalog entry (`RunOutcome.to_dict`: ``status``, "incomplete" when not all was
+        written; ``points`` durable in the file; ``hdf5``; ``tiled`` when the catalog holds
+        it complete; ``problems``), embedded or over the bus alike.
+
+        Waits up to ``timeout`` s for it (`wait_catalogued`); None for a run this pipeline
+        did not see, or whose outcome is not known by then.
+        """
+        summary = self.summaries.runs.get(run_uid)
+        if summary is None:
+            return None
+        if summary.outcome is None:
+            self.wait_catalogued(run_uid, timeout)
+        return summary.outcome
+
     def take_note(self, note: dict[str, Any]) -> None:
         """What the post-processing process reports of a run: its HDF5 file, its catalog
         node, and what it made durable (the run's outcome)."""

@@ -28,6 +28,7 @@ from orchestrion.schema import BUNDLED, PRIMARY
 
 from ._bundler import RunBundler
 from ._checks import DocumentError, RunChecks
+from ._hdf5_files import STATUS_ERROR, STATUS_RUNNING
 from ._repair import repair_catalog
 from ._routing import RunsRouter, Stage
 from ._serializer import FileOutcome, Serializer
@@ -41,6 +42,8 @@ Report = Callable[[Note], None]
 DocumentCallback = Callable[[str, dict[str, Any]], Any]
 
 STATUS_INCOMPLETE = "incomplete"
+# A file's statuses that are no run's final one: still written, abandoned, or cut short.
+UNFINISHED = (STATUS_RUNNING, STATUS_ERROR, STATUS_INCOMPLETE)
 RECONNECT_INTERVAL = 30.0  # s: how often a run's start tries a catalog that could not be reached
 
 
@@ -55,6 +58,10 @@ class RunOutcome:
     points the bundler made of the run; ``catalog_rows``: the run's points in the
     catalog (None without one); ``tiled``: the run's address when the catalog holds
     it complete, else None; ``spool``: where its documents are kept until it is.
+    ``file_complete``: the file is closed with its final status and every bundled point;
+    ``catalog_complete``: the catalog holds the run's stop and every bundled point (None
+    without a catalog).  A transport decides on these two: a bus worker acknowledges a
+    run only when both hold (ADR 0610).
     """
 
     run: str
@@ -67,6 +74,8 @@ class RunOutcome:
     exit_status: str | None
     problems: list[str] = field(default_factory=list)
     spool: str | None = None
+    file_complete: bool = False
+    catalog_complete: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -220,6 +229,8 @@ class RunChain:
             exit_status=self.exit_status,
             problems=problems,
             spool=spool_kept,
+            file_complete=durable and file.status not in UNFINISHED,
+            catalog_complete=in_catalog if self.settings.config.tiled_enabled else None,
         )
         if outcome.status == STATUS_INCOMPLETE:
             logger.error("run %s is incomplete: %s", self.run_uid, "; ".join(problems) or "unknown")

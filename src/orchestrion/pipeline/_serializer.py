@@ -116,11 +116,14 @@ class Serializer(DocumentRouter):
         self._descriptors: dict[str, list[Mapping[str, Any]]] = {}
         self._data: Columns | None = None
         self._others: dict[str, Columns] = {}
-        self._sequence_rows: dict[str, int] = {}
-        self._sequence_json: list[str] = []
+        # Per run, only what is not in the file yet: the points' rows, their sequence
+        # rows, new sequences' hashes and texts.  What stays is one row number per
+        # distinct sequence (each sequence is written once).
+        self._sequence_rows: dict[str, int] = {}  # hash -> row
+        self._sequence_hashes: list[str] = []  # hashes of the rows from `_sequence_written` on
+        self._sequence_json: dict[int, str] = {}  # texts not in the file yet (new rows, or late texts)
         self._sequence_written = 0
-        self._sequence_dirty: set[int] = set()
-        self._point_sequence: list[int] = []
+        self._point_sequence: list[int] = []  # sequence rows of the points not flushed yet
         self._last_flush = time.monotonic()
         self._flushed = 0  # points the file counted at its last flush that succeeded
         self._closed = False
@@ -204,8 +207,9 @@ class Serializer(DocumentRouter):
             if digest is not None:
                 row = self._sequence_row(text(digest))
                 self._sequence_json[row] = text(doc["data"].get(SEQUENCE_JSON_KEY, ""))
-                self._sequence_dirty.add(row)
-        self._others[stream].append(doc)
+        if stream == ANALYSIS or stream not in self.skip_streams:
+            # Written at the stop (`write_extras`); the skipped streams' rows are not kept.
+            self._others[stream].append(doc)
         return doc
 
     def stop(self, doc: RunStop) -> RunStop:
@@ -227,9 +231,9 @@ class Serializer(DocumentRouter):
         if self._point_sequence:
             index = sequences["point_sequence"]
             first = index.shape[0]
-            if len(self._point_sequence) > first:
-                index.resize(len(self._point_sequence), axis=0)
-                index[first:] = np.asarray(self._point_sequence[first:], dtype=np.int64)
+            index.resize(first + len(self._point_sequence), axis=0)
+            index[first:] = np.asarray(self._point_sequence, dtype=np.int64)
+            self._point_sequence = []
         self._flush_sequences(sequences)
         f.flush()
         # Counted once the rows are on disk: recovery trusts this number.
@@ -238,25 +242,26 @@ class Serializer(DocumentRouter):
         self._flushed = self._data.written
 
     def _flush_sequences(self, sequences: h5py.Group) -> None:
-        rows = len(self._sequence_json)
+        first = self._sequence_written
+        rows = first + len(self._sequence_hashes)
         hashes, texts = sequences["hash"], sequences["json"]
-        if rows > self._sequence_written:
+        if rows > first:
             hashes.resize(rows, axis=0)
             texts.resize(rows, axis=0)
-            order = sorted(self._sequence_rows.items(), key=lambda item: item[1])
-            first = self._sequence_written
-            hashes[first:rows] = np.array([h for h, _ in order[first:rows]], dtype=object)
-            texts[first:rows] = np.array(self._sequence_json[first:rows], dtype=object)
-        for row in sorted(r for r in self._sequence_dirty if r < self._sequence_written):
+            hashes[first:rows] = np.array(self._sequence_hashes, dtype=object)
+            texts[first:rows] = np.array([self._sequence_json.get(r, "") for r in range(first, rows)], dtype=object)
+        # Texts that came after their row was written (a point's hash before its sequence).
+        for row in sorted(r for r in self._sequence_json if r < first):
             texts[row] = self._sequence_json[row]
-        self._sequence_dirty.clear()
+        self._sequence_json.clear()
+        self._sequence_hashes = []
         self._sequence_written = rows
 
     def _sequence_row(self, digest: str) -> int:
         row = self._sequence_rows.get(digest)
         if row is None:
-            row = self._sequence_rows[digest] = len(self._sequence_json)
-            self._sequence_json.append("")
+            row = self._sequence_rows[digest] = self._sequence_written + len(self._sequence_hashes)
+            self._sequence_hashes.append(digest)
         return row
 
     def _open_file(self) -> None:
