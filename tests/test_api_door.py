@@ -286,3 +286,33 @@ def test_orchestrion_plot_on_a_lab_pc_reads_the_run_through_the_door(
         assert result.exit_code == 0, result.output
         assert out.stat().st_size > 10_000, reference
     assert not (tmp_path / "lab-pc").exists()
+
+
+def test_the_devices_commands_on_a_lab_pc_switch_the_stacks_devices_through_the_door(
+    stack: OrchestrionConfig, admin: Client, user_key: str, observer_key: str, tmp_path: Path
+) -> None:
+    def orchestrion(key: str, *args: str) -> Any:
+        elsewhere = load_config(home=tmp_path / "lab-pc", api_url=api_url(stack), api_key=SecretStr(key))
+        return CliRunner().invoke(cli, list(args), obj={"config": elsewhere})
+
+    history_before = admin.device_history("rf")
+    refused = orchestrion(observer_key, "devices", "disable", "rf")
+    assert refused.exit_code != 0 and "may not" in refused.output, refused.output
+    assert admin.device_history("rf") == history_before
+    as_someone_else = orchestrion(user_key, "devices", "disable", "rf", "--user", "alice")
+    assert as_someone_else.exit_code != 0 and "--user" in as_someone_else.output, as_someone_else.output
+
+    switched = orchestrion(user_key, "devices", "disable", "rf", "--reason", "night shift")
+    assert switched.exit_code == 0, switched.output
+    assert switched.output.startswith("rf: disabled by bob at ") and "night shift" in switched.output
+    listing = orchestrion(observer_key, "devices", "--json")
+    assert listing.exit_code == 0, listing.output
+    assert next(d for d in json.loads(listing.output) if d["name"] == "rf")["enabled"] is False
+    assert orchestrion(user_key, "devices", "enable", "rf").exit_code == 0
+    history = orchestrion(observer_key, "devices", "history", "rf", "--json")
+    assert [(h["enabled"], h["user"], h["reason"]) for h in json.loads(history.output)][-2:] == [
+        (False, "bob", "night shift"),
+        (True, "bob", ""),
+    ]
+    assert admin.devices()[[d["name"] for d in admin.devices()].index("rf")]["enabled"] is True
+    assert not (tmp_path / "lab-pc").exists(), "a lab PC's commands write nothing of the stack's locally"

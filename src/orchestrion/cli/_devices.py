@@ -1,4 +1,10 @@
-"""`orchestrion devices`: the lab's devices, and switching them on and off."""
+"""`orchestrion devices`: the lab's devices, and switching them on and off.
+
+With a stack's API server (named by ``ORCHESTRION_API_URL``, or the local stack's), the
+commands go through it, as the job and parameter commands do: a lab PC lists and switches
+the stack's devices with only the URL and a key, and a switch is recorded as made by the
+key's holder.  Without one, they read the lab's configuration and switches here.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import click
 
 from orchestrion.devices import (
     DeviceState,
+    DeviceSwitch,
     connect_devices,
     describe_devices,
     device_history,
@@ -20,6 +27,15 @@ from orchestrion.errors import InputError
 from orchestrion.session import EmbeddedSession
 
 from ._common import config_from, json_option, print_json, reports_errors
+from ._jobs import api_available
+
+
+def _remote(ctx: click.Context) -> Any:
+    """The API client when the commands go through the API server; None to work here."""
+    from orchestrion.client import Client
+
+    config = config_from(ctx)
+    return Client.local(config) if api_available(config) else None
 
 
 def _user() -> str:
@@ -40,11 +56,15 @@ def devices(ctx: click.Context, as_json: bool) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    config = config_from(ctx)
-    # The session owns the RunEngine whose event loop the devices connect in.
-    session = EmbeddedSession(config)
-    connect_devices(session.devices)
-    listing = describe_devices(session.devices)
+    remote = _remote(ctx)
+    if remote is not None:
+        with remote:
+            listing = remote.devices()
+    else:
+        # The session owns the RunEngine whose event loop the devices connect in.
+        session = EmbeddedSession(config_from(ctx))
+        connect_devices(session.devices)
+        listing = describe_devices(session.devices)
     if as_json:
         print_json(listing)
         return
@@ -54,8 +74,16 @@ def devices(ctx: click.Context, as_json: bool) -> None:
 
 
 def _switch(ctx: click.Context, name: str, enabled: bool, reason: str, user: str | None, as_json: bool) -> None:
-    config = config_from(ctx)
-    change = (enable_device if enabled else disable_device)(config, name, user=user or _user(), reason=reason)
+    remote = _remote(ctx)
+    if remote is not None:
+        if user is not None:
+            raise InputError("--user: through the API server a change is recorded as made by the key's holder")
+        with remote:
+            answer = (remote.enable_device if enabled else remote.disable_device)(name, reason=reason)
+        change = DeviceSwitch.from_dict(answer["switch"])
+    else:
+        config = config_from(ctx)
+        change = (enable_device if enabled else disable_device)(config, name, user=user or _user(), reason=reason)
     if as_json:
         print_json(change.to_dict())
     else:
@@ -97,10 +125,15 @@ def disable(ctx: click.Context, name: str, reason: str, user: str | None, as_jso
 @reports_errors
 def history(ctx: click.Context, name: str | None, as_json: bool) -> None:
     """Every enable and disable (of device NAME, if given), oldest first."""
-    config = config_from(ctx)
-    if name is not None and name not in load_lab_config(config.devices_dir).devices:
-        raise InputError(f"no device named '{name}' in the lab configuration")
-    changes = device_history(config, name)
+    remote = _remote(ctx)
+    if remote is not None:
+        with remote:
+            changes = [DeviceSwitch.from_dict(entry) for entry in remote.device_history(name)]
+    else:
+        config = config_from(ctx)
+        if name is not None and name not in load_lab_config(config.devices_dir).devices:
+            raise InputError(f"no device named '{name}' in the lab configuration")
+        changes = device_history(config, name)
     listing: list[dict[str, Any]] = [c.to_dict() for c in changes]
     if as_json:
         print_json(listing)

@@ -17,6 +17,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 SWITCHES_FILE = "devices.sqlite"
 
@@ -62,6 +63,14 @@ class DeviceSwitch:
             "at": self.at.isoformat(),
             "reason": self.reason,
         }
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> DeviceSwitch:
+        """The switch `to_dict` gave (as the API server sends it)."""
+        return cls(
+            device=str(entry["device"]), enabled=bool(entry["enabled"]), user=str(entry["user"]),
+            at=datetime.fromisoformat(str(entry["at"])), reason=str(entry.get("reason") or ""),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
