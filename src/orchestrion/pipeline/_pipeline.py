@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -165,7 +165,9 @@ class _HandOver:
             close()
 
 
-def build_post_processing(config: OrchestrionConfig, report: Report | None = None) -> DocumentCallback:
+def build_post_processing(
+    config: OrchestrionConfig, report: Report | None = None, *, resuming: Sequence[str] = ()
+) -> DocumentCallback:
     """Bundler, then HDF5 files and Tiled: what happens to a run's documents after the RunEngine.
 
     One `RunRouter` (`PostProcessing`) makes, per run, the chain bundler -> (HDF5
@@ -177,6 +179,8 @@ def build_post_processing(config: OrchestrionConfig, report: Report | None = Non
     post-processing process of `build_pipeline`, a message bus) can feed it; what it
     reports per run (``report(note)``: the file, the catalog node, and once per run the
     `RunOutcome` read back from both) is documented in `orchestrion.pipeline._post`.
+    ``resuming``: runs a process that died was writing, which this one takes over
+    (`PostProcessing.resume`): repair leaves their spools alone.
     """
     tell: Report = report or (lambda note: None)
     recover_orphans(config.data_dir)
@@ -190,7 +194,7 @@ def build_post_processing(config: OrchestrionConfig, report: Report | None = Non
             logger.exception("Tiled writer: the catalog cannot be reached; runs are written to HDF5 and spooled")
         else:
             try:
-                repair_catalog(config, connection)
+                repair_catalog(config, connection, skip=resuming)
             except Exception:
                 logger.exception("catalog repair failed; the spooled runs are kept for the next attempt")
     return PostProcessing(config, tell, connection)
