@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -75,8 +76,14 @@ class ProcessSink:
     ``resuming=[run uids]``.  A run the new stage cannot take over (no ``resume``, or
     it says it cannot) is lost: `wait_catalogued` says so, and why.
 
-    ``niceness`` > 0 lowers the helper's CPU priority: on a machine with few cores its
-    threads otherwise preempt the RunEngine's (ADR 0205).
+    ``niceness`` > 0 lowers the helper's CPU priority once its stage is built: on a
+    machine with few cores its threads otherwise preempt the RunEngine's (ADR 0205).
+
+    ``preload`` names modules the helper imports as soon as it starts, before it is
+    handed anything; with ``hold=True`` the factory (and with it the stage's side
+    effects: files recovered, the catalog opened) waits for `release` or the first
+    document.  Together they let a caller start the helper's seconds of imports beside
+    its own set-up, before it has checked its request (ADR 0810).
     """
 
     def __init__(
@@ -86,8 +93,12 @@ class ProcessSink:
         label: str,
         on_note: Callable[[Note], Any] | None = None,
         niceness: int = 0,
+        preload: Sequence[str] = (),
+        hold: bool = False,
     ) -> None:
         self.label = label
+        self.preload = tuple(preload)
+        self._held = hold
         self.factory, self.argument, self.on_note = factory, argument, on_note  # what its helpers run
         self.niceness = niceness  # of its helper process
         self._closing = False
@@ -101,9 +112,18 @@ class ProcessSink:
         self._counts: dict[str, int] = {}  # run uid -> documents so far
         self._resumes: dict[str, int] = {}  # run uid -> take-overs so far
         self._switch = threading.Lock()  # a document is put, or the helper replaced
-        self._helper = _Helper(self)
+        self._helper = _Helper(self, hold=hold)
+
+    def release(self) -> None:
+        """Hand the held factory to the helper: its stage is built (nothing if not held)."""
+        with self._switch:
+            if self._held:
+                self._held = False
+                self._helper.give_factory()
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        if self._held:
+            self.release()
         run, index = self._place(name, doc)
         with self._switch:
             helper = self._helper
@@ -273,6 +293,8 @@ class ProcessSink:
 
     def close(self) -> None:
         self._closing = True
+        if self._held:  # handed nothing: only imports to cut short
+            self._helper.process.terminate()
         self._helper.close()
 
 
@@ -283,10 +305,11 @@ class _Helper:
     (``FED``), so that a successor can be given what this one may have lost.
     """
 
-    def __init__(self, sink: ProcessSink, resuming: list[str] | None = None) -> None:
+    def __init__(self, sink: ProcessSink, resuming: list[str] | None = None, hold: bool = False) -> None:
         self.sink = sink
+        preload = [argument for module in sink.preload for argument in ("--preload", module)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", HELPER_MODULE, "--niceness", str(sink.niceness)],
+            [sys.executable, "-m", HELPER_MODULE, "--niceness", str(sink.niceness), *preload],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )  # fmt: skip
         # Documents are handed over in batches: waking the feeder thread for every event
@@ -309,12 +332,18 @@ class _Helper:
         self._reader = threading.Thread(target=self._read, name=f"orchestrion-{label}-acks", daemon=True)
         # Not waited for: the helper imports while the session opens and the run starts;
         # documents wait here and in the pipe.
-        factory = {"factory": sink.factory, "argument": sink.argument, "notes": sink.on_note is not None,
-                   "resuming": list(resuming or [])}  # fmt: skip
-        self.put("__factory__", factory, None, 0)
-        self._wake.set()
+        self._resuming = list(resuming or [])
         self._feeder.start()
         self._reader.start()
+        if not hold:
+            self.give_factory()
+
+    def give_factory(self) -> None:
+        """The stage's factory, the helper's first message."""
+        sink = self.sink
+        factory = {"factory": sink.factory, "argument": sink.argument, "notes": sink.on_note is not None,
+                   "resuming": self._resuming}  # fmt: skip
+        self.put("__factory__", factory, None, 0)
 
     @property
     def failed(self) -> bool:
@@ -480,10 +509,19 @@ def _lower_priority(niceness: int) -> None:
             os.setpriority(os.PRIO_PROCESS, thread, niceness)
 
 
-def serve(niceness: int = 0) -> None:
-    """The helper's side: build the stage, feed it, acknowledge each stop on stdout."""
-    if niceness > 0:
-        _lower_priority(niceness)
+def serve(niceness: int = 0, preload: Sequence[str] = ()) -> None:
+    """The helper's side: build the stage, feed it, acknowledge each stop on stdout.
+
+    The imports (``preload`` first) and the stage's set-up run at full priority: the
+    caller waits for them and no run goes on yet.  The documents are handled at
+    ``niceness`` (see `_handle`).
+    """
+    for module in preload:
+        # Only a head start: a module that fails here fails again, reported, in the factory.
+        try:
+            importlib.import_module(module)
+        except Exception:
+            logger.debug("helper process: preloading %s failed", module, exc_info=True)
     # Ctrl-C in a terminal reaches the whole process group, and so does the hang-up of a
     # closed terminal: the first is the RunEngine's to handle (pause), and after either
     # this helper must go on writing what it was given until its stdin ends.
@@ -505,7 +543,7 @@ def serve(niceness: int = 0) -> None:
                 # handed over whole or not at all, so a torn one was never promised).
                 return
             for name, doc in batch:
-                sink = _handle(name, doc, sink, answers)
+                sink = _handle(name, doc, sink, answers, niceness)
                 if sink is None:
                     return
             # After the whole batch: a stage that keeps what it is given (a spool) has it.
@@ -518,7 +556,11 @@ def serve(niceness: int = 0) -> None:
 
 
 def _handle(
-    name: str, doc: dict[str, Any], sink: Callable[[str, dict[str, Any]], Any] | None, answers: _Answers
+    name: str,
+    doc: dict[str, Any],
+    sink: Callable[[str, dict[str, Any]], Any] | None,
+    answers: _Answers,
+    niceness: int = 0,
 ) -> Callable[[str, dict[str, Any]], Any] | None:
     """One message in the helper; returns the stage (None: it could not be built)."""
     if name == "__factory__":
@@ -531,6 +573,8 @@ def _handle(
             logger.exception("helper process: the stage could not be built")
             answers.say(f"{type(exc).__name__}: {exc}")
             return None
+        if niceness > 0:  # before any document, and with every thread the stage started
+            _lower_priority(niceness)
         answers.say("ready")
         return built
     assert sink is not None

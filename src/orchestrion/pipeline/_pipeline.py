@@ -24,6 +24,18 @@ logger = logging.getLogger(__name__)
 DocumentCallback = Callable[[str, dict[str, Any]], Any]
 
 
+def post_processing_imports(config: OrchestrionConfig) -> tuple[str, ...]:
+    """What the post-processing process imports before it is handed its stage: seconds on
+    a small machine (the embedded catalog's Tiled server above all), spent while the
+    caller sets up."""
+    modules: tuple[str, ...] = ("orchestrion.pipeline",)
+    if config.tiled_enabled:
+        modules += ("tiled.client", "bluesky_tiled_plugins")
+        if not config.tiled_uri:
+            modules += ("tiled.catalog", "tiled.server.app")
+    return modules
+
+
 class CatalogStage(Protocol):
     def __call__(self, name: str, doc: dict[str, Any]) -> Any: ...
 
@@ -63,6 +75,12 @@ class DocumentPipeline:
             if run_uid in (None, uid):
                 self._settle_lost(uid, reason)
         return False
+
+    def release(self) -> None:
+        """Let a held post-processing stage be built now (see `build_pipeline`'s ``hold``)."""
+        release = getattr(self.catalog_stage, "release", None)
+        if callable(release):
+            release()
 
     def take_note(self, note: dict[str, Any]) -> None:
         """What the post-processing process reports of a run: its HDF5 file, its catalog
@@ -117,7 +135,7 @@ class DocumentPipeline:
                 close()
 
 
-def build_pipeline(config: OrchestrionConfig) -> DocumentPipeline:
+def build_pipeline(config: OrchestrionConfig, *, hold: bool = False) -> DocumentPipeline:
     """The pipeline the configuration asks for, as a RunEngine subscribes it.
 
     In this process: the run summaries, and the hand-over of every document to the
@@ -127,11 +145,16 @@ def build_pipeline(config: OrchestrionConfig) -> DocumentPipeline:
     post-processing process reports each run's HDF5 file, catalog node and what it made
     durable back to the summaries, and acknowledges each run when it is written
     (`wait_catalogued`).
+
+    The post-processing process starts importing at once; with ``hold`` it builds its
+    stage (recovering files, opening the catalog) only at `DocumentPipeline.release` or
+    the first document, so a caller can start it before it has checked its request.
     """
     pipeline = DocumentPipeline()
     stage = ProcessSink(
         build_post_processing, config, "post-processing",
         on_note=pipeline.take_note, niceness=config.post_processing_niceness,
+        preload=post_processing_imports(config), hold=hold,
     )  # fmt: skip
     pipeline.catalog_stage = stage
     pipeline.callbacks.append(_HandOver(stage))
