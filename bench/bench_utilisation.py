@@ -82,7 +82,7 @@ def _utilisation(sequencer: Any, clock: _RunClock) -> float:
 
 def measure(home: Path) -> dict[str, list[float]]:
     config = load_config(home=home, sim_time_scale=1.0, sim_seed=1)
-    results: dict[str, list[float]] = {"ours": [], "bare": [], "no look-ahead": []}
+    results: dict[str, list[float]] = {"ours": [], "bare": [], "no look-ahead": [], "processes": []}
     with LabSession(config) as session:
         assert session.lab is not None
         lab = session.lab
@@ -103,15 +103,18 @@ def measure(home: Path) -> dict[str, list[float]]:
                 yield from bps.mv(sequencer.program, program)
                 yield from bps.trigger_and_read([sequencer])
 
-        def ours(lookahead: int) -> MsgGenerator[Any]:
-            lab.config = config.model_copy(update={"preprocess_workers": WORKERS, "preprocess_lookahead": lookahead})
+        def ours(lookahead: int, processes: bool = False) -> MsgGenerator[Any]:
+            lab.config = config.model_copy(update={
+                "preprocess_workers": WORKERS, "preprocess_lookahead": lookahead, "preprocess_processes": processes,
+            })  # fmt: skip
             return run_experiment(experiment, lab, RunRequest(experiment=experiment.name, shots=SHOTS))
 
         session.RE(ours(LOOKAHEAD))  # warm up
         session.pipeline.wait_catalogued() if session.pipeline else None
         for _ in range(REPEATS):
             for name, plan in (("bare", lambda: bare()), ("ours", lambda: ours(LOOKAHEAD)),
-                               ("no look-ahead", lambda: ours(0))):  # fmt: skip
+                               ("no look-ahead", lambda: ours(0)),
+                               ("processes", lambda: ours(LOOKAHEAD, processes=True))):  # fmt: skip
                 sequencer.executions.clear()
                 if name == "bare" and session.pipeline is not None:
                     session.pipeline.unsubscribe(session.RE)
@@ -138,6 +141,12 @@ def figures() -> list[Figure]:
             goal=Goal.at_least(GOAL), note=about,
             missed_because="the RunEngine's own work between points (opening, baseline, set-up of the run) "
             "is already above 5 % in the bare run: see the baseline.",
+        ),
+        Figure(
+            "utilisation", "the same, compiled in worker processes (preprocess_processes)", "",
+            results["processes"], results["bare"], "bare RunEngine, sequences compiled beforehand",
+            goal=Goal.at_least(GOAL), note=about,
+            missed_because="the bare RunEngine misses it too on this loaded machine: see the baseline.",
         ),
         Figure(
             "utilisation", "the same, without look-ahead (compiled when the hardware asks)", "",

@@ -540,7 +540,8 @@ def run_experiment(
         return _compile_sequence(experiment, ChainMap(point_values, values), request.shots)
 
     try:
-        first = compile_point(next(request.points()))
+        first_point = next(request.points())
+        first = compile_point(first_point)
     except SequenceError as exc:
         raise InputError(f"{experiment.name}: {exc}") from None
 
@@ -587,6 +588,8 @@ def run_experiment(
             request.points(),
             lookahead=lab.config.preprocess_lookahead,
             workers=lab.config.preprocess_workers,
+            ready={first_point.index: first},  # compiled above, before the run opened: not again
+            processes=lab.config.preprocess_processes,
         ) as preprocessor:
             for point in request.points():
                 # A checkpoint per point: a deferred pause (Ctrl-C once) stops here, and

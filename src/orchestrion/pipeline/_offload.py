@@ -389,7 +389,12 @@ class _Helper:
             self._handed_over.notify_all()
         self._wake.set()
         with contextlib.suppress(OSError):
-            self.process.kill()  # already dead, or dying: reaped by `process.wait`
+            self.process.kill()  # already dead, or dying
+        self.process.wait()
+        self._feeder.join(timeout=5)
+        self._reader.join(timeout=5)  # its pipe has ended with the process
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
     def _feed(self) -> None:
         assert self.process.stdin is not None
