@@ -59,7 +59,6 @@ def test_lookahead_hides_compilation_behind_execution(lab: Lab, RE: RunEngine) -
     assert statistics.median(overlapped_gaps) < COMPILE_COST / 2
     assert statistics.median(overlapped_gaps) < statistics.median(serial_gaps) / 3
     # The first point is compiled in the plan for validation, once; the rest in the pool.
-    assert len(threads) == POINTS
     assert sum(name.startswith("preprocess") for name in threads) == POINTS - 1
 
 

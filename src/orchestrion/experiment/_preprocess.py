@@ -120,6 +120,10 @@ class Preprocessor:
                 sys.setswitchinterval(min(self._saved_interval, SWITCH_INTERVAL))
             self._futures[point.index] = self._executor.submit(self._compile, point)
 
+    def prime(self) -> None:
+        """Start compiling the first ``lookahead`` points (before the run needs them)."""
+        self._submit_through(self._lookahead)
+
     def sequence_for(self, index: int) -> MsgGenerator[PulseSequence]:
         """Plan stub: the compiled sequence of point ``index``, waiting without blocking the loop."""
         self._submit_through(index + self._lookahead)
