@@ -90,11 +90,12 @@ class RunChain:
         self.settings = settings
         self.checks = RunChecks(self.run_uid)
         self.spool: SpoolWriter | None = None
-        if config.tiled_enabled:
-            try:
-                self.spool = SpoolWriter(spool_dir(config.home), self.run_uid)
-            except OSError as exc:
-                logger.error("run %s: its documents cannot be spooled for the catalog: %s", self.run_uid, exc)
+        # Spooled with or without a catalog: a post-processing process that dies mid-run
+        # is replaced, and its successor rebuilds the run from the spool (ADR 0812).
+        try:
+            self.spool = SpoolWriter(spool_dir(config.home), self.run_uid)
+        except OSError as exc:
+            logger.error("run %s: its documents cannot be spooled: %s", self.run_uid, exc)
         self.serializer = Serializer(
             config.data_dir,
             file_prefix=config.hdf5_file_prefix,
@@ -202,16 +203,17 @@ class RunChain:
                 problems.append(stage.failure)
         bundled = self.bundler.bundled_points
         catalog = self._catalog_outcome(bundled, problems)
+        durable = file.status is not None and file.points >= bundled and not file.problems
         spool_kept: str | None = None
         if self.spool is not None:
-            if catalog is not None and catalog.complete:
+            catalogued = catalog is not None and catalog.complete
+            if catalogued or (durable and not self.settings.config.tiled_enabled):
                 self.spool.discard()
             else:
                 self.spool.close()
                 spool_kept = str(self.spool.path) if self.spool.failure is None else None
                 if spool_kept:
                     problems.append(f"its documents are kept in {spool_kept} for `orchestrion catalog repair`")
-        durable = file.status is not None and file.points >= bundled and not file.problems
         if self.superseded is not None:
             if durable:
                 self.superseded.unlink(missing_ok=True)
