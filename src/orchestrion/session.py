@@ -213,8 +213,9 @@ class LabSession:
             self._open_leniently()
         if self.lab is not None:
             activate(self.lab)
-        if self._early is not None:
-            pipeline, self._early = self._early, None
+        pipeline: DocumentPipeline | None = self._early
+        if pipeline is not None:
+            self._early = None
             pipeline.release()
         else:
             with _helpers_ignore_ctrl_c():
