@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -24,6 +25,11 @@ RunEngine's threads need the GIL between two points could cost them that long, a
 hardware waits meanwhile (ADR 0811)."""
 
 
+WORKER_NICENESS = 10
+"""Of the worker processes (``processes=True``): with the look-ahead full they have time
+to spare, and the RunEngine's process, whose every delay is the hardware's, gets the CPU
+first on a machine with few cores (as the post-processing process does, ADR 0205)."""
+
 _installed: Callable[[ScanPoint], PulseSequence] | None = None
 """A worker process's compiler, inherited at its fork (`_install`)."""
 
@@ -31,6 +37,7 @@ _installed: Callable[[ScanPoint], PulseSequence] | None = None
 def _install(compile_point: Callable[[ScanPoint], PulseSequence]) -> None:
     global _installed
     _installed = compile_point
+    os.nice(WORKER_NICENESS)
 
 
 def _compile_installed(point: ScanPoint) -> PulseSequence:
