@@ -14,6 +14,8 @@ process and waiting for the run to be written.
 ``BENCH_STARTUP_BEFORE=REV`` also times the same commands on the source of git revision
 REV (exported to a temporary directory, put first on ``PYTHONPATH``), interleaved with
 the current code: the before and after of a change (the report keeps them).
+``BENCH_STARTUP_AFTER=REV`` times REV's source in place of the checkout (so the checkout
+can change while the bench runs).
 
     python -m bench startup
 """
@@ -120,18 +122,21 @@ def measure(trees: Sequence[Tree], repeats: int = REPEATS) -> dict[str, dict[str
 @collector("startup")
 def figures() -> list[Figure]:
     before = os.environ.get("BENCH_STARTUP_BEFORE")
+    after = os.environ.get("BENCH_STARTUP_AFTER")
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
-        trees = [Tree("current", ROOT, Path(tmp) / "home")]
+        current = _export(after, Path(tmp) / "after") if after else ROOT
+        trees = [Tree(after or "current", current, Path(tmp) / "home")]
         if before:
             trees.append(Tree(before, _export(before, Path(tmp) / "before"), Path(tmp) / "home-before"))
         times = measure(trees)
-        for tree in trees[1:]:
-            shutil.rmtree(tree.root, ignore_errors=True)
+        for tree in trees:
+            if tree.root != ROOT:
+                shutil.rmtree(tree.root, ignore_errors=True)
     bare = times["python -c pass"]["wall"]
     result: list[Figure] = []
     for tree in trees:
         t = times[tree.label]
-        suffix = "" if tree.root == ROOT else f" (at {tree.label}, before)"
+        suffix = "" if tree is trees[0] else f" (at {tree.label}, before)"
         for name in LISTINGS:
             result.append(Figure(
                 "startup", f"`orchestrion {name}`{suffix}", "s", t[name], bare, "python -c pass",

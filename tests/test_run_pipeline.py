@@ -235,10 +235,10 @@ def test_a_post_processing_process_that_dies_between_runs_is_replaced_at_the_nex
             assert f["entry/points"][()] == points
 
 
-def test_a_run_whose_post_processing_process_dies_is_reported_lost_and_its_file_recovered(
+def test_a_run_whose_post_processing_process_dies_is_taken_over_and_written_whole(
     config: OrchestrionConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pipeline, RE = _sim_pipeline(config)
+    pipeline, RE = _sim_pipeline(config)  # HDF5 only: the spool is what the successor has
 
     def killed_midway() -> Generator[Msg, Any, str]:
         uid: str = yield from bps.open_run()
@@ -256,22 +256,25 @@ def test_a_run_whose_post_processing_process_dies_is_reported_lost_and_its_file_
         return uid
 
     try:
-        (lost,) = RE(killed_midway())  # the RunEngine's run is not stopped by it
-        assert not pipeline.wait_catalogued(lost, timeout=120)
+        (taken_over,) = RE(killed_midway())
+        assert pipeline.wait_catalogued(taken_over, timeout=120)
         (after,) = RE(bp.count([det], 2))
         assert pipeline.wait_catalogued(after, timeout=120)
     finally:
         pipeline.close()
-    assert f"run {lost} was not written" in caplog.text
-    # The next helper found the dead one's file and marked it: readable, incomplete.
-    lost_file = pipeline.summaries.runs[lost].hdf5
-    assert lost_file is not None
-    with h5py.File(lost_file, "r") as f:
-        assert f["entry/status"][()] == b"incomplete"
-    after_file = pipeline.summaries.runs[after].hdf5
-    assert after_file is not None
-    with h5py.File(after_file, "r") as f:
-        assert f["entry/points"][()] == 2
+    assert "takes over" in caplog.text
+    # One file under the run's name with all five points, closed as a success.
+    summary = pipeline.summaries.runs[taken_over]
+    assert (summary.status, summary.points) == ("success", 5)
+    assert summary.hdf5 is not None
+    with h5py.File(summary.hdf5, "r") as f:
+        assert f["entry/status"][()] == b"success"
+        assert f["entry/points"][()] == 5
+        assert f["entry/data/seq_num"][:].tolist() == [1, 2, 3, 4, 5]
+    assert sorted(p.name for p in Path(summary.hdf5).parent.iterdir() if ".h5" in p.name) == sorted(
+        Path(pipeline.summaries.runs[uid].hdf5 or "").name for uid in (taken_over, after)
+    )
+    assert list((config.home / "spool").glob("*")) == []
 
 
 def _niceness_of_threads(pid: int) -> set[int]:

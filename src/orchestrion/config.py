@@ -45,6 +45,10 @@ class OrchestrionConfig(BaseSettings):
     preprocess_lookahead: int = Field(
         8, ge=0, le=10_000, description="How many points ahead of the hardware sequences are compiled (0: none)"
     )
+    # Pre-processing (perf, ADR 0811): compile in forked worker processes instead of threads.
+    preprocess_processes: bool = Field(
+        False, description="Compile sequences in worker processes (no GIL shared with the RunEngine) instead of threads"
+    )
     setpoint_retries: int = Field(3, ge=1, le=100, description="Attempts to reach a device set-point before failing")
 
     # Devices (`devices/`): how long each may take to connect, and what a failure means.

@@ -164,9 +164,17 @@ class LabSession:
         run_engine: RunEngine | None = None,
         lenient: bool = False,
         pipeline_factory: Callable[[OrchestrionConfig], DocumentPipeline] = build_pipeline,
+        early_pipeline: bool = False,
     ) -> None:
         self.config = config
         self.lenient = lenient
+        # ``early_pipeline``: the post-processing process starts now, held (it imports,
+        # and writes nothing until `open`), so its seconds of imports overlap the
+        # library's, the devices' and the lab's set-up (ADR 0810).
+        self._early: DocumentPipeline | None = None
+        if early_pipeline and pipeline_factory is build_pipeline:
+            with _helpers_ignore_ctrl_c():
+                self._early = build_pipeline(config, hold=True)
         # Where the documents go: this process's post-processing (embedded), or the
         # document bus (services mode, `orchestrion.bus.build_bus_pipeline`).
         self._pipeline_factory = pipeline_factory
@@ -205,8 +213,13 @@ class LabSession:
             self._open_leniently()
         if self.lab is not None:
             activate(self.lab)
-        with _helpers_ignore_ctrl_c():
-            pipeline = self.attempt("document pipeline", lambda: self._pipeline_factory(self.config))
+        pipeline: DocumentPipeline | None = self._early
+        if pipeline is not None:
+            self._early = None
+            pipeline.release()
+        else:
+            with _helpers_ignore_ctrl_c():
+                pipeline = self.attempt("document pipeline", lambda: self._pipeline_factory(self.config))
         if pipeline is not None:
             self.pipeline = pipeline
             pipeline.subscribe(self.RE)
@@ -253,6 +266,9 @@ class LabSession:
     # -- closing ---------------------------------------------------------------------------
 
     def close(self) -> None:
+        if self._early is not None:  # never opened: the held helper had nothing to do
+            self._early.close()
+            self._early = None
         for token in self._tokens:
             self.RE.unsubscribe(token)
         self._tokens.clear()
@@ -320,10 +336,12 @@ class EmbeddedSession(LabSession):
     library: ExperimentLibrary
     devices: DeviceRegistry
 
-    def __init__(self, config: OrchestrionConfig, *, run_engine: RunEngine | None = None) -> None:
+    def __init__(
+        self, config: OrchestrionConfig, *, run_engine: RunEngine | None = None, early_pipeline: bool = False
+    ) -> None:
         if run_engine is None:
             run_engine = RunEngine({}, call_returns_result=True, context_managers=[self._abort_on_signals])
-        super().__init__(config, run_engine=run_engine)
+        super().__init__(config, run_engine=run_engine, early_pipeline=early_pipeline)
         self._signalled: signal.Signals | None = None
 
     def lab_parameters(self) -> ParameterStore:

@@ -7,10 +7,13 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from lmfit import Model, Parameters
 from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:  # lmfit (and scipy) are imported by the fits that use them: seconds of start-up
+    from lmfit import Parameters
 
 logger = logging.getLogger(__name__)
 TWO_PI = 2.0 * math.pi
@@ -72,6 +75,8 @@ def _fit(
     if x.size < len(free) + 1:
         logger.info("%s fit skipped: %d points for %d free parameters", model_name, x.size, len(free))
         return None
+    from lmfit import Model
+
     model = Model(func, independent_vars=[next(iter(inspect.signature(func).parameters))])
     try:
         result = model.fit(y, params, **{model.independent_vars[0]: x})
@@ -113,6 +118,8 @@ def fit_spectroscopy(
     def model(d: NDArray[np.float64], center: float, contrast: float, offset: float) -> NDArray[np.float64]:
         return rabi_lineshape(d, center, rabi_frequency, pulse_time, contrast, offset)
 
+    from lmfit import Parameters
+
     params = Parameters()
     params.add("center", value=float(x[np.argmax(y)]), min=float(x.min()) - span, max=float(x.max()) + span)
     # A bright fraction: the line's peak lies between 0 and 1 (a little margin for noise).
@@ -151,6 +158,8 @@ def fit_oscillation(t: ArrayLike, bright: ArrayLike, frequency_guess: float | No
     )
 
     def parameters(decays: bool) -> Parameters:
+        from lmfit import Parameters
+
         params = Parameters()
         params.add("frequency", value=frequency_guess, min=0.0, max=frequency_guess * 4 + 1.0)
         params.add("tau", value=3 * span if decays else math.inf, min=span / 100, max=1e3 * span, vary=decays)
@@ -189,6 +198,8 @@ def fit_lorentzian(x: ArrayLike, y: ArrayLike) -> FitResult | None:
     if xs.size == 0:
         return None
     span = float(np.ptp(xs)) or 1.0
+    from lmfit import Parameters
+
     params = Parameters()
     params.add("center", value=float(xs[int(np.argmax(ys))]), min=float(xs.min()) - span, max=float(xs.max()) + span)
     params.add("fwhm", value=span / 4, min=span / 1e4, max=10 * span)

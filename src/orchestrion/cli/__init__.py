@@ -1,23 +1,59 @@
-"""The `orchestrion` command line."""
+"""The `orchestrion` command line.
+
+Each command's module is imported only when that command runs (`LazyGroup`): the
+modules behind them import the lab, the pipeline, the analysis or the GUI, seconds of
+imports that a listing command must not pay for the others (issue 16).
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import click
 
-from ._api import api_key
-from ._catalog import catalog
 from ._common import config_from, json_option, print_json, reports_errors
-from ._devices import devices
-from ._gui import gui, plot
-from ._jobs import abort, cancel, job, jobs, pause, resume, submit
-from ._params import params
-from ._run import experiments, run
-from ._services import down, status, up
+
+COMMANDS = {
+    "run": "._run:run",
+    "experiments": "._run:experiments",
+    "devices": "._devices:devices",
+    "params": "._params:params",
+    "catalog": "._catalog:catalog",  # pipeline: `orchestrion catalog repair`
+    "api-key": "._api:api_key",
+    "up": "._services:up",
+    "down": "._services:down",
+    "status": "._services:status",
+    "submit": "._jobs:submit",
+    "jobs": "._jobs:jobs",
+    "job": "._jobs:job",
+    "cancel": "._jobs:cancel",
+    "pause": "._jobs:pause",
+    "resume": "._jobs:resume",
+    "abort": "._jobs:abort",
+    "gui": "._gui:gui",
+    "plot": "._gui:plot",
+}
+"""Command name -> ``.module:attribute`` of its click command, imported when it runs."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A click group whose `COMMANDS` are imported when one is looked up, not before."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            module, _, attribute = COMMANDS[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module, __name__), attribute)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{COMMANDS[cmd_name]} is not a click command")
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int) -> None:
@@ -59,16 +95,6 @@ def shell(ctx: click.Context) -> None:
 
     profile = config_from(ctx).profile_dir / "ipython"
     start_ipython(argv=["--profile-dir", str(profile), *ctx.args])
-
-
-cli.add_command(run)
-cli.add_command(experiments)
-cli.add_command(devices)
-cli.add_command(params)
-cli.add_command(catalog)  # pipeline: `orchestrion catalog repair`
-cli.add_command(api_key)
-for _command in (up, down, status, submit, jobs, job, cancel, pause, resume, abort, gui, plot):
-    cli.add_command(_command)
 
 
 def main() -> None:

@@ -7,8 +7,6 @@ from typing import Any
 
 import click
 
-from orchestrion.analysis import fit_lines
-
 from ._common import config_from, json_option, print_json, reports_errors
 from ._run import parse_assignments, run_options
 
@@ -55,6 +53,8 @@ def _job_line(job: dict[str, Any]) -> str:
 
 
 def _job_details(document: dict[str, Any]) -> None:
+    from orchestrion.analysis import fit_lines  # lmfit and scipy: seconds, for this command alone
+
     for key in ("id", "experiment", "status", "priority", "submitter", "user_group", "run_uid", "points",
                 "points_total", "hdf5", "tiled", "error", "parent", "parameters_timestamp", "code_commit",
                 "code_clean"):  # fmt: skip

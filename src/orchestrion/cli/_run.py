@@ -10,12 +10,8 @@ from types import FrameType
 from typing import Any
 
 import click
-from rich.console import Console
 
 from orchestrion.errors import InputError, one_line, quoted
-from orchestrion.experiment import RunRequest, ScanPattern
-from orchestrion.session import EmbeddedSession, RunInterrupted
-from orchestrion.shell import ProgressDisplay, print_run_summary
 
 from ._common import config_from, json_option, print_json, reports_errors
 
@@ -64,8 +60,10 @@ def run_options(func: Any) -> Any:
         ),
         click.option("--shots", type=int, default=None, help="Shots per point."),
         click.option("--repetitions", type=int, default=1, show_default=True, help="Repeat the whole scan."),
+        # Checked by the run request (`ScanPattern`, one line naming the choices), so that
+        # `submit`, which shares these options, need not import the experiment layer.
         click.option(
-            "--pattern", type=click.Choice([p.value for p in ScanPattern]), default="linear", show_default=True
+            "--pattern", default="linear", show_default=True, help="Order of the points: linear, shuffled or centred."
         ),
     ]
     for option in reversed(options):
@@ -94,17 +92,29 @@ def run(
     Ctrl-C (SIGINT) or SIGTERM aborts the run: its file is closed and marked 'abort',
     one line says so, and the exit status is 130 or 143.
     """
+    # Imported here: the lab, the pipeline and the display are this command's alone.
+    from rich.console import Console
+
+    from orchestrion.experiment import RunRequest
+    from orchestrion.session import EmbeddedSession, RunInterrupted
+    from orchestrion.shell import ProgressDisplay, print_run_summary
+
     config = config_from(ctx)
-    session = EmbeddedSession(config)
-    request = RunRequest.build(
-        experiment=experiment,
-        scan=scans or None,
-        parameters=parse_assignments(assignments),
-        shots=shots,
-        repetitions=repetitions,
-        pattern=pattern,
-    )
-    session.validate(request)  # refuses bad input before anything is opened or written
+    # The post-processing process starts at once, held: its imports overlap the lab's set-up.
+    session = EmbeddedSession(config, early_pipeline=True)
+    try:
+        request = RunRequest.build(
+            experiment=experiment,
+            scan=scans or None,
+            parameters=parse_assignments(assignments),
+            shots=shots,
+            repetitions=repetitions,
+            pattern=pattern,
+        )
+        session.validate(request)  # refuses bad input before anything is opened or written
+    except BaseException:
+        session.close()  # the held post-processing process goes, having written nothing
+        raise
     console = Console(stderr=as_json)
     interactive = sys.stdout.isatty() and not as_json
     try:
@@ -135,9 +145,11 @@ def run(
 @reports_errors
 def experiments(ctx: click.Context, as_json: bool) -> None:
     """List the experiment library with parameters and scan options."""
+    # The library alone: no RunEngine (it imports ophyd to note its version) and no devices.
+    from orchestrion.experiment import ExperimentLibrary
+
     config = config_from(ctx)
-    session = EmbeddedSession(config)
-    listing: list[dict[str, Any]] = [e.describe() for e in session.library]
+    listing: list[dict[str, Any]] = [e.describe() for e in ExperimentLibrary.load(config.plans_dir)]
     if as_json:
         print_json(listing)
         return

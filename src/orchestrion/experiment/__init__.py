@@ -4,7 +4,7 @@ from ._context import LabContext, activate, active_lab
 from ._experiment import Analyze, BuildSequence, Experiment
 from ._library import ExperimentLibrary, LibraryEntry, LibraryError
 from ._plan import experiment_plan
-from ._preprocess import Preprocessor
+from ._preprocess import SWITCH_INTERVAL, Preprocessor
 from ._request import RunRequest, first_error
 from ._runner import (
     ExperimentResult,
@@ -22,6 +22,7 @@ from ._runner import (
 from ._scan import Linspace, Scan, ScanAxis, ScanPattern, ScanPoint
 
 __all__ = [
+    "SWITCH_INTERVAL",
     "Analyze",
     "BuildSequence",
     "Experiment",

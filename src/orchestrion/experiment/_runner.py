@@ -540,7 +540,8 @@ def run_experiment(
         return _compile_sequence(experiment, ChainMap(point_values, values), request.shots)
 
     try:
-        first = compile_point(next(request.points()))
+        first_point = next(request.points())
+        first = compile_point(first_point)
     except SequenceError as exc:
         raise InputError(f"{experiment.name}: {exc}") from None
 
@@ -582,47 +583,41 @@ def run_experiment(
         yield from ensure_connected(record)
         for setting_id, (device, value) in request.device_settings.items():
             yield from set_with_readback(setting_id, device, value, retries)
-        with Preprocessor(
-            compile_point,
-            request.points(),
-            lookahead=lab.config.preprocess_lookahead,
-            workers=lab.config.preprocess_workers,
-        ) as preprocessor:
-            for point in request.points():
-                # A checkpoint per point: a deferred pause (Ctrl-C once) stops here, and
-                # resuming repeats at most the current point.
-                yield from bps.checkpoint()
-                try:
-                    sequence = yield from preprocessor.sequence_for(point.index)
-                except SequenceError as exc:
-                    raise InputError(f"{experiment.name}, point {point.index}: {exc}") from None
-                try:
-                    for target in device_axes:
-                        axis_id = target.axis.id
-                        yield from set_with_readback(axis_id, target.device, point.values[axis_id], retries)
-                    point_info.show(point)
-                    yield from bps.mv(sequencer.program, sequence.to_json())
-                    if sequence.content_hash not in recorded:
-                        recorded.add(sequence.content_hash)
-                        record.show(sequence)
-                        yield from bps.trigger_and_read([record], name=SEQUENCES)
-                    reading = yield from bps.trigger_and_read(detectors, name=PRIMARY)
-                except OrchestrionError:
+        for point in request.points():
+            # A checkpoint per point: a deferred pause (Ctrl-C once) stops here, and
+            # resuming repeats at most the current point.
+            yield from bps.checkpoint()
+            try:
+                sequence = yield from preprocessor.sequence_for(point.index)
+            except SequenceError as exc:
+                raise InputError(f"{experiment.name}, point {point.index}: {exc}") from None
+            try:
+                for target in device_axes:
+                    axis_id = target.axis.id
+                    yield from set_with_readback(axis_id, target.device, point.values[axis_id], retries)
+                point_info.show(point)
+                yield from bps.mv(sequencer.program, sequence.to_json())
+                if sequence.content_hash not in recorded:
+                    recorded.add(sequence.content_hash)
+                    record.show(sequence)
+                    yield from bps.trigger_and_read([record], name=SEQUENCES)
+                reading = yield from bps.trigger_and_read(detectors, name=PRIMARY)
+            except OrchestrionError:
+                raise
+            except Exception as exc:
+                # A device that stopped answering (an IOC gone, a cable pulled): the
+                # run fails naming it; the points read so far are in the run.
+                culprit = lab.devices.blame(exc)
+                if culprit is None:
                     raise
-                except Exception as exc:
-                    # A device that stopped answering (an IOC gone, a cable pulled): the
-                    # run fails naming it; the points read so far are in the run.
-                    culprit = lab.devices.blame(exc)
-                    if culprit is None:
-                        raise
-                    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                    if isinstance(exc, TimeoutError):
-                        detail = f"no answer in time ({detail})"
-                    raise DeviceError(
-                        f"device '{culprit}' failed at point {point.index} ({len(result.points)} points kept): {detail}"
-                    ) from exc
-                result.points.append(point)
-                result.readings.append({k: r["value"] for k, r in reading.items()})
+                detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                if isinstance(exc, TimeoutError):
+                    detail = f"no answer in time ({detail})"
+                raise DeviceError(
+                    f"device '{culprit}' failed at point {point.index} ({len(result.points)} points kept): {detail}"
+                ) from exc
+            result.points.append(point)
+            result.readings.append({k: r["value"] for k, r in reading.items()})
         if experiment.analyze is not None:
             fit = experiment.analyze(result.points, result.readings, values)
             if fit:
@@ -630,6 +625,25 @@ def run_experiment(
                 analysis_device = AnalysisResults(result.analysis)
                 yield from ensure_connected(analysis_device)
                 yield from bps.trigger_and_read([analysis_device], name=ANALYSIS)
+
+    # The pool starts on the first points while the run opens and reads its baseline, so
+    # the hardware does not wait for it (nor for its worker processes to start) then.
+    preprocessor = Preprocessor(
+        compile_point,
+        request.points(),
+        lookahead=lab.config.preprocess_lookahead,
+        workers=lab.config.preprocess_workers,
+        ready={first_point.index: first},  # compiled above, before the run opened: not again
+        processes=lab.config.preprocess_processes,
+    )
+
+    def primed(plan: MsgGenerator[str]) -> MsgGenerator[str]:
+        preprocessor.prime()
+        return (yield from plan)
+
+    def release() -> MsgGenerator[None]:
+        preprocessor.close()
+        yield from bps.null()
 
     # The baseline and monitor wrappers act on the open_run/close_run messages, so they
     # must wrap the run, not the plan inside it.
@@ -640,7 +654,7 @@ def run_experiment(
     monitors = lab.devices.async_signals()
     if monitors:
         plan = bpp.monitor_during_wrapper(plan, monitors)
-    result.run_uid = yield from plan
+    result.run_uid = yield from bpp.finalize_wrapper(primed(plan), release)
 
     for result_key, parameter_id in experiment.calibrates.items():
         if result_key in result.analysis:

@@ -12,4 +12,6 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     arguments = argparse.ArgumentParser(description="orchestrion's post-processing helper (internal)")
     arguments.add_argument("--niceness", type=int, default=0)
-    serve(arguments.parse_args().niceness)
+    arguments.add_argument("--preload", action="append", default=[], help="a module to import at once")
+    parsed = arguments.parse_args()
+    serve(parsed.niceness, parsed.preload)

@@ -8,11 +8,17 @@ returns once the run has left this process; `ProcessSink.wait_catalogued` waits 
 stage to finish it.  The stage can send notes back (for instance the HDF5 file it
 opened for a run), which reach ``on_note`` in this process before the run's
 acknowledgement.
+
+A helper that dies mid-run is replaced, and the new one takes its unfinished runs over
+(`ProcessSink` keeps every document the helper has not confirmed; a stage that can,
+``resume(run_uid, documents)``, rebuilds the run from what it kept itself plus those).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -22,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -32,6 +38,10 @@ FEED_INTERVAL = 0.2  # s: longest a document waits before it is handed over
 STOP_WAIT = 300.0  # s: longest a stop document waits for the stage to catch up
 ACK = "orchestrion-ack "
 NOTE = "orchestrion-note "
+FED = "orchestrion-fed "  # N: the helper has handled its first N messages
+LOST = "orchestrion-lost "  # UID REASON: the helper cannot finish a run it was given
+RESUME = "__resume__"  # the message that hands a dead helper's run to its successor
+MAX_RESUMES = 3  # a run whose helpers keep dying is given up after this many take-overs
 
 # The helper's entry module: one the package does not import, so that `-m` does not
 # find it in sys.modules already (runpy warns of that on every start).
@@ -39,6 +49,8 @@ HELPER_MODULE = "orchestrion.pipeline._helper"
 
 Note = dict[str, Any]
 Report = Callable[[Note], None]
+Message = tuple[int, str | None, int, str, dict[str, Any]]
+"""(ticket, run uid, the document's index in its run, name, document) of a message."""
 
 
 class ProcessSink:
@@ -57,11 +69,21 @@ class ProcessSink:
     on they no longer depend on this process.  The RunEngine does not wait for the stage
     to finish the run: whoever reads the run back calls `wait_catalogued` first.
 
-    A helper that dies takes the runs it had not finished with it (`wait_catalogued`
-    says so, and why); the next run's start document starts a new helper.
+    A helper that dies (after its stage was built) is replaced at once, and the runs it
+    had not finished are handed to the new one: each as a ``__resume__`` message with
+    the run's documents the dead helper had not confirmed having handled (``FED``), for
+    the stage's ``resume(run_uid, documents)``, and ``factory`` is then called with
+    ``resuming=[run uids]``.  A run the new stage cannot take over (no ``resume``, or
+    it says it cannot) is lost: `wait_catalogued` says so, and why.
 
-    ``niceness`` > 0 lowers the helper's CPU priority: on a machine with few cores its
-    threads otherwise preempt the RunEngine's (ADR 0205).
+    ``niceness`` > 0 lowers the helper's CPU priority once its stage is built: on a
+    machine with few cores its threads otherwise preempt the RunEngine's (ADR 0205).
+
+    ``preload`` names modules the helper imports as soon as it starts, before it is
+    handed anything; with ``hold=True`` the factory (and with it the stage's side
+    effects: files recovered, the catalog opened) waits for `release` or the first
+    document.  Together they let a caller start the helper's seconds of imports beside
+    its own set-up, before it has checked its request (ADR 0810).
     """
 
     def __init__(
@@ -71,8 +93,12 @@ class ProcessSink:
         label: str,
         on_note: Callable[[Note], Any] | None = None,
         niceness: int = 0,
+        preload: Sequence[str] = (),
+        hold: bool = False,
     ) -> None:
         self.label = label
+        self.preload = tuple(preload)
+        self._held = hold
         self.factory, self.argument, self.on_note = factory, argument, on_note  # what its helpers run
         self.niceness = niceness  # of its helper process
         self._closing = False
@@ -80,28 +106,112 @@ class ProcessSink:
         self._state = threading.Condition()
         self._unfinished: dict[str, _Helper] = {}
         self._lost: dict[str, str] = {}  # run uid -> why it was not written
-        self._helper = _Helper(self)
+        # Which run each document belongs to, and its index there: what a successor needs.
+        self._run_of_ref: dict[str, str] = {}  # descriptor or resource uid -> run uid
+        self._refs: dict[str, list[str]] = {}  # run uid -> its descriptors and resources
+        self._counts: dict[str, int] = {}  # run uid -> documents so far
+        self._resumes: dict[str, int] = {}  # run uid -> take-overs so far
+        self._switch = threading.Lock()  # a document is put, or the helper replaced
+        self._helper = _Helper(self, hold=hold)
+
+    def release(self) -> None:
+        """Hand the held factory to the helper: its stage is built (nothing if not held)."""
+        with self._switch:
+            if self._held:
+                self._held = False
+                self._helper.give_factory()
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
-        helper = self._helper
-        # At a start, a helper killed an instant ago counts as dead even before its
-        # reader thread has seen its pipe close.
-        if helper.exited or (name == "start" and helper.process.poll() is not None):
-            # A helper that ran and died is replaced at the next run; one whose stage could
-            # not be built would fail the same way again.
-            if name != "start" or self._closing or not helper.ready:
-                reason = f"the helper process has exited ({helper.error or helper.process.wait()})"
-                if name == "start":
-                    with self._state:
-                        self._lost[str(doc.get("uid"))] = reason
-                raise RuntimeError(f"{self.label}: {reason}")
-            logger.warning("%s: the helper process exited (%s); a new one writes run %s on",
-                           self.label, helper.process.wait(), doc.get("uid"))  # fmt: skip
-            helper = self._helper = _Helper(self)
-        if name == "start":
+        if self._held:
+            self.release()
+        run, index = self._place(name, doc)
+        with self._switch:
+            helper = self._helper
+            # At a start, a helper killed an instant ago counts as dead even before its
+            # reader thread has seen its pipe close.
+            if helper.exited or (name == "start" and helper.process.poll() is not None):
+                if self._closing or helper.failed:
+                    # A helper whose stage could not be built would fail the same way again.
+                    reason = f"the helper process has exited ({helper.error or helper.process.wait()})"
+                    if name == "start":
+                        with self._state:
+                            self._lost[str(doc.get("uid"))] = reason
+                    raise RuntimeError(f"{self.label}: {reason}")
+                helper = self._replace(helper)
+            if run is not None and run in self._lost:
+                raise RuntimeError(f"{self.label}: run {run} is not written: {self._lost[run]}")
+            if name == "start":
+                with self._state:
+                    self._unfinished[str(doc.get("uid"))] = helper
+            ticket = helper.put(name, doc, run, index)
+        if name == "stop":
+            self._wait_handed_over(helper, ticket, str(doc.get("run_start")))
+
+    def _place(self, name: str, doc: dict[str, Any]) -> tuple[str | None, int]:
+        """The run ``doc`` belongs to (None: no run known) and its index among the run's documents."""
+        if name in ("start", "stop", "descriptor", "resource"):
+            run = str(doc.get("uid") if name == "start" else doc.get("run_start"))
+            if name in ("descriptor", "resource"):
+                self._run_of_ref[str(doc.get("uid"))] = run
+                self._refs.setdefault(run, []).append(str(doc.get("uid")))
+        elif name in ("event", "event_page"):
+            run = self._run_of_ref.get(str(doc.get("descriptor")))  # type: ignore[assignment]
+        elif name in ("datum", "datum_page"):
+            run = self._run_of_ref.get(str(doc.get("resource")))  # type: ignore[assignment]
+        else:
+            run = None
+        if run is None:
+            return None, 0
+        index = self._counts.get(run, 0)
+        if name == "stop":  # no more of this run: its bookkeeping goes
+            self._counts.pop(run, None)
+            for ref in self._refs.pop(run, []):
+                self._run_of_ref.pop(ref, None)
+        else:
+            self._counts[run] = index + 1
+        return run, index
+
+    def _wait_handed_over(self, helper: _Helper, ticket: int, run_uid: str) -> None:
+        """Until the message ``ticket`` is in ``helper``'s pipe, or in a successor's."""
+        deadline = time.monotonic() + STOP_WAIT
+        while True:
+            if helper.wait_written(ticket, deadline):
+                return
+            with self._switch:
+                if self._helper is helper and helper.process.poll() is not None and not helper.failed:
+                    self._replace(helper)
+                successor = self._helper
+            if successor is helper or time.monotonic() >= deadline:
+                raise RuntimeError(f"{self.label}: run {run_uid} could not be handed to the helper process")
+            # The successor was handed the run's documents first, in its resume messages.
+            helper, ticket = successor, successor.resumes_end
+
+    def _replace(self, dead: _Helper) -> _Helper:
+        """A new helper for the dead one, given its unfinished runs (``_switch`` held)."""
+        if self._helper is not dead:
+            return self._helper
+        dead.abandon()
+        carried = dead.unconfirmed()
+        with self._state:
+            runs = [uid for uid, helper in self._unfinished.items() if helper is dead]
+            for uid in list(runs):
+                self._resumes[uid] = self._resumes.get(uid, 0) + 1
+                if self._resumes[uid] > MAX_RESUMES:
+                    runs.remove(uid)
+                    del self._unfinished[uid]
+                    self._lost[uid] = f"its post-processing process died {MAX_RESUMES + 1} times"
+        logger.warning("%s: the helper process exited (%s); a new one takes over %s", self.label,
+                       dead.process.wait(), ", ".join(runs) or "the next run")  # fmt: skip
+        helper = self._helper = _Helper(self, resuming=runs)
+        for uid in runs:
+            documents = [(index, name, doc) for _, run, index, name, doc in carried if run == uid]
+            helper.put(RESUME, {"run": uid, "documents": documents}, None, 0)
             with self._state:
-                self._unfinished[str(doc.get("uid"))] = helper
-        helper.put(name, doc)
+                self._unfinished[uid] = helper
+        helper.resumes_end = helper.given
+        with self._state:
+            self._state.notify_all()
+        return helper
 
     def wait_catalogued(self, run_uid: str | None = None, timeout: float = STOP_WAIT) -> bool:
         """Wait until the helper has finished ``run_uid`` (default: every run handed over).
@@ -110,8 +220,12 @@ class ProcessSink:
         or it exited first); the reason is logged.
         """
         deadline = time.monotonic() + timeout
-        with self._state:
-            while True:
+        while True:
+            helper = self._helper
+            if helper.exited and not helper.failed and not self._closing:
+                with self._switch:
+                    self._replace(helper)
+            with self._state:
                 self._forget_dead_helpers()
                 if run_uid is not None:
                     if run_uid in self._lost:
@@ -142,6 +256,13 @@ class ProcessSink:
                 logger.error("%s: %s", self.label, answer)
             self._state.notify_all()
 
+    def helper_lost(self, run_uid: str, reason: str) -> None:
+        """The helper cannot finish ``run_uid`` (a run it was to take over)."""
+        with self._state:
+            self._unfinished.pop(run_uid, None)
+            self._lost[run_uid] = reason
+            self._state.notify_all()
+
     def helper_exited(self, helper: _Helper) -> None:
         """``helper``'s answers have ended: nothing more will be acknowledged."""
         with self._state:
@@ -149,9 +270,10 @@ class ProcessSink:
             self._state.notify_all()
 
     def _forget_dead_helpers(self) -> None:
-        """Runs of a helper that has exited are lost (called with ``_state`` held)."""
+        """Runs of a helper that will not be replaced are lost (called with ``_state`` held):
+        its stage could not be built, or this sink is closing."""
         for uid, helper in list(self._unfinished.items()):
-            if helper.exited or helper.error is not None:
+            if helper.failed or (helper.exited and self._closing):
                 del self._unfinished[uid]
                 self._lost[uid] = helper.error or f"the helper process exited ({helper.process.wait()})"
 
@@ -171,24 +293,32 @@ class ProcessSink:
 
     def close(self) -> None:
         self._closing = True
+        if self._held:  # handed nothing: only imports to cut short
+            self._helper.process.terminate()
         self._helper.close()
 
 
 class _Helper:
-    """One helper process: its pipe, the thread that feeds it and the one that reads its answers."""
+    """One helper process: its pipe, the thread that feeds it and the one that reads its answers.
 
-    def __init__(self, sink: ProcessSink) -> None:
+    Every message it was given stays here until the helper confirms it has handled it
+    (``FED``), so that a successor can be given what this one may have lost.
+    """
+
+    def __init__(self, sink: ProcessSink, resuming: list[str] | None = None, hold: bool = False) -> None:
         self.sink = sink
+        preload = [argument for module in sink.preload for argument in ("--preload", module)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", HELPER_MODULE, "--niceness", str(sink.niceness)],
+            [sys.executable, "-m", HELPER_MODULE, "--niceness", str(sink.niceness), *preload],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )  # fmt: skip
         # Documents are handed over in batches: waking the feeder thread for every event
         # cost the RunEngine thread about 0.3 ms an event in GIL hand-offs.
-        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._pending: list[Message] = []
+        self._retained: collections.deque[Message] = collections.deque()  # in the pipe, not yet confirmed
         self._lock = threading.Lock()
         self._handed_over = threading.Condition(self._lock)
-        self._given = 0  # messages given to this helper, the factory's included
+        self.given = 0  # messages given to this helper, the factory's included
         self._written = 0  # messages written to its pipe
         self._feed_failed = False
         self._wake = threading.Event()
@@ -196,39 +326,75 @@ class _Helper:
         self.error: str | None = None  # what the helper said went wrong (its stage could not be built)
         self.exited = False  # its stdout closed: checked per document without a syscall
         self.ready = False  # its stage was built
+        self.resumes_end = 0  # the ticket of its last resume message
         label = sink.label
         self._feeder = threading.Thread(target=self._feed, name=f"orchestrion-{label}-feed", daemon=True)
         self._reader = threading.Thread(target=self._read, name=f"orchestrion-{label}-acks", daemon=True)
         # Not waited for: the helper imports while the session opens and the run starts;
         # documents wait here and in the pipe.
-        factory = {"factory": sink.factory, "argument": sink.argument, "notes": sink.on_note is not None}
-        self._pending.append(("__factory__", factory))
-        self._given = 1
-        self._wake.set()
+        self._resuming = list(resuming or [])
         self._feeder.start()
         self._reader.start()
+        if not hold:
+            self.give_factory()
 
-    def put(self, name: str, doc: dict[str, Any]) -> None:
+    def give_factory(self) -> None:
+        """The stage's factory, the helper's first message."""
+        sink = self.sink
+        factory = {"factory": sink.factory, "argument": sink.argument, "notes": sink.on_note is not None,
+                   "resuming": self._resuming}  # fmt: skip
+        self.put("__factory__", factory, None, 0)
+
+    @property
+    def failed(self) -> bool:
+        """Its stage could not be built: a successor would fail the same way."""
+        return self.error is not None and not self.ready
+
+    def put(self, name: str, doc: dict[str, Any], run: str | None, index: int) -> int:
+        """Queue a message for the helper; its ticket (`wait_written`)."""
         with self._lock:
-            self._pending.append((name, doc))
-            self._given += 1
-            ticket = self._given
+            self.given += 1
+            ticket = self.given
+            self._pending.append((ticket, run, index, name, doc))
             # Once per batch: the feeder may take a moment to empty it.
             urgent = name not in ("event", "event_page") or len(self._pending) == FEED_BATCH
         if urgent:
             self._wake.set()
-        if name == "stop":
-            self._wait_handed_over(ticket, str(doc.get("run_start")))
+        return ticket
 
-    def _wait_handed_over(self, ticket: int, run_uid: str) -> None:
-        deadline = time.monotonic() + STOP_WAIT
+    def wait_written(self, ticket: int, deadline: float) -> bool:
+        """Whether message ``ticket`` reached the helper's pipe (False: the feed failed, or too late)."""
         with self._handed_over:
             # In short slices: a helper that died does not hold up the RunEngine.
             while self._written < ticket and not self._feed_failed and time.monotonic() < deadline:
                 self._handed_over.wait(timeout=0.2)
-            if self._written >= ticket:
-                return
-        raise RuntimeError(f"{self.sink.label}: run {run_uid} could not be handed to the helper process")
+            return self._written >= ticket
+
+    def confirm(self, handled: int) -> None:
+        """The helper has handled its first ``handled`` messages: they need not be kept."""
+        with self._lock:
+            while self._retained and self._retained[0][0] <= handled:
+                self._retained.popleft()
+
+    def unconfirmed(self) -> list[Message]:
+        """Every message the helper may not have handled, in order (after `abandon`)."""
+        with self._lock:
+            return [*self._retained, *self._pending]
+
+    def abandon(self) -> None:
+        """The helper is dead: its feeder stops, its messages stay for `unconfirmed`."""
+        with self._lock:
+            self._closing = True
+            self._feed_failed = True
+            self._handed_over.notify_all()
+        self._wake.set()
+        with contextlib.suppress(OSError):
+            self.process.kill()  # already dead, or dying
+        self.process.wait()
+        self._feeder.join(timeout=5)
+        self._reader.join(timeout=5)  # its pipe has ended with the process
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
     def _feed(self) -> None:
         assert self.process.stdin is not None
@@ -240,18 +406,23 @@ class _Helper:
                 self._wake.wait(timeout=FEED_INTERVAL)
                 self._wake.clear()
                 with self._lock:
+                    if self._feed_failed:
+                        return
                     batch, self._pending = self._pending, []
+                    self._retained.extend(batch)
                     closing = self._closing
                 if batch:
-                    pickle.dump(batch, stream, protocol=pickle.HIGHEST_PROTOCOL)
+                    pickle.dump([(name, doc) for _, _, _, name, doc in batch], stream,
+                                protocol=pickle.HIGHEST_PROTOCOL)  # fmt: skip
                     stream.flush()
                     with self._handed_over:
-                        self._written += len(batch)
+                        self._written = batch[-1][0]
                         self._handed_over.notify_all()
                 if closing:
                     return
         except (BrokenPipeError, OSError, pickle.PicklingError):
-            logger.exception("%s: documents can no longer reach the helper process", self.sink.label)
+            if not self._closing:
+                logger.warning("%s: documents can no longer reach the helper process", self.sink.label)
             with self._handed_over:
                 self._feed_failed = True
                 self._handed_over.notify_all()
@@ -264,8 +435,13 @@ class _Helper:
         sink = self.sink
         for line in self.process.stdout:
             text = line.decode(errors="replace").strip()
-            if text.startswith(NOTE):
+            if text.startswith(FED):
+                self.confirm(int(text[len(FED) :]))
+            elif text.startswith(NOTE):
                 sink.helper_noted(text[len(NOTE) :])
+            elif text.startswith(LOST):
+                uid, _, reason = text[len(LOST) :].partition(" ")
+                sink.helper_lost(uid, reason)
             elif text == f"{ACK}ready":
                 self.ready = True
             elif text.startswith(ACK):
@@ -300,6 +476,12 @@ class _Answers:
     def say(self, text: str) -> None:
         self._write(f"{ACK}{text}\n")
 
+    def fed(self, handled: int) -> None:
+        self._write(f"{FED}{handled}\n")
+
+    def lost(self, run_uid: str, reason: str) -> None:
+        self._write(f"{LOST}{run_uid} {' '.join(reason.split())}\n")
+
     def note(self, note: Note) -> None:
         """Sends ``note`` to the feeding process's ``on_note`` (before the run's acknowledgement)."""
         self._write(f"{NOTE}{json.dumps(note, default=str)}\n")
@@ -332,10 +514,19 @@ def _lower_priority(niceness: int) -> None:
             os.setpriority(os.PRIO_PROCESS, thread, niceness)
 
 
-def serve(niceness: int = 0) -> None:
-    """The helper's side: build the stage, feed it, acknowledge each stop on stdout."""
-    if niceness > 0:
-        _lower_priority(niceness)
+def serve(niceness: int = 0, preload: Sequence[str] = ()) -> None:
+    """The helper's side: build the stage, feed it, acknowledge each stop on stdout.
+
+    The imports (``preload`` first) and the stage's set-up run at full priority: the
+    caller waits for them and no run goes on yet.  The documents are handled at
+    ``niceness`` (see `_handle`).
+    """
+    for module in preload:
+        # Only a head start: a module that fails here fails again, reported, in the factory.
+        try:
+            importlib.import_module(module)
+        except Exception:
+            logger.debug("helper process: preloading %s failed", module, exc_info=True)
     # Ctrl-C in a terminal reaches the whole process group, and so does the hang-up of a
     # closed terminal: the first is the RunEngine's to handle (pause), and after either
     # this helper must go on writing what it was given until its stdin ends.
@@ -347,6 +538,7 @@ def serve(niceness: int = 0) -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     source = sys.stdin.buffer
     sink: Callable[[str, dict[str, Any]], Any] | None = None
+    handled = 0
     try:
         while True:
             try:
@@ -356,9 +548,12 @@ def serve(niceness: int = 0) -> None:
                 # handed over whole or not at all, so a torn one was never promised).
                 return
             for name, doc in batch:
-                sink = _handle(name, doc, sink, answers)
+                sink = _handle(name, doc, sink, answers, niceness)
                 if sink is None:
                     return
+            # After the whole batch: a stage that keeps what it is given (a spool) has it.
+            handled += len(batch)
+            answers.fed(handled)
     finally:
         close = getattr(sink, "close", None)
         if callable(close):
@@ -366,22 +561,31 @@ def serve(niceness: int = 0) -> None:
 
 
 def _handle(
-    name: str, doc: dict[str, Any], sink: Callable[[str, dict[str, Any]], Any] | None, answers: _Answers
+    name: str,
+    doc: dict[str, Any],
+    sink: Callable[[str, dict[str, Any]], Any] | None,
+    answers: _Answers,
+    niceness: int = 0,
 ) -> Callable[[str, dict[str, Any]], Any] | None:
     """One message in the helper; returns the stage (None: it could not be built)."""
     if name == "__factory__":
         try:
             factory = doc["factory"]
-            built: Callable[[str, dict[str, Any]], Any] = (
-                factory(doc["argument"], answers.note) if doc.get("notes") else factory(doc["argument"])
-            )
+            arguments = [doc["argument"], answers.note] if doc.get("notes") else [doc["argument"]]
+            extra = {"resuming": doc["resuming"]} if doc.get("resuming") else {}
+            built: Callable[[str, dict[str, Any]], Any] = factory(*arguments, **extra)
         except Exception as exc:
             logger.exception("helper process: the stage could not be built")
             answers.say(f"{type(exc).__name__}: {exc}")
             return None
+        if niceness > 0:  # before any document, and with every thread the stage started
+            _lower_priority(niceness)
         answers.say("ready")
         return built
     assert sink is not None
+    if name == RESUME:
+        _resume(sink, str(doc["run"]), doc["documents"], answers)
+        return sink
     try:
         sink(name, doc)
     except Exception:
@@ -389,3 +593,22 @@ def _handle(
     if name == "stop":
         answers.say(str(doc.get("run_start")))
     return sink
+
+
+def _resume(
+    sink: Callable[[str, dict[str, Any]], Any], run_uid: str, documents: list[tuple[int, str, dict[str, Any]]],
+    answers: _Answers,
+) -> None:  # fmt: skip
+    """Take over ``run_uid`` from a helper that died: ``sink.resume`` rebuilds it."""
+    resume = getattr(sink, "resume", None)
+    if not callable(resume):
+        answers.lost(run_uid, "its post-processing process died, and the stage cannot take a run over")
+        return
+    try:
+        stopped = resume(run_uid, documents)
+    except Exception as exc:
+        logger.exception("helper process: run %s could not be taken over", run_uid)
+        answers.lost(run_uid, f"its post-processing process died, and it could not be taken over: {exc}")
+        return
+    if stopped:
+        answers.say(run_uid)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,6 +22,18 @@ from ._tiled import connect_catalog  # Tiled itself is imported where a catalog 
 logger = logging.getLogger(__name__)
 
 DocumentCallback = Callable[[str, dict[str, Any]], Any]
+
+
+def post_processing_imports(config: OrchestrionConfig) -> tuple[str, ...]:
+    """What the post-processing process imports before it is handed its stage: seconds on
+    a small machine (the embedded catalog's Tiled server above all), spent while the
+    caller sets up."""
+    modules: tuple[str, ...] = ("orchestrion.pipeline",)
+    if config.tiled_enabled:
+        modules += ("tiled.client", "bluesky_tiled_plugins")
+        if not config.tiled_uri:
+            modules += ("tiled.catalog", "tiled.server.app")
+    return modules
 
 
 class CatalogStage(Protocol):
@@ -80,6 +92,12 @@ class DocumentPipeline:
             self.wait_catalogued(run_uid, timeout)
         return summary.outcome
 
+    def release(self) -> None:
+        """Let a held post-processing stage be built now (see `build_pipeline`'s ``hold``)."""
+        release = getattr(self.catalog_stage, "release", None)
+        if callable(release):
+            release()
+
     def take_note(self, note: dict[str, Any]) -> None:
         """What the post-processing process reports of a run: its HDF5 file, its catalog
         node, and what it made durable (the run's outcome)."""
@@ -133,7 +151,7 @@ class DocumentPipeline:
                 close()
 
 
-def build_pipeline(config: OrchestrionConfig) -> DocumentPipeline:
+def build_pipeline(config: OrchestrionConfig, *, hold: bool = False) -> DocumentPipeline:
     """The pipeline the configuration asks for, as a RunEngine subscribes it.
 
     In this process: the run summaries, and the hand-over of every document to the
@@ -143,11 +161,16 @@ def build_pipeline(config: OrchestrionConfig) -> DocumentPipeline:
     post-processing process reports each run's HDF5 file, catalog node and what it made
     durable back to the summaries, and acknowledges each run when it is written
     (`wait_catalogued`).
+
+    The post-processing process starts importing at once; with ``hold`` it builds its
+    stage (recovering files, opening the catalog) only at `DocumentPipeline.release` or
+    the first document, so a caller can start it before it has checked its request.
     """
     pipeline = DocumentPipeline()
     stage = ProcessSink(
         build_post_processing, config, "post-processing",
         on_note=pipeline.take_note, niceness=config.post_processing_niceness,
+        preload=post_processing_imports(config), hold=hold,
     )  # fmt: skip
     pipeline.catalog_stage = stage
     pipeline.callbacks.append(_HandOver(stage))
@@ -181,7 +204,9 @@ class _HandOver:
             close()
 
 
-def build_post_processing(config: OrchestrionConfig, report: Report | None = None) -> DocumentCallback:
+def build_post_processing(
+    config: OrchestrionConfig, report: Report | None = None, *, resuming: Sequence[str] = ()
+) -> DocumentCallback:
     """Bundler, then HDF5 files and Tiled: what happens to a run's documents after the RunEngine.
 
     One `RunRouter` (`PostProcessing`) makes, per run, the chain bundler -> (HDF5
@@ -193,6 +218,8 @@ def build_post_processing(config: OrchestrionConfig, report: Report | None = Non
     post-processing process of `build_pipeline`, a message bus) can feed it; what it
     reports per run (``report(note)``: the file, the catalog node, and once per run the
     `RunOutcome` read back from both) is documented in `orchestrion.pipeline._post`.
+    ``resuming``: runs a process that died was writing, which this one takes over
+    (`PostProcessing.resume`): repair leaves their spools alone.
     """
     tell: Report = report or (lambda note: None)
     recover_orphans(config.data_dir)
@@ -206,7 +233,7 @@ def build_post_processing(config: OrchestrionConfig, report: Report | None = Non
             logger.exception("Tiled writer: the catalog cannot be reached; runs are written to HDF5 and spooled")
         else:
             try:
-                repair_catalog(config, connection)
+                repair_catalog(config, connection, skip=resuming)
             except Exception:
                 logger.exception("catalog repair failed; the spooled runs are kept for the next attempt")
     return PostProcessing(config, tell, connection)

@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from orchestrion.config import OrchestrionConfig
@@ -32,8 +33,8 @@ from ._hdf5_files import STATUS_ERROR, STATUS_RUNNING
 from ._repair import repair_catalog
 from ._routing import RunsRouter, Stage
 from ._serializer import FileOutcome, Serializer
-from ._spool import HDF5_NOTE, SpoolWriter, spool_dir
-from ._tiled import CatalogConnection, CatalogOutcome, RunCatalogWriter, connect_catalog
+from ._spool import HDF5_NOTE, SUFFIX, SpoolWriter, read_spool, spool_dir
+from ._tiled import CatalogConnection, CatalogOutcome, RunCatalogWriter, connect_catalog, delete_run
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class _Settings:
     config: OrchestrionConfig
     report: Report
     connection: CatalogConnection | None
+    superseded: dict[str, Path] = field(default_factory=dict)  # run uid -> the file a resumed run replaces
 
 
 class RunChain:
@@ -97,11 +99,12 @@ class RunChain:
         self.settings = settings
         self.checks = RunChecks(self.run_uid)
         self.spool: SpoolWriter | None = None
-        if config.tiled_enabled:
-            try:
-                self.spool = SpoolWriter(spool_dir(config.home), self.run_uid)
-            except OSError as exc:
-                logger.error("run %s: its documents cannot be spooled for the catalog: %s", self.run_uid, exc)
+        # Spooled with or without a catalog: a post-processing process that dies mid-run
+        # is replaced, and its successor rebuilds the run from the spool (ADR 0812).
+        try:
+            self.spool = SpoolWriter(spool_dir(config.home), self.run_uid)
+        except OSError as exc:
+            logger.error("run %s: its documents cannot be spooled: %s", self.run_uid, exc)
         self.serializer = Serializer(
             config.data_dir,
             file_prefix=config.hdf5_file_prefix,
@@ -119,6 +122,9 @@ class RunChain:
         self.exit_status: str | None = None
         self.done = False
         self._closing = False
+        # A run taken over from a post-processing process that died: that process's file,
+        # moved aside, goes once this chain's file holds the run.
+        self.superseded: Path | None = settings.superseded.pop(self.run_uid, None)
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
         if self.done:
@@ -206,16 +212,22 @@ class RunChain:
                 problems.append(stage.failure)
         bundled = self.bundler.bundled_points
         catalog = self._catalog_outcome(bundled, problems)
+        durable = file.status is not None and file.points >= bundled and not file.problems
         spool_kept: str | None = None
         if self.spool is not None:
-            if catalog is not None and catalog.complete:
+            catalogued = catalog is not None and catalog.complete
+            if catalogued or (durable and not self.settings.config.tiled_enabled):
                 self.spool.discard()
             else:
                 self.spool.close()
                 spool_kept = str(self.spool.path) if self.spool.failure is None else None
                 if spool_kept:
                     problems.append(f"its documents are kept in {spool_kept} for `orchestrion catalog repair`")
-        durable = file.status is not None and file.points >= bundled and not file.problems
+        if self.superseded is not None:
+            if durable:
+                self.superseded.unlink(missing_ok=True)
+            else:
+                problems.append(f"the file of its earlier post-processing process is kept as {self.superseded}")
         in_catalog = not self.settings.config.tiled_enabled or (catalog is not None and catalog.complete)
         complete = durable and in_catalog and not self._closing and not self.problems
         outcome = RunOutcome(
@@ -273,6 +285,47 @@ class PostProcessing(RunsRouter):
         chain = RunChain(start, self.settings)
         self.track(chain.run_uid, chain)
         return [chain], []
+
+    def resume(self, run_uid: str, documents: Sequence[tuple[int, str, dict[str, Any]]]) -> bool:
+        """Take over ``run_uid`` from a post-processing process that died mid-run.
+
+        The run is written again whole: its spool (every document the dead process was
+        given, kept before any stage saw it) followed by ``documents``, ``(index in the
+        run, name, doc)`` the feeding process kept because the dead one never confirmed
+        them (those the spool holds already are skipped).  The dead process's file, which
+        recovery has closed as "incomplete", is moved aside and removed once the new one
+        holds the run; its partial catalog entry is removed and the run catalogued anew.
+        Returns whether the run's stop was among them.  Raises when the run cannot be
+        rebuilt (its first documents are neither spooled nor kept).
+        """
+        spool = spool_dir(self.settings.config.home) / f"{run_uid}{SUFFIX}"
+        # The spool being replayed is moved aside and kept until the new one holds as much:
+        # a successor that dies in the middle leaves the complete one for the next.
+        previous = spool.with_name(spool.name + ".resumed")
+        if previous.exists():
+            spool.unlink(missing_ok=True)  # a partial re-spool of an earlier take-over
+        elif spool.exists():
+            spool.replace(previous)
+        spooled = read_spool(previous) if previous.exists() else []
+        replay = [(name, doc) for name, doc in spooled if name != HDF5_NOTE]
+        if documents and documents[0][0] > len(replay):
+            raise RuntimeError(f"documents {len(replay)} to {documents[0][0] - 1} of the run were not kept")
+        replay += [(name, doc) for index, name, doc in documents if index >= len(replay)]
+        if not replay or replay[0][0] != "start":
+            raise RuntimeError("its start document was not kept")
+        old_file = next((Path(doc["path"]) for name, doc in spooled if name == HDF5_NOTE), None)
+        if old_file is not None and old_file.exists():
+            aside = old_file.with_name(f".{old_file.name}.superseded")
+            old_file.replace(aside)
+            self.settings.superseded[run_uid] = aside
+        if self.settings.connection is not None:
+            delete_run(self.settings.connection, run_uid)
+        logger.warning("run %s: taken over from a post-processing process that died (%d documents replayed)",
+                       run_uid, len(replay))  # fmt: skip
+        for name, doc in replay:
+            self(name, doc)
+        previous.unlink(missing_ok=True)
+        return replay[-1][0] == "stop"
 
     def _reconnect(self) -> None:
         if time.monotonic() < self._retry_at:

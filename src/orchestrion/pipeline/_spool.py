@@ -1,8 +1,10 @@
-"""A run's documents kept on disk until the catalog holds the run: what repair replays.
+"""A run's documents kept on disk until the catalog holds the run (without a catalog:
+until its file does): what repair replays, and what a post-processing process that
+takes over a dead one's run rebuilds it from.
 
 Post-processing appends every document of a run, as it arrives and before any stage
 sees it, to ``HOME/spool/RUN_UID.docs`` (pickled: documents carry numpy arrays).  The
-spool is removed once the run has been read back complete from the catalog.  While a
+spool is removed once the run has been read back complete from the catalog (or file).  While a
 spool is written its writer holds an exclusive lock on it, so repair leaves live runs
 alone.
 """

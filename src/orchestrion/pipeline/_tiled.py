@@ -14,8 +14,10 @@ top level.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
+import sqlite3
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -107,7 +109,9 @@ def open_embedded_catalog(home: Path) -> CatalogConnection:
         adapter = catalog_from_uri(
             catalog_uri,
             writable_storage=[str(paths["files"]), f"sqlite:///{paths['tables']}"],
-            init_if_not_exists=True,
+            # Tiled checks and initialises a catalog in a child interpreter of its own
+            # (seconds of imports, at every open): only for one not yet at its revision.
+            init_if_not_exists=not _catalog_is_current(paths["catalog"]),
         )
     # An in-process app is no server: its start-up banner ("Tiled version ...") is noise
     # on a user's terminal, and so is starlette's deprecation of the test client that
@@ -118,6 +122,20 @@ def open_embedded_catalog(home: Path) -> CatalogConnection:
         context = Context.from_app(build_app(adapter))
     client = from_context(context)
     return CatalogConnection(client=client, location=catalog_uri, served=False, _context=context)
+
+
+def _catalog_is_current(path: Path) -> bool:
+    """Whether the catalog database exists, stamped with the schema revision Tiled requires."""
+    from tiled.catalog.core import REQUIRED_REVISION
+
+    if not path.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as database:
+            stamped = database.execute("SELECT version_num FROM alembic_version").fetchall()
+    except sqlite3.Error:  # no alembic table yet: created but never initialised
+        return False
+    return bool(stamped == [(REQUIRED_REVISION,)])
 
 
 @dataclass

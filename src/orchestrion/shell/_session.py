@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bluesky import RunEngine
-from bluesky.callbacks.best_effort import BestEffortCallback
 from pydantic import SecretStr
 from rich.console import Console
 
@@ -25,6 +24,9 @@ from orchestrion.session import LabSession, Problem
 
 from ._display import NOT_PLOTTED, ProgressDisplay, SummaryPrinter, check_display, print_run_summary
 from ._params import ParameterBrowser
+
+if TYPE_CHECKING:  # matplotlib comes with it: a second of start-up, paid when the table is made
+    from bluesky.callbacks.best_effort import BestEffortCallback
 
 __all__ = ["Problem", "ShellSession"]
 
@@ -55,7 +57,9 @@ class ShellSession:
         # the pipeline is built.
         if _services_up(config):
             config = _with_stack_catalog(config)
-        session = cls(config=config, lab_session=LabSession(config, lenient=True), console=console or Console())
+        # The post-processing process starts first, held: its imports overlap the lab's (ADR 0810).
+        lab_session = LabSession(config, lenient=True, early_pipeline=True)
+        session = cls(config=config, lab_session=lab_session, console=console or Console())
         session.extras.update(extras)
         session._load()
         return session
@@ -119,6 +123,8 @@ class ShellSession:
             self.extras["db"] = db
 
     def _subscribe_display(self) -> None:
+        from bluesky.callbacks.best_effort import BestEffortCallback
+
         self.table = BestEffortCallback()
         self.table.disable_baseline()
         self.table.noplot_streams = list(NOT_PLOTTED)
