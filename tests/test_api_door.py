@@ -297,10 +297,12 @@ def test_the_devices_commands_on_a_lab_pc_switch_the_stacks_devices_through_the_
 
     history_before = admin.device_history("rf")
     refused = orchestrion(observer_key, "devices", "disable", "rf")
-    assert refused.exit_code != 0 and "may not" in refused.output, refused.output
+    assert refused.exit_code != 0
+    assert "may not" in refused.output, refused.output
     assert admin.device_history("rf") == history_before
     as_someone_else = orchestrion(user_key, "devices", "disable", "rf", "--user", "alice")
-    assert as_someone_else.exit_code != 0 and "--user" in as_someone_else.output, as_someone_else.output
+    assert as_someone_else.exit_code != 0
+    assert "--user" in as_someone_else.output, as_someone_else.output
 
     switched = orchestrion(user_key, "devices", "disable", "rf", "--reason", "night shift")
     assert switched.exit_code == 0, switched.output
