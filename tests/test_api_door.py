@@ -306,7 +306,8 @@ def test_the_devices_commands_on_a_lab_pc_switch_the_stacks_devices_through_the_
 
     switched = orchestrion(user_key, "devices", "disable", "rf", "--reason", "night shift")
     assert switched.exit_code == 0, switched.output
-    assert switched.output.startswith("rf: disabled by bob at ") and "night shift" in switched.output
+    assert switched.output.startswith("rf: disabled by bob at ")
+    assert "night shift" in switched.output
     listing = orchestrion(observer_key, "devices", "--json")
     assert listing.exit_code == 0, listing.output
     assert next(d for d in json.loads(listing.output) if d["name"] == "rf")["enabled"] is False
