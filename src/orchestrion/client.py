@@ -26,7 +26,7 @@ import httpx
 from orchestrion.errors import InputError, OrchestrionError
 
 PREFIX = "/api/orchestrion"
-TERMINAL = ("done", "failed", "cancelled")
+TERMINAL = ("done", "incomplete", "failed", "cancelled")  # "writing": the run is over, its data not yet
 
 
 class ApiError(OrchestrionError):
