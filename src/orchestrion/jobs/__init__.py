@@ -8,7 +8,7 @@ records what the queue server did.
 
 from ._executor import make_executor, run_job
 from ._recorder import JobRecorder, code_version, latest_parameter_timestamp
-from ._scheduler import EXIT_STATUS, WORKER_DESTROYED, Scheduler, item_job_id, read_heartbeat, read_worker_state
+from ._scheduler import EXIT_STATUS, WORKER_DESTROYED, Scheduler, read_heartbeat, read_worker_state
 from ._store import (
     ACTIVE,
     MIGRATIONS,
@@ -29,11 +29,14 @@ from ._submit import (
     JobRequest,
     QueueServerError,
     abort_running,
+    adopt_plain_items,
+    adopted_job,
     cancel_job,
     change_priority,
     check_parameter_store,
     describe_item,
     insert_position,
+    item_job_id,
     pause_running,
     place_executor,
     placement_from_table,
@@ -63,6 +66,8 @@ __all__ = [
     "Scheduler",
     "UnknownJobError",
     "abort_running",
+    "adopt_plain_items",
+    "adopted_job",
     "cancel_job",
     "change_priority",
     "check_parameter_store",

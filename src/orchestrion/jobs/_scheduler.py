@@ -30,10 +30,10 @@ from typing import Any
 from orchestrion.addresses import close_api, queue_server_api, run_dir, worker_state_file
 from orchestrion.config import OrchestrionConfig
 from orchestrion.processes import death
-from orchestrion.schema import EXECUTOR_PLAN, JOB_ID_KEY
+from orchestrion.schema import EXECUTOR_PLAN
 
-from ._store import ACTIVE, Attempt, Job, JobStatus, JobStore, NewJob
-from ._submit import place_executor
+from ._store import ACTIVE, Attempt, Job, JobStatus, JobStore
+from ._submit import adopted_job, item_job_id, place_executor
 
 logger = logging.getLogger(__name__)
 
@@ -57,34 +57,6 @@ WORKER_DESTROYED = "RE Worker environment was destroyed"
 PUSHED_BACK = ("aborted", "halted")
 # Manager states in which the worker may legitimately be missing or changing.
 _ENVIRONMENT_CHANGING = ("creating_environment", "closing_environment", "destroying_environment")
-
-
-def item_job_id(item: Mapping[str, Any]) -> int | None:
-    """The job id a queue item carries in its metadata (items from Orchestrion do)."""
-    md = (item.get("kwargs") or {}).get("md")
-    job_id = md.get(JOB_ID_KEY) if isinstance(md, Mapping) else None
-    return job_id if isinstance(job_id, int) and not isinstance(job_id, bool) else None
-
-
-def _adopted(item: Mapping[str, Any], status: JobStatus) -> NewJob:
-    kwargs = dict(item.get("kwargs") or {})
-    scan = kwargs.get("scan")
-    shots = kwargs.get("shots")
-    repetitions = kwargs.get("repetitions", 1)
-    return NewJob(
-        experiment=str(item.get("name", "")),
-        arguments=kwargs,
-        priority=0,
-        submitter=str(item.get("user", "")),
-        user_group=str(item.get("user_group", "")),
-        scan=[str(s) for s in scan] if isinstance(scan, list) else None,
-        shots=shots if isinstance(shots, int) else None,
-        repetitions=repetitions if isinstance(repetitions, int) else 1,
-        pattern=str(kwargs.get("pattern", "linear")),
-        source="queueserver",
-        status=status,
-        item_uid=str(item["item_uid"]),
-    )
 
 
 class Scheduler:
@@ -215,6 +187,9 @@ class Scheduler:
             status["manager_state"],
             status["queue_autostart_enabled"],
             status["worker_environment_exists"],
+            # The next job an executor would take: a live executor claiming jobs changes
+            # where the queued executor item belongs, without the queue server changing.
+            getattr(self.store.next_executor_job(), "id", None),
         )
         if key == self._last_status:
             return False
@@ -282,7 +257,7 @@ class Scheduler:
                     job = self.store.get(owner.id)
                 else:
                     logger.info("adopting finished item %s (%s)", item["item_uid"], item.get("name"))
-                    job = self.store.get(self.store.insert(_adopted(item, JobStatus.RUNNING)))
+                    job = self.store.get(self.store.insert(adopted_job(item, JobStatus.RUNNING)))
             if all(a.item_uid != item["item_uid"] for a in job.attempts):
                 interrupted |= self._finish(job, item)
             self._seen_history.add(item["item_uid"])
@@ -407,7 +382,7 @@ class Scheduler:
                 self.store.update(owner.id, item_uid=running["item_uid"])
                 job = self.store.get(owner.id)
             else:
-                job = self.store.get(self.store.insert(_adopted(running, JobStatus.RUNNING)))
+                job = self.store.get(self.store.insert(adopted_job(running, JobStatus.RUNNING)))
         if job.status is JobStatus.WRITING:
             return  # its run is over; the manager has not noticed yet
         if job.status is not status:
@@ -424,7 +399,7 @@ class Scheduler:
             if job is None:
                 owner = self._copy_owner(item)
                 if owner is None:
-                    self.store.insert(_adopted(item, JobStatus.QUEUED))
+                    self.store.insert(adopted_job(item, JobStatus.QUEUED))
                 elif owner.status is JobStatus.QUEUED:  # the job runs again, as configured
                     self.store.update(owner.id, item_uid=item["item_uid"])
                     logger.info("job %d: its item comes back as %s", owner.id, item["item_uid"])

@@ -122,6 +122,8 @@ def submit_job(
     with store.write():
         try:
             _check_permission(api, request.experiment, user_group)
+            queue = api.queue_get(reload=True)
+            adopt_plain_items(store, queue["items"])
             arguments = dict(kwargs)
             if request.md:
                 arguments["md"] = dict(request.md)
@@ -133,7 +135,7 @@ def submit_job(
                     code_commit=code[0], code_clean=code[1], parent=parent, status=JobStatus.QUEUED,
                 )
             )  # fmt: skip
-            place_executor(store, api)
+            place_executor(store, api, queue)
         except _api_errors() as exc:
             raise QueueServerError(
                 f"the queue server does not answer ({exc}): is the stack up (`orchestrion up`)?"
@@ -141,6 +143,35 @@ def submit_job(
     job = store.get(job_id)
     logger.info("job %d: %s queued with priority %d", job.id, job.experiment, job.priority)
     return job
+
+
+def item_job_id(item: Mapping[str, Any]) -> int | None:
+    """The job id a queue item carries in its metadata (items from Orchestrion do)."""
+    md = (item.get("kwargs") or {}).get("md")
+    job_id = md.get(JOB_ID_KEY) if isinstance(md, Mapping) else None
+    return job_id if isinstance(job_id, int) and not isinstance(job_id, bool) else None
+
+
+def adopted_job(item: Mapping[str, Any], status: JobStatus) -> NewJob:
+    """The job row of an item a plain queue-server client added (priority 0, ids the table's)."""
+    kwargs = dict(item.get("kwargs") or {})
+    scan = kwargs.get("scan")
+    shots = kwargs.get("shots")
+    repetitions = kwargs.get("repetitions", 1)
+    return NewJob(
+        experiment=str(item.get("name", "")),
+        arguments=kwargs,
+        priority=0,
+        submitter=str(item.get("user", "")),
+        user_group=str(item.get("user_group", "")),
+        scan=[str(s) for s in scan] if isinstance(scan, list) else None,
+        shots=shots if isinstance(shots, int) else None,
+        repetitions=repetitions if isinstance(repetitions, int) else 1,
+        pattern=str(kwargs.get("pattern", "linear")),
+        source="queueserver",
+        status=status,
+        item_uid=str(item["item_uid"]),
+    )
 
 
 def _check_permission(api: Any, experiment: str, user_group: str) -> None:
@@ -156,6 +187,20 @@ def _check_permission(api: Any, experiment: str, user_group: str) -> None:
         raise InputError(f"user group '{user_group}' may not run '{experiment}': {exc}") from None
     if experiment not in allowed:
         raise InputError(f"user group '{user_group}' may not run '{experiment}': not in its list of allowed plans")
+
+
+def adopt_plain_items(store: JobStore, items: Sequence[Mapping[str, Any]]) -> None:
+    """Give the queued items of plain clients that the table does not know yet their job rows.
+
+    Before a submission's own row: a plain item queued before the job is older than it,
+    which is how the executor orders them (plain items count as priority 0).  Items that
+    name a job id are left to the scheduler (it tells pushed-back copies from new items).
+    """
+    plain = [i for i in items if not _executor_item(i) and item_job_id(i) is None]
+    known = store.by_item_uids([str(i["item_uid"]) for i in plain])
+    for item in plain:
+        if str(item["item_uid"]) not in known:
+            store.insert(adopted_job(item, JobStatus.QUEUED))
 
 
 def _executor_item(item: Mapping[str, Any]) -> bool:
@@ -187,11 +232,11 @@ def place_executor(store: JobStore, api: Any, queue: Mapping[str, Any] | None = 
                 _remove_quietly(api, str(item["item_uid"]))
             return
         jobs = store.by_item_uids([str(i["item_uid"]) for i in plain])
-        now = time.time()
         target = len(plain)
         for index, item in enumerate(plain):
             job = jobs.get(str(item["item_uid"]))
-            priority, created = (job.priority, job.created) if job is not None else (0, now)
+            # An item the table does not know yet was queued before anything it knows.
+            priority, created = (job.priority, job.created) if job is not None else (0, 0.0)
             if (priority, -created) < (top.priority, -top.created):
                 target = index
                 break
