@@ -36,8 +36,10 @@ from orchestrion.services import (
 
 from .support import free_port, running_stack, wait_until
 
-# Long enough to be caught mid-run (about 10-20 s on this machine), short enough to finish.
-LONG = {"scan": ["spectroscopy.detuning=-1e5:1e5:300"], "shots": 20}
+# Long enough to be caught mid-run with its file open (the job no longer waits for its
+# data at the stop, so the run itself must last: about 10-20 s), short enough to finish.
+LONG_POINTS = 1500
+LONG = {"scan": [f"spectroscopy.detuning=-1e5:1e5:{LONG_POINTS}"], "shots": 20}
 SHORT = {"scan": ["spectroscopy.detuning=-1e5:1e5:3"], "shots": 5}
 
 
@@ -165,14 +167,16 @@ def check_account(stack: OrchestrionConfig, job: Job) -> None:
             assert Path(path).is_file(), f"attempt {number}: its file {path} is on disk"
         recorded_runs += attempt.run_uids
     assert job.run_uids == recorded_runs, "no run is dropped, none counted twice"
-    own_items = [h for h in items.values() if h["kwargs"].get("md", {}).get("job_id") == job.id]
+    own_items = [h for h in items.values() if h.get("kwargs", {}).get("md", {}).get("job_id") == job.id]
     executors = {a.item_uid for a in job.attempts if items[a.item_uid]["name"] == EXECUTOR_PLAN}
     assert len(own_items) + len(executors) == len(job.attempts), "each attempt ran in an item of its own"
     # Every run the catalog has for this job is one of its attempts' runs.
     assert set(catalogued_runs(stack, job.id)) <= set(recorded_runs)
-    assert all(i["kwargs"].get("md", {}).get("job_id") != job.id for i in queue_items(stack)), "no copy left queued"
+    assert all(i.get("kwargs", {}).get("md", {}).get("job_id") != job.id for i in queue_items(stack)), (
+        "no copy left queued"
+    )
     if job.status is JobStatus.DONE:
-        assert job.points == 300
+        assert job.points == LONG_POINTS
         # The table names a catalog node only for a run the catalog has (Tiled may have
         # died under it).
         assert (job.tiled is not None) == (job.run_uid in catalogued_runs(stack, job.id)), job
@@ -231,7 +235,7 @@ def test_a_job_cut_short_runs_again_when_the_configuration_says_so(
         assert row.status is JobStatus.DONE
         assert [a.status for a in row.attempts] == [JobStatus.FAILED, JobStatus.DONE]
         assert row.attempts[0].run_uids == first.run_uids
-        assert row.attempts[1].points == 300
+        assert row.attempts[1].points == LONG_POINTS
         check_account(stack, row)
     finally:
         with_retries(stack, 0)
