@@ -360,6 +360,20 @@ def test_the_executor_leaves_a_plain_item_its_turn_and_records_a_failed_job_and_
     store.close()
 
 
+def test_a_changed_priority_counts_at_the_next_claim_and_a_cancelled_job_is_never_claimed(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    first, second, third = (store.insert(new_job(0, status=JobStatus.QUEUED)) for _ in range(3))
+    store.update(third, priority=4)  # what `change_priority` writes
+    store.update(first, status=JobStatus.CANCELLED)  # what `cancel_job` writes for a queued job
+    store.executor_started("executor-1")
+    claimed = [store.claim_next("executor-1"), store.claim_next("executor-1")]
+    assert [job.id for job in claimed if job is not None] == [third, second]
+    assert store.claim_next("executor-1") is None
+    assert store.get(first).status is JobStatus.CANCELLED
+    assert store.retired_executors() == {"executor-1"}
+    store.close()
+
+
 def post_processing_helpers() -> list[int]:
     """This process's post-processing helper processes (`orchestrion.pipeline._helper`)."""
     found = []
