@@ -42,9 +42,9 @@ from typing import Any
 from bench._report import Figure, Goal, collector
 
 TRIVIAL = {"scan": ["spectroscopy.detuning=0:0:1"], "shots": 1}
-PAIRS = 30  # single jobs: this many bare and as many Orchestrion
+PAIRS = 12  # single jobs: this many bare and as many Orchestrion
 BATCH = 5  # jobs queued at once for the gaps
-BATCH_ROUNDS = 4  # batches each, alternating
+BATCH_ROUNDS = 2  # batches each, alternating
 SETTLE = 0.2  # s of quiet before each submission
 GAP_JOBS = 20  # trivial jobs queued at once behind a longer one, for the job-to-job gap
 BLOCKER = {"scan": ["spectroscopy.detuning=-1e5:1e5:60"], "shots": 20}  # runs while they are queued
@@ -66,9 +66,8 @@ def _history_item(api: Any, uid: str, timeout: float = 60.0) -> dict[str, Any]:
     raise TimeoutError(f"item {uid} did not finish in {timeout} s")
 
 
-def _run_times(catalog: Any, item: dict[str, Any]) -> tuple[float, float]:
-    """(start, stop) document times of the item's run."""
-    run_uid = item["result"]["run_uids"][-1]
+def _run_times(catalog: Any, run_uid: str) -> tuple[float, float]:
+    """(start, stop) document times of a run, from the catalog."""
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -86,9 +85,16 @@ class _Side:
     """One way of submitting (bare or Orchestrion) and how to put the stack in its mode."""
 
     def __init__(
-        self, submit: Callable[[], str], enter: Callable[[], None], settled: Callable[[], bool], *, start_queue: bool
+        self,
+        submit: Callable[[], str],
+        run_of: Callable[[str], str],
+        enter: Callable[[], None],
+        settled: Callable[[], bool],
+        *,
+        start_queue: bool,
     ) -> None:
         self.submit = submit
+        self.run_of = run_of  # the run uid of what `submit` returned, once it has run
         self.enter = enter
         self.settled = settled
         self.start_queue = start_queue
@@ -111,7 +117,7 @@ def _single(api: Any, catalog: Any, side: _Side) -> float:
     uid = side.submit()
     if side.start_queue:
         api.queue_start()
-    start, _ = _run_times(catalog, _history_item(api, uid))
+    start, _ = _run_times(catalog, side.run_of(uid))
     return start - t0
 
 
@@ -120,7 +126,7 @@ def _batch(api: Any, catalog: Any, side: _Side) -> list[float]:
     uids = [side.submit() for _ in range(BATCH)]
     if side.start_queue:
         api.queue_start()
-    runs = [_run_times(catalog, _history_item(api, uid)) for uid in uids]
+    runs = [_run_times(catalog, side.run_of(uid)) for uid in uids]
     return [b[0] - a[1] for a, b in itertools.pairwise(runs)]
 
 
@@ -245,10 +251,15 @@ def measure() -> dict[str, Any]:
 
             def orchestrion_submit() -> str:
                 t = time.perf_counter()
-                uid = client.submit("spectroscopy", **TRIVIAL).refresh()["item_uid"]
+                job = client.submit("spectroscopy", **TRIVIAL)
                 submit_times.append(time.perf_counter() - t)
-                assert uid is not None
-                return uid
+                return str(job.id)
+
+            def bare_run(uid: str) -> str:
+                return str(_history_item(api, uid)["result"]["run_uids"][-1])
+
+            def orchestrion_run(job_id: str) -> str:
+                return str(client.job(int(job_id)).wait(60)["run_uid"])
 
             def bare_mode() -> None:
                 stop_service(config, "scheduler")
@@ -265,8 +276,8 @@ def measure() -> dict[str, Any]:
                         raise TimeoutError("the scheduler did not turn autostart on")
                     time.sleep(0.02)
 
-            bare = _Side(bare_submit, bare_mode, lambda: True, start_queue=True)
-            ours = _Side(orchestrion_submit, orchestrion_mode, table_settled, start_queue=False)
+            bare = _Side(bare_submit, bare_run, bare_mode, lambda: True, start_queue=True)
+            ours = _Side(orchestrion_submit, orchestrion_run, orchestrion_mode, table_settled, start_queue=False)
             current: _Side | None = None
 
             def switch(side: _Side) -> None:

@@ -164,7 +164,9 @@ def check_account(stack: OrchestrionConfig, job: Job) -> None:
         assert attempt.run_uids, f"attempt {number} opened a run"
         for run_uid, path in zip(attempt.run_uids, attempt.hdf5, strict=True):
             assert run_uid[:8] in Path(path).name
-            assert Path(path).is_file(), f"attempt {number}: its file {path} is on disk"
+            # A run whose catalog entry was pending is written again by the bus (its file
+            # replaced): wait for it rather than catch it in between.
+            wait_until(lambda path=path: Path(path).is_file(), timeout=60, what=f"attempt {number}: its file {path}")
         recorded_runs += attempt.run_uids
     assert job.run_uids == recorded_runs, "no run is dropped, none counted twice"
     own_items = [h for h in items.values() if h.get("kwargs", {}).get("md", {}).get("job_id") == job.id]

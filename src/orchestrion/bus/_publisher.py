@@ -62,7 +62,7 @@ class BusPublisher:
 
     Also the pipeline's catalog stage: `wait_catalogued` waits until a worker has
     written the run (HDF5 file closed, catalog entry complete) and passes what it
-    reported (``{"run", "hdf5"}``, ``{"run", "tiled"}``) to ``on_note``.
+    reported (``{"run", "hdf5"}``, ``{"run", "tiled"}``, ``{"run", "outcome"}``) to ``on_note``.
     """
 
     def __init__(
@@ -235,8 +235,15 @@ class BusPublisher:
         for key in ("hdf5", "tiled"):
             if state.get(key):
                 self._on_note({"run": run_uid, key: state[key]})
-        if state.get("points"):
-            self._on_note({"run": run_uid, "points": json.loads(state["points"])})
+        # What the worker read back, as the run's outcome (`RunSummary.take_outcome`): the
+        # points durable in its file, and anything short of done is not all written.
+        done = state.get("status") == DONE
+        self._on_note({"run": run_uid, "outcome": {
+            "status": "complete" if done else "incomplete",
+            "points": json.loads(state["points"]) if state.get("points") else 0,
+            "hdf5": state.get("hdf5") or None, "tiled": (state.get("tiled") or None) if done else None,
+            "problems": [] if done else [state.get("reason") or f"post-processing: {state.get('status') or 'no word'}"],
+        }})  # fmt: skip
 
     def close(self) -> None:
         """Write what is queued, then stop the feeder."""
