@@ -145,7 +145,14 @@ def catalogued_runs(stack: OrchestrionConfig, job_id: int) -> list[str]:
 
 def check_account(stack: OrchestrionConfig, job: Job) -> None:
     """Job table, history, files and catalog tell the same story of ``job``, attempt by attempt."""
-    items = {h["item_uid"]: h for h in history(stack)}
+
+    def every_attempt_in_the_history() -> dict[str, dict[str, Any]] | None:
+        # The executor records its jobs itself: the queue server's history may follow later
+        # (after a fault its manager files the executor item once it is replaced).
+        found = {h["item_uid"]: h for h in history(stack)}
+        return found if all(a.item_uid in found for a in job.attempts) else None
+
+    items = wait_until(every_attempt_in_the_history, timeout=90, what=f"job {job.id}'s items in the history")
     assert job.attempts, job
     assert job.status is job.attempts[-1].status, "the final status is the final attempt's"
     recorded_runs: list[str] = []
