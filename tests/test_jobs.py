@@ -29,7 +29,6 @@ from orchestrion.jobs import (
     insert_position,
     latest_parameter_timestamp,
     make_executor,
-    placement_from_table,
     submit_job,
     validate_request,
 )
@@ -137,51 +136,6 @@ def test_insert_position_keeps_priority_order_and_submission_order_within_it(tmp
     assert insert_position(store, items, 5) == "c"  # behind its equals, before lower ones
     assert insert_position(store, items, 1) == "foreign"  # plain-client items count as 0
     assert insert_position(store, items, 0) is None  # the back
-    store.close()
-
-
-@pytest.mark.parametrize("waiting", [(), (2,), (0, 0), (5, 1), (3, -1), (0, -2), (-1,)])
-def test_placement_from_the_table_alone_is_where_the_queue_would_put_the_job(
-    tmp_path: Path, waiting: tuple[int, ...]
-) -> None:
-    """When the table alone decides, any queue it could stand for agrees.
-
-    The queue holds the waiting jobs in priority order and a plain-client item the table
-    does not know yet, wherever a plain client may have put it.
-    """
-    store = JobStore(tmp_path / "jobs.sqlite")
-    for number, priority in enumerate(sorted(waiting, reverse=True)):
-        store.insert(new_job(priority, item_uid=f"job-{number}", status=JobStatus.QUEUED))
-    store.insert(new_job(9, item_uid="ran", status=JobStatus.DONE))  # no longer in the queue
-    ordered = [{"item_uid": f"job-{number}"} for number in range(len(waiting))]
-    queues = [[*ordered[:at], {"item_uid": "plain"}, *ordered[at:]] for at in range(len(ordered) + 1)]
-    decided = 0
-    for priority in range(-3, 7):
-        place = placement_from_table(store, priority)
-        if place is None:
-            continue
-        decided += 1
-        for queue in queues:
-            before = insert_position(store, queue, priority)
-            if place == {"pos": "front"}:
-                assert before == queue[0]["item_uid"], (priority, queue)
-            else:
-                assert place == {"pos": "back"}
-                assert before is None, (priority, queue)
-    assert decided >= 5  # the common cases need no look at the queue
-    store.close()
-
-
-def test_placement_needs_the_queue_behind_equals_and_before_lower_waiting_jobs(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.sqlite")
-    assert placement_from_table(store, 0) == {"pos": "back"}
-    assert placement_from_table(store, 4) == {"pos": "front"}
-    store.insert(new_job(4, item_uid="a", status=JobStatus.QUEUED))
-    store.insert(new_job(-1, item_uid="b", status=JobStatus.QUEUED))
-    assert placement_from_table(store, 4) is None  # behind "a", before plain items it cannot see
-    assert placement_from_table(store, 0) is None  # before "b", wherever that is
-    assert placement_from_table(store, 5) == {"pos": "front"}
-    assert placement_from_table(store, -1) == {"pos": "back"}
     store.close()
 
 

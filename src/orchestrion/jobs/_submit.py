@@ -81,25 +81,6 @@ def insert_position(store: JobStore, items: Sequence[Mapping[str, Any]], priorit
     return None
 
 
-def placement_from_table(store: JobStore, priority: int) -> dict[str, str] | None:
-    """Where a job of ``priority`` goes when the job table alone can tell; None: read the queue.
-
-    Every job submitted here is in the table, with its priority, from the moment its
-    item is in the queue (the row commits with it); items that plain queue-server
-    clients added count as priority 0 and the table may not know them yet.  So a job of
-    priority 0 or less goes to the back when no waiting job has a lower priority than
-    its own, and a job of higher priority to the front when no waiting job has one as
-    high: the places `insert_position` would find in the queue itself, without asking
-    the queue server for it (a round trip as long as adding the item).
-    """
-    waiting = store.waiting_priorities()
-    if priority <= 0 and (waiting is None or waiting[0] >= priority):
-        return {"pos": "back"}
-    if priority > 0 and (waiting is None or waiting[1] < priority):
-        return {"pos": "front"}
-    return None
-
-
 def submit_job(
     store: JobStore,
     api: Any,
