@@ -6,7 +6,10 @@ temporary home, then measures, for a trivial one-point experiment:
 - submission-to-start: from the submitting call to the run's start document (the
   RunEngine opening the run), one job at a time;
 - the gap between consecutive short jobs: from one run's stop document to the next
-  run's start document, with a batch queued at once.
+  run's start document, with a batch queued at once;
+- the job-to-job gap the hardware sees: from the last point (primary event) of one
+  job's run to the first point of the next, over `GAP_JOBS` trivial jobs queued behind
+  a longer one while it runs, read from the documents on the stack's bus.
 
 The document times come from the stack's Tiled catalog; the queue server's own
 `time_start`/`time_stop` would hide the manager's polling of the worker.
@@ -30,16 +33,21 @@ import itertools
 import socket
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench._report import Figure, Goal, collector
+
 TRIVIAL = {"scan": ["spectroscopy.detuning=0:0:1"], "shots": 1}
-PAIRS = 30  # single jobs: this many bare and as many Orchestrion
+PAIRS = 12  # single jobs: this many bare and as many Orchestrion
 BATCH = 5  # jobs queued at once for the gaps
-BATCH_ROUNDS = 4  # batches each, alternating
+BATCH_ROUNDS = 2  # batches each, alternating
 SETTLE = 0.2  # s of quiet before each submission
+GAP_JOBS = 20  # trivial jobs queued at once behind a longer one, for the job-to-job gap
+BLOCKER = {"scan": ["spectroscopy.detuning=-1e5:1e5:60"], "shots": 20}  # runs while they are queued
 
 
 def _free_port() -> int:
@@ -58,9 +66,8 @@ def _history_item(api: Any, uid: str, timeout: float = 60.0) -> dict[str, Any]:
     raise TimeoutError(f"item {uid} did not finish in {timeout} s")
 
 
-def _run_times(catalog: Any, item: dict[str, Any]) -> tuple[float, float]:
-    """(start, stop) document times of the item's run."""
-    run_uid = item["result"]["run_uids"][-1]
+def _run_times(catalog: Any, run_uid: str) -> tuple[float, float]:
+    """(start, stop) document times of a run, from the catalog."""
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -78,9 +85,16 @@ class _Side:
     """One way of submitting (bare or Orchestrion) and how to put the stack in its mode."""
 
     def __init__(
-        self, submit: Callable[[], str], enter: Callable[[], None], settled: Callable[[], bool], *, start_queue: bool
+        self,
+        submit: Callable[[], str],
+        run_of: Callable[[str], str],
+        enter: Callable[[], None],
+        settled: Callable[[], bool],
+        *,
+        start_queue: bool,
     ) -> None:
         self.submit = submit
+        self.run_of = run_of  # the run uid of what `submit` returned, once it has run
         self.enter = enter
         self.settled = settled
         self.start_queue = start_queue
@@ -103,7 +117,7 @@ def _single(api: Any, catalog: Any, side: _Side) -> float:
     uid = side.submit()
     if side.start_queue:
         api.queue_start()
-    start, _ = _run_times(catalog, _history_item(api, uid))
+    start, _ = _run_times(catalog, side.run_of(uid))
     return start - t0
 
 
@@ -112,11 +126,101 @@ def _batch(api: Any, catalog: Any, side: _Side) -> list[float]:
     uids = [side.submit() for _ in range(BATCH)]
     if side.start_queue:
         api.queue_start()
-    runs = [_run_times(catalog, _history_item(api, uid)) for uid in uids]
+    runs = [_run_times(catalog, side.run_of(uid)) for uid in uids]
     return [b[0] - a[1] for a, b in itertools.pairwise(runs)]
 
 
-def main() -> None:
+class _PointTimes(threading.Thread):
+    """Follows the stack's bus: per run that starts after ``since``, its first and last point times."""
+
+    def __init__(self, config: Any, since: float, count: int) -> None:
+        super().__init__(daemon=True)
+        from orchestrion.bus import Follower
+
+        self.follower = Follower(config)
+        self.since, self.count = since, count
+        self.runs: list[tuple[float, float]] = []  # (first point, last point), in start order
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        from orchestrion.bus import RunNotOnBus
+
+        try:
+            for run_uid in self.follower.runs(since_start=True, timeout=300):
+                try:
+                    times = self._points(run_uid)
+                except RunNotOnBus:  # an older run, gone from the bus
+                    continue
+                if times is not None:
+                    self.runs.append(times)
+                if len(self.runs) >= self.count:
+                    return
+        finally:
+            self.follower.close()
+            self.done.set()
+
+    def _points(self, run_uid: str) -> tuple[float, float] | None:
+        primary: set[str] = set()
+        times: list[float] = []
+        started = 0.0
+        for name, doc in self.follower.documents(run_uid, timeout=120):
+            if name == "start":
+                started = float(doc["time"])
+            elif name == "descriptor" and doc.get("name") == "primary":
+                primary.add(doc["uid"])
+            elif name == "event" and doc["descriptor"] in primary:
+                times.append(float(doc["time"]))
+            elif name == "event_page" and doc["descriptor"] in primary:
+                times.extend(float(t) for t in doc["time"])
+        if started < self.since or not times:
+            return None
+        return min(times), max(times)
+
+    def gaps(self, timeout: float = 300.0) -> list[float]:
+        if not self.done.wait(timeout):
+            raise TimeoutError("the runs did not all reach the bus")
+        return [b[0] - a[1] for a, b in itertools.pairwise(self.runs)]
+
+
+def _job_to_job_bare(config: Any, api: Any) -> list[float]:
+    """Bare: plain items of the same plans, the scheduler stopped, the queue started once."""
+    from bluesky_queueserver_api import BPlan
+
+    from orchestrion.services import stop_service
+
+    stop_service(config, "scheduler")
+    api.queue_autostart(False)
+    follower = _PointTimes(config, time.time(), GAP_JOBS + 1)
+    follower.start()
+    uids = [str(api.item_add(BPlan("spectroscopy", **BLOCKER))["item"]["item_uid"])]
+    uids += [str(api.item_add(BPlan("spectroscopy", **TRIVIAL))["item"]["item_uid"]) for _ in range(GAP_JOBS)]
+    api.queue_start()
+    for uid in uids:
+        _history_item(api, uid, timeout=300)
+    return follower.gaps()
+
+
+def _job_to_job_orchestrion(config: Any, client: Any) -> list[float]:
+    """Orchestrion: jobs submitted over the API server while a longer job runs (scheduler following)."""
+    from orchestrion.services import up
+
+    up(config)
+    follower = _PointTimes(config, time.time(), GAP_JOBS + 1)
+    follower.start()
+    blocker = client.submit("spectroscopy", **BLOCKER)
+    deadline = time.monotonic() + 60
+    while blocker.refresh()["status"] != "running":
+        if time.monotonic() > deadline:
+            raise TimeoutError("the first job did not start")
+        time.sleep(0.02)
+    jobs = [client.submit("spectroscopy", **TRIVIAL) for _ in range(GAP_JOBS)]
+    for job in [blocker, *jobs]:
+        job.wait(300)
+    return follower.gaps()
+
+
+def measure() -> dict[str, Any]:
+    """Every figure of the queue bench, from one stack; the repeats of each, bare and ours."""
     from bluesky_queueserver_api import BPlan
 
     from orchestrion.client import Client
@@ -147,10 +251,15 @@ def main() -> None:
 
             def orchestrion_submit() -> str:
                 t = time.perf_counter()
-                uid = client.submit("spectroscopy", **TRIVIAL).refresh()["item_uid"]
+                job = client.submit("spectroscopy", **TRIVIAL)
                 submit_times.append(time.perf_counter() - t)
-                assert uid is not None
-                return uid
+                return str(job.id)
+
+            def bare_run(uid: str) -> str:
+                return str(_history_item(api, uid)["result"]["run_uids"][-1])
+
+            def orchestrion_run(job_id: str) -> str:
+                return str(client.job(int(job_id)).wait(60)["run_uid"])
 
             def bare_mode() -> None:
                 stop_service(config, "scheduler")
@@ -167,8 +276,8 @@ def main() -> None:
                         raise TimeoutError("the scheduler did not turn autostart on")
                     time.sleep(0.02)
 
-            bare = _Side(bare_submit, bare_mode, lambda: True, start_queue=True)
-            ours = _Side(orchestrion_submit, orchestrion_mode, table_settled, start_queue=False)
+            bare = _Side(bare_submit, bare_run, bare_mode, lambda: True, start_queue=True)
+            ours = _Side(orchestrion_submit, orchestrion_run, orchestrion_mode, table_settled, start_queue=False)
             current: _Side | None = None
 
             def switch(side: _Side) -> None:
@@ -185,12 +294,40 @@ def main() -> None:
                 for side in (bare, ours) if number % 2 == 0 else (ours, bare):
                     switch(side)
                     side.gaps.extend(_batch(api, catalog, side))
+            bare_points = _job_to_job_bare(config, api)
+            our_points = _job_to_job_orchestrion(config, client)
         finally:
             client.close()
             store.close()
             close_api(api)
             down(config, force=True)
+    return {
+        "bare": bare, "ours": ours, "submit_times": submit_times,
+        "bare_points": bare_points, "our_points": our_points,
+    }  # fmt: skip
 
+
+@collector("queue")
+def figures() -> list[Figure]:
+    measured = measure()
+    bare, ours = measured["bare"], measured["ours"]
+    return [
+        Figure("queue", "job-to-job gap, last point to first point", "s", measured["our_points"],
+               measured["bare_points"], "bare queue server", goal=Goal.below(0.1, "s"),
+               missed_because="the next job's snapshot, first sequence and run open happen after the previous run",
+               note=f"{GAP_JOBS} trivial jobs queued behind a 60-point one; times of the documents on the bus"),
+        Figure("queue", "gap between jobs, stop to next start", "s", ours.gaps, bare.gaps, "bare queue server",
+               note=f"{BATCH_ROUNDS} batches of {BATCH}"),
+        Figure("queue", "submission-to-start of a trivial job", "s", ours.latencies, bare.latencies,
+               "bare item_add + queue_start", goal=Goal.ratio_at_most(1.1), digits=3,
+               missed_because="a submission asks the queue server for the allowed plans, the queue, and places "
+               "the executor item"),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    measured = measure()
+    bare, ours, submit_times = measured["bare"], measured["ours"], measured["submit_times"]
     rows = [
         ("submission-to-start", statistics.median(bare.latencies), statistics.median(ours.latencies)),
         ("gap between jobs", statistics.median(bare.gaps), statistics.median(ours.gaps)),
@@ -205,6 +342,8 @@ def main() -> None:
     print(f"submission-to-start, Orchestrion: {_spread(ours.latencies, 1e3, 'ms')}")
     print(f"gaps, bare:        {_spread(bare.gaps)}")
     print(f"gaps, Orchestrion: {_spread(ours.gaps)}")
+    print(f"last point to first point, bare:        {_spread(measured['bare_points'])}")
+    print(f"last point to first point, Orchestrion: {_spread(measured['our_points'])}")
     print(
         f"({PAIRS} pairs of single jobs, {BATCH_ROUNDS} batches of {BATCH} each; "
         "trivial one-point spectroscopy, 1 shot)"

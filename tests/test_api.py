@@ -309,15 +309,17 @@ def test_resubmit_records_its_parent_and_a_queued_job_changes_priority(stack: Or
         row = again.refresh()
         assert (row["parent"], row["priority"], row["arguments"]) == (first.id, 2, first.refresh()["arguments"])
         low = admin.submit("spectroscopy", **SHORT)
-        assert [i["item_uid"] for i in queue.queue_get(reload=True)["items"]] == [
-            row["item_uid"],
-            low.refresh()["item_uid"],
-        ]
+
+        def claim_order() -> list[int]:
+            # The order the executor claims queued jobs in (ADR 0310): priority, then submission.
+            waiting = admin.jobs(status="queued")
+            return [j["id"] for j in sorted(waiting, key=lambda j: (-j["priority"], j["created"], j["id"]))]
+
+        assert claim_order() == [again.id, low.id]
+        assert queue.queue_get(reload=True)["items"] == []  # the paused executor takes them
         admin.set_priority(low.id, 5)
-        assert [i["item_uid"] for i in queue.queue_get(reload=True)["items"]] == [
-            low.refresh()["item_uid"],
-            row["item_uid"],
-        ]
+        assert low.refresh()["priority"] == 5
+        assert claim_order() == [low.id, again.id]
         for job in (again, low):
             admin.cancel(job.id)
 

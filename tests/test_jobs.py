@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +28,12 @@ from orchestrion.jobs import (
     check_parameter_store,
     insert_position,
     latest_parameter_timestamp,
-    placement_from_table,
+    make_executor,
     submit_job,
     validate_request,
 )
 from orchestrion.lab import load_library_and_devices
-from orchestrion.schema import JOB_ID_KEY
+from orchestrion.schema import EXECUTOR_PLAN, JOB_ID_KEY
 from orchestrion.services import close_api, queue_server_api
 from orchestrion.worker import PLANS_AND_DEVICES_FILE, WorkerEnvironment, existing_plans_and_devices
 
@@ -61,10 +65,8 @@ def job_rows(config: OrchestrionConfig) -> list[Any]:
 
 
 def new_job(priority: int = 0, **values: object) -> NewJob:
-    return NewJob(
-        experiment="spectroscopy", arguments={}, priority=priority, submitter="tester", user_group="primary",
-        **values,  # type: ignore[arg-type]
-    )  # fmt: skip
+    fields: dict[str, Any] = {"arguments": {}, **values}
+    return NewJob(experiment="spectroscopy", priority=priority, submitter="tester", user_group="primary", **fields)
 
 
 def test_jobs_round_trip_through_the_table(tmp_path: Path) -> None:
@@ -137,51 +139,6 @@ def test_insert_position_keeps_priority_order_and_submission_order_within_it(tmp
     store.close()
 
 
-@pytest.mark.parametrize("waiting", [(), (2,), (0, 0), (5, 1), (3, -1), (0, -2), (-1,)])
-def test_placement_from_the_table_alone_is_where_the_queue_would_put_the_job(
-    tmp_path: Path, waiting: tuple[int, ...]
-) -> None:
-    """When the table alone decides, any queue it could stand for agrees.
-
-    The queue holds the waiting jobs in priority order and a plain-client item the table
-    does not know yet, wherever a plain client may have put it.
-    """
-    store = JobStore(tmp_path / "jobs.sqlite")
-    for number, priority in enumerate(sorted(waiting, reverse=True)):
-        store.insert(new_job(priority, item_uid=f"job-{number}", status=JobStatus.QUEUED))
-    store.insert(new_job(9, item_uid="ran", status=JobStatus.DONE))  # no longer in the queue
-    ordered = [{"item_uid": f"job-{number}"} for number in range(len(waiting))]
-    queues = [[*ordered[:at], {"item_uid": "plain"}, *ordered[at:]] for at in range(len(ordered) + 1)]
-    decided = 0
-    for priority in range(-3, 7):
-        place = placement_from_table(store, priority)
-        if place is None:
-            continue
-        decided += 1
-        for queue in queues:
-            before = insert_position(store, queue, priority)
-            if place == {"pos": "front"}:
-                assert before == queue[0]["item_uid"], (priority, queue)
-            else:
-                assert place == {"pos": "back"}
-                assert before is None, (priority, queue)
-    assert decided >= 5  # the common cases need no look at the queue
-    store.close()
-
-
-def test_placement_needs_the_queue_behind_equals_and_before_lower_waiting_jobs(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.sqlite")
-    assert placement_from_table(store, 0) == {"pos": "back"}
-    assert placement_from_table(store, 4) == {"pos": "front"}
-    store.insert(new_job(4, item_uid="a", status=JobStatus.QUEUED))
-    store.insert(new_job(-1, item_uid="b", status=JobStatus.QUEUED))
-    assert placement_from_table(store, 4) is None  # behind "a", before plain items it cannot see
-    assert placement_from_table(store, 0) is None  # before "b", wherever that is
-    assert placement_from_table(store, 5) == {"pos": "front"}
-    assert placement_from_table(store, -1) == {"pos": "back"}
-    store.close()
-
-
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
@@ -223,7 +180,9 @@ def test_the_checked_in_plan_list_matches_the_library(config: OrchestrionConfig,
     """
     plans, devices = existing_plans_and_devices(config)
     checked_in = yaml.safe_load((PROFILE / PLANS_AND_DEVICES_FILE).read_text())
-    assert sorted(checked_in["existing_plans"]) == sorted(plans) == sorted(config_library_names(config))
+    # The library's experiments, and the executor that runs Orchestrion's jobs (ADR 0310).
+    expected = sorted([*config_library_names(config), EXECUTOR_PLAN])
+    assert sorted(checked_in["existing_plans"]) == sorted(plans) == expected
     assert checked_in == yaml.safe_load(yaml.safe_dump({"existing_devices": devices, "existing_plans": plans}))
 
 
@@ -275,6 +234,148 @@ def test_the_worker_records_each_run_of_a_job(config: OrchestrionConfig) -> None
         if environment.recorder is not None:
             environment.recorder.close()
         environment.session.close()
+
+
+@pytest.fixture
+def worker(config: OrchestrionConfig) -> Iterator[WorkerEnvironment]:
+    """The worker's environment with local post-processing (no bus, no Redis) and no catalog."""
+    environment = WorkerEnvironment(
+        config.model_copy(update={"tiled_enabled": False, "post_processing_workers": 0}), worker=True
+    )
+    yield environment
+    if environment.recorder is not None:
+        environment.recorder.close()
+    environment.session.close()
+
+
+def executor_of(environment: WorkerEnvironment, item_uid: str = "executor-1") -> Any:
+    """The executor plan of the worker's namespace, as the queue server would run item ``item_uid``."""
+    namespace = environment.namespace()
+    plans = {name: plan for name, plan in namespace.items() if name in config_library_names(environment.config)}
+    return make_executor(lambda: JobStore.open(environment.config, durable=False), plans, lambda: item_uid)
+
+
+def queued_job(store: JobStore, priority: int = 0, points: int = 3, **fields: Any) -> int:
+    arguments = {"scan": [f"spectroscopy.detuning=-1e5:1e5:{points}"], "shots": 5, **fields}
+    return store.insert(new_job(priority, arguments=arguments, status=JobStatus.QUEUED))
+
+
+def test_the_executor_runs_queued_jobs_back_to_back_in_priority_order_each_its_own_run(
+    worker: WorkerEnvironment, config: OrchestrionConfig
+) -> None:
+    store = JobStore.open(config)
+    low_a, high, low_b = queued_job(store), queued_job(store, priority=5), queued_job(store)
+    documents: dict[str, list[Any]] = defaultdict(list)
+    worker.RE.subscribe(lambda name, doc: documents[name].append(doc))
+    later: list[int] = []
+
+    def submit_meanwhile(name: str, doc: dict[str, Any]) -> None:
+        # While the first job runs, a job of higher priority arrives: it runs next.
+        if name == "start" and not later:
+            later.append(queued_job(store, priority=9))
+
+    worker.RE.subscribe(submit_meanwhile)
+    worker.RE(executor_of(worker)())
+    assert worker.recorder is not None
+    assert worker.recorder.wait_confirmed(timeout=120)
+    order = [doc[JOB_ID_KEY] for doc in documents["start"]]
+    assert order == [high, later[0], low_a, low_b]
+    assert len({doc["uid"] for doc in documents["start"]}) == 4  # each job its own run
+    assert [doc["run_start"] for doc in documents["stop"]] == [doc["uid"] for doc in documents["start"]]
+    for job_id, start in zip(order, documents["start"], strict=True):
+        job = store.get(job_id)
+        assert job.status is JobStatus.DONE, job
+        assert job.run_uids == [start["uid"]]
+        assert job.points == 3
+        assert job.hdf5 is not None
+        assert Path(job.hdf5).is_file()
+        assert [(a.item_uid, a.status) for a in job.attempts] == [("executor-1", JobStatus.DONE)]
+    # Its turn over (nothing waits), the executor is retired: a new job needs a new item.
+    assert store.retired_executors() == {"executor-1"}
+    store.close()
+
+
+def test_the_executor_leaves_a_plain_item_its_turn_and_records_a_failed_job_and_goes_on(
+    worker: WorkerEnvironment, config: OrchestrionConfig
+) -> None:
+    store = JobStore.open(config)
+    bad = queued_job(store, priority=2, parameters={"no.such": 1})  # fails in the worker
+    good = queued_job(store, priority=1)
+    plain = store.insert(new_job(0, status=JobStatus.QUEUED, item_uid="plain-item"))  # a plain client's item
+    after = queued_job(store)  # behind the plain item: same priority, later
+    worker.RE(executor_of(worker)())
+    assert worker.recorder is not None
+    assert worker.recorder.wait_confirmed(timeout=120)
+    failed = store.get(bad)
+    assert failed.status is JobStatus.FAILED
+    assert "no.such" in (failed.error or "")
+    assert store.get(good).status is JobStatus.DONE
+    assert (store.get(plain).status, store.get(after).status) == (JobStatus.QUEUED, JobStatus.QUEUED)
+    store.close()
+
+
+def test_a_changed_priority_counts_at_the_next_claim_and_a_cancelled_job_is_never_claimed(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    first, second, third = (store.insert(new_job(0, status=JobStatus.QUEUED)) for _ in range(3))
+    store.update(third, priority=4)  # what `change_priority` writes
+    store.update(first, status=JobStatus.CANCELLED)  # what `cancel_job` writes for a queued job
+    store.executor_started("executor-1")
+    claimed = [store.claim_next("executor-1"), store.claim_next("executor-1")]
+    assert [job.id for job in claimed if job is not None] == [third, second]
+    assert store.claim_next("executor-1") is None
+    assert store.get(first).status is JobStatus.CANCELLED
+    assert store.retired_executors() == {"executor-1"}
+    store.close()
+
+
+def post_processing_helpers() -> list[int]:
+    """This process's post-processing helper processes (`orchestrion.pipeline._helper`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == os.getpid() and "orchestrion.pipeline._helper" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_job_whose_data_were_not_all_written_ends_incomplete_with_where_its_data_are(
+    worker: WorkerEnvironment, config: OrchestrionConfig
+) -> None:
+    # Before: the recorder took the points and the file of such a run, and the job was
+    # reported done (its plan completed): the summary's 'incomplete' was dropped.
+    store = JobStore.open(config)
+    job_id = queued_job(store, points=300)
+    killed: list[int] = []
+    assert worker.pipeline is not None
+    summaries = worker.pipeline.summaries.runs
+
+    def kill_post_processing(name: str, doc: dict[str, Any]) -> None:
+        # Once post-processing has opened the run's file: the points so far are kept there.
+        if name == "event" and not killed and any(s.hdf5 and s.measured_points > 20 for s in summaries.values()):
+            killed.extend(post_processing_helpers())
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+
+    worker.RE.subscribe(kill_post_processing)
+    worker.RE(executor_of(worker)())
+    assert worker.recorder is not None
+    assert worker.recorder.wait_confirmed(timeout=120)
+    job = store.get(job_id)
+    assert job.status is JobStatus.INCOMPLETE, job
+    assert job.hdf5 is not None
+    assert job.hdf5 in (job.error or ""), "the reason says where its data are"
+    assert "post-processing" in (job.error or "")
+    assert job.attempts[-1].status is JobStatus.INCOMPLETE
+    assert killed
+    assert job.points is not None
+    assert job.points < 300
+    store.close()
 
 
 def test_latest_parameter_timestamp_reads_the_nested_snapshot() -> None:

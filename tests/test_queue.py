@@ -25,6 +25,7 @@ from orchestrion.config import OrchestrionConfig
 from orchestrion.errors import InputError
 from orchestrion.experiment import RunLimits
 from orchestrion.jobs import JobRequest, JobStatus, JobStore
+from orchestrion.schema import EXECUTOR_PLAN
 from orchestrion.services import (
     ServiceError,
     close_api,
@@ -197,13 +198,24 @@ def test_the_qserver_command_line_client_works_too(stack: OrchestrionConfig, cli
     assert (job.experiment, job.status, job.source) == ("ramsey", JobStatus.DONE, "queueserver")
 
 
-def test_a_higher_priority_overtakes_queued_jobs_but_not_the_running_one(client: Client, api: Any) -> None:
+def executor_items(api: Any) -> list[str]:
+    return [item["item_uid"] for item in api.queue_get(reload=True)["items"] if item["name"] == EXECUTOR_PLAN]
+
+
+def test_a_higher_priority_overtakes_queued_jobs_but_not_the_running_one(
+    client: Client, api: Any, store: JobStore
+) -> None:
     running = client.submit("spectroscopy", **LONG)
     pause_running(client, api, running)
     low_a = client.submit("spectroscopy", **SHORT)
     low_b = client.submit("spectroscopy", **SHORT)
-    high = client.submit("spectroscopy", priority=5, **SHORT)
-    assert queued_uids(api) == [high.refresh()["item_uid"], low_a.refresh()["item_uid"], low_b.refresh()["item_uid"]]
+    high = client.submit("spectroscopy", priority=5, **SHORT)  # submitted while one runs: it runs next
+    # The jobs wait in the table; the running executor takes them (no plain item waits,
+    # so no other executor item is queued).
+    assert queued_uids(api) == []
+    assert [j.id for j in sorted(store.list(JobStatus.QUEUED), key=lambda j: (-j.priority, j.created))] == [
+        high.id, low_a.id, low_b.id,
+    ]  # fmt: skip
     wait_status(running, JobStatus.PAUSED, timeout=10)  # never interrupted by the newcomer: paused, not done
     client.resume()
     jobs = [job.wait(timeout=120) for job in (running, high, low_a, low_b)]
@@ -212,10 +224,62 @@ def test_a_higher_priority_overtakes_queued_jobs_but_not_the_running_one(client:
     assert starts == sorted(starts), "ran in priority order, ties by submission time"
     assert jobs[0]["finished"] is not None
     assert jobs[0]["finished"] <= starts[1]
+    # Back to back in the one executor item that ran the first: no queue-server tick between.
+    items = {store.get(j["id"]).attempts[-1].item_uid for j in jobs}
+    assert len(items) == 1
+
+
+def test_jobs_run_back_to_back_each_its_own_run_file_and_catalog_entry(
+    client: Client, api: Any, store: JobStore
+) -> None:
+    jobs = [client.submit("spectroscopy", **SHORT) for _ in range(4)]
+    rows = [job.wait(timeout=120) for job in jobs]
+    assert [r["status"] for r in rows] == [JobStatus.DONE] * 4
+    assert len({r["run_uid"] for r in rows}) == 4
+    catalog = client.catalog()
+    for row in rows:
+        assert row["points"] == 3
+        assert Path(row["hdf5"]).is_file()
+        assert row["run_uid"] in row["tiled"]
+        start = catalog[row["run_uid"]].metadata["start"]
+        assert start["job_id"] == row["id"]  # its own start document
+        assert start["uid"] == row["run_uid"]
+    # The executor items that ran them are in the queue server's history with their runs.
+    history = {h["item_uid"]: h for h in api.history_get(reload=True)["items"]}
+    for row in rows:
+        attempt = store.get(row["id"]).attempts[-1]
+        item = history[attempt.item_uid]
+        assert item["name"] == EXECUTOR_PLAN
+        assert row["run_uid"] in item["result"]["run_uids"]
+    assert len({store.get(r["id"]).attempts[-1].item_uid for r in rows}) < 4, "several jobs in one item"
+
+
+def test_a_plain_item_between_orchestrion_jobs_runs_as_itself_in_its_place(
+    client: Client, api: Any, store: JobStore
+) -> None:
+    running = client.submit("spectroscopy", **LONG)
+    pause_running(client, api, running)
+    before = client.submit("spectroscopy", **SHORT)
+    plain = api.item_add(BPlan("rabi_flop", scan=["rabi_flop.duration=0:2e-5:3"], shots=5))["item"]["item_uid"]
+    after = client.submit("spectroscopy", **SHORT)
+    urgent = client.submit("spectroscopy", priority=2, **SHORT)  # before the plain item (priority 0)
+    # The plain item waits in its own item, and one executor item for the jobs around it.
+    wait_until(lambda: len(executor_items(api)) == 1 and set(queued_uids(api)) == {plain, *executor_items(api)},
+               timeout=10, what="the plain item and one executor item")  # fmt: skip
+    client.resume()
+    rows = [job.wait(timeout=120) for job in (running, urgent, before, after)]
+    adopted = wait_until(lambda: (j := store.by_item_uids([plain]).get(plain)) and j.status.terminal and j)
+    assert [r["status"] for r in rows] == [JobStatus.DONE] * 4
+    assert (adopted.status, adopted.source) == (JobStatus.DONE, "queueserver")
+    order = sorted([*rows, adopted.to_dict()], key=lambda r: r["started"])
+    assert [r["id"] for r in order] == [running.id, urgent.id, before.id, adopted.id, after.id]
+    history = {h["item_uid"]: h for h in api.history_get(reload=True)["items"]}
+    assert history[plain]["name"] == "rabi_flop"  # it ran as itself, in its own item
+    assert history[plain]["result"]["run_uids"] == adopted.run_uids
 
 
 def test_priorities_hold_against_plain_items_the_job_table_does_not_know_yet(
-    stack: OrchestrionConfig, client: Client, api: Any
+    stack: OrchestrionConfig, client: Client, api: Any, store: JobStore
 ) -> None:
     # Without the scheduler nobody adopts the plain item: only the queue server knows it.
     stop_service(stack, "scheduler")
@@ -227,14 +291,19 @@ def test_priorities_hold_against_plain_items_the_job_table_does_not_know_yet(
         high_b = client.submit("spectroscopy", priority=3, **SHORT)  # behind its equal, before the plain item
         lowest = client.submit("spectroscopy", priority=-1, **SHORT)
         low_b = client.submit("spectroscopy", **SHORT)  # before the lower one
-        expected = [high, high_b, plain, low, low_b, lowest]
-        assert queued_uids(api) == [e if isinstance(e, str) else e.refresh()["item_uid"] for e in expected]
+        # The executor item goes before the plain item: the next job (priority 3) outranks it.
+        assert queued_uids(api) == [*executor_items(api), plain]
+        assert len(executor_items(api)) == 1
     finally:
         up(stack)  # the scheduler again: it adopts the plain item and turns autostart back on
+    rows = [job.wait(timeout=120) for job in (high, high_b, low, low_b, lowest)]
+    adopted = wait_until(lambda: (j := store.by_item_uids([plain]).get(plain)) and j.status.terminal and j)
+    order = sorted([*rows, adopted.to_dict()], key=lambda r: r["started"])
+    assert [r["id"] for r in order] == [high.id, high_b.id, adopted.id, low.id, low_b.id, lowest.id]
 
 
 def test_cancel_removes_a_queued_job_and_aborts_a_running_one(
-    stack: OrchestrionConfig, client: Client, api: Any
+    stack: OrchestrionConfig, client: Client, api: Any, store: JobStore
 ) -> None:
     running = client.submit("spectroscopy", **LONG)
     pause_running(client, api, running)
@@ -247,11 +316,12 @@ def test_cancel_removes_a_queued_job_and_aborts_a_running_one(
     assert json.loads(result.output)["status"] == "cancelled"
     assert queued_uids(api) == []
 
-    # Removed by a plain queue-server client: the table follows.
-    removed = client.submit("spectroscopy", **SHORT)
-    api.item_remove(uid=removed.refresh()["item_uid"])
-    row = wait_status(removed, JobStatus.CANCELLED, timeout=30)
-    assert "outside Orchestrion" in (row["error"] or "")
+    # A plain item's job removed by a plain queue-server client: the table follows.
+    plain = api.item_add(BPlan("spectroscopy", **SHORT))["item"]["item_uid"]
+    adopted = wait_until(lambda: store.by_item_uids([plain]).get(plain), timeout=30, what="the plain item adopted")
+    api.item_remove(uid=plain)
+    row = wait_until(lambda: (j := store.get(adopted.id)).status is JobStatus.CANCELLED and j, timeout=30)
+    assert "outside Orchestrion" in (row.error or "")
 
     row = client.cancel(running.id)
     row = running.wait(timeout=60)
@@ -306,10 +376,9 @@ def test_a_group_without_permission_is_refused_and_nothing_is_queued(stack: Orch
 def test_the_scheduler_catches_up_after_a_restart(stack: OrchestrionConfig, client: Client, api: Any) -> None:
     stop_service(stack, "scheduler")
     job = client.submit("spectroscopy", **SHORT)
-    uid = job.refresh()["item_uid"]
-    # The queue server runs it without the scheduler; the table does not know yet.
-    wait_until(lambda: any(h["item_uid"] == uid for h in api.history_get(reload=True)["items"]), timeout=60)
-    assert job.status == JobStatus.QUEUED
+    # The queue server runs its executor item without the scheduler; the worker records the job.
+    row = job.wait(timeout=60)
+    assert row["status"] == JobStatus.DONE
     up(stack)
     row = job.wait(timeout=30)
     assert row["status"] == JobStatus.DONE
@@ -324,7 +393,8 @@ def test_queued_jobs_survive_a_restart_of_the_stack_and_run_in_order(
     api.queue_autostart(False)  # hold the queue so that the jobs are still queued at `down`
     first = client.submit("spectroscopy", **SHORT)
     second = client.submit("rabi_flop", priority=2, scan=["rabi_flop.duration=0:2e-5:3"], shots=5)
-    assert queued_uids(api) == [second.refresh()["item_uid"], first.refresh()["item_uid"]]
+    assert [first.status, second.status] == [JobStatus.QUEUED] * 2
+    assert len(queued_uids(api)) == 1  # one executor item will run them
     stopped = down(stack)
     assert {s.health for s in stopped} == {"down"}
     up(stack)
@@ -365,8 +435,12 @@ def test_plain_items_carry_the_same_details_and_choose_no_job_id(client: Client,
         assert "center" in job.analysis
         assert job.code_commit
         assert [a.item_uid for a in job.attempts] == [job.item_uid]
-    history_uids = {h["item_uid"] for h in api.history_get(reload=True)["items"]}
+    ran = api.history_get(reload=True)["items"]
+    history_uids = {h["item_uid"] for h in ran if h["name"] != EXECUTOR_PLAN}
     assert set(store.by_item_uids(sorted(history_uids))) == history_uids, "every item that ran is a job"
+    # Executor items are not jobs: each run they made is one of a job's attempts.
+    attempts = {run for j in store.list() for a in j.attempts for run in a.run_uids}
+    assert {u for h in ran if h["name"] == EXECUTOR_PLAN for u in h["result"]["run_uids"]} <= attempts
 
 
 def test_a_run_beyond_the_limits_is_refused_at_submission_and_by_the_worker(

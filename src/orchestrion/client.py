@@ -27,7 +27,7 @@ from orchestrion.errors import InputError, OrchestrionError
 from orchestrion.schema import API_PREFIX, API_TILED_PREFIX
 
 PREFIX = API_PREFIX
-TERMINAL = ("done", "failed", "cancelled")
+TERMINAL = ("done", "incomplete", "failed", "cancelled")  # "writing": the run is over, its data not yet
 
 
 class ApiError(OrchestrionError):

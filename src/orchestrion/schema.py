@@ -29,6 +29,10 @@ SEQUENCE_HASH_KEY = "sequence-hash"
 SEQUENCE_JSON_KEY = "sequence-json"
 FIT_PREFIX = "fit-"
 
+# Queue-server plan names (jobs, the worker; ADR 0310).
+EXECUTOR_PLAN = "orchestrion_executor"
+"""The queue-server plan that runs Orchestrion's queued jobs back to back, in the job table's order."""
+
 # Start-document metadata keys.
 JOB_ID_KEY = "job_id"
 """The job-table id of the job a run belongs to."""

@@ -22,10 +22,10 @@ from typing import Any
 
 from bluesky import RunEngine
 
-from orchestrion.addresses import worker_state_file
+from orchestrion.addresses import close_api, queue_server_api, worker_state_file
 from orchestrion.bus import build_bus_pipeline
 from orchestrion.config import OrchestrionConfig, load_config
-from orchestrion.jobs import JobRecorder, code_version
+from orchestrion.jobs import JobRecorder, JobStore, code_version, make_executor
 from orchestrion.lab import Lab
 from orchestrion.pipeline import DocumentPipeline, build_pipeline
 from orchestrion.session import LabSession
@@ -77,7 +77,23 @@ class WorkerEnvironment:
         plans = self.session.library.plans()
         for plan in plans.values():
             evaluate_signature(plan)
-        return {"RE": self.RE, **self.session.devices.namespace(), **plans}
+        config = self.config
+        executor = make_executor(
+            lambda: JobStore.open(config, durable=False), dict(plans), lambda: running_item_uid(config)
+        )
+        return {"RE": self.RE, **self.session.devices.namespace(), **plans, executor.__name__: executor}
+
+
+def running_item_uid(config: OrchestrionConfig) -> str:
+    """The uid of the item the queue server's manager says is running (asked from the worker)."""
+    api = queue_server_api(config)
+    try:
+        uid = api.status(reload=True).get("running_item_uid")
+    finally:
+        close_api(api)
+    if not uid:
+        raise RuntimeError("the queue server reports no running item for the executor")
+    return str(uid)
 
 
 def evaluate_signature(plan: Any) -> None:

@@ -27,9 +27,9 @@ from orchestrion.jobs import (
     QueueServerError,
     abort_running,
     cancel_job,
+    change_priority,
     check_parameter_store,
     code_version,
-    insert_position,
     submit_job,
     validate_request,
 )
@@ -267,17 +267,11 @@ class Backend:
     def reprioritise(self, job_id: int, priority: int, *, name: str, may_any: bool) -> Job:
         job = self.job(job_id)
         self._check_owner(job, name, may_any)
-        with self._lock, _queue_server_refusals(f"change the priority of job {job_id}"), self.store.write():
-            job = self.job(job_id)
-            if job.status is not JobStatus.QUEUED or job.item_uid is None:
-                raise Conflict(f"job: job {job_id} is {job.status.value}; only a queued job can change priority")
-            items = [i for i in self.api.queue_get(reload=True)["items"] if i["item_uid"] != job.item_uid]
-            # The row first: `insert_position` reads the other jobs' priorities from the table.
-            self.store.update(job_id, priority=priority)
-            before = insert_position(self.store, items, priority)
-            place = {"before_uid": before} if before else {"pos": "back"}
-            self.api.item_move(uid=job.item_uid, **place)
-        return self.job(job_id)
+        with self._lock, _queue_server_refusals(f"change the priority of job {job_id}"):
+            try:  # honoured at the executor's next claim (ADR 0310)
+                return change_priority(self.store, self.api, job_id, priority)
+            except InputError as exc:
+                raise Conflict(f"job: {exc}") from None
 
     # -- the RunEngine ---------------------------------------------------------------------
 

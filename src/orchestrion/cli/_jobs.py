@@ -10,7 +10,7 @@ import click
 from ._common import config_from, json_option, print_json, reports_errors
 from ._run import parse_assignments, run_options
 
-STATUSES = ["submitted", "queued", "running", "paused", "done", "failed", "cancelled"]
+STATUSES = ["submitted", "queued", "running", "paused", "writing", "done", "incomplete", "failed", "cancelled"]
 
 
 def api_available(config: Any) -> bool:
@@ -156,7 +156,7 @@ def cancel(ctx: click.Context, job_id: int, as_json: bool) -> None:
     """Remove a queued job from the queue, or abort it if it is running."""
     with _client(ctx) as client:
         row = client.cancel(job_id)
-        if row["status"] not in ("done", "failed", "cancelled"):
+        if row["status"] not in ("done", "incomplete", "failed", "cancelled"):
             row = client.job(job_id).wait(timeout=60)
     print_json(row) if as_json else click.echo(f"job {row['id']} {row['status']}")
 

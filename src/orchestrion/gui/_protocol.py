@@ -127,7 +127,7 @@ class ExperimentInfo:
         )
 
 
-TERMINAL_STATUSES = frozenset({"done", "failed", "cancelled"})
+TERMINAL_STATUSES = frozenset({"done", "incomplete", "failed", "cancelled"})
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,10 @@ from ._tasks import Background
 
 COLUMNS = ("Id", "Experiment", "Status", "Priority", "Submitter", "Submitted", "Started", "Finished", "Points", "Error")
 PROGRESS_COLUMN = COLUMNS.index("Points")
-STATUS_COLOURS = {"running": "#1f77b4", "done": "#2ca02c", "failed": "#d62728", "cancelled": "#7f7f7f"}
+STATUS_COLOURS = {
+    "running": "#1f77b4", "writing": "#17becf", "done": "#2ca02c", "incomplete": "#ff7f0e",
+    "failed": "#d62728", "cancelled": "#7f7f7f",
+}  # fmt: skip
 
 
 def _when(stamp: datetime | None) -> str:

@@ -1,16 +1,21 @@
 """Jobs: the SQLite job table, submission in priority order, and the scheduler.
 
-Every submission is a job row; its item enters the queue server's queue in priority
-order (higher number sooner, ties by submission time); the scheduler records what the
-queue server did with it.
+Every submission is a job row; an executor item in the queue server's queue runs the
+waiting jobs back to back in priority order (higher number sooner, ties by submission
+time; ADR 0310); the scheduler keeps that item placed among plain queue items and
+records what the queue server did.
 """
 
+from ._executor import make_executor, run_job
 from ._recorder import JobRecorder, code_version, latest_parameter_timestamp
-from ._scheduler import EXIT_STATUS, WORKER_DESTROYED, Scheduler, item_job_id, read_heartbeat, read_worker_state
+from ._scheduler import EXIT_STATUS, WORKER_DESTROYED, Scheduler, read_heartbeat, read_worker_state
 from ._store import (
     ACTIVE,
     MIGRATIONS,
+    NOT_ALL_WRITTEN,
     SCHEMA_VERSION,
+    TERMINAL,
+    WRITTEN,
     Attempt,
     Job,
     JobStatus,
@@ -24,12 +29,16 @@ from ._submit import (
     JobRequest,
     QueueServerError,
     abort_running,
+    adopt_plain_items,
+    adopted_job,
     cancel_job,
+    change_priority,
     check_parameter_store,
     describe_item,
     insert_position,
+    item_job_id,
     pause_running,
-    placement_from_table,
+    place_executor,
     resume_paused,
     submit_job,
     validate_request,
@@ -39,8 +48,11 @@ __all__ = [
     "ACTIVE",
     "EXIT_STATUS",
     "MIGRATIONS",
+    "NOT_ALL_WRITTEN",
     "SCHEMA_VERSION",
+    "TERMINAL",
     "WORKER_DESTROYED",
+    "WRITTEN",
     "Attempt",
     "Job",
     "JobRecorder",
@@ -53,7 +65,10 @@ __all__ = [
     "Scheduler",
     "UnknownJobError",
     "abort_running",
+    "adopt_plain_items",
+    "adopted_job",
     "cancel_job",
+    "change_priority",
     "check_parameter_store",
     "code_version",
     "describe_item",
@@ -61,11 +76,13 @@ __all__ = [
     "item_job_id",
     "jobs_db_path",
     "latest_parameter_timestamp",
+    "make_executor",
     "pause_running",
-    "placement_from_table",
+    "place_executor",
     "read_heartbeat",
     "read_worker_state",
     "resume_paused",
+    "run_job",
     "submit_job",
     "validate_request",
 ]

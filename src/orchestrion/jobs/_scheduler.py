@@ -30,9 +30,10 @@ from typing import Any
 from orchestrion.addresses import close_api, queue_server_api, run_dir, worker_state_file
 from orchestrion.config import OrchestrionConfig
 from orchestrion.processes import death
-from orchestrion.schema import JOB_ID_KEY
+from orchestrion.schema import EXECUTOR_PLAN
 
-from ._store import ACTIVE, Attempt, Job, JobStatus, JobStore, NewJob
+from ._store import ACTIVE, Attempt, Job, JobStatus, JobStore
+from ._submit import adopted_job, item_job_id, place_executor
 
 logger = logging.getLogger(__name__)
 
@@ -56,34 +57,6 @@ WORKER_DESTROYED = "RE Worker environment was destroyed"
 PUSHED_BACK = ("aborted", "halted")
 # Manager states in which the worker may legitimately be missing or changing.
 _ENVIRONMENT_CHANGING = ("creating_environment", "closing_environment", "destroying_environment")
-
-
-def item_job_id(item: Mapping[str, Any]) -> int | None:
-    """The job id a queue item carries in its metadata (items from Orchestrion do)."""
-    md = (item.get("kwargs") or {}).get("md")
-    job_id = md.get(JOB_ID_KEY) if isinstance(md, Mapping) else None
-    return job_id if isinstance(job_id, int) and not isinstance(job_id, bool) else None
-
-
-def _adopted(item: Mapping[str, Any], status: JobStatus) -> NewJob:
-    kwargs = dict(item.get("kwargs") or {})
-    scan = kwargs.get("scan")
-    shots = kwargs.get("shots")
-    repetitions = kwargs.get("repetitions", 1)
-    return NewJob(
-        experiment=str(item.get("name", "")),
-        arguments=kwargs,
-        priority=0,
-        submitter=str(item.get("user", "")),
-        user_group=str(item.get("user_group", "")),
-        scan=[str(s) for s in scan] if isinstance(scan, list) else None,
-        shots=shots if isinstance(shots, int) else None,
-        repetitions=repetitions if isinstance(repetitions, int) else 1,
-        pattern=str(kwargs.get("pattern", "linear")),
-        source="queueserver",
-        status=status,
-        item_uid=str(item["item_uid"]),
-    )
 
 
 class Scheduler:
@@ -214,6 +187,9 @@ class Scheduler:
             status["manager_state"],
             status["queue_autostart_enabled"],
             status["worker_environment_exists"],
+            # The next job an executor would take: a live executor claiming jobs changes
+            # where the queued executor item belongs, without the queue server changing.
+            getattr(self.store.next_executor_job(), "id", None),
         )
         if key == self._last_status:
             return False
@@ -243,6 +219,8 @@ class Scheduler:
             if running:
                 queued.add(running["item_uid"])
             self._sync_missing(queued, {h["item_uid"] for h in self._history})
+        if status["worker_environment_exists"]:
+            place_executor(self.store, self.api, queue)
         self._keep_running(status, requeue_needed)
 
     def _copy_owner(self, item: Mapping[str, Any]) -> Job | None:
@@ -267,6 +245,10 @@ class Scheduler:
         known = self.store.by_item_uids([h["item_uid"] for h in new])
         interrupted = False
         for item in new:
+            if item.get("name") == EXECUTOR_PLAN:
+                interrupted |= self._finish_executor(item)
+                self._seen_history.add(item["item_uid"])
+                continue
             job = known.get(item["item_uid"]) or self.store.by_attempt(item["item_uid"])
             if job is None:
                 owner = self._copy_owner(item)
@@ -275,11 +257,49 @@ class Scheduler:
                     job = self.store.get(owner.id)
                 else:
                     logger.info("adopting finished item %s (%s)", item["item_uid"], item.get("name"))
-                    job = self.store.get(self.store.insert(_adopted(item, JobStatus.RUNNING)))
+                    job = self.store.get(self.store.insert(adopted_job(item, JobStatus.RUNNING)))
             if all(a.item_uid != item["item_uid"] for a in job.attempts):
                 interrupted |= self._finish(job, item)
             self._seen_history.add(item["item_uid"])
         return interrupted
+
+    def _finish_executor(self, item: Mapping[str, Any]) -> bool:
+        """An executor item is over: the jobs it did not end itself were cut short.
+
+        The executor records each job it runs; what is left running in its item when the
+        item ends is a job its worker died under (or whose environment was destroyed), or
+        one an abort tore down before the executor could say so.  A job in `WRITING` whose
+        worker died waits for confirmations that will not come: it ends `incomplete`.
+        """
+        uid = str(item["item_uid"])
+        result = item.get("result") or {}
+        exit_status = str(result.get("exit_status", "unknown"))
+        message = str(result.get("msg") or "").strip()
+        fault = exit_status == "unknown" or message == WORKER_DESTROYED
+        for job in self.store.unfinished_in(uid):
+            reason = self.store.interruption(uid)
+            if job.status is JobStatus.WRITING:
+                if fault:
+                    self.store.update(job.id, status=JobStatus.INCOMPLETE, error=(
+                        f"{reason or 'the worker died'} before post-processing confirmed its runs written"
+                        + (f"; data in {job.hdf5}" if job.hdf5 else "")
+                    ))  # fmt: skip
+                continue
+            if fault:
+                status = JobStatus.FAILED
+                error = reason or (message if message else "the queue server lost the worker while the job ran")
+            elif exit_status in PUSHED_BACK:
+                status, error = JobStatus.CANCELLED, reason or f"{exit_status} while running"
+            else:
+                status, error = JobStatus.FAILED, reason or message or f"its executor ended with '{exit_status}'"
+            ended = self.store.end_attempt(job.id, uid, status, exit_status=exit_status, error=error)
+            # A job's plan failing ends it: its failed attempts are faults.
+            faults = sum(1 for a in ended.attempts if a.status is JobStatus.FAILED)
+            if fault and faults <= self.config.job_fault_retries:
+                self.store.update(job.id, status=JobStatus.QUEUED, finished=None,
+                                  error=f"attempt {len(ended.attempts)}: {error}; running it again")  # fmt: skip
+            logger.info("job %d (executor %s): %s (%s)", job.id, uid[:8], status.value, error)
+        return exit_status in PUSHED_BACK
 
     def _finish(self, job: Job, item: Mapping[str, Any]) -> bool:
         """Record one attempt of ``job`` (its item is in the history) and what follows from it."""
@@ -311,6 +331,10 @@ class Scheduler:
             # The queue server lost the outcome (its manager restarted); the worker recorded
             # each run's stop: they all ended well, so the job did.
             status, error, fault = JobStatus.DONE, None, False
+        if status is JobStatus.DONE:
+            # Done once post-processing has confirmed its runs written (the recorder ends it).
+            written = self.store.runs_written(run_uids)
+            status, error = written if written is not None else (JobStatus.WRITING, None)
         counted = [r.points for r in runs]
         attempt = Attempt(
             item_uid=str(item["item_uid"]), status=status, started=started, finished=finished,
@@ -344,6 +368,13 @@ class Scheduler:
     def _sync_running(self, running: Mapping[str, Any], manager_state: str) -> None:
         if not running:
             return
+        status = JobStatus.PAUSED if manager_state == "paused" else JobStatus.RUNNING
+        if running.get("name") == EXECUTOR_PLAN:
+            current = self.store.running_in(str(running["item_uid"]))
+            if current is not None and current.status is not status:
+                self.store.update(current.id, status=status)
+                logger.info("job %d: %s", current.id, status.value)
+            return
         job = self.store.by_item_uids([running["item_uid"]]).get(running["item_uid"])
         if job is None:
             owner = self._copy_owner(running)
@@ -351,8 +382,9 @@ class Scheduler:
                 self.store.update(owner.id, item_uid=running["item_uid"])
                 job = self.store.get(owner.id)
             else:
-                job = self.store.get(self.store.insert(_adopted(running, JobStatus.RUNNING)))
-        status = JobStatus.PAUSED if manager_state == "paused" else JobStatus.RUNNING
+                job = self.store.get(self.store.insert(adopted_job(running, JobStatus.RUNNING)))
+        if job.status is JobStatus.WRITING:
+            return  # its run is over; the manager has not noticed yet
         if job.status is not status:
             self.store.update(job.id, status=status, started=job.started or time.time(), finished=None)
             logger.info("job %d: %s", job.id, status.value)
@@ -361,11 +393,13 @@ class Scheduler:
         known = self.store.by_item_uids([i["item_uid"] for i in items])
         removed = False
         for item in items:
+            if item.get("name") == EXECUTOR_PLAN:
+                continue  # not a job: it runs jobs (`place_executor` keeps one)
             job = known.get(item["item_uid"])
             if job is None:
                 owner = self._copy_owner(item)
                 if owner is None:
-                    self.store.insert(_adopted(item, JobStatus.QUEUED))
+                    self.store.insert(adopted_job(item, JobStatus.QUEUED))
                 elif owner.status is JobStatus.QUEUED:  # the job runs again, as configured
                     self.store.update(owner.id, item_uid=item["item_uid"])
                     logger.info("job %d: its item comes back as %s", owner.id, item["item_uid"])
@@ -395,7 +429,7 @@ class Scheduler:
         # read: only a job missing from two looks in a row has really left.
         suspects: set[int] = set()
         for job in self.store.list(list(ACTIVE)):
-            if job.item_uid is None or job.item_uid in queued:
+            if job.item_uid is None or job.item_uid in queued or job.status is JobStatus.WRITING:
                 continue
             # An active job whose item is in the history waits to run again (`_finish`).
             waiting_copy = job.item_uid in history

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -25,16 +25,26 @@ class JobStatus(StrEnum):
     QUEUED = "queued"  #: in the queue server's queue
     RUNNING = "running"  #: the RunEngine is executing it
     PAUSED = "paused"  #: the RunEngine paused it; `orchestrion resume` goes on
-    DONE = "done"  #: its plan completed
+    #: its runs have stopped (the hardware has moved on); post-processing is still
+    #: closing their files and completing their catalog entries
+    WRITING = "writing"
+    DONE = "done"  #: its plan completed and post-processing confirmed every run written
+    #: its plan completed but not all of its data could be written (``error`` says what
+    #: is missing, ``hdf5`` and ``tiled`` where the rest is)
+    INCOMPLETE = "incomplete"
     FAILED = "failed"  #: its plan raised, or the worker died under it
     CANCELLED = "cancelled"  #: removed from the queue, or aborted while running
 
     @property
     def terminal(self) -> bool:
-        return self in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+        return self in TERMINAL
 
 
-ACTIVE = (JobStatus.SUBMITTED, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
+TERMINAL = frozenset({JobStatus.DONE, JobStatus.INCOMPLETE, JobStatus.FAILED, JobStatus.CANCELLED})
+ACTIVE = (JobStatus.SUBMITTED, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED, JobStatus.WRITING)
+# What post-processing confirmed of a run (the `runs` table's ``written``).
+WRITTEN = "written"  # file closed, catalog entry complete
+NOT_ALL_WRITTEN = "incomplete"  # some of its points are missing from the file or the catalog
 
 
 class UnknownJobError(InputError, KeyError):
@@ -109,6 +119,17 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN parent INTEGER;
     """,
+    # The executor (ADR 0310): jobs run back to back in long-lived queue items; a run is
+    # confirmed written by post-processing after its stop (``written``, ``reason``).
+    """
+    ALTER TABLE runs ADD COLUMN written TEXT;
+    ALTER TABLE runs ADD COLUMN reason TEXT;
+    CREATE TABLE executors (
+        item_uid TEXT PRIMARY KEY,
+        started REAL NOT NULL,
+        retired REAL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -155,6 +176,8 @@ class RunRecord:
     parameters_timestamp: str | None
     code_commit: str | None
     code_clean: bool | None
+    written: str | None = None  #: what post-processing confirmed (`WRITTEN`, `NOT_ALL_WRITTEN`); None: not yet
+    reason: str | None = None  #: why not all of it was written
 
 
 @dataclass(frozen=True)
@@ -232,7 +255,7 @@ _COLUMNS = (
 )  # fmt: skip
 _RUN_COLUMNS = (
     "run_uid", "job_id", "item_uid", "started", "finished", "exit_status", "points", "hdf5", "tiled",
-    "analysis", "parameters_timestamp", "code_commit", "code_clean",
+    "analysis", "parameters_timestamp", "code_commit", "code_clean", "written", "reason",
 )  # fmt: skip
 
 
@@ -440,41 +463,183 @@ class JobStore:
                 self.update(job_id, hdf5=hdf5, parameters_timestamp=parameters_timestamp,
                             code_commit=code_commit, code_clean=code_clean)  # fmt: skip
 
-    def record_run(
+    def record_run_stop(
         self,
-        job_id: int | None,
-        *,
         run_uid: str,
-        points: int,
-        hdf5: str | None,
-        tiled: str | None,
-        parameters_timestamp: str | None,
-        code_commit: str | None,
-        code_clean: bool | None,
-        analysis: dict[str, float] | None = None,
-        exit_status: str | None = None,
-        finished: float | None = None,
+        *,
+        job_id: int | None,
+        measured_points: int,
+        exit_status: str,
+        finished: float,
+        analysis: Mapping[str, float],
     ) -> None:
-        """What the worker knows of a finished run (the queue server does not)."""
+        """A run has stopped: the hardware has moved on, its job is no longer running.
+
+        What the RunEngine measured; post-processing confirms what is durable later
+        (`confirm_run`).  A running job whose run stopped is `WRITING` from now on.
+        """
         with self.write():
             self._db.execute(
-                "INSERT INTO runs (run_uid, job_id, finished, exit_status, points, hdf5, tiled, analysis,"
-                " parameters_timestamp, code_commit, code_clean) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO runs (run_uid, job_id, finished, exit_status, points, analysis) VALUES (?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (run_uid) DO UPDATE SET finished = excluded.finished,"
-                " exit_status = excluded.exit_status, points = excluded.points,"
-                " hdf5 = COALESCE(excluded.hdf5, hdf5), tiled = excluded.tiled, analysis = excluded.analysis",
-                (
-                    run_uid, job_id, finished, exit_status, points, hdf5, tiled, json.dumps(dict(analysis or {})),
-                    parameters_timestamp, code_commit, _encode("code_clean", code_clean),
-                ),
-            )  # fmt: skip
-            if job_id is None or self._open_job(job_id) is None:
+                " exit_status = excluded.exit_status, points = COALESCE(points, excluded.points),"
+                " analysis = excluded.analysis",
+                (run_uid, job_id, finished, exit_status, measured_points, json.dumps(dict(analysis))),
+            )
+            job = self._open_job(job_id)
+            if job is None:
                 return
-            self.add_run_uids(job_id, [run_uid])
+            values: dict[str, Any] = {"analysis": dict(analysis)}
+            if job.status in (JobStatus.RUNNING, JobStatus.PAUSED):
+                values["status"] = JobStatus.WRITING
+            if job.points is None:
+                values["points"] = measured_points
+            self.update(job.id, **values)
+
+    def confirm_run(
+        self, run_uid: str, *, written: str, points: int, hdf5: str | None, tiled: str | None, reason: str | None
+    ) -> None:
+        """Post-processing has read the run back: what is durable, and where.
+
+        The run's job gets its details; a job that waits in `WRITING` for this run ends
+        `DONE`, or `INCOMPLETE` when not all of a run's data could be written.
+        """
+        with self.write():
+            self._db.execute(
+                "UPDATE runs SET written = ?, points = ?, hdf5 = COALESCE(?, hdf5), tiled = ?, reason = ?"
+                " WHERE run_uid = ?",
+                (written, points, hdf5, tiled, reason, run_uid),
+            )
+            row = self._db.execute("SELECT job_id FROM runs WHERE run_uid = ?", (run_uid,)).fetchone()
+            job = self.find(row["job_id"]) if row is not None and row["job_id"] is not None else None
+            # A finished job's record changes only for its own runs (see `_open_job`).
+            if job is None or (job.status.terminal and run_uid not in job.run_uids):
+                return
+            if job.run_uid == run_uid:
+                self.update(job.id, points=points, hdf5=hdf5 or job.hdf5, tiled=tiled)
+            self._settle(job.id)
+
+    def runs_written(self, run_uids: Sequence[str]) -> tuple[JobStatus, str | None] | None:
+        """`DONE`, or `INCOMPLETE` with the reason, once every run is confirmed; None before."""
+        runs = self.runs(run_uids)
+        if len(runs) < len(set(run_uids)) or any(r.written is None for r in runs):
+            return None
+        missing = [r for r in runs if r.written != WRITTEN]
+        if not missing:
+            return JobStatus.DONE, None
+        return JobStatus.INCOMPLETE, "; ".join(f"run {r.run_uid[:8]}: {r.reason or 'not all written'}" for r in missing)
+
+    def _settle(self, job_id: int) -> None:
+        """A job whose plan has ended (``finished`` set) and that waits in `WRITING`: its
+        final status once post-processing has confirmed each of its last attempt's runs."""
+        job = self.get(job_id)
+        if job.status is not JobStatus.WRITING or job.finished is None:
+            return
+        run_uids = job.attempts[-1].run_uids if job.attempts else job.run_uids
+        written = self.runs_written(run_uids)
+        if written is None:
+            return
+        status, error = written
+        attempts = list(job.attempts)
+        if attempts:
+            attempts[-1] = replace(attempts[-1], status=status, error=error)
+        self.update(job_id, status=status, error=error, attempts=attempts)
+
+    # -- the executor (ADR 0310) --------------------------------------------------------
+
+    def executor_started(self, item_uid: str) -> None:
+        with self.write():
+            self._db.execute(
+                "INSERT OR IGNORE INTO executors (item_uid, started) VALUES (?, ?)", (item_uid, time.time())
+            )
+
+    def retired_executors(self) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT item_uid FROM executors WHERE retired IS NOT NULL").fetchall()
+        return {str(row["item_uid"]) for row in rows}
+
+    def next_waiting(self) -> Job | None:
+        """The job that should run next: highest priority, then first submitted (plain items too)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE status = ? ORDER BY priority DESC, created, id LIMIT 1",
+                (JobStatus.QUEUED.value,),
+            ).fetchone()
+        return None if row is None else _row_to_job(row)
+
+    def next_executor_job(self) -> Job | None:
+        """The waiting job an executor would take first (plain items' jobs left out)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE status = ? AND item_uid IS NULL ORDER BY priority DESC, created, id LIMIT 1",
+                (JobStatus.QUEUED.value,),
+            ).fetchone()
+        return None if row is None else _row_to_job(row)
+
+    def running_in(self, item_uid: str) -> Job | None:
+        """The job the executor item ``item_uid`` is running (or has paused), if any."""
+        for job in self.list([JobStatus.RUNNING, JobStatus.PAUSED]):
+            if job.attempts and job.attempts[-1].item_uid == item_uid and job.attempts[-1].finished is None:
+                return job
+        return None
+
+    def unfinished_in(self, item_uid: str) -> builtins.list[Job]:
+        """Jobs whose current attempt ran in ``item_uid`` and was not ended by it."""
+        return [
+            job for job in self.list(list(ACTIVE))
+            if job.attempts and job.attempts[-1].item_uid == item_uid
+            and (job.attempts[-1].finished is None or job.status is JobStatus.WRITING)
+        ]  # fmt: skip
+
+    def claim_next(self, item_uid: str) -> Job | None:
+        """Take the next job for the executor item ``item_uid``, atomically; None: its turn is over.
+
+        The executor's turn is over when nothing waits, or when what should run next is a
+        plain queue-server item (it runs as itself, in its own item).  The executor is then
+        retired in the same transaction, so a submission that comes after it knows that it
+        will not take the new job.
+        """
+        with self.write():
+            job = self.next_waiting()
+            if job is None or job.item_uid is not None:
+                self._db.execute("UPDATE executors SET retired = ? WHERE item_uid = ?", (time.time(), item_uid))
+                return None
+            now = time.time()
+            attempt = Attempt(item_uid=item_uid, status=JobStatus.RUNNING, started=now)
             self.update(
-                job_id, points=points, hdf5=hdf5, tiled=tiled, parameters_timestamp=parameters_timestamp,
-                code_commit=code_commit, code_clean=code_clean, analysis=dict(analysis or {}),
+                job.id, status=JobStatus.RUNNING, started=job.started or now, finished=None,
+                attempts=[*job.attempts, attempt],
             )  # fmt: skip
+            return self.get(job.id)
+
+    def end_attempt(
+        self, job_id: int, item_uid: str, status: JobStatus, *, exit_status: str, error: str | None = None
+    ) -> Job:
+        """The end of a job's plan in the executor item ``item_uid``: its attempt, with its runs.
+
+        A plan that completed leaves the job `WRITING` until post-processing has confirmed
+        its runs (`confirm_run`), or ends it at once if it already has.
+        """
+        with self.write():
+            job = self.get(job_id)
+            attempts = list(job.attempts)
+            if not attempts or attempts[-1].item_uid != item_uid or attempts[-1].finished is not None:
+                return job
+            last = attempts[-1]
+            runs = [r for r in self.runs_without_item(job_id) if (r.started or 0.0) >= (last.started or 0.0) - 1.0]
+            run_uids = [r.run_uid for r in runs]
+            self.claim_runs(item_uid, run_uids, job_id)
+            counted = [r.points for r in runs]
+            now = time.time()
+            attempts[-1] = replace(
+                last, status=status, finished=now, exit_status=exit_status, error=error, run_uids=run_uids,
+                hdf5=[r.hdf5 for r in runs if r.hdf5],
+                points=sum(p for p in counted if p is not None) if counted and None not in counted else None,
+            )  # fmt: skip
+            final = JobStatus.WRITING if status is JobStatus.DONE else status
+            self.update(job_id, status=final, finished=now, error=error, attempts=attempts)
+            self._settle(job_id)
+            return self.get(job_id)
 
     def _open_job(self, job_id: int | None) -> Job | None:
         """The job a start document names, if it may still get runs.

@@ -221,8 +221,10 @@ def _note_running_jobs(config: OrchestrionConfig, reason: str) -> None:
     store = JobStore.open(config)
     try:
         for job in store.list([JobStatus.RUNNING, JobStatus.PAUSED]):
-            if job.item_uid is not None:
-                store.note_interruption(job.item_uid, reason)
+            # Its own item, or the executor item running it (ADR 0310).
+            item_uid = job.item_uid or (job.attempts[-1].item_uid if job.attempts else None)
+            if item_uid is not None:
+                store.note_interruption(item_uid, reason)
     finally:
         store.close()
 
