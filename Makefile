@@ -8,6 +8,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_HOME ?= var/demo
 APT_PACKAGES := redis-server influxdb
+# Test modules run side by side (pytest-xdist, one module per process so that each
+# module's servers start once): most of the suite waits on servers starting, so three
+# processes keep two cores busy.  `make test TEST_PROCESSES=0` runs it in one process.
+TEST_PROCESSES ?= 3
 
 .PHONY: demo test lint typecheck bench system-deps clean
 
@@ -49,7 +53,7 @@ test: $(STAMP) system-deps
 	$(BIN)/ruff check src tests plans bench profile
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests plans bench profile

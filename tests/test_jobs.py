@@ -33,6 +33,7 @@ from orchestrion.jobs import (
     validate_request,
 )
 from orchestrion.lab import load_library_and_devices
+from orchestrion.pipeline._offload import MAX_RESUMES  # how often a run is taken over
 from orchestrion.schema import EXECUTOR_PLAN, JOB_ID_KEY
 from orchestrion.services import close_api, queue_server_api
 from orchestrion.worker import PLANS_AND_DEVICES_FILE, WorkerEnvironment, existing_plans_and_devices
@@ -356,11 +357,16 @@ def test_a_job_whose_data_were_not_all_written_ends_incomplete_with_where_its_da
     summaries = worker.pipeline.summaries.runs
 
     def kill_post_processing(name: str, doc: dict[str, Any]) -> None:
-        # Once post-processing has opened the run's file: the points so far are kept there.
-        if name == "event" and not killed and any(s.hdf5 and s.measured_points > 20 for s in summaries.values()):
-            killed.extend(post_processing_helpers())
-            for pid in killed:
-                os.kill(pid, signal.SIGKILL)
+        # Once post-processing has opened the run's file, every helper that takes the run
+        # over is killed too, more times than the run is taken over: its data cannot all
+        # be written, and the points so far are kept in its file.
+        if name != "event" or len(killed) > MAX_RESUMES:
+            return
+        if any(s.hdf5 and s.measured_points > 20 for s in summaries.values()):
+            for pid in post_processing_helpers():
+                if pid not in killed:
+                    killed.append(pid)
+                    os.kill(pid, signal.SIGKILL)
 
     worker.RE.subscribe(kill_post_processing)
     worker.RE(executor_of(worker)())

@@ -365,9 +365,11 @@ class Backend:
     def job_states(self, limit: int = 200) -> dict[int, tuple[str, int | None, float | None]]:
         return {j.id: (j.status.value, j.points, j.finished) for j in self.store.list(limit=limit)}
 
-    def running_job(self) -> Job | None:
-        running = self.store.list(JobStatus.RUNNING, limit=1)
-        return running[0] if running else None
+    def live_jobs(self) -> list[Job]:
+        """The jobs whose points may still arrive: running, paused, and writing (their run
+        stopped, post-processing still writing its last points: the next job may be
+        running meanwhile, back to back)."""
+        return self.store.list((JobStatus.RUNNING, JobStatus.PAUSED, JobStatus.WRITING), limit=8)
 
 
 def without_credentials(address: str) -> str:

@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from orchestrion.config import load_config
 from orchestrion.errors import InputError, OrchestrionError
 from orchestrion.experiment import first_error
-from orchestrion.jobs import JobRequest, JobStatus, QueueServerError
+from orchestrion.jobs import TERMINAL, JobRequest, JobStatus, QueueServerError
 from orchestrion.parameters import ParameterStoreUnavailable
 from orchestrion.schema import API_PREFIX, API_TILED_PREFIX
 from orchestrion.services import run_dir, tiled_api_key, tiled_uri
@@ -531,23 +531,23 @@ async def live(who: Reader, request: Request, interval: float = 0.2) -> Streamin
         yield sse("hello", {"name": who.name, "jobs": len(states)})
         # A client that joins late learns the state of every job still in flight first.
         for job_id, (state, *_) in states.items():
-            if state not in ("done", "failed", "cancelled"):
+            if JobStatus(state) not in TERMINAL:
                 yield sse("job", await call(lab.describe_job, await call(lab.job, job_id)))
-        reader_: PointReader | None = None
+        readers: dict[int, PointReader] = {}  # job id -> its file's reader, while its points may come
         while not await request.is_disconnected():
             now = await call(lab.job_states)
             for job_id in changed_jobs(states, now):
                 yield sse("job", await call(lab.describe_job, await call(lab.job, job_id)))
             states = now
-            running = await call(lab.running_job)
-            if running is not None and (reader_ is None or reader_.job.id != running.id):
-                reader_ = PointReader(lab.config.data_dir, running)
-            if reader_ is not None:
+            live = {job.id: job for job in await call(lab.live_jobs)}
+            for job_id, job in sorted(live.items()):
+                readers.setdefault(job_id, PointReader(lab.config.data_dir, job))
+            for job_id, reader_ in sorted(readers.items()):
                 points = await call(reader_.new_points)
                 if points:
-                    yield sse("points", {"job": reader_.job.id, "points": points})
-                if running is None:
-                    reader_ = None
+                    yield sse("points", {"job": job_id, "points": points})
+                if job_id not in live:
+                    del readers[job_id]  # read once more after its last point was written
             await asyncio.sleep(interval)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
