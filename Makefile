@@ -65,6 +65,7 @@ typecheck: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.readme
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
