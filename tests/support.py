@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import socket
 import subprocess
 import time
@@ -15,11 +17,32 @@ from orchestrion.config import OrchestrionConfig, load_config
 T = TypeVar("T")
 
 
+# Ports for the tests' servers come from a block of this test process's own, below the
+# kernel's ephemeral range (32768-60999 here): a port that ``bind(0)`` handed out and
+# released could be taken as the source port of any outgoing connection, or by another
+# test process (pytest-xdist), before the server binds it, and the server then never
+# answered.  Each xdist worker (gw0, gw1, ...) has its own block; a port is given once.
+_PORT_BLOCK = 3000
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+_block_start = 10000 + _PORT_BLOCK * (int(_worker[2:]) + 1 if _worker.startswith("gw") else 0)
+_ports = itertools.cycle(range(_block_start, _block_start + _PORT_BLOCK))
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on now and no other test process is given."""
+    for _ in range(_PORT_BLOCK):
+        port = next(_ports)
+        if port in _given:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise RuntimeError(f"no free port left in {_block_start}-{_block_start + _PORT_BLOCK - 1}")
 
 
 def wait_until(condition: Callable[[], T], timeout: float = 30.0, interval: float = 0.02, what: str = "condition") -> T:
@@ -89,7 +112,6 @@ def xvfb_display(timeout: float = 20.0) -> Iterator[str]:
     leaves, and refuses connections meanwhile); no TCP listener.  The pipe stays open while
     Xvfb runs: it treats a failed write as fatal.  Fails if Xvfb died while it was used.
     """
-    import os
     import select
     import shutil
 

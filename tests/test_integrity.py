@@ -210,9 +210,10 @@ def test_a_full_disk_costs_no_durable_point_and_the_home_writes_normally_once_th
     for lock in (small_disk / ".writing").glob("*.lock"):
         name = lock.name.removesuffix(".lock")
         assert f"could not recover {small_disk / name} for lack of space; it is retried later" in err, err
-    # The full run's file is readable, not marked a success; the file the full disk
-    # never let exist is set aside with a record, so no later run trips over it.
-    with h5py.File(full["hdf5"], "r") as f:
+    # The full run's file is readable (by an SWMR reader while its recovery waits for
+    # room), not marked a success; the file the full disk never let exist is set aside
+    # with a record, so no later run trips over it.
+    with h5py.File(full["hdf5"], "r", swmr=True) as f:
         assert f["entry/status"][()] in (b"incomplete", b"error")
         assert f["entry/points"][()] >= full["points"]
     if blocked["hdf5"] is not None:
