@@ -37,17 +37,25 @@ def _spread(values: list[float], scale: float = 1.0, unit: str = "s") -> str:
     return f"median {median * scale:.4f} {unit} (q1 {q1 * scale:.4f}, q3 {q3 * scale:.4f}, n={len(values)})"
 
 
+def _run_start(catalog: Any, run_uid: str, deadline: float) -> float | None:
+    """The start time of run ``run_uid`` once the stack's catalog has it (None at ``deadline``)."""
+    while time.monotonic() < deadline:
+        try:
+            return float(catalog[run_uid].metadata["start"]["time"])
+        except KeyError:
+            time.sleep(0.05)
+    return None
+
+
 def _start_time(catalog: Any, api: Any, uid: str, timeout: float = 60.0) -> float:
+    """When the queue-server item ``uid``'s run started (from the item's history entry)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for item in reversed(api.history_get(reload=True)["items"]):
             if item["item_uid"] == uid and item["result"].get("run_uids"):
-                run_uid = item["result"]["run_uids"][-1]
-                while time.monotonic() < deadline:
-                    try:
-                        return float(catalog[run_uid].metadata["start"]["time"])
-                    except KeyError:
-                        time.sleep(0.05)
+                started = _run_start(catalog, item["result"]["run_uids"][-1], deadline)
+                if started is not None:
+                    return started
         time.sleep(0.02)
     raise TimeoutError(f"item {uid} did not run")
 
@@ -58,12 +66,8 @@ def _job_start_time(http: Any, catalog: Any, job_id: int, timeout: float = 60.0)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run_uid = http.get(f"/api/orchestrion/jobs/{job_id}").json().get("run_uid")
-        if run_uid:
-            while time.monotonic() < deadline:
-                try:
-                    return float(catalog[run_uid].metadata["start"]["time"])
-                except KeyError:
-                    time.sleep(0.05)
+        if run_uid and (started := _run_start(catalog, run_uid, deadline)) is not None:
+            return started
         time.sleep(0.02)
     raise TimeoutError(f"job {job_id} did not run")
 

@@ -560,18 +560,17 @@ class JobStore:
 
     def next_waiting(self) -> Job | None:
         """The job that should run next: highest priority, then first submitted (plain items too)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM jobs WHERE status = ? ORDER BY priority DESC, created, id LIMIT 1",
-                (JobStatus.QUEUED.value,),
-            ).fetchone()
-        return None if row is None else _row_to_job(row)
+        return self._first_queued("")
 
     def next_executor_job(self) -> Job | None:
         """The waiting job an executor would take first (plain items' jobs left out)."""
+        return self._first_queued(" AND item_uid IS NULL")
+
+    def _first_queued(self, condition: str) -> Job | None:
+        # The one claim order: highest priority, then first submitted (ADR 0310).
         with self._lock:
             row = self._db.execute(
-                "SELECT * FROM jobs WHERE status = ? AND item_uid IS NULL ORDER BY priority DESC, created, id LIMIT 1",
+                f"SELECT * FROM jobs WHERE status = ?{condition} ORDER BY priority DESC, created, id LIMIT 1",
                 (JobStatus.QUEUED.value,),
             ).fetchone()
         return None if row is None else _row_to_job(row)
