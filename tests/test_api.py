@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from orchestrion.cli import cli
-from orchestrion.client import AuthError, Client
+from orchestrion.client import AuthError, Client, local_credentials
 from orchestrion.config import OrchestrionConfig
 from orchestrion.jobs import JobStatus, JobStore
 from orchestrion.services import api_url, close_api, queue_server_api, run_dir, status, tiled_api_key
@@ -45,7 +45,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrchestrionConfi
 
 @pytest.fixture(scope="module")
 def admin_key(stack: OrchestrionConfig) -> str:
-    return (run_dir(stack) / "api-key").read_text().strip()
+    return local_credentials(stack)[1]
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from pydantic import SecretStr
 
 from orchestrion.cli import cli
-from orchestrion.client import AuthError, Client
+from orchestrion.client import AuthError, Client, local_credentials
 from orchestrion.config import OrchestrionConfig, load_config
 from orchestrion.errors import InputError
 from orchestrion.jobs import JobStore
@@ -44,7 +44,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrchestrionConfi
 
 @pytest.fixture(scope="module")
 def admin(stack: OrchestrionConfig) -> Iterator[Client]:
-    with Client(api_url(stack), (run_dir(stack) / "api-key").read_text().strip()) as client:
+    with Client(*local_credentials(stack)) as client:
         yield client
 
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from orchestrion.client import Client
+from orchestrion.client import Client, local_credentials
 from orchestrion.config import OrchestrionConfig
 from orchestrion.gui import ApiStackClient, AxisSetting, MainWindow, take_screenshots
-from orchestrion.services import api_url, run_dir, service, stop_service, up
+from orchestrion.services import api_url, service, stop_service, up
 
 from .support import running_stack, xvfb_display
 
@@ -55,7 +55,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrchestrionConfi
 
 @pytest.fixture(scope="module")
 def admin(stack: OrchestrionConfig) -> Iterator[Client]:
-    with Client(api_url(stack), (run_dir(stack) / "api-key").read_text().strip()) as client:
+    with Client(*local_credentials(stack)) as client:
         yield client
 
 
@@ -71,7 +71,7 @@ def open_window(qtbot: object, url: str, key: str) -> MainWindow:
 
 @pytest.fixture
 def window(qtbot: object, stack: OrchestrionConfig) -> Iterator[MainWindow]:
-    opened = open_window(qtbot, api_url(stack), (run_dir(stack) / "api-key").read_text().strip())
+    opened = open_window(qtbot, *local_credentials(stack))
     yield opened
     opened.shutdown()
     opened.client.close()
