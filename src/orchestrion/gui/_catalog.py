@@ -126,10 +126,12 @@ def find_run(client: Any, reference: str) -> Any:
         if len(jobs) == 0:
             # Older runs and some writers keep the job id as text.
             jobs = client.search(Key(f"start.{JOB_ID_KEY}") == str(number))
-        if len(jobs) == 0:
+        if len(jobs) > 0:
+            # A job that was resumed may hold several runs: the last is its data.
+            return jobs.values().last()
+        if len(text) < MIN_UID_PREFIX:
             raise InputError(f"job {number}: no run of it in the catalog")
-        # A job that was resumed may hold several runs: the last is its data.
-        return jobs.values().last()
+        # Not a job: a uid prefix can be all digits (about one uid in forty).
     if text in client:
         return client[text]
     if len(text) < MIN_UID_PREFIX:
@@ -137,7 +139,8 @@ def find_run(client: Any, reference: str) -> Any:
     # Tiled has no prefix query over keys; a short walk over the newest runs finds it.
     matches = [uid for uid in client if uid.startswith(text)]
     if not matches:
-        raise InputError(f"run '{text}': no run with that uid in the catalog")
+        job = " nor a job of that id" if text.isdigit() else ""
+        raise InputError(f"run '{text}': no run with that uid in the catalog{job}")
     if len(matches) > 1:
         raise InputError(f"run '{text}': {len(matches)} runs start with it; give more of the uid")
     return client[matches[0]]
