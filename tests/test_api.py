@@ -332,9 +332,16 @@ def test_pause_resume_abort_and_the_live_stream(stack: OrchestrionConfig, admin:
         if event == "points" and data["job"] == job.id:
             break
     assert any(e == "job" and d["id"] == job.id and d["status"] == "running" for e, d in events)
-    points = next(d for e, d in events if e == "points")["points"]
+    batch = next(d for e, d in events if e == "points")
+    points = batch["points"]
     assert points
     assert "index" in points[0]
+    # Each point carries its per-shot counts (the GUI's shot histograms), named as the
+    # file names them, with the data key the file records for that name.
+    counts = [name for name, key in batch["keys"].items() if key == "sequencer-counts"]
+    assert counts, batch["keys"]
+    assert all(len(point[counts[0]]) == LONG["shots"] for point in points)
+    assert batch["omitted"] == {}
     admin.pause(immediate=False)
     wait_until(lambda: admin.runengine()["manager_state"] == "paused", timeout=30, what="paused")
     admin.resume()

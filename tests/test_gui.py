@@ -113,6 +113,28 @@ def test_a_scan_submitted_from_the_form_runs_to_done_and_its_plot_holds_every_po
     assert np.asarray(drawn[0].getData()[1]).size == 9
 
 
+def test_a_running_jobs_shot_histogram_holds_every_shot_of_the_points_received(
+    qtbot: object, window: MainWindow, admin: Client
+) -> None:
+    shots, total = 100, 100  # about 12 s of points: most arrive while the job runs
+    job = admin.submit("spectroscopy", scan=[f"spectroscopy.detuning=-1e5:1e5:{total}"], shots=shots)
+    data = window.data
+    qtbot.waitUntil(lambda: data.live_job == job.id and data.run is not None, timeout=60_000)  # type: ignore[attr-defined]
+    assert data.run is not None
+    # The run's first points come from the catalog with the run's start; the points after
+    # them only from the live stream, which must bring their shots too.
+    first = data.run.points
+
+    def live_histogram_complete() -> bool:
+        plot = data.plot
+        if plot is None or not plot.histograms or not first + 5 <= plot.points < total:
+            return False
+        return bool(plot.histograms[0].counts.sum() == plot.points * shots)
+
+    qtbot.waitUntil(live_histogram_complete, timeout=120_000)  # type: ignore[attr-defined]
+    assert job.wait(120)["status"] == "done"
+
+
 def test_a_bad_value_is_marked_at_its_field_and_nothing_is_queued(
     qtbot: object, window: MainWindow, admin: Client
 ) -> None:

@@ -5,6 +5,10 @@ Points come from the running job's HDF5 file, which the pipeline keeps readable 
 it writes it (SWMR): rows appear there as they are flushed, within
 `hdf5_flush_interval`.  When the document bus is there (Redis Streams), it is the
 quicker source of points; the events keep their shape.
+
+A point carries its scalar columns and its small arrays (per-shot photon counts: the
+data page's shot histograms), up to `LIVE_ROW_ELEMENTS` values a row; larger rows
+(images, long traces) are left to the catalog, and each batch names what it left out.
 """
 
 from __future__ import annotations
@@ -27,6 +31,28 @@ from orchestrion.jobs import Job
 def sse(event: str, data: Any) -> str:
     """One server-sent event (``event:`` and one ``data:`` line of JSON)."""
     return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+LIVE_ROW_ELEMENTS = 10_000
+"""The largest array a live point carries (values per row): 10,000 shots' counts are
+about 40 kB of JSON a point; a 1 MiB image is not streamed but read from Tiled."""
+LIVE_BATCH_ELEMENTS = 1_000_000
+"""Values sent in one batch at most: a client that connects late to a long run gets its
+earlier points over several batches, not in one event of hundreds of megabytes."""
+
+
+@dataclass(frozen=True)
+class PointBatch:
+    """New rows of a job's file: each row by its file name, what the names stand for, what was left out."""
+
+    points: list[dict[str, Any]]
+    keys: dict[str, str]
+    """File name -> event-model data key (the datasets' ``data_key`` attribute)."""
+    omitted: dict[str, list[int]]
+    """File name -> shape of one row, for the arrays too large to stream."""
+
+    def to_dict(self, job_id: int) -> dict[str, Any]:
+        return {"job": job_id, "points": self.points, "keys": self.keys, "omitted": self.omitted}
 
 
 class PointReader:
@@ -57,33 +83,51 @@ class PointReader:
         return None
 
     def new_points(self) -> list[dict[str, Any]]:
-        """The points written since the last call (each a data key -> value mapping)."""
+        """The points written since the last call (each a file name -> value mapping)."""
+        batch = self.new_batch()
+        return [] if batch is None else batch.points
+
+    def new_batch(self) -> PointBatch | None:
+        """The rows written since the last call, with their data keys; None if there are none."""
         if self.path is None:
             self.path = self._find()
             if self.path is None:
-                return []
+                return None
         try:
             with h5py.File(self.path, "r", swmr=True) as f:
                 group = f.get("entry/data")
                 if not isinstance(group, h5py.Group):
-                    return []
-                columns: dict[str, Any] = {}
+                    return None
+                columns: dict[str, h5py.Dataset] = {}
+                keys: dict[str, str] = {}
+                omitted: dict[str, list[int]] = {}
                 for name, dataset in group.items():
-                    if isinstance(dataset, h5py.Dataset) and dataset.ndim == 1:
-                        dataset.refresh()
+                    if not isinstance(dataset, h5py.Dataset) or dataset.ndim == 0:
+                        continue
+                    dataset.refresh()
+                    row_shape = [int(n) for n in dataset.shape[1:]]
+                    if int(np.prod(row_shape)) > LIVE_ROW_ELEMENTS:
+                        omitted[name] = row_shape
+                    else:
                         columns[name] = dataset
+                    key = dataset.attrs.get("data_key")
+                    if key is not None:
+                        keys[name] = _text(key)
+                # Every column grows row by row: the rows all columns hold are complete.
                 rows = min((d.shape[0] for d in columns.values()), default=0)
                 if rows <= self.sent:
-                    return []
+                    return None
+                per_row = sum(max(1, int(np.prod(d.shape[1:]))) for d in columns.values())
+                rows = min(rows, self.sent + max(1, LIVE_BATCH_ELEMENTS // max(1, per_row)))
                 values = {name: d[self.sent : rows] for name, d in columns.items()}
         except (OSError, KeyError):
-            return []
+            return None
         points = [
             {name: _plain(column[i]) for name, column in values.items()} | {"index": self.sent + i}
             for i in range(rows - self.sent)
         ]
         self.sent = rows
-        return points
+        return PointBatch(points, keys, omitted)
 
 
 def _text(value: Any) -> str:
@@ -96,6 +140,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         item = value.item()
         return None if isinstance(item, float) and not np.isfinite(item) else item
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            return [_plain(v) for v in value]  # JSON has no NaN: None where not finite
+        return value.tolist()
     return value
 
 

@@ -543,11 +543,11 @@ async def live(who: Reader, request: Request, interval: float = 0.2) -> Streamin
             for job_id, job in sorted(live.items()):
                 readers.setdefault(job_id, PointReader(lab.config.data_dir, job))
             for job_id, reader_ in sorted(readers.items()):
-                points = await call(reader_.new_points)
-                if points:
-                    yield sse("points", {"job": job_id, "points": points})
-                if job_id not in live:
-                    del readers[job_id]  # read once more after its last point was written
+                batch = await call(reader_.new_batch)
+                if batch is not None:
+                    yield sse("points", batch.to_dict(job_id))
+                if job_id not in live and batch is None:
+                    del readers[job_id]  # read until nothing is left after its last point was written
             await asyncio.sleep(interval)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

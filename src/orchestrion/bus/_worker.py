@@ -15,6 +15,7 @@ loses what the previous attempt left: its HDF5 file and its catalog node.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from orchestrion.pipeline import (
     connect_catalog,
     discard_spool,
     file_name_for,
+    post_processing_imports,
     recover_incomplete,
 )
 
@@ -383,8 +385,15 @@ class BusWorker:
         client.close()
 
     def _warm_up(self) -> None:
-        """Import and build the chain once (Tiled's imports take seconds), before the first run."""
+        """Import and build the chain once (Tiled's imports take seconds), before the first run.
+
+        The catalog writer is made only when a run starts: its imports (bluesky-tiled-plugins
+        brings dask, scipy, SQLAlchemy) are done here, or the first run of a fresh worker
+        would reach its file and its catalog seconds late, and a live reader would see
+        nothing of it until after its stop."""
         try:
+            for module in post_processing_imports(self.config):
+                importlib.import_module(module)
             chain = build_post_processing(self.config)
             close = getattr(chain, "close", None)
             if callable(close):

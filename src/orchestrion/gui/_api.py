@@ -123,7 +123,8 @@ class _Live:
         if event == "job":
             self.on_event(LiveEvent(kind="job", job=_job(data)))
         elif event == "points":
-            self.on_event(LiveEvent(kind="points", job_id=int(data["job"]), document={"points": data["points"]}))
+            document = {"points": data["points"], "keys": data.get("keys") or {}}
+            self.on_event(LiveEvent(kind="points", job_id=int(data["job"]), document=document))
 
     def close(self) -> None:
         self._closed.set()

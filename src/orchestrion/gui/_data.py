@@ -64,6 +64,8 @@ class DataPage(QWidget):
         self._pending: list[Mapping[str, Any]] = []
         self._fetching = False
         self._missing = 0
+        self._file_keys: dict[str, str] = {}
+        """The live job's file names -> data keys (from the live stream)."""
         self.job_lookup: Callable[[int], JobInfo | None] = lambda _job_id: None
         """The queue's knowledge of a job (set by the window), for runs the catalog lacks."""
         self._dirty = False
@@ -199,12 +201,18 @@ class DataPage(QWidget):
             self.run.exit_status = document.get("exit_status")
         self._dirty = True
 
-    def on_points(self, job_id: int, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Rows of the running job's file (the API's live stream): the run's start comes from Tiled."""
+    def on_points(
+        self, job_id: int, rows: Sequence[Mapping[str, Any]], keys: Mapping[str, str] | None = None
+    ) -> None:
+        """Rows of the running job's file (the API's live stream): the run's start comes from Tiled.
+
+        ``keys`` names the data key of each file name (the file's own record of it)."""
         if self.live_job != job_id:
             if not self.follow.isChecked():
                 return
             self.live_job, self.run, self._pending, self._missing = job_id, None, [], 0
+            self._file_keys = {}
+        self._file_keys.update(keys or {})
         if self.run is None:
             self._pending.extend(rows)
             if not self._fetching:
@@ -213,7 +221,7 @@ class DataPage(QWidget):
             return
         for row in rows:
             if int(row.get("index", self.run.points)) >= self.run.points:
-                self.run.add_row(row)
+                self.run.add_row(row, self._file_keys)
         self.last_point_received = time.monotonic()
         self._dirty = True
 

@@ -106,13 +106,14 @@ class RunData:
             if len(column) == done:
                 column.append(None)
 
-    def add_row(self, row: Mapping[str, Any]) -> None:
+    def add_row(self, row: Mapping[str, Any], file_keys: Mapping[str, str] | None = None) -> None:
         """A point as a file row names it (NeXus names, "index" its row): mapped back to data keys.
 
-        Without the run's descriptor only the point's own keys and the scanned axes are
-        known; the other columns keep their file names."""
+        ``file_keys`` is the file's own record of each name's data key; without it or the
+        run's descriptor only the point's own keys and the scanned axes are known, and
+        the other columns keep their file names."""
         known = self.keys or (POINT_KEY, REPETITION_KEY, *(a.key for a in scan_axes(self.start)))
-        names = {nexus_name(key): key for key in known}
+        names = {nexus_name(key): key for key in known} | dict(file_keys or {})
         self.add_event({names.get(name, name): value for name, value in row.items() if name != "index"})
 
     def add_analysis(self, data: Mapping[str, Any]) -> None:

@@ -272,7 +272,8 @@ class LiveEvent:
     """One message of the live stream: a job's new state, or a point of the running job."""
 
     kind: str
-    """"job" (``job`` set), "points" (``job_id``; ``document["points"]``: rows of the job's file)
+    """"job" (``job`` set), "points" (``job_id``; ``document["points"]``: rows of the job's file,
+    ``document["keys"]``: their file names' data keys)
     or "document" (``job_id``, ``name`` and ``document``: a document of the job's run)."""
     job: JobInfo | None = None
     name: str = ""

@@ -95,7 +95,7 @@ class MainWindow(QMainWindow):
                 if self.data.live_job == event.job.id:
                     self.data.show_run(event.job.run_uid)
         elif event.kind == "points" and event.job_id is not None:
-            self.data.on_points(event.job_id, event.document.get("points", []))
+            self.data.on_points(event.job_id, event.document.get("points", []), event.document.get("keys"))
         elif event.kind == "document":
             self.data.on_document(event.job_id, event.name, event.document)
 

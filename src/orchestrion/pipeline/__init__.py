@@ -14,7 +14,7 @@ from ._bundler import Bundler, RunBundler
 from ._checks import DocumentError, RunChecks
 from ._hdf5_files import DEFAULT_FILE_PREFIX, LIBVER, file_name_for
 from ._hdf5_plugins import PLUGIN_GROUP, Hdf5Plugin, InstrumentPlugin, RunDocuments, load_plugins
-from ._pipeline import DocumentPipeline, build_pipeline, build_post_processing
+from ._pipeline import DocumentPipeline, build_pipeline, build_post_processing, post_processing_imports
 from ._post import PostProcessing, RunOutcome
 from ._recovery import Recovered, recover_file, recover_incomplete, recover_orphans
 from ._repair import RepairResult, repair_catalog
@@ -66,6 +66,7 @@ __all__ = [
     "how_to_open",
     "load_plugins",
     "open_embedded_catalog",
+    "post_processing_imports",
     "recover_file",
     "recover_incomplete",
     "recover_orphans",
