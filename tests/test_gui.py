@@ -116,7 +116,7 @@ def test_a_scan_submitted_from_the_form_runs_to_done_and_its_plot_holds_every_po
 def test_a_running_jobs_shot_histogram_holds_every_shot_of_the_points_received(
     qtbot: object, window: MainWindow, admin: Client
 ) -> None:
-    shots, total = 100, 100  # about 12 s of points: most arrive while the job runs
+    shots, total = 50, 1000  # about 10 s of points at the stack's time scale: most arrive while it runs
     job = admin.submit("spectroscopy", scan=[f"spectroscopy.detuning=-1e5:1e5:{total}"], shots=shots)
     data = window.data
     qtbot.waitUntil(lambda: data.live_job == job.id and data.run is not None, timeout=60_000)  # type: ignore[attr-defined]

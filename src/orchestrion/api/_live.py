@@ -1,10 +1,11 @@
 """The live stream: job-state changes and the running job's points, as server-sent events.
 
 Job states come from the job table (the truth the scheduler and the worker keep).
-Points come from the running job's HDF5 file, which the pipeline keeps readable while
+Points come, in services mode, from the document bus (Redis Streams), where the
+RunEngine's documents are within about 0.1 s (`BusPointReader`); otherwise, or once a
+run has left the bus, from the job's HDF5 file, which the pipeline keeps readable while
 it writes it (SWMR): rows appear there as they are flushed, within
-`hdf5_flush_interval`.  When the document bus is there (Redis Streams), it is the
-quicker source of points; the events keep their shape.
+`hdf5_flush_interval` (`PointReader`).  The events keep their shape.
 
 A point carries its scalar columns and its small arrays (per-shot photon counts: the
 data page's shot histograms), up to `LIVE_ROW_ELEMENTS` values a row; larger rows
@@ -25,7 +26,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from orchestrion.bus import Follower, RunNotOnBus
 from orchestrion.jobs import Job
+from orchestrion.schema import PRIMARY
 
 
 def sse(event: str, data: Any) -> str:
@@ -128,6 +131,77 @@ class PointReader:
         ]
         self.sent = rows
         return PointBatch(points, keys, omitted)
+
+
+class BusPointReader:
+    """New points of a job's run from the document bus: its primary events as they come.
+
+    Rows are named by their data keys.  When the run is not on the bus (published before
+    the bus was there, or expired after ``bus_retention``) the job's file is read instead,
+    from the first point this reader has not sent.
+    """
+
+    def __init__(self, follower: Follower, data_dir: Path, job: Job) -> None:
+        self.follower = follower
+        self.job = job
+        self.file = PointReader(data_dir, job)
+        self.run_uid: str | None = None
+        self.after = "0-0"
+        self.on_bus = True
+        self.sent = 0
+        self._primary: set[str] = set()  # descriptor uids of the primary stream
+        self._keys: dict[str, str] = {}
+        self._omitted: dict[str, list[int]] = {}
+
+    def new_points(self) -> list[dict[str, Any]]:
+        batch = self.new_batch()
+        return [] if batch is None else batch.points
+
+    def new_batch(self) -> PointBatch | None:
+        run_uid = self.job.run_uid
+        if run_uid is None:
+            return None  # the job's run has not started
+        if run_uid != self.run_uid:
+            # A job's next run: its points start again (the file reader follows the job's
+            # latest file the same way).
+            self.run_uid, self.after, self.on_bus, self.sent = run_uid, "0-0", True, 0
+            self._primary.clear()
+            self._keys, self._omitted = {}, {}
+        if not self.on_bus:
+            self.file.job, self.file.sent = self.job, max(self.file.sent, self.sent)
+            return self.file.new_batch()
+        points: list[dict[str, Any]] = []
+        budget = LIVE_BATCH_ELEMENTS
+        while budget > 0:
+            try:
+                documents, self.after = self.follower.read(run_uid, self.after)
+            except RunNotOnBus:
+                self.on_bus = False
+                break
+            if not documents:
+                break
+            for name, doc in documents:
+                if name == "descriptor" and doc.get("name") == PRIMARY:
+                    self._describe(doc)
+                elif name == "event" and doc.get("descriptor") in self._primary:
+                    data = doc.get("data", {})
+                    row = {key: data[key] for key in self._keys if key in data}  # JSON values already
+                    # "time" as the file's rows have it: when the RunEngine read the point.
+                    points.append(row | {"time": doc.get("time"), "index": self.sent})
+                    self.sent += 1
+                    budget -= sum(len(v) if isinstance(v, list) else 1 for v in row.values())
+        if not points:
+            return None if self.on_bus else self.new_batch()
+        return PointBatch(points, dict(self._keys), dict(self._omitted))
+
+    def _describe(self, descriptor: dict[str, Any]) -> None:
+        self._primary.add(str(descriptor["uid"]))
+        for key, spec in descriptor.get("data_keys", {}).items():
+            shape = [int(n) for n in spec.get("shape") or []]
+            if int(np.prod(shape)) > LIVE_ROW_ELEMENTS:
+                self._omitted[key] = shape
+            else:
+                self._keys[key] = key
 
 
 def _text(value: Any) -> str:

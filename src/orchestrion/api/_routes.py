@@ -24,17 +24,18 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
+from orchestrion.bus import Follower
 from orchestrion.config import load_config
 from orchestrion.errors import InputError, OrchestrionError
 from orchestrion.experiment import first_error
-from orchestrion.jobs import TERMINAL, JobRequest, JobStatus, QueueServerError
+from orchestrion.jobs import TERMINAL, Job, JobRequest, JobStatus, QueueServerError
 from orchestrion.parameters import ParameterStoreUnavailable
 from orchestrion.schema import API_PREFIX, API_TILED_PREFIX
 from orchestrion.services import run_dir, tiled_api_key, tiled_uri
 
 from ._backend import Backend, Conflict, Forbidden, NotFound
 from ._keys import check_name, create_key, database_uri
-from ._live import LiveClients, PointReader, changed_jobs, sse
+from ._live import BusPointReader, LiveClients, PointReader, changed_jobs, sse
 from ._roles import ROLE_SCOPES, Role, RoleFile, Scope, roles_path
 from ._tiled import Forwarded, TiledDoor, TiledRefusal, query_items, response_headers
 
@@ -533,7 +534,28 @@ async def live(who: Reader, request: Request, interval: float = 0.2) -> Streamin
         for job_id, (state, *_) in states.items():
             if JobStatus(state) not in TERMINAL:
                 yield sse("job", await call(lab.describe_job, await call(lab.job, job_id)))
-        readers: dict[int, PointReader] = {}  # job id -> its file's reader, while its points may come
+        readers: dict[int, PointReader | BusPointReader] = {}  # job id -> its reader, while its points may come
+        # Services mode: the RunEngine's documents are on the bus within ~0.1 s, a file's
+        # rows only after its next flush (`hdf5_flush_interval`).
+        follower = Follower(lab.config) if lab.config.post_processing_workers else None
+
+        def reader_of(job: Job) -> PointReader | BusPointReader:
+            if follower is not None:
+                return BusPointReader(follower, lab.config.data_dir, job)
+            return PointReader(lab.config.data_dir, job)
+
+        try:
+            async for event in points(states, readers, reader_of):
+                yield event
+        finally:
+            if follower is not None:
+                follower.close()
+
+    async def points(
+        states: dict[int, tuple[str, int | None, float | None]],
+        readers: dict[int, PointReader | BusPointReader],
+        reader_of: Callable[[Job], PointReader | BusPointReader],
+    ) -> AsyncIterator[str]:
         while not await request.is_disconnected():
             now = await call(lab.job_states)
             for job_id in changed_jobs(states, now):
@@ -541,7 +563,7 @@ async def live(who: Reader, request: Request, interval: float = 0.2) -> Streamin
             states = now
             live = {job.id: job for job in await call(lab.live_jobs)}
             for job_id, job in sorted(live.items()):
-                readers.setdefault(job_id, PointReader(lab.config.data_dir, job))
+                readers.setdefault(job_id, reader_of(job)).job = job  # its run and file, as recorded now
             for job_id, reader_ in sorted(readers.items()):
                 batch = await call(reader_.new_batch)
                 if batch is not None:

@@ -96,6 +96,23 @@ class Follower:
                 if name == "stop":
                     return
 
+    def read(self, run_uid: str, after: str = "0-0", *, count: int = 500) -> tuple[list[Document], str]:
+        """The run's documents after entry ``after`` that are on the bus now (at most
+        ``count``), without waiting, and the entry id to read on from.
+
+        Raises `RunNotOnBus` if the run's stream is not (or no longer) there."""
+        stream = self.keys.run(run_uid)
+        answer = self.client.xread({stream: after}, count=count)
+        if not answer:
+            if not self.client.exists(stream):
+                raise RunNotOnBus(f"run {run_uid} is not on the bus")
+            return [], after
+        documents: list[Document] = []
+        for raw_id, fields in answer[0][1]:
+            after = _text(raw_id)
+            documents.append((_text(fields[NAME_FIELD.encode()]), decode(fields[DOC_FIELD.encode()])))
+        return documents, after
+
     def bundled(self, run_uid: str, *, timeout: float | None = None) -> Iterator[Document]:
         """The run's documents with its ``bundled`` stream: one synchronized event per scan
         point, made by the same `Bundler` as the files' (raw documents are passed on too)."""

@@ -252,6 +252,14 @@ class ApiStackClient:
         self._subscriptions.append(live)
         return live
 
+    def prepare_catalog(self) -> None:
+        # The first run node read imports bluesky-tiled-plugins' client (dask, scipy: 9 s
+        # at load 4), which would hold the first live job's plot back that long.
+        import bluesky_tiled_plugins  # noqa: F401
+
+        with self._lock:
+            self.api.catalog()
+
     def search_runs(self, search: RunSearch) -> Sequence[RunSummary]:
         with self._lock:
             return search_catalog(self.api.catalog(), search)

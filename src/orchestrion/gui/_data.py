@@ -201,9 +201,7 @@ class DataPage(QWidget):
             self.run.exit_status = document.get("exit_status")
         self._dirty = True
 
-    def on_points(
-        self, job_id: int, rows: Sequence[Mapping[str, Any]], keys: Mapping[str, str] | None = None
-    ) -> None:
+    def on_points(self, job_id: int, rows: Sequence[Mapping[str, Any]], keys: Mapping[str, str] | None = None) -> None:
         """Rows of the running job's file (the API's live stream): the run's start comes from Tiled.
 
         ``keys`` names the data key of each file name (the file's own record of it)."""

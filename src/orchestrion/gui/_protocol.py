@@ -328,6 +328,10 @@ class StackClient(Protocol):
 
     def search_runs(self, search: RunSearch) -> Sequence[RunSummary]: ...
 
+    def prepare_catalog(self) -> None:
+        """Open the catalog and import what reading a run needs (seconds), before a run is shown."""
+        ...
+
     def run_data(self, uid: str) -> RunData: ...
 
     def job_run(self, job_id: int) -> RunData | None:

@@ -78,6 +78,7 @@ class MainWindow(QMainWindow):
         self.queue.refresh()
         self.parameters.refresh()
         self.devices.refresh()
+        self.background.call(self.client.prepare_catalog, None, lambda _error: None)  # the search reports errors
         self.data.search()
         self.subscription = self.client.subscribe(self.live_mailbox.put)
         self.status_timer.start()

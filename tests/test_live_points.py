@@ -1,0 +1,111 @@
+"""The API live stream's point readers: a job's points from its HDF5 file and from the bus.
+
+Files are written by the real serializer and documents published by the real publisher
+into a real redis-server; the readers are the ones the API server's `/live` uses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrion.api import _live
+from orchestrion.api._live import BusPointReader, PointReader
+from orchestrion.bus import BusKeys, BusPublisher, Follower
+from orchestrion.config import OrchestrionConfig
+from orchestrion.jobs import Job, JobStatus
+from orchestrion.pipeline import Serializer
+
+from .bus_support import RedisServer
+from .pipeline_docs import whole_run
+
+POINTS, SHOTS = 12, 4
+
+
+def documents() -> list[tuple[str, dict[str, Any]]]:
+    return list(whole_run(POINTS, shots=SHOTS))
+
+
+def write_file(directory: Path, docs: list[tuple[str, dict[str, Any]]]) -> Path:
+    with Serializer(directory, buffer_points=5) as serializer:
+        for name, doc in docs:
+            serializer(name, doc)
+    (path,) = serializer.artifacts["stream_data"]
+    return Path(path)
+
+
+def running_job(**fields: Any) -> Job:
+    return Job(id=7, experiment="spectroscopy", status=JobStatus.RUNNING, priority=0, submitter="tester",
+               created=time.time(), **fields)  # fmt: skip
+
+
+def every_batch(reader: PointReader | BusPointReader) -> Iterator[_live.PointBatch]:
+    while (batch := reader.new_batch()) is not None:
+        yield batch
+
+
+def test_a_files_points_carry_their_shots_and_the_data_keys_of_their_names(tmp_path: Path) -> None:
+    path = write_file(tmp_path, documents())
+    reader = PointReader(tmp_path, running_job(hdf5=str(path)))
+    (batch,) = every_batch(reader)
+    assert [p["index"] for p in batch.points] == list(range(POINTS))
+    assert batch.keys["sequencer_counts"] == "sequencer-counts"
+    assert batch.points[3]["sequencer_counts"] == [3, 4, 5, 6]
+    assert batch.omitted == {}
+    assert reader.new_batch() is None  # nothing new: nothing sent again
+
+
+def test_a_file_read_late_comes_in_bounded_batches_and_large_rows_are_named_not_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_file(tmp_path, documents())
+    monkeypatch.setattr(_live, "LIVE_ROW_ELEMENTS", SHOTS - 1)
+    monkeypatch.setattr(_live, "LIVE_BATCH_ELEMENTS", 40)
+    batches = list(every_batch(PointReader(tmp_path, running_job(hdf5=str(path)))))
+    assert len(batches) > 1
+    assert [p["index"] for b in batches for p in b.points] == list(range(POINTS))
+    assert all(b.omitted == {"sequencer_counts": [SHOTS]} for b in batches)
+    assert all("sequencer_counts" not in p for b in batches for p in b.points)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_points_come_from_the_bus_and_from_the_file_once_the_run_has_left_it(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    config = OrchestrionConfig(home=tmp_path / "home", bus_redis_url=redis_server.url)  # type: ignore[call-arg]
+    keys = BusKeys(prefix=f"test-live-{time.monotonic_ns()}:")
+    docs = documents()
+    run_uid = docs[0][1]["uid"]
+    publisher = BusPublisher(config, keys=keys)
+    try:
+        for name, doc in docs:
+            publisher(name, doc)  # the stop returns once the whole run is in Redis
+    finally:
+        publisher.close()
+    path = write_file(tmp_path, docs)
+    with Follower(config, keys=keys) as follower:
+        on_bus = BusPointReader(follower, tmp_path, running_job(run_uids=[run_uid]))
+        (batch,) = every_batch(on_bus)
+        assert on_bus.on_bus
+        assert [p["index"] for p in batch.points] == list(range(POINTS))
+        assert batch.keys["sequencer-counts"] == "sequencer-counts"
+        assert batch.points[3]["sequencer-counts"] == [3, 4, 5, 6]
+
+        # The run expires from the bus (`bus_retention`): its file gives the same points.
+        follower.client.delete(keys.run(run_uid))
+        late = BusPointReader(follower, tmp_path, running_job(run_uids=[run_uid], hdf5=str(path)))
+        (from_file,) = every_batch(late)
+        assert not late.on_bus
+        assert [p["index"] for p in from_file.points] == list(range(POINTS))
+        assert from_file.points[3]["sequencer_counts"] == [3, 4, 5, 6]
