@@ -22,10 +22,14 @@ T = TypeVar("T")
 # released could be taken as the source port of any outgoing connection, or by another
 # test process (pytest-xdist), before the server binds it, and the server then never
 # answered.  Each xdist worker (gw0, gw1, ...) has its own block; a port is given once.
+# Within its block a process starts at an offset of its process id: two test runs side by
+# side (two checkouts on one machine) then rarely reach for the same ports.
 _PORT_BLOCK = 3000
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "")
 _block_start = 10000 + _PORT_BLOCK * (int(_worker[2:]) + 1 if _worker.startswith("gw") else 0)
-_ports = itertools.cycle(range(_block_start, _block_start + _PORT_BLOCK))
+_offset = (os.getpid() * 97) % _PORT_BLOCK
+_ports = itertools.cycle([*range(_block_start + _offset, _block_start + _PORT_BLOCK),
+                          *range(_block_start, _block_start + _offset)])  # fmt: skip
 _given: set[int] = set()
 
 

@@ -215,6 +215,38 @@ def test_a_killed_worker_is_noticed_its_job_failed_and_the_queue_goes_on(
     next_job_runs(client)
 
 
+def test_a_job_whose_catalog_entry_waits_for_tiled_stays_writing_past_its_workers_death_then_ends_done(
+    stack: OrchestrionConfig, client: TableClient
+) -> None:
+    stop_service(stack, "tiled")
+    try:
+        job = client.submit("spectroscopy", **LONG)
+
+        def waiting_for_tiled() -> Job | None:
+            row = job.refresh()
+            return row if row.status is JobStatus.WRITING and "waits for Tiled" in (row.error or "") else None
+
+        # Its file is written, its catalog entry waits: the job says so and waits too.
+        row = wait_until(waiting_for_tiled, timeout=180, what=f"job {job.id} writing, waiting for Tiled")
+        assert row.points == LONG_POINTS
+        # The worker that ran it dies meanwhile: nobody in it is left to confirm the job.
+        worker = read_worker_state(stack)
+        assert worker is not None
+        os.kill(int(worker["pid"]), signal.SIGKILL)
+        wait_until(lambda: (w := read_worker_state(stack)) is not None and w["pid"] != worker["pid"], timeout=120,
+                   what="a new worker")  # fmt: skip
+        assert job.refresh().status is JobStatus.WRITING
+    finally:
+        up(stack)  # Tiled again: the bus workers complete the run's catalog entry
+    row = job.wait(timeout=120)
+    assert row.status is JobStatus.DONE, row
+    assert row.error is None
+    assert row.tiled
+    assert catalogued_runs(stack, job.id) == row.run_uids
+    check_account(stack, row)
+    next_job_runs(client)
+
+
 def test_status_says_when_the_worker_is_dead(stack: OrchestrionConfig, client: TableClient) -> None:
     stop_service(stack, "scheduler")  # nobody recovers meanwhile: what does `status` say?
     try:

@@ -18,7 +18,7 @@ from ._connectors import CONNECTOR_ENTRY_POINTS, ConnectorRunner, LogbookConnect
 from ._follow import Follower, RunNotOnBus
 from ._keys import POST_PROCESSING_GROUP, BusKeys, connector_group
 from ._pipeline import build_bus_pipeline
-from ._publisher import BusPublisher
+from ._publisher import BusPublisher, outcome_of
 from ._state import CATALOG_PENDING, DONE, FAILED, INCOMPLETE, PROCESSING, read_state
 from ._worker import BusWorker, replay
 
@@ -42,6 +42,7 @@ __all__ = [
     "connect",
     "connector_group",
     "load_connectors",
+    "outcome_of",
     "read_state",
     "replay",
 ]

@@ -245,6 +245,14 @@ class BusPublisher:
                 return False
             time.sleep(0.02)
 
+    def catalog_pending(self, run_uid: str) -> bool:
+        """True while the run's file is written and its catalog entry waits for Tiled (the
+        workers complete it once Tiled answers)."""
+        try:
+            return read_state(self._client, self.keys.state(run_uid)).get("status") == CATALOG_PENDING
+        except redis.RedisError:
+            return False
+
     def lost_runs(self) -> dict[str, str]:
         """Runs this process could not hand over: none, since a run's stop returns only
         once the whole run is on the bus (what a worker failed is in `wait_catalogued`)."""

@@ -120,6 +120,14 @@ class JobRecorder(DocumentRouter):
         catalogued = self._pipeline.wait_catalogued(run_uid)
         summary = self._pipeline.summaries.runs[run_uid]
         complete = catalogued and summary.status != "incomplete"
+        if not complete and self._pipeline.catalog_pending(run_uid):
+            # Its file is durable; the bus workers complete its catalog entry once Tiled
+            # answers, and the stack's scheduler ends the job then (`BusConfirmations`).
+            self._store.note_run_pending(
+                run_uid, points=summary.points, hdf5=summary.hdf5,
+                reason="its file is written; its catalog entry waits for Tiled",
+            )  # fmt: skip
+            return
         reason = None
         if not complete:
             where = f"; data in {summary.hdf5}" if summary.hdf5 else ""

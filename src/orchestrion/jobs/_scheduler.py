@@ -32,6 +32,7 @@ from orchestrion.config import OrchestrionConfig
 from orchestrion.processes import death
 from orchestrion.schema import EXECUTOR_PLAN
 
+from ._confirmations import BusConfirmations
 from ._store import ACTIVE, Attempt, Job, JobStatus, JobStore
 from ._submit import adopted_job, item_job_id, place_executor
 
@@ -74,9 +75,13 @@ class Scheduler:
         self._last_open = 0.0  # when this scheduler last asked for the environment
         self._stuck_since: float | None = None  # manager running an item its idle worker finished
         self._copy_due: float | None = None  # until then, a pushed-back copy to remove may still come
+        # Services mode: `writing` jobs are also confirmed from the bus workers' records.
+        self.confirmations = BusConfirmations(config, self.store) if config.post_processing_workers else None
 
     def close(self) -> None:
         close_api(self.api)
+        if self.confirmations is not None:
+            self.confirmations.close()
         self.store.close()
 
     # -- keeping the queue server ready --------------------------------------------------
@@ -269,7 +274,8 @@ class Scheduler:
         The executor records each job it runs; what is left running in its item when the
         item ends is a job its worker died under (or whose environment was destroyed), or
         one an abort tore down before the executor could say so.  A job in `WRITING` whose
-        worker died waits for confirmations that will not come: it ends `incomplete`.
+        worker died waits for confirmations that will not come from it: in services mode
+        the bus workers' records end it (`BusConfirmations`), otherwise it ends `incomplete`.
         """
         uid = str(item["item_uid"])
         result = item.get("result") or {}
@@ -279,7 +285,12 @@ class Scheduler:
         for job in self.store.unfinished_in(uid):
             reason = self.store.interruption(uid)
             if job.status is JobStatus.WRITING:
-                if fault:
+                if fault and self.confirmations is not None:
+                    self.store.update(job.id, finished=job.finished or time.time(), error=(
+                        f"{reason or 'the worker died'} after its run stopped; its runs are confirmed"
+                        " as the post-processing workers write them"
+                    ))  # fmt: skip
+                elif fault:
                     self.store.update(job.id, status=JobStatus.INCOMPLETE, error=(
                         f"{reason or 'the worker died'} before post-processing confirmed its runs written"
                         + (f"; data in {job.hdf5}" if job.hdf5 else "")
@@ -476,7 +487,7 @@ class Scheduler:
     def serve(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set, writing a heartbeat that `orchestrion status` reads."""
         heartbeat = run_dir(self.config) / HEARTBEAT_FILE
-        last_beat = 0.0
+        last_beat = last_confirmed = 0.0
         last_full = time.monotonic()
         while not stop.is_set():
             try:
@@ -488,6 +499,12 @@ class Scheduler:
                 self._last_status = None
                 stop.wait(1.0)
             now = time.time()
+            if self.confirmations is not None and now - last_confirmed > 1.0:
+                try:
+                    self.confirmations.check()
+                except Exception as exc:  # Redis restarting: the next look confirms
+                    logger.warning("scheduler: confirming from the bus: %s: %s", type(exc).__name__, exc)
+                last_confirmed = now
             if now - last_beat > 1.0:
                 _write_heartbeat(heartbeat, now)
                 last_beat = now

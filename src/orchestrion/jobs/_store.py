@@ -519,6 +519,19 @@ class JobStore:
                 self.update(job.id, points=points, hdf5=hdf5 or job.hdf5, tiled=tiled)
             self._settle(job.id)
 
+    def note_run_pending(self, run_uid: str, *, points: int, hdf5: str | None, reason: str) -> None:
+        """Post-processing has written the run's file but not yet all of the rest: the
+        job stays `WRITING`, and says what it waits for."""
+        with self.write():
+            self._db.execute(
+                "UPDATE runs SET points = ?, hdf5 = COALESCE(?, hdf5), reason = ? WHERE run_uid = ?",
+                (points, hdf5, reason, run_uid),
+            )
+            row = self._db.execute("SELECT job_id FROM runs WHERE run_uid = ?", (run_uid,)).fetchone()
+            job = self.find(row["job_id"]) if row is not None and row["job_id"] is not None else None
+            if job is not None and job.status is JobStatus.WRITING:
+                self.update(job.id, points=points, hdf5=hdf5 or job.hdf5, error=f"run {run_uid[:8]}: {reason}")
+
     def runs_written(self, run_uids: Sequence[str]) -> tuple[JobStatus, str | None] | None:
         """`DONE`, or `INCOMPLETE` with the reason, once every run is confirmed; None before."""
         runs = self.runs(run_uids)

@@ -76,6 +76,12 @@ class DocumentPipeline:
                 self._settle_lost(uid, reason)
         return False
 
+    def catalog_pending(self, run_uid: str) -> bool:
+        """True while the run's file is written and its catalog entry is still to be
+        completed by post-processing (the bus workers do it once Tiled answers)."""
+        pending = getattr(self.catalog_stage, "catalog_pending", None)
+        return bool(pending(run_uid)) if callable(pending) else False
+
     def outcome(self, run_uid: str, timeout: float = 300.0) -> dict[str, Any] | None:
         """The run's checked outcome, as post-processing read it back from the run's file
         and catalog entry (`RunOutcome.to_dict`: ``status``, "incomplete" when not all was
