@@ -4,6 +4,7 @@ restarted on the same port and data, and post-processing worker processes."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import secrets
 import signal
@@ -141,7 +142,9 @@ class Workers:
         self.home, self.env = home, {**os.environ, **env}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *, wait_ready: bool = True) -> subprocess.Popen[bytes]:
+        """Start the worker; with ``wait_ready``, return once its heartbeat says it is ready
+        (its imports done: it takes runs at full speed from then on)."""
         log = (self.home / f"{name}.log").open("ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "orchestrion.bus", "worker", "--name", name],
@@ -149,7 +152,17 @@ class Workers:
         )  # fmt: skip
         log.close()
         self.processes[name] = process
+        if wait_ready:
+            wait_until(lambda: self.ready(name), timeout=120, what=f"worker {name} ready")
         return process
+
+    def ready(self, name: str) -> bool:
+        client = redis.Redis.from_url(self.env["ORCHESTRION_BUS_REDIS_URL"], socket_timeout=2)
+        try:
+            beat = client.get(BusKeys().worker(name))
+        finally:
+            client.close()
+        return beat is not None and bool(json.loads(beat).get("ready"))
 
     def kill(self, name: str) -> None:
         process = self.processes[name]

@@ -90,7 +90,7 @@ class FakeRun:
         yield "stop", dict(self.run.compose_stop(exit_status=exit_status))
 
 
-def fake_run(shots: int = 4, detunings: int = 5, **metadata: Any) -> FakeRun:
+def fake_run(shots: int = 4, detunings: int = 5, uid: str | None = None, **metadata: Any) -> FakeRun:
     md: dict[str, Any] = {
         "experiment": "spectroscopy",
         "plan_name": "spectroscopy",
@@ -105,7 +105,7 @@ def fake_run(shots: int = 4, detunings: int = 5, **metadata: Any) -> FakeRun:
         POINT_SEQUENCE_KEY_MD: "sequencer-sequence_hash",
     }
     md.update(metadata)
-    run = compose_run(metadata=md)
+    run = compose_run(uid=uid, metadata=md)
     primary = run.compose_descriptor(
         name="primary",
         data_keys={

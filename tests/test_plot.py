@@ -21,7 +21,10 @@ from orchestrion.cli import cli
 from orchestrion.config import OrchestrionConfig
 from orchestrion.experiment import RunRequest
 from orchestrion.gui import RunData, find_run, open_catalog, plot_run, run_data_from_node
+from orchestrion.pipeline import build_pipeline
 from orchestrion.session import EmbeddedSession
+
+from .pipeline_docs import whole_run
 
 ORCHESTRION = Path(sys.executable).with_name("orchestrion")
 pytestmark = pytest.mark.timeout(900)
@@ -161,3 +164,20 @@ def test_a_run_that_is_not_there_is_one_line_naming_it(
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_uid_prefix_of_digits_names_its_run_and_not_a_job(runs: dict[str, Any], tmp_path: Path) -> None:
+    # About one uid in forty starts with eight digits: "31415926" is no job, it is this run.
+    uid = "31415926-5358-4979-8323-846264338327"
+    pipeline = build_pipeline(runs["config"])
+    try:
+        for name, doc in whole_run(5, uid=uid):
+            pipeline(name, doc)
+        assert pipeline.wait_catalogued(uid, timeout=120)
+    finally:
+        pipeline.close()
+    assert _catalogued(runs["config"], uid[:8]).uid == uid
+    out = tmp_path / "digits.png"
+    result = CliRunner().invoke(cli, ["plot", uid[:8], "--out", str(out)], env={"ORCHESTRION_HOME": str(runs["home"])})
+    assert result.exit_code == 0, result.output
+    assert out.is_file()

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from qtpy.QtWidgets import QApplication
 
+from orchestrion.client import AuthError, local_credentials
 from orchestrion.config import OrchestrionConfig
 from orchestrion.errors import InputError
-from orchestrion.services import api_url, run_dir
+from orchestrion.services import api_url
 
 from ._api import ApiStackClient
 from ._window import MainWindow
@@ -20,19 +21,15 @@ SCREENSHOT_TIMEOUT = 60.0
 
 
 def connect(config: OrchestrionConfig, url: str | None, api_key: str | None) -> ApiStackClient:
-    """The stack at ``url`` with ``api_key``, else the configured or local one."""
+    """The stack at ``url`` with ``api_key``, else the configured or local one (`local_credentials`)."""
     if url and not api_key:
         raise InputError("--url needs --api-key (or ORCHESTRION_API_KEY)")
-    url = url or config.api_url or api_url(config)
-    if not api_key and config.api_key is not None:
-        api_key = config.api_key.get_secret_value()
-    if not api_key:
-        path = run_dir(config) / "api-key"
-        try:
-            api_key = path.read_text().strip()
-        except OSError:
-            raise InputError(f"no API key: give --api-key (or start the stack, which writes {path})") from None
-    return ApiStackClient(url, api_key)
+    if api_key:
+        return ApiStackClient(url or config.api_url or api_url(config), api_key)
+    try:
+        return ApiStackClient(*local_credentials(config))
+    except AuthError as exc:
+        raise InputError(f"{exc}; or give --url and --api-key") from None
 
 
 def wait_for(app: QApplication, condition: Callable[[], bool], timeout: float) -> bool:
