@@ -10,8 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from types import TracebackType
 
-import bluesky.plan_stubs as bps
-from bluesky.utils import MsgGenerator
+from bluesky.utils import Msg, MsgGenerator
 
 from orchestrion.sequence import PulseSequence
 
@@ -131,9 +130,19 @@ class Preprocessor:
         """Start compiling the first ``lookahead`` points (before the run needs them)."""
         self._submit_through(self._lookahead)
 
-    def sequence_for(self, index: int) -> MsgGenerator[PulseSequence]:
-        """Plan stub: the compiled sequence of point ``index``, waiting without blocking the loop."""
+    def look_ahead(self, index: int) -> None:
+        """Hand the pool the points up to ``lookahead`` beyond point ``index``."""
         self._submit_through(index + self._lookahead)
+
+    def sequence_for(self, index: int, *, look_ahead: bool = True) -> MsgGenerator[PulseSequence]:
+        """Plan stub: the compiled sequence of point ``index``, waiting without blocking the loop.
+
+        With ``look_ahead`` the points up to ``lookahead`` beyond it are handed to the
+        pool first; a run passes False and calls `look_ahead` once point ``index``
+        executes instead: compiling threads woken between two points would take the GIL
+        from the RunEngine while the hardware waits (ADR 0820).
+        """
+        self._submit_through(index + self._lookahead if look_ahead else index)
         future = self._futures.pop(index)
         if not future.done():
 
@@ -141,5 +150,6 @@ class Preprocessor:
                 return await asyncio.wrap_future(future)
 
             # The RunEngine's loop keeps running (monitors, other devices) while we wait.
-            yield from bps.wait_for([ready])
+            # A plain message: a plan stub formats the call stack when made (ADR 0820).
+            yield Msg("wait_for", None, [ready])
         return future.result()
