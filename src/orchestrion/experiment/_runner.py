@@ -28,6 +28,7 @@ from orchestrion.errors import (
     InputError,
     OrchestrionError,
     ParameterError,
+    PreprocessingError,
     ScanSpecError,
     did_you_mean,
     quoted,
@@ -662,6 +663,8 @@ def run_experiment(
                 sequence = yield from preprocessor.sequence_for(point.index, look_ahead=False)
             except SequenceError as exc:
                 raise InputError(f"{experiment.name}, point {point.index}: {exc}") from None
+            except PreprocessingError as exc:
+                raise PreprocessingError(f"{experiment.name}, {exc} ({len(result.points)} points kept)") from exc
             try:
                 for target in device_axes:
                     axis_id = target.axis.id
