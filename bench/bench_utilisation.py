@@ -122,6 +122,12 @@ def measure(home: Path) -> dict[str, list[float]]:
                                ("threads", lambda: ours(LOOKAHEAD, processes=False)),
                                ("free", lambda: ours(LOOKAHEAD, compiler=free))):  # fmt: skip
                 sequencer.executions.clear()
+                if session.pipeline is not None:
+                    # The previous runs written first: a run's stop waits until its documents
+                    # are in the post-processing helper's pipe, which a helper still busy
+                    # with the runs before may not have room for yet (seconds on a loaded
+                    # machine), and that is not this run's within-job utilisation.
+                    session.pipeline.wait_catalogued()
                 if name == "bare" and session.pipeline is not None:
                     session.pipeline.unsubscribe(session.RE)
                 session.RE(plan())
@@ -129,8 +135,6 @@ def measure(home: Path) -> dict[str, list[float]]:
                     session.pipeline.subscribe(session.RE)
                 assert len(sequencer.executions) == POINTS
                 results[name].append(_utilisation(sequencer, clock))
-            if session.pipeline is not None:
-                session.pipeline.wait_catalogued()
     return results
 
 
