@@ -160,8 +160,13 @@ class Preprocessor:
             self._futures[point.index] = self._executor.submit(self._compile, point)
 
     def prime(self) -> None:
-        """Start compiling the first ``lookahead`` points (before the run needs them)."""
-        self._submit_through(self._lookahead)
+        """Start compiling the point after the first (before the run needs it).
+
+        Only that one: the rest of the look-ahead goes to the pool once the first point
+        executes (`look_ahead`), so that while the run opens one worker, not all, takes
+        the CPU (and, in threads, the GIL) from the RunEngine (ADR 0820).
+        """
+        self._submit_through(min(self._lookahead, 1))
 
     def look_ahead(self, index: int) -> None:
         """Hand the pool the points up to ``lookahead`` beyond point ``index``."""

@@ -623,13 +623,13 @@ def run_experiment(
     record, recorded = SequenceRecord(), set[str]()
 
     def measure(index: int, sequence: PulseSequence) -> MsgGenerator[dict[str, Any]]:
-        """Point ``index``: trigger the detectors; while they run, the next compilation
-        handed to the pool and the sequence's record (the first time it is played); then
-        the point's event.
+        """Point ``index``: trigger the detectors; once they are triggered, the next
+        compilation handed to the pool and the sequence's record (the first time it is
+        played); then the point's event.
 
         The documents are those of ``trigger_and_read([record], name=SEQUENCES)`` then
         ``trigger_and_read(detectors, name=PRIMARY)``, in that order; only the record is
-        read while the hardware executes rather than before it starts (ADR 0820).
+        read after the trigger is sent rather than before (ADR 0820).
         """
         group = _unique("trigger")
         for device in triggerables:
