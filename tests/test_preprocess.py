@@ -3,6 +3,9 @@ sequencer's recorded busy intervals (an order of events, not a duration: the mac
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -12,8 +15,11 @@ from typing import Any
 import pytest
 from bluesky import RunEngine
 
+from orchestrion.config import OrchestrionConfig
+from orchestrion.errors import PreprocessingError
 from orchestrion.experiment import SWITCH_INTERVAL, Experiment, RunRequest, ScanAxis, run_experiment
 from orchestrion.lab import Lab
+from orchestrion.schema import SEQUENCES
 from orchestrion.sequence import PulseSequence
 
 COMPILE_COST = 0.03  # s: a compiler this slow would stall the hardware without look-ahead
@@ -41,7 +47,10 @@ def _slow_experiment(lab: Lab, compiled_in: list[tuple[str, float, float]]) -> E
 
 def _compiled_while_busy(lab: Lab, RE: RunEngine, lookahead: int) -> tuple[int, list[str]]:
     """How many compilations overlapped the sequencer executing a point; the threads they ran in."""
-    lab.config = lab.config.model_copy(update={"preprocess_lookahead": lookahead, "preprocess_workers": 2})
+    # Threads: the compiler records where it ran in this process's memory.
+    lab.config = lab.config.model_copy(
+        update={"preprocess_lookahead": lookahead, "preprocess_workers": 2, "preprocess_processes": False}
+    )
     # Each point keeps the sequencer busy ~60 ms, twice the compile cost.
     lab.devices.resource("ion").time_scale = 0.5
     sequencer = lab.devices.usable("sequencer")
@@ -108,7 +117,7 @@ def test_compiling_threads_hand_the_gil_back_soon_and_the_first_point_is_compile
         name="spectroscopy", description="", parameters=base.parameters, build_sequence=build,
         default_scans=(ScanAxis.linear("spectroscopy.detuning", -50e3, 50e3, 6),),
     )  # fmt: skip
-    lab.config = lab.config.model_copy(update={"preprocess_lookahead": 3})
+    lab.config = lab.config.model_copy(update={"preprocess_lookahead": 3, "preprocess_processes": False})
     RE(run_experiment(experiment, lab, RunRequest(experiment="spectroscopy", shots=10)))
     # Before the run opens the plan compiles the first point (a bad sequence is refused
     # there) and the run limits' estimate its grid's first and last: at the default
@@ -119,3 +128,115 @@ def test_compiling_threads_hand_the_gil_back_soon_and_the_first_point_is_compile
     assert seen[: -len(in_pool)] == [default] * (len(seen) - len(in_pool))
     assert default > SWITCH_INTERVAL
     assert sys.getswitchinterval() == default
+
+
+def _experiment(lab: Lab, build: Any, points: int = 6) -> Experiment:
+    base = lab.library.experiment("spectroscopy")
+    return Experiment(
+        name="spectroscopy", description="", parameters=base.parameters, build_sequence=build,
+        default_scans=(ScanAxis.linear("spectroscopy.detuning", -50e3, 50e3, points),),
+    )  # fmt: skip
+
+
+def _played(docs: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The run's distinct sequences, from its 'sequences' stream."""
+    stream = {d["uid"] for d in docs["descriptor"] if d["name"] == SEQUENCES}
+    return [json.loads(e["data"]["sequence-json"]) for e in docs["event"] if e["descriptor"] in stream]
+
+
+def test_worker_processes_are_the_default_and_the_compiler_need_not_be_picklable(
+    lab: Lab, RE: RunEngine, docs: dict[str, list[Any]]
+) -> None:
+    assert OrchestrionConfig().preprocess_processes
+    base = lab.library.experiment("spectroscopy")
+    lock = threading.Lock()  # a compiler holding something pickle refuses: inherited at the fork, not pickled
+
+    def build(p: Mapping[str, Any], shots: int) -> PulseSequence:
+        with lock:
+            sequence = base.build_sequence(p, shots)
+        data = sequence.model_dump()
+        data["operations"][0]["label"] = f"compiled in {os.getpid()}"
+        return PulseSequence.model_validate(data)
+
+    lab.config = lab.config.model_copy(update={"preprocess_lookahead": 3})
+    RE(run_experiment(_experiment(lab, build), lab, RunRequest(experiment="spectroscopy", shots=10)))
+    where = [sequence["operations"][0]["label"] for sequence in _played(docs)]
+    assert len(where) == 6
+    # The first point in the plan, before the run opens; the others in the workers.
+    assert where[0] == f"compiled in {os.getpid()}"
+    assert f"compiled in {os.getpid()}" not in where[1:]
+    assert docs["stop"][-1]["exit_status"] == "success"
+
+
+def test_a_sequence_that_cannot_leave_its_worker_process_ends_the_run_saying_so(
+    lab: Lab, RE: RunEngine, docs: dict[str, list[Any]]
+) -> None:
+    base = lab.library.experiment("spectroscopy")
+
+    class LocalSequence(PulseSequence):  # pickle finds no class by this name
+        pass
+
+    def build(p: Mapping[str, Any], shots: int) -> PulseSequence:
+        return LocalSequence.model_validate(base.build_sequence(p, shots).model_dump())
+
+    with pytest.raises(PreprocessingError, match=r"point 1: .*cannot be sent back.*preprocess_processes: false"):
+        RE(run_experiment(_experiment(lab, build), lab, RunRequest(experiment="spectroscopy", shots=10)))
+    assert docs["stop"][-1]["exit_status"] == "fail"
+    assert "1 points kept" in docs["stop"][-1]["reason"]
+    # In threads the same compiler is fine.
+    lab.config = lab.config.model_copy(update={"preprocess_processes": False})
+    RE(run_experiment(_experiment(lab, build), lab, RunRequest(experiment="spectroscopy", shots=10)))
+    assert docs["stop"][-1]["exit_status"] == "success"
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_process_killed_mid_run_fails_the_run_at_once_keeping_its_points(
+    lab: Lab, RE: RunEngine, docs: dict[str, list[Any]]
+) -> None:
+    base = lab.library.experiment("spectroscopy")
+    parent = os.getpid()
+    fatal = ScanAxis.linear("spectroscopy.detuning", -50e3, 50e3, 6).values[4]
+
+    def build(p: Mapping[str, Any], shots: int) -> PulseSequence:
+        if os.getpid() != parent and p["spectroscopy.detuning"] == fatal:
+            os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
+        return base.build_sequence(p, shots)
+
+    sequencer = lab.devices.usable("sequencer")
+    sequencer.executions.clear()
+    lab.config = lab.config.model_copy(update={"preprocess_lookahead": 2})
+    with pytest.raises(PreprocessingError, match="a worker process ended while compiling"):
+        RE(run_experiment(_experiment(lab, build), lab, RunRequest(experiment="spectroscopy", shots=10)))
+    stop = docs["stop"][-1]
+    assert stop["exit_status"] == "fail"
+    kept = len(sequencer.executions)
+    assert 1 <= kept <= 4
+    assert f"({kept} points kept)" in stop["reason"]
+    primary = {d["uid"] for d in docs["descriptor"] if d["name"] == "primary"}
+    assert sum(e["descriptor"] in primary for e in docs["event"]) == kept
+    # The next run forks workers of its own.
+    RE(run_experiment(_experiment(lab, base.build_sequence), lab, RunRequest(experiment="spectroscopy", shots=10)))
+    assert docs["stop"][-1]["exit_status"] == "success"
+
+
+def test_ctrl_c_in_the_terminal_is_the_runengines_not_the_workers(
+    lab: Lab, RE: RunEngine, docs: dict[str, list[Any]]
+) -> None:
+    # A terminal sends SIGINT to the whole process group, the forked workers included:
+    # they ignore it (rather than run whatever handler the RunEngine's process had).
+    base = lab.library.experiment("spectroscopy")
+    parent = os.getpid()
+
+    def build(p: Mapping[str, Any], shots: int) -> PulseSequence:
+        sequence = base.build_sequence(p, shots)
+        if os.getpid() == parent:
+            return sequence
+        ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+        data = sequence.model_dump()
+        data["operations"][0]["label"] = f"SIGINT ignored: {ignored}"
+        return PulseSequence.model_validate(data)
+
+    RE(run_experiment(_experiment(lab, build), lab, RunRequest(experiment="spectroscopy", shots=10)))
+    assert docs["stop"][-1]["exit_status"] == "success"
+    assert [sequence["operations"][0]["label"] for sequence in _played(docs)][1:] == ["SIGINT ignored: True"] * 5

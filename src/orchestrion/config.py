@@ -41,13 +41,16 @@ class OrchestrionConfig(BaseSettings):
     )
     sim_seed: int | None = Field(None, description="Seed of the simulated lab's random numbers")
 
-    preprocess_workers: int = Field(2, ge=1, le=64, description="Threads compiling sequences ahead of the hardware")
+    preprocess_workers: int = Field(
+        2, ge=1, le=64, description="Worker processes (or threads) compiling sequences ahead of the hardware"
+    )
     preprocess_lookahead: int = Field(
         8, ge=0, le=10_000, description="How many points ahead of the hardware sequences are compiled (0: none)"
     )
-    # Pre-processing (perf, ADR 0811): compile in forked worker processes instead of threads.
+    # Pre-processing (perf, ADR 0811, 0820): forked worker processes, so that a compiler
+    # written in Python does not share the RunEngine's GIL; threads where fork is missing.
     preprocess_processes: bool = Field(
-        False, description="Compile sequences in worker processes (no GIL shared with the RunEngine) instead of threads"
+        True, description="Compile sequences in forked worker processes (false: in threads of the RunEngine's process)"
     )
     setpoint_retries: int = Field(3, ge=1, le=100, description="Attempts to reach a device set-point before failing")
 

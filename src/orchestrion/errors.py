@@ -31,6 +31,11 @@ class DeviceConfigError(OrchestrionError):
     """A device that cannot be built from its configuration entry."""
 
 
+class PreprocessingError(OrchestrionError):
+    """Pre-processing could not deliver a point's sequence: its worker process died, or
+    the compiled sequence cannot be sent back from one."""
+
+
 class DeviceError(OrchestrionError):
     """A device that misbehaved during a run (for example a failed read-back check)."""
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
+import pickle
+import signal
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from types import TracebackType
 
-import bluesky.plan_stubs as bps
-from bluesky.utils import MsgGenerator
+from bluesky.utils import Msg, MsgGenerator
 
+from orchestrion.errors import PreprocessingError
 from orchestrion.sequence import PulseSequence
 
 from ._scan import ScanPoint
@@ -30,6 +33,15 @@ WORKER_NICENESS = 10
 to spare, and the RunEngine's process, whose every delay is the hardware's, gets the CPU
 first on a machine with few cores (as the post-processing process does, ADR 0205)."""
 
+logger = logging.getLogger(__name__)
+
+
+def can_fork() -> bool:
+    """Whether worker processes can be forked here (``processes=True``): Linux and the
+    other Unixes but macOS, whose system libraries are not safe to use after a fork."""
+    return "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin"
+
+
 _installed: Callable[[ScanPoint], PulseSequence] | None = None
 """A worker process's compiler, inherited at its fork (`_install`)."""
 
@@ -38,11 +50,25 @@ def _install(compile_point: Callable[[ScanPoint], PulseSequence]) -> None:
     global _installed
     _installed = compile_point
     os.nice(WORKER_NICENESS)
+    # Ctrl-C in a terminal reaches the whole process group: it is the RunEngine's, to
+    # pause the run at its next point, not a worker's, whose compilation would fail.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _compile_installed(point: ScanPoint) -> PulseSequence:
     assert _installed is not None, "a pre-processing process without its compiler"
-    return _installed(point)
+    sequence = _installed(point)
+    # Tried here, where the failure can be told apart from one of the compiler's own:
+    # the pool would report the pickling error of a result as if the compiler raised it.
+    try:
+        pickle.dumps(sequence, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise PreprocessingError(
+            f"point {point.index}: the compiled sequence ({type(sequence).__qualname__}) cannot be sent back "
+            f"from its worker process ({type(exc).__name__}: {exc}); "
+            "set preprocess_processes: false to compile in threads"
+        ) from None
+    return sequence
 
 
 class Preprocessor:
@@ -62,8 +88,10 @@ class Preprocessor:
 
     ``processes=True`` compiles in ``workers`` forked processes instead (ICON's
     pre-processing workers), so compilation never holds this process's GIL: the
-    compiler is inherited at the fork, not pickled; points and sequences are
-    (ADR 0811).
+    compiler is inherited at the fork, not pickled (a closure, or one holding a lock or
+    a connection, will do); points and sequences are (ADR 0811, 0820).  Where processes
+    cannot be forked (`can_fork`) it compiles in threads.  A worker that dies, or a
+    sequence that cannot be pickled, ends the run with a `PreprocessingError`.
     """
 
     def __init__(
@@ -81,7 +109,11 @@ class Preprocessor:
         self._points = iter(points)
         self._lookahead = lookahead
         self._owns_executor = executor is None
-        if executor is None and processes:
+        if executor is None and processes and not can_fork():
+            logger.info("pre-processing compiles in threads: worker processes cannot be forked on %s", sys.platform)
+            processes = False
+        self._processes = executor is None and processes
+        if self._processes:
             self._compile = _compile_installed
             executor = ProcessPoolExecutor(
                 max_workers=workers, mp_context=multiprocessing.get_context("fork"),
@@ -122,18 +154,33 @@ class Preprocessor:
                 done.set_result(self._ready.pop(point.index))
                 self._futures[point.index] = done
                 continue
-            if self._saved_interval is None:
+            if self._saved_interval is None and not self._processes:
                 self._saved_interval = sys.getswitchinterval()
                 sys.setswitchinterval(min(self._saved_interval, SWITCH_INTERVAL))
             self._futures[point.index] = self._executor.submit(self._compile, point)
 
     def prime(self) -> None:
-        """Start compiling the first ``lookahead`` points (before the run needs them)."""
-        self._submit_through(self._lookahead)
+        """Start compiling the point after the first (before the run needs it).
 
-    def sequence_for(self, index: int) -> MsgGenerator[PulseSequence]:
-        """Plan stub: the compiled sequence of point ``index``, waiting without blocking the loop."""
+        Only that one: the rest of the look-ahead goes to the pool once the first point
+        executes (`look_ahead`), so that while the run opens one worker, not all, takes
+        the CPU (and, in threads, the GIL) from the RunEngine (ADR 0820).
+        """
+        self._submit_through(min(self._lookahead, 1))
+
+    def look_ahead(self, index: int) -> None:
+        """Hand the pool the points up to ``lookahead`` beyond point ``index``."""
         self._submit_through(index + self._lookahead)
+
+    def sequence_for(self, index: int, *, look_ahead: bool = True) -> MsgGenerator[PulseSequence]:
+        """Plan stub: the compiled sequence of point ``index``, waiting without blocking the loop.
+
+        With ``look_ahead`` the points up to ``lookahead`` beyond it are handed to the
+        pool first; a run passes False and calls `look_ahead` once point ``index``
+        executes instead: compiling threads woken between two points would take the GIL
+        from the RunEngine while the hardware waits (ADR 0820).
+        """
+        self._submit_through(index + self._lookahead if look_ahead else index)
         future = self._futures.pop(index)
         if not future.done():
 
@@ -141,5 +188,13 @@ class Preprocessor:
                 return await asyncio.wrap_future(future)
 
             # The RunEngine's loop keeps running (monitors, other devices) while we wait.
-            yield from bps.wait_for([ready])
-        return future.result()
+            # A plain message: a plan stub formats the call stack when made (ADR 0820).
+            yield Msg("wait_for", None, [ready])
+        try:
+            return future.result()
+        except BrokenExecutor as exc:
+            # A worker process killed (the out-of-memory killer, a signal) or crashed:
+            # the pool fails every point it held at once, nothing waits for it.
+            raise PreprocessingError(
+                f"point {index}: pre-processing stopped, a worker process ended while compiling ({exc})"
+            ) from exc

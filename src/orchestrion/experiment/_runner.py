@@ -14,8 +14,8 @@ from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
-from bluesky.protocols import Location
-from bluesky.utils import Msg, MsgGenerator
+from bluesky.protocols import Location, Triggerable
+from bluesky.utils import Msg, MsgGenerator, all_safe_rewind, separate_devices
 from ophyd_async.core import SignalR, StandardReadable, StandardReadableFormat, soft_signal_r_and_setter
 from ophyd_async.plan_stubs import ensure_connected
 from pydantic import ValidationError
@@ -28,6 +28,7 @@ from orchestrion.errors import (
     InputError,
     OrchestrionError,
     ParameterError,
+    PreprocessingError,
     ScanSpecError,
     did_you_mean,
     quoted,
@@ -497,7 +498,7 @@ def set_with_readback(target_id: str, device: Any, value: float, retries: int) -
     tolerance = yield from _tolerance(device)
     readback = math.nan
     for attempt in range(1, retries + 1):
-        yield from bps.mv(device, value)
+        yield from move(device, value)
         location: Location[float] = yield Msg("locate", device, squeeze=True)
         readback = float(location["readback"])
         if abs(readback - value) <= tolerance:
@@ -506,6 +507,44 @@ def set_with_readback(target_id: str, device: Any, value: float, retries: int) -
             "%s: read back %g after setting %g (attempt %d of %d)", target_id, readback, value, attempt, retries
         )
     raise DeviceError(f"{target_id}: read back {readback:g} after setting {value:g}, {retries} attempts")
+
+
+_uids = itertools.count()
+
+
+def _unique(prefix: str) -> str:
+    """A group name no other message of this process uses."""
+    return f"orchestrion-{prefix}-{next(_uids)}"
+
+
+# A run's points are driven with plain messages, not with bluesky's plan stubs: each stub
+# call is a `bluesky.utils.Plan`, which formats the whole call stack when it is made
+# (to warn of a stub never iterated), and under a run's wrappers that cost the
+# RunEngine's thread about 3 ms a point while the hardware waited (ADR 0820).
+
+
+def move(device: Any, value: Any) -> MsgGenerator[None]:
+    """``bps.mv(device, value)``: set, and wait for the set to finish."""
+    group = _unique("set")
+    yield Msg("set", device, value, group=group)
+    yield Msg("wait", None, group=group)
+
+
+def read_event(devices: Sequence[Any], name: str) -> MsgGenerator[dict[str, Any]]:
+    """The read half of ``bps.trigger_and_read(devices, name)``: one event of ``devices``'
+    readings in stream ``name`` (the bundle dropped if a read fails); the readings."""
+    yield Msg("create", None, name=name)
+    readings: dict[str, Any] = {}
+    try:
+        for device in devices:
+            reading = yield Msg("read", device)
+            if reading is not None:
+                readings.update(reading)
+    except Exception:
+        yield Msg("drop")
+        raise
+    yield Msg("save")
+    return readings
 
 
 def _tolerance(device: Any) -> MsgGenerator[float]:
@@ -577,31 +616,62 @@ def run_experiment(
 
     result = ExperimentResult(run_uid="", points=[], readings=[], analysis={}, parameters_written={})
 
+    # What `bps.trigger_and_read(detectors)` would trigger and read, worked out once.
+    readables = separate_devices(detectors)
+    triggerables = [device for device in readables if isinstance(device, Triggerable)]
+    rewindable = all_safe_rewind(readables)
+    record, recorded = SequenceRecord(), set[str]()
+
+    def measure(index: int, sequence: PulseSequence) -> MsgGenerator[dict[str, Any]]:
+        """Point ``index``: trigger the detectors; once they are triggered, the next
+        compilation handed to the pool and the sequence's record (the first time it is
+        played); then the point's event.
+
+        The documents are those of ``trigger_and_read([record], name=SEQUENCES)`` then
+        ``trigger_and_read(detectors, name=PRIMARY)``, in that order; only the record is
+        read after the trigger is sent rather than before (ADR 0820).
+        """
+        group = _unique("trigger")
+        for device in triggerables:
+            yield Msg("trigger", device, group=group)
+        preprocessor.look_ahead(index)
+        digest = sequence.content_hash
+        if digest not in recorded:
+            recorded.add(digest)
+            record.show(sequence)
+            yield from read_event([record], SEQUENCES)
+        if triggerables:
+            yield Msg("wait", None, group=group)
+        return (yield from read_event(readables, PRIMARY))
+
+    def measured(index: int, sequence: PulseSequence) -> MsgGenerator[dict[str, Any]]:
+        if rewindable:
+            return measure(index, sequence)
+        # Detectors that may not be triggered again on resume, as `trigger_and_read` has it.
+        return bpp.rewindable_wrapper(measure(index, sequence), False)  # type: ignore[no-any-return]
+
     def points_plan() -> MsgGenerator[None]:
         yield from ensure_connected(point_info)
-        record, recorded = SequenceRecord(), set[str]()
         yield from ensure_connected(record)
         for setting_id, (device, value) in request.device_settings.items():
             yield from set_with_readback(setting_id, device, value, retries)
         for point in request.points():
             # A checkpoint per point: a deferred pause (Ctrl-C once) stops here, and
             # resuming repeats at most the current point.
-            yield from bps.checkpoint()
+            yield Msg("checkpoint")
             try:
-                sequence = yield from preprocessor.sequence_for(point.index)
+                sequence = yield from preprocessor.sequence_for(point.index, look_ahead=False)
             except SequenceError as exc:
                 raise InputError(f"{experiment.name}, point {point.index}: {exc}") from None
+            except PreprocessingError as exc:
+                raise PreprocessingError(f"{experiment.name}, {exc} ({len(result.points)} points kept)") from exc
             try:
                 for target in device_axes:
                     axis_id = target.axis.id
                     yield from set_with_readback(axis_id, target.device, point.values[axis_id], retries)
                 point_info.show(point)
-                yield from bps.mv(sequencer.program, sequence.to_json())
-                if sequence.content_hash not in recorded:
-                    recorded.add(sequence.content_hash)
-                    record.show(sequence)
-                    yield from bps.trigger_and_read([record], name=SEQUENCES)
-                reading = yield from bps.trigger_and_read(detectors, name=PRIMARY)
+                yield from move(sequencer.program, sequence.to_json())
+                reading = yield from measured(point.index, sequence)
             except OrchestrionError:
                 raise
             except Exception as exc:

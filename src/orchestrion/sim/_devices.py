@@ -151,15 +151,16 @@ class Sequencer(StandardReadable):
         offset = await self._lo().frequency_offset() if self._lo is not None else 0.0
         started = time.monotonic()
         results = self._trap.run(sequence, drive_offset=offset)
+        digest = sequence.content_hash  # the simulation's bookkeeping, done while the hardware runs
         # The hardware is busy for the whole sequence, whatever the simulation cost.
         remaining = sequence.duration * self._trap.time_scale - (time.monotonic() - started)
         if remaining > 0:
             await asyncio.sleep(remaining)
-        self.executions.append(Execution(started, time.monotonic(), sequence.content_hash))
+        self.executions.append(Execution(started, time.monotonic(), digest))
         self._set_counts(results.counts)
         self._set_mean_counts(float(np.mean(results.counts)))
         self._set_bright_fraction(results.bright_fraction)
-        self._set_sequence_hash(sequence.content_hash)
+        self._set_sequence_hash(digest)
 
     def idle_gaps(self) -> list[float]:
         """Seconds the sequencer waited between consecutive executions."""
