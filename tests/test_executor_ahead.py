@@ -109,7 +109,7 @@ def test_a_job_of_higher_priority_submitted_meanwhile_runs_next_and_is_prepared_
     pause_running(client, api, current)
     high = client.submit("spectroscopy", priority=5, **SHORT)
     client.resume()
-    current_start, current_stop = run_documents(client, current)
+    current_start, _ = run_documents(client, current)
     high_start, _ = run_documents(client, high)
     low_start, _ = run_documents(client, low)
     assert current_start["time"] < high_start["time"] < low_start["time"]  # priority order
