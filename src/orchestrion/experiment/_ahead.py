@@ -23,6 +23,7 @@ from orchestrion.schema import PARAMETERS_AT
 
 from ._context import LabContext
 from ._experiment import Experiment
+from ._preprocess import short_switch_interval
 from ._request import RunRequest
 from ._runner import RunStart, device_state, read_parameters, start_run
 
@@ -156,13 +157,16 @@ class AheadPreparer:
             self._preparation = preparation
         preparation.result.set_running_or_notify_cancel()
         try:
-            start = start_run(
-                upcoming.experiment,
-                self._lab,
-                upcoming.request,
-                lookahead=self._lab.config.preprocess_lookahead,
-                refresh_devices=False,  # the running run's devices stay as they are
-            )
+            # The RunEngine's thread gets the GIL back soon while this one compiles: the
+            # preparation often overlaps with the running job's end (ADR 0811, 0313).
+            with short_switch_interval():
+                start = start_run(
+                    upcoming.experiment,
+                    self._lab,
+                    upcoming.request,
+                    lookahead=self._lab.config.preprocess_lookahead,
+                    refresh_devices=False,  # the running run's devices stay as they are
+                )
         except OrchestrionError as exc:
             # The run itself will refuse the request, naming the problem, at its start.
             logger.info("job %d: not prepared ahead: %s", upcoming.job_id, exc)
