@@ -296,6 +296,17 @@ def measure() -> dict[str, Any]:
                     side.gaps.extend(_batch(api, catalog, side))
             bare_points = _job_to_job_bare(config, api)
             our_points = _job_to_job_orchestrion(config, client)
+            # The same with the next job's start made at its claim (ADR 0313), in rounds
+            # on, off, off, on: each switch restarts the worker with the other setting.
+            unprepared = config.model_copy(update={"prepare_next_job": False})
+            ahead_points, claim_points = list(our_points), []
+            for setting, into, restart in (
+                (unprepared, claim_points, True), (unprepared, claim_points, False), (config, ahead_points, True),
+            ):  # fmt: skip
+                if restart:
+                    stop_service(config, "queue-server")
+                    up(setting)
+                into.extend(_job_to_job_orchestrion(setting, client))
         finally:
             client.close()
             store.close()
@@ -304,6 +315,7 @@ def measure() -> dict[str, Any]:
     return {
         "bare": bare, "ours": ours, "submit_times": submit_times,
         "bare_points": bare_points, "our_points": our_points,
+        "ahead_points": ahead_points, "claim_points": claim_points,
     }  # fmt: skip
 
 
@@ -316,6 +328,10 @@ def figures() -> list[Figure]:
                measured["bare_points"], "bare queue server", goal=Goal.below(0.1, "s"),
                missed_because="the next job's snapshot, first sequence and run open happen after the previous run",
                note=f"{GAP_JOBS} trivial jobs queued behind a 60-point one; times of the documents on the bus"),
+        Figure("queue", "job-to-job gap, next job prepared ahead", "s", measured["ahead_points"],
+               measured["claim_points"], "prepared at its claim",
+               note=f"as above, {len(measured['ahead_points']) // GAP_JOBS} rounds each, "
+               "alternating (prepare_next_job on, off, off, on; ADR 0313)"),
         Figure("queue", "gap between jobs, stop to next start", "s", ours.gaps, bare.gaps, "bare queue server",
                note=f"{BATCH_ROUNDS} batches of {BATCH}"),
         Figure("queue", "submission-to-start of a trivial job", "s", ours.latencies, bare.latencies,
@@ -344,6 +360,8 @@ def main() -> None:
     print(f"gaps, Orchestrion: {_spread(ours.gaps)}")
     print(f"last point to first point, bare:        {_spread(measured['bare_points'])}")
     print(f"last point to first point, Orchestrion: {_spread(measured['our_points'])}")
+    print(f"last point to first point, prepared ahead: {_spread(measured['ahead_points'])}")
+    print(f"last point to first point, prepared at the claim: {_spread(measured['claim_points'])}")
     print(
         f"({PAIRS} pairs of single jobs, {BATCH_ROUNDS} batches of {BATCH} each; "
         "trivial one-point spectroscopy, 1 shot)"

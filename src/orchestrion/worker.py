@@ -62,7 +62,7 @@ class WorkerEnvironment:
             assert self.session.pipeline is not None
             self.recorder = JobRecorder(self.session.pipeline, config, self.code)
             self.session.subscribe(self.recorder)
-            if self.session.lab is not None:
+            if self.session.lab is not None and config.prepare_next_job:
                 # The next job's start is prepared while the current one runs (ADR 0313).
                 self.ahead = AheadPreparer(self.session.lab, NextJob(config, self.session.lab.library))
                 activate_starts(self.ahead)
