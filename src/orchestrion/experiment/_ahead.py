@@ -67,6 +67,12 @@ class AheadPreparer:
         self._preparation: _Preparation | None = None
         self._thread: threading.Thread | None = None
 
+    def prepared(self) -> int | None:
+        """The job whose start is prepared (and finished preparing), if any."""
+        with self._lock:
+            preparation = self._preparation
+        return preparation.job_id if preparation is not None and preparation.result.done() else None
+
     def under_way(self) -> None:
         with self._lock:
             if self._closed:
