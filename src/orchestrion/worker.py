@@ -57,6 +57,7 @@ class WorkerEnvironment:
         self.RE = self.session.RE
         self.recorder: JobRecorder | None = None
         self.ahead: AheadPreparer | None = None
+        self._next_job: NextJob | None = None
         if worker:
             self.session.open()
             assert self.session.pipeline is not None
@@ -64,13 +65,25 @@ class WorkerEnvironment:
             self.session.subscribe(self.recorder)
             if self.session.lab is not None and config.prepare_next_job:
                 # The next job's start is prepared while the current one runs (ADR 0313).
-                self.ahead = AheadPreparer(self.session.lab, NextJob(config, self.session.lab.library))
+                self._next_job = NextJob(config, self.session.lab.library)
+                self.ahead = AheadPreparer(self.session.lab, self._next_job)
                 activate_starts(self.ahead)
                 # One line per job in the queue server's log: prepared ahead, or why not
                 # (the gap before a job is longer then); the worker's root logs warnings only.
                 logging.getLogger(AheadPreparer.__module__).setLevel(logging.INFO)
             self.RE.md["code_commit"] = self.code[0] or ""
             self.RE.md["code_clean"] = bool(self.code[1])
+
+    def close(self) -> None:
+        """The preparation of the next job first (it reads the lab), then the recorder and the session."""
+        if self.ahead is not None:
+            activate_starts(None)
+            self.ahead.close()
+        if self._next_job is not None:
+            self._next_job.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        self.session.close()
 
     @property
     def lab(self) -> Lab | None:
@@ -118,6 +131,11 @@ class NextJob:
         except (TypeError, OrchestrionError):
             return None  # its plan will refuse these arguments itself
         return NextRun(job.id, experiment, request)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
 
 def running_item_uid(config: OrchestrionConfig) -> str:
