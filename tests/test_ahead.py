@@ -20,7 +20,7 @@ from orchestrion.schema import JOB_ID_KEY, PARAMETERS_AT, PARAMETERS_READ, PREPA
 
 from .support import wait_until
 
-SHORT = {"scan": ["spectroscopy.detuning=-1e5:1e5:5"], "shots": 5}
+SHORT = {"scan": ["spectroscopy.detuning=-1e5:1e5:12"], "shots": 5}  # prepared after 8 points and 11
 
 
 class Upcoming:

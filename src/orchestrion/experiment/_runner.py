@@ -644,9 +644,14 @@ def run_experiment(
     parameter_targets = [t for t in request.axes if t.device is None]
     device_axes = [t for t in request.axes if t.device is not None]
     parameter_axes = [t.axis.id for t in parameter_targets]
-    # The next job is prepared once this run's first points are done, and looked at
-    # again after its last (a job of higher priority may have come meanwhile).
-    prepare_next_after = min(max(1, lab.config.preprocess_lookahead), request.num_points)
+    # The next job is prepared once this run's first points are done (the pool's first
+    # burst is over) and looked at again before the last point (a job of higher priority
+    # may have come meanwhile): while points are still to come, so that the preparation
+    # fills the time the RunEngine waits for the hardware.  Never after the last point:
+    # there it would only compete with this run's close and the next run's open for the
+    # GIL (a one-point job's successor is prepared at its claim, as before; ADR 0313).
+    last = request.num_points - 1
+    prepare_next_at = {max(1, min(lab.config.preprocess_lookahead, last)), last} if last >= 1 else set()
 
     sequencer = lab.devices.usable(experiment.sequencer)
     point_info = ScanPointInfo([(t.axis, _unit(experiment, t.axis.id)) for t in parameter_targets])
@@ -723,10 +728,8 @@ def run_experiment(
                 ) from exc
             result.points.append(point)
             result.readings.append({k: r["value"] for k, r in reading.items()})
-            if starts is not None and len(result.points) == prepare_next_after:
+            if starts is not None and len(result.points) in prepare_next_at:
                 starts.under_way()
-        if starts is not None:
-            starts.under_way()
         if experiment.analyze is not None:
             fit = experiment.analyze(result.points, result.readings, values)
             if fit:
