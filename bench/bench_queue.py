@@ -48,6 +48,10 @@ BATCH_ROUNDS = 2  # batches each, alternating
 SETTLE = 0.2  # s of quiet before each submission
 GAP_JOBS = 20  # trivial jobs queued at once behind a longer one, for the job-to-job gap
 BLOCKER = {"scan": ["spectroscopy.detuning=-1e5:1e5:60"], "shots": 20}  # runs while they are queued
+# For the gap with and without the next job prepared ahead (ADR 0313): a few points with
+# some hardware time each, which the preparation of the next job overlaps (a one-point
+# job has none: its successor is prepared at its claim either way).
+SMALL = {"scan": ["spectroscopy.detuning=-1e5:1e5:4"], "shots": 500}
 
 
 def _free_port() -> int:
@@ -200,7 +204,7 @@ def _job_to_job_bare(config: Any, api: Any) -> list[float]:
     return follower.gaps()
 
 
-def _job_to_job_orchestrion(config: Any, client: Any) -> list[float]:
+def _job_to_job_orchestrion(config: Any, client: Any, job: dict[str, Any] = TRIVIAL) -> list[float]:
     """Orchestrion: jobs submitted over the API server while a longer job runs (scheduler following)."""
     from orchestrion.services import up
 
@@ -213,7 +217,7 @@ def _job_to_job_orchestrion(config: Any, client: Any) -> list[float]:
         if time.monotonic() > deadline:
             raise TimeoutError("the first job did not start")
         time.sleep(0.02)
-    jobs = [client.submit("spectroscopy", **TRIVIAL) for _ in range(GAP_JOBS)]
+    jobs = [client.submit("spectroscopy", **job) for _ in range(GAP_JOBS)]
     for job in [blocker, *jobs]:
         job.wait(300)
     return follower.gaps()
@@ -296,6 +300,19 @@ def measure() -> dict[str, Any]:
                     side.gaps.extend(_batch(api, catalog, side))
             bare_points = _job_to_job_bare(config, api)
             our_points = _job_to_job_orchestrion(config, client)
+            # Jobs of a few points with the next job's start prepared ahead and made at its
+            # claim (ADR 0313), in rounds on, off, off, on: each switch restarts the worker.
+            unprepared = config.model_copy(update={"prepare_next_job": False})
+            ahead_points: list[float] = []
+            claim_points: list[float] = []
+            for setting, into, restart in (
+                (config, ahead_points, False), (unprepared, claim_points, True),
+                (unprepared, claim_points, False), (config, ahead_points, True),
+            ):  # fmt: skip
+                if restart:
+                    stop_service(config, "queue-server")
+                    up(setting)
+                into.extend(_job_to_job_orchestrion(setting, client, SMALL))
         finally:
             client.close()
             store.close()
@@ -304,6 +321,7 @@ def measure() -> dict[str, Any]:
     return {
         "bare": bare, "ours": ours, "submit_times": submit_times,
         "bare_points": bare_points, "our_points": our_points,
+        "ahead_points": ahead_points, "claim_points": claim_points,
     }  # fmt: skip
 
 
@@ -316,6 +334,10 @@ def figures() -> list[Figure]:
                measured["bare_points"], "bare queue server", goal=Goal.below(0.1, "s"),
                missed_because="the next job's snapshot, first sequence and run open happen after the previous run",
                note=f"{GAP_JOBS} trivial jobs queued behind a 60-point one; times of the documents on the bus"),
+        Figure("queue", "job-to-job gap, 4-point jobs, next job prepared ahead", "s", measured["ahead_points"],
+               measured["claim_points"], "prepared at its claim",
+               note=f"{GAP_JOBS} jobs of 4 points x 500 shots behind a 60-point one, 2 rounds each, "
+               "alternating (prepare_next_job on, off, off, on; ADR 0313)"),
         Figure("queue", "gap between jobs, stop to next start", "s", ours.gaps, bare.gaps, "bare queue server",
                note=f"{BATCH_ROUNDS} batches of {BATCH}"),
         Figure("queue", "submission-to-start of a trivial job", "s", ours.latencies, bare.latencies,
@@ -344,6 +366,8 @@ def main() -> None:
     print(f"gaps, Orchestrion: {_spread(ours.gaps)}")
     print(f"last point to first point, bare:        {_spread(measured['bare_points'])}")
     print(f"last point to first point, Orchestrion: {_spread(measured['our_points'])}")
+    print(f"last point to first point, prepared ahead: {_spread(measured['ahead_points'])}")
+    print(f"last point to first point, prepared at the claim: {_spread(measured['claim_points'])}")
     print(
         f"({PAIRS} pairs of single jobs, {BATCH_ROUNDS} batches of {BATCH} each; "
         "trivial one-point spectroscopy, 1 shot)"

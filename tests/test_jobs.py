@@ -232,9 +232,7 @@ def test_the_worker_records_each_run_of_a_job(config: OrchestrionConfig) -> None
         assert job.code_commit == environment.code[0]
         store.close()
     finally:
-        if environment.recorder is not None:
-            environment.recorder.close()
-        environment.session.close()
+        environment.close()
 
 
 @pytest.fixture
@@ -244,9 +242,7 @@ def worker(config: OrchestrionConfig) -> Iterator[WorkerEnvironment]:
         config.model_copy(update={"tiled_enabled": False, "post_processing_workers": 0}), worker=True
     )
     yield environment
-    if environment.recorder is not None:
-        environment.recorder.close()
-    environment.session.close()
+    environment.close()
 
 
 def executor_of(environment: WorkerEnvironment, item_uid: str = "executor-1") -> Any:

@@ -555,3 +555,27 @@ def test_a_job_reads_its_own_parameters_as_of_a_time_and_shared_ones_now(backend
     assert values["qubit.frequency"].value == 12.9e9
     # An id named in both is read at its latest.
     assert store.snapshot(["detection.mode"], at=submitted, latest=["detection.mode"])["detection.mode"].value == "fast"
+
+
+def test_the_change_mark_differs_after_any_write_and_only_then(backend: Backend) -> None:
+    store = backend.open()
+    other = backend.open()
+    mark = store.change_mark()
+    if backend.name == "influx":
+        # No cheap way to know of a write with an older time: who holds a snapshot reads it again.
+        assert mark is None
+        return
+    store.snapshot(["qubit", "detection"])
+    assert store.change_mark() == mark  # reads change nothing
+    store.set("qubit.frequency", 12.7e9, source="here")
+    after_own = store.change_mark()
+    assert after_own != mark
+    other.set("qubit.pi_time", 11e-6, source="another process")
+    after_other = store.change_mark()
+    assert after_other != after_own
+    # Even a row written in the past, by a program that is not Orchestrion.
+    earlier = ParameterValue(
+        id="detection.threshold", value=7, timestamp=datetime(2020, 1, 1, tzinfo=UTC), source="raw"
+    )
+    backend.write_elsewhere(earlier, THRESHOLD)
+    assert store.change_mark() != after_other

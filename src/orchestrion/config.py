@@ -52,6 +52,11 @@ class OrchestrionConfig(BaseSettings):
     preprocess_processes: bool = Field(
         True, description="Compile sequences in forked worker processes (false: in threads of the RunEngine's process)"
     )
+    prepare_next_job: bool = Field(
+        True,
+        description="Prepare the next queued job's parameter snapshot and first sequences while a job runs "
+        "(used only if nothing it read changed; ADR 0313)",
+    )
     setpoint_retries: int = Field(3, ge=1, le=100, description="Attempts to reach a device set-point before failing")
 
     # Devices (`devices/`): how long each may take to connect, and what a failure means.

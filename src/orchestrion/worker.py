@@ -25,7 +25,9 @@ from bluesky import RunEngine
 from orchestrion.addresses import close_api, queue_server_api, worker_state_file
 from orchestrion.bus import build_bus_pipeline
 from orchestrion.config import OrchestrionConfig, load_config
-from orchestrion.jobs import JobRecorder, JobStore, code_version, make_executor
+from orchestrion.errors import OrchestrionError
+from orchestrion.experiment import AheadPreparer, ExperimentLibrary, NextRun, activate_starts, plan_request
+from orchestrion.jobs import JobRecorder, JobStore, code_version, job_arguments, make_executor
 from orchestrion.lab import Lab
 from orchestrion.pipeline import DocumentPipeline, build_pipeline
 from orchestrion.session import LabSession
@@ -54,13 +56,34 @@ class WorkerEnvironment:
         self.session = LabSession(config, run_engine=RunEngine({}), pipeline_factory=pipeline_factory)
         self.RE = self.session.RE
         self.recorder: JobRecorder | None = None
+        self.ahead: AheadPreparer | None = None
+        self._next_job: NextJob | None = None
         if worker:
             self.session.open()
             assert self.session.pipeline is not None
             self.recorder = JobRecorder(self.session.pipeline, config, self.code)
             self.session.subscribe(self.recorder)
+            if self.session.lab is not None and config.prepare_next_job:
+                # The next job's start is prepared while the current one runs (ADR 0313).
+                self._next_job = NextJob(config, self.session.lab.library)
+                self.ahead = AheadPreparer(self.session.lab, self._next_job)
+                activate_starts(self.ahead)
+                # One line per job in the queue server's log: prepared ahead, or why not
+                # (the gap before a job is longer then); the worker's root logs warnings only.
+                logging.getLogger(AheadPreparer.__module__).setLevel(logging.INFO)
             self.RE.md["code_commit"] = self.code[0] or ""
             self.RE.md["code_clean"] = bool(self.code[1])
+
+    def close(self) -> None:
+        """The preparation of the next job first (it reads the lab), then the recorder and the session."""
+        if self.ahead is not None:
+            activate_starts(None)
+            self.ahead.close()
+        if self._next_job is not None:
+            self._next_job.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        self.session.close()
 
     @property
     def lab(self) -> Lab | None:
@@ -82,6 +105,37 @@ class WorkerEnvironment:
             lambda: JobStore.open(config, durable=False), dict(plans), lambda: running_item_uid(config)
         )
         return {"RE": self.RE, **self.session.devices.namespace(), **plans, executor.__name__: executor}
+
+
+class NextJob:
+    """The job the executor would claim next, as its run will be asked for (it is only looked at).
+
+    Called on the `AheadPreparer`'s thread, with a job table of its own.
+    """
+
+    def __init__(self, config: OrchestrionConfig, library: ExperimentLibrary) -> None:
+        self._config = config
+        self._library = library
+        self._store: JobStore | None = None
+
+    def __call__(self) -> NextRun | None:
+        if self._store is None:
+            self._store = JobStore.open(self._config, durable=False)
+        job = self._store.next_waiting()
+        # A plain queue-server item's job runs in its own item, not after this one.
+        if job is None or job.item_uid is not None or job.experiment not in self._library.names():
+            return None
+        experiment = self._library.experiment(job.experiment)
+        try:
+            request = plan_request(experiment, **job_arguments(job))
+        except (TypeError, OrchestrionError):
+            return None  # its plan will refuse these arguments itself
+        return NextRun(job.id, experiment, request)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
 
 def running_item_uid(config: OrchestrionConfig) -> str:

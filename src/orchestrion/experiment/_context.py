@@ -7,12 +7,17 @@ the other way.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from orchestrion.config import OrchestrionConfig
 from orchestrion.devices import DeviceRegistry
 from orchestrion.errors import OrchestrionError
 from orchestrion.parameters import ParameterStore
+
+if TYPE_CHECKING:
+    from ._experiment import Experiment
+    from ._request import RunRequest
+    from ._runner import RunStart
 
 
 class LabContext(Protocol):
@@ -42,3 +47,28 @@ def active_lab() -> LabContext:
     if _active is None:
         raise OrchestrionError("no lab is active in this process: open one with orchestrion.lab.open_lab()")
     return _active
+
+
+class RunStarts(Protocol):
+    """Runs prepared ahead, while the job before them runs (the worker's `AheadPreparer`, ADR 0313)."""
+
+    def take(self, job_id: int, experiment: Experiment, run: RunRequest) -> RunStart | None:
+        """Job ``job_id``'s prepared start if it still holds (taken once); None: prepare it now."""
+        ...
+
+    def under_way(self) -> None:
+        """The running job is past its first points or its last: look at the next one (never blocks)."""
+        ...
+
+
+_starts: RunStarts | None = None
+
+
+def activate_starts(starts: RunStarts | None) -> None:
+    """Make ``starts`` where job runs of this process look for their prepared start (None: nowhere)."""
+    global _starts
+    _starts = starts
+
+
+def active_starts() -> RunStarts | None:
+    return _starts

@@ -33,6 +33,28 @@ md
 """
 
 
+def plan_request(
+    experiment: Experiment,
+    scan: list[str] | None = None,
+    parameters: dict[str, Any] | None = None,
+    shots: int | None = None,
+    repetitions: int = 1,
+    pattern: str = "linear",
+    md: dict[str, Any] | None = None,
+) -> RunRequest:
+    """The request an experiment's plan makes of its arguments (the worker's `AheadPreparer`
+    makes the same one of a queued job's arguments, to prepare it)."""
+    return RunRequest.build(
+        experiment=experiment.name,
+        scan=scan,
+        parameters=parameters or {},
+        shots=shots,
+        repetitions=repetitions,
+        pattern=pattern,
+        md=md or {},
+    )
+
+
 def experiment_plan(experiment: Experiment, summary: str, module: str) -> Any:
     """The plan that runs ``experiment`` on the active lab, documented by ``summary``.
 
@@ -47,15 +69,7 @@ def experiment_plan(experiment: Experiment, summary: str, module: str) -> Any:
         pattern: str = "linear",
         md: dict[str, Any] | None = None,
     ) -> MsgGenerator[ExperimentResult]:
-        request = RunRequest.build(
-            experiment=experiment.name,
-            scan=scan,
-            parameters=parameters or {},
-            shots=shots,
-            repetitions=repetitions,
-            pattern=pattern,
-            md=md or {},
-        )
+        request = plan_request(experiment, scan, parameters, shots, repetitions, pattern, md)
         return (yield from run_experiment(experiment, active_lab(), request))
 
     default_scan = " and ".join(

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
 import pickle
 import signal
 import sys
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from types import TracebackType
 
@@ -26,6 +28,42 @@ SWITCH_INTERVAL = 0.0005
 Python's default is 5 ms: with compilers busy in the pool, each of the many times the
 RunEngine's threads need the GIL between two points could cost them that long, and the
 hardware waits meanwhile (ADR 0811)."""
+
+
+_switch_lock = threading.Lock()
+_switch_holders = 0
+_switch_saved = 0.0
+
+
+def hold_short_switch_interval() -> None:
+    """Make the switch interval at most `SWITCH_INTERVAL` until the matching release.
+
+    Held by each compiling `Preprocessor` and by the preparation of the next job's start
+    (ADR 0313); the interval the first holder found comes back when the last releases.
+    """
+    global _switch_holders, _switch_saved
+    with _switch_lock:
+        if _switch_holders == 0:
+            _switch_saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_saved, SWITCH_INTERVAL))
+        _switch_holders += 1
+
+
+def release_short_switch_interval() -> None:
+    global _switch_holders
+    with _switch_lock:
+        _switch_holders -= 1
+        if _switch_holders == 0:
+            sys.setswitchinterval(_switch_saved)
+
+
+@contextlib.contextmanager
+def short_switch_interval() -> Iterator[None]:
+    hold_short_switch_interval()
+    try:
+        yield
+    finally:
+        release_short_switch_interval()
 
 
 WORKER_NICENESS = 10
@@ -123,7 +161,7 @@ class Preprocessor:
         self._futures: dict[int, Future[PulseSequence]] = {}
         self._submitted = 0  # points [0, _submitted) have been handed to the pool
         self._ready = dict(ready or {})
-        self._saved_interval: float | None = None  # the switch interval before ours
+        self._holds_interval = False  # a short switch interval, while compilations are in the pool
 
     def __enter__(self) -> Preprocessor:
         return self
@@ -139,9 +177,9 @@ class Preprocessor:
         self._futures.clear()
         if self._owns_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
-        if self._saved_interval is not None:
-            sys.setswitchinterval(self._saved_interval)
-            self._saved_interval = None
+        if self._holds_interval:
+            self._holds_interval = False
+            release_short_switch_interval()
 
     def _submit_through(self, last: int) -> None:
         while self._submitted <= last:
@@ -154,9 +192,10 @@ class Preprocessor:
                 done.set_result(self._ready.pop(point.index))
                 self._futures[point.index] = done
                 continue
-            if self._saved_interval is None and not self._processes:
-                self._saved_interval = sys.getswitchinterval()
-                sys.setswitchinterval(min(self._saved_interval, SWITCH_INTERVAL))
+            # Worker processes do not share the RunEngine's GIL: no short interval for them.
+            if not self._holds_interval and not self._processes:
+                self._holds_interval = True
+                hold_short_switch_interval()
             self._futures[point.index] = self._executor.submit(self._compile, point)
 
     def prime(self) -> None:

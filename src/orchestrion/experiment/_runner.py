@@ -7,9 +7,11 @@ import itertools
 import logging
 import math
 import secrets
+import time
 from collections import ChainMap
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import bluesky.plan_stubs as bps
@@ -37,8 +39,11 @@ from orchestrion.parameters import ParameterValue, ParameterValueType
 from orchestrion.schema import (
     ANALYSIS,
     BASELINE,
+    JOB_ID_KEY,
     PARAMETERS_AT,
+    PARAMETERS_READ,
     POINT_SEQUENCE_KEY_MD,
+    PREPARED_AHEAD,
     PRIMARY,
     SEQUENCES,
     UNITS_MD,
@@ -47,7 +52,7 @@ from orchestrion.schema import (
 from orchestrion.sequence import PulseSequence, SequenceError, as_sequence_error
 from orchestrion.times import parse_time
 
-from ._context import LabContext
+from ._context import LabContext, active_starts
 from ._experiment import Experiment
 from ._preprocess import Preprocessor
 from ._request import RunRequest
@@ -159,6 +164,7 @@ def prepare_run(
     limits: RunLimits,
     parameters: Mapping[str, ParameterValueType] | None = None,
     seed: int | None = None,
+    refresh: bool = True,
 ) -> PreparedRun:
     """Check a run request completely, before any hardware moves.
 
@@ -167,6 +173,7 @@ def prepare_run(
     ``limits``.  Override values may be typed values or text from a command line.
     ``parameters`` are the values the run's sequences will be compiled from (its
     snapshot); without them the declared defaults stand in, to estimate the duration.
+    ``refresh=False`` takes the devices as last refreshed (`start_run` refreshes them).
     """
     if request.experiment != experiment.name:
         raise InputError(f"the request is for {quoted(request.experiment)}, not '{experiment.name}'")
@@ -180,7 +187,8 @@ def prepare_run(
 
     # An operator may have switched a device off since the lab opened: refuse here,
     # naming it, rather than fail at the hardware.
-    devices.refresh()
+    if refresh:
+        devices.refresh()
     devices.require([experiment.sequencer], by=f"experiment '{experiment.name}'")
     given = None if request.scan is None else tuple(ScanAxis.parse(text) for text in request.scan)
     axes = experiment.default_scans if given is None else given
@@ -556,6 +564,102 @@ def _tolerance(device: Any) -> MsgGenerator[float]:
     return float(tolerance or 0.0)
 
 
+@dataclass(frozen=True)
+class RunStart:
+    """What a run needs before it opens: its parameter snapshot, its checked request, its first sequences.
+
+    Made at the run's start, or ahead, while the job before it runs (`start_run`,
+    ADR 0313); ``mark`` and ``devices`` say what it was made from, to tell whether it
+    still holds.
+    """
+
+    request: RunRequest
+    snapshot: Mapping[str, ParameterValue]
+    prepared: PreparedRun
+    ready: Mapping[int, PulseSequence]
+    """Compiled sequences by point index: the first point's, and with ``lookahead`` the next ones'."""
+    read_at: float
+    """When the snapshot was read (epoch seconds)."""
+    mark: Hashable | None
+    """The parameter store's `change_mark` just before the snapshot was read."""
+    devices: tuple[tuple[str, str, str], ...]
+    """The lab's devices as the request was checked against: name, state, switch."""
+    ahead: bool = False
+
+    @property
+    def stored(self) -> dict[str, ParameterValueType]:
+        return {pid: v.value for pid, v in self.snapshot.items()}
+
+    @property
+    def values(self) -> dict[str, ParameterValueType]:
+        """What the sequences are compiled from: the stored values and the run's overrides."""
+        return {**self.stored, **self.prepared.overrides}
+
+    @property
+    def first(self) -> PulseSequence:
+        return self.ready[next(self.prepared.points()).index]
+
+
+def device_state(devices: DeviceRegistry) -> tuple[tuple[str, str, str], ...]:
+    """What of the lab's devices a checked request depends on: which are there and usable."""
+    return tuple((d.name, str(d.state), repr(d.switch)) for d in devices)
+
+
+def start_run(
+    experiment: Experiment,
+    lab: LabContext,
+    run: RunRequest,
+    *,
+    seed: int | None = None,
+    lookahead: int = 0,
+    refresh_devices: bool = True,
+) -> RunStart:
+    """Snapshot the parameters, check the request (`prepare_run`), compile the first point's sequence.
+
+    Raises `InputError` for a request that cannot run.  ``lookahead`` more points are
+    compiled too, as far as they compile (a point that does not is left to the run,
+    which reports it at that point).  ``refresh_devices=False`` checks against the
+    devices as last refreshed, for a preparation off the RunEngine's thread that must
+    not change what the running run sees.
+    """
+    if refresh_devices:
+        lab.devices.refresh()
+    devices = device_state(lab.devices)
+    mark = lab.parameters.change_mark()
+    read_at = time.time()
+    snapshot = read_parameters(experiment, lab, run.md.get(PARAMETERS_AT))
+    stored: dict[str, ParameterValueType] = {pid: v.value for pid, v in snapshot.items()}
+    request = prepare_run(
+        experiment, lab.devices, run, limits=RunLimits.of(lab.config), parameters=stored, seed=seed, refresh=False
+    )
+    compile_point = _point_compiler(experiment, request, {**stored, **request.overrides})
+    points = request.points()
+    first_point = next(points)
+    try:
+        ready = {first_point.index: compile_point(first_point)}
+    except SequenceError as exc:
+        raise InputError(f"{experiment.name}: {exc}") from None
+    for point in itertools.islice(points, lookahead):
+        try:
+            ready[point.index] = compile_point(point)
+        except SequenceError:
+            break
+    return RunStart(run, snapshot, request, ready, read_at, mark, devices)
+
+
+def _point_compiler(
+    experiment: Experiment, request: PreparedRun, values: dict[str, ParameterValueType]
+) -> Callable[[ScanPoint], PulseSequence]:
+    """A point's sequence: its scanned stored-parameter values over the run's ``values``."""
+    parameter_axes = [t.axis.id for t in request.axes if t.device is None]
+
+    def compile_point(point: ScanPoint) -> PulseSequence:
+        point_values = {pid: point.values[pid] for pid in parameter_axes}
+        return _compile_sequence(experiment, ChainMap(point_values, values), request.shots)
+
+    return compile_point
+
+
 def run_experiment(
     experiment: Experiment, lab: LabContext, run: RunRequest, *, seed: int | None = None
 ) -> MsgGenerator[ExperimentResult]:
@@ -564,25 +668,29 @@ def run_experiment(
     Everything is validated and the first sequence compiled before the run opens; a bad
     request raises `InputError` and no hardware moves.
     """
-    snapshot = read_parameters(experiment, lab, run.md.get(PARAMETERS_AT))
-    stored: dict[str, ParameterValueType] = {pid: v.value for pid, v in snapshot.items()}
-    request = prepare_run(experiment, lab.devices, run, limits=RunLimits.of(lab.config), parameters=stored, seed=seed)
-    values = {**stored, **request.overrides}
+    job_id = run.md.get(JOB_ID_KEY)
+    starts = active_starts() if isinstance(job_id, int) and seed is None else None
+    # A job's run may have been prepared while the job before it ran (ADR 0313): used
+    # only if nothing it was made from has changed since.
+    start = starts.take(job_id, experiment, run) if starts is not None and isinstance(job_id, int) else None
+    if start is None:
+        start = start_run(experiment, lab, run, seed=seed)
+    snapshot, request, first = start.snapshot, start.prepared, start.first
+    values = start.values
+    compile_point = _point_compiler(experiment, request, values)
 
     # Split once: stored-parameter axes feed the compiler, device axes are set on devices.
     parameter_targets = [t for t in request.axes if t.device is None]
     device_axes = [t for t in request.axes if t.device is not None]
     parameter_axes = [t.axis.id for t in parameter_targets]
-
-    def compile_point(point: ScanPoint) -> PulseSequence:
-        point_values = {pid: point.values[pid] for pid in parameter_axes}
-        return _compile_sequence(experiment, ChainMap(point_values, values), request.shots)
-
-    try:
-        first_point = next(request.points())
-        first = compile_point(first_point)
-    except SequenceError as exc:
-        raise InputError(f"{experiment.name}: {exc}") from None
+    # The next job is prepared once this run's first points are done (the pool's first
+    # burst is over) and looked at again before the last point (a job of higher priority
+    # may have come meanwhile): while points are still to come, so that the preparation
+    # fills the time the RunEngine waits for the hardware.  Never after the last point:
+    # there it would only compete with this run's close and the next run's open for the
+    # GIL (a one-point job's successor is prepared at its claim, as before; ADR 0313).
+    last = request.num_points - 1
+    prepare_next_at = {max(1, min(lab.config.preprocess_lookahead, last)), last} if last >= 1 else set()
 
     sequencer = lab.devices.usable(experiment.sequencer)
     point_info = ScanPointInfo([(t.axis, _unit(experiment, t.axis.id)) for t in parameter_targets])
@@ -607,6 +715,8 @@ def run_experiment(
         "overrides": nest_by_id(dict(request.overrides)),
         "device_settings": nest_by_id({k: v for k, (_, v) in request.device_settings.items()}),
         "first_sequence_hash": first.content_hash,
+        PARAMETERS_READ: datetime.fromtimestamp(start.read_at, UTC).isoformat(),
+        PREPARED_AHEAD: start.ahead,
         POINT_SEQUENCE_KEY_MD: getattr(getattr(sequencer, "sequence_hash", None), "name", None),
         UNITS_MD: nest_by_id({spec.id: spec.unit for spec in experiment.parameters if spec.unit}),
         "orchestrion_version": orchestrion.__version__,
@@ -688,6 +798,8 @@ def run_experiment(
                 ) from exc
             result.points.append(point)
             result.readings.append({k: r["value"] for k, r in reading.items()})
+            if starts is not None and len(result.points) in prepare_next_at:
+                starts.under_way()
         if experiment.analyze is not None:
             fit = experiment.analyze(result.points, result.readings, values)
             if fit:
@@ -703,7 +815,7 @@ def run_experiment(
         request.points(),
         lookahead=lab.config.preprocess_lookahead,
         workers=lab.config.preprocess_workers,
-        ready={first_point.index: first},  # compiled above, before the run opened: not again
+        ready=start.ready,  # compiled before the run opened (the first to refuse a bad one): not again
         processes=lab.config.preprocess_processes,
     )
 

@@ -6,7 +6,7 @@ time; ADR 0310); the scheduler keeps that item placed among plain queue items an
 records what the queue server did.
 """
 
-from ._executor import make_executor, run_job
+from ._executor import job_arguments, make_executor, run_job
 from ._recorder import JobRecorder, code_version, latest_parameter_timestamp
 from ._scheduler import EXIT_STATUS, WORKER_DESTROYED, Scheduler, read_heartbeat, read_worker_state
 from ._store import (
@@ -74,6 +74,7 @@ __all__ = [
     "describe_item",
     "insert_position",
     "item_job_id",
+    "job_arguments",
     "jobs_db_path",
     "latest_parameter_timestamp",
     "make_executor",

@@ -58,13 +58,21 @@ def make_executor(
     return orchestrion_executor
 
 
-def job_plan(plans: Mapping[str, Plan], job: Job) -> MsgGenerator[Any]:
-    """The plan of one job, with the metadata a job's run carries."""
+def job_arguments(job: Job) -> dict[str, Any]:
+    """The keyword arguments of one job's plan, with the metadata a job's run carries.
+
+    The worker's preparation of the next job (ADR 0313) makes its request of the same.
+    """
     kwargs = dict(job.arguments)
     md = dict(kwargs.pop("md", None) or {})
     # The job reads its own experiment's parameters as they were at its submission (ADR 0006).
     md.update({JOB_ID_KEY: job.id, PARAMETERS_AT: datetime.fromtimestamp(job.created, UTC).isoformat()})
-    return plans[job.experiment](**kwargs, md=md)
+    return {**kwargs, "md": md}
+
+
+def job_plan(plans: Mapping[str, Plan], job: Job) -> MsgGenerator[Any]:
+    """The plan of one job, with the metadata a job's run carries."""
+    return plans[job.experiment](**job_arguments(job))
 
 
 def run_job(store: JobStore, plans: Mapping[str, Plan], job: Job, item_uid: str) -> MsgGenerator[None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Hashable
 from datetime import datetime
 from pathlib import Path
 
@@ -77,6 +78,7 @@ class SQLiteParameterStore(BaseParameterStore):
             raise ParameterStoreError(f"parameter store {self.path}: unknown schema version {version}")
         self._db_lock = threading.Lock()
         self._data_version = self._pragma_data_version()
+        self._writes = 0  # this connection's writes: `PRAGMA data_version` counts only the others'
 
     def __repr__(self) -> str:
         return f"SQLiteParameterStore({str(self.path)!r})"
@@ -84,6 +86,12 @@ class SQLiteParameterStore(BaseParameterStore):
     def _pragma_data_version(self) -> int:
         with self._db_lock:
             return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def change_mark(self) -> Hashable:
+        # Every write of another connection (another process, the sqlite3 shell, even an
+        # UPDATE of the history) changes `data_version`; this one's own are counted.
+        with self._db_lock:
+            return (int(self._db.execute("PRAGMA data_version").fetchone()[0]), self._writes)
 
     def _revalidate_cache(self) -> None:
         version = self._pragma_data_version()
@@ -95,6 +103,7 @@ class SQLiteParameterStore(BaseParameterStore):
         row = (value.id, to_micros(value.timestamp), _kind(value.value), value.value, value.source)
         try:
             with self._db_lock:
+                self._writes += 1  # before the write: one that fails half-way still changes the mark
                 self._db.execute(
                     "INSERT INTO parameter_value (id, time_us, kind, value, source) VALUES (?, ?, ?, ?, ?)", row
                 )
@@ -107,6 +116,7 @@ class SQLiteParameterStore(BaseParameterStore):
         created = []
         try:
             with self._db_lock:
+                self._writes += 1
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     for value, _spec in defaults:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -69,6 +69,15 @@ class ParameterStore(Protocol):
         """Forget cached values (all, or those of ``ids``): the next read asks the backend."""
         ...
 
+    def change_mark(self) -> Hashable | None:
+        """A cheap mark of everything stored: it differs after any write, here or elsewhere.
+
+        Equal marks mean that nothing was written in between, so a snapshot read after
+        the first is still what a read now would return (ADR 0313).  None: this backend
+        cannot tell without reading the values again.
+        """
+        ...
+
     def close(self) -> None: ...
 
 
@@ -116,6 +125,9 @@ class BaseParameterStore(ABC):
                 self._write(value, spec)
                 created.append(value.id)
         return created
+
+    def change_mark(self) -> Hashable | None:
+        return None
 
     def _revalidate_cache(self) -> None:  # noqa: B027 - a store nobody else writes needs nothing
         """Drop or refresh cached values that changed outside this store object."""
