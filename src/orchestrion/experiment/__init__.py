@@ -1,25 +1,56 @@
 """Experiments: declarations, scans, pre-processing and the plan that runs them."""
 
-from ._context import LabContext, activate, active_lab
-from ._experiment import Analyze, BuildSequence, Experiment
-from ._library import ExperimentLibrary, LibraryEntry, LibraryError
-from ._plan import experiment_plan
-from ._preprocess import SWITCH_INTERVAL, Preprocessor
-from ._request import RunRequest, first_error
-from ._runner import (
-    ExperimentResult,
-    PreparedRun,
-    RunEstimate,
-    RunLimits,
-    data_key_suffix,
-    flatten_ids,
-    nest_by_id,
-    prepare_run,
-    read_parameters,
-    run_experiment,
-    set_with_readback,
-)
-from ._scan import Linspace, Scan, ScanAxis, ScanPattern, ScanPoint
+from typing import TYPE_CHECKING
+
+from orchestrion._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from ._context import LabContext, activate, active_lab
+    from ._experiment import Analyze, BuildSequence, Experiment
+    from ._library import ExperimentLibrary, LibraryEntry, LibraryError
+    from ._plan import experiment_plan
+    from ._preprocess import SWITCH_INTERVAL, Preprocessor
+    from ._request import RunRequest, first_error
+    from ._runner import (
+        ExperimentResult,
+        PreparedRun,
+        RunEstimate,
+        RunLimits,
+        data_key_suffix,
+        flatten_ids,
+        nest_by_id,
+        prepare_run,
+        read_parameters,
+        run_experiment,
+        set_with_readback,
+    )
+    from ._scan import Linspace, Scan, ScanAxis, ScanPattern, ScanPoint
+
+# Imported when first used (`orchestrion._lazy`): a listing command must not pay for the
+# stack behind the names it does not use (issue 16).
+_EXPORTS = {
+    "._context": ("LabContext", "activate", "active_lab"),
+    "._experiment": ("Analyze", "BuildSequence", "Experiment"),
+    "._library": ("ExperimentLibrary", "LibraryEntry", "LibraryError"),
+    "._plan": ("experiment_plan",),
+    "._preprocess": ("SWITCH_INTERVAL", "Preprocessor"),
+    "._request": ("RunRequest", "first_error"),
+    "._runner": (
+        "ExperimentResult",
+        "PreparedRun",
+        "RunEstimate",
+        "RunLimits",
+        "data_key_suffix",
+        "flatten_ids",
+        "nest_by_id",
+        "prepare_run",
+        "read_parameters",
+        "run_experiment",
+        "set_with_readback",
+    ),
+    "._scan": ("Linspace", "Scan", "ScanAxis", "ScanPattern", "ScanPoint"),
+}
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 __all__ = [
     "SWITCH_INTERVAL",

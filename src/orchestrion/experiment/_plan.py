@@ -5,14 +5,16 @@ defaults, no ``*args``) and the same body; only its name and docstring differ, s
 are made here rather than written out once per experiment.
 """
 
-from typing import Any
-
-from bluesky.utils import MsgGenerator
+from typing import TYPE_CHECKING, Any
 
 from ._context import active_lab
 from ._experiment import Experiment
 from ._request import RunRequest
-from ._runner import ExperimentResult, run_experiment
+
+if TYPE_CHECKING:  # the runner imports bluesky and ophyd-async: only when a plan runs
+    from bluesky.utils import MsgGenerator
+
+    from ._runner import ExperimentResult
 
 _PARAMETERS_DOC = """
 Parameters
@@ -46,7 +48,9 @@ def experiment_plan(experiment: Experiment, summary: str, module: str) -> Any:
         repetitions: int = 1,
         pattern: str = "linear",
         md: dict[str, Any] | None = None,
-    ) -> MsgGenerator[ExperimentResult]:
+    ) -> "MsgGenerator[ExperimentResult]":  # a string: the queue server reads the parameters' alone
+        from ._runner import run_experiment
+
         request = RunRequest.build(
             experiment=experiment.name,
             scan=scan,
