@@ -2,8 +2,6 @@
 
 from typing import Any
 
-__all__ = ["__version__"]
-
 
 def __getattr__(name: str) -> Any:
     # The installed distribution's version, looked up when first asked for: the lookup

@@ -39,6 +39,7 @@ from orchestrion.addresses import (
     zmq_info_address,
 )
 from orchestrion.config import OrchestrionConfig
+
 # Not the scheduler's module at import: it imports the experiment layer (bluesky), and a
 # listing asks `service('api').pid` here (ADR 0813).
 from orchestrion.jobs import JobStatus, JobStore
