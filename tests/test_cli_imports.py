@@ -69,7 +69,9 @@ def test_the_device_listing_builds_no_run_engine(tmp_path: Path) -> None:
     assert "orchestrion_plans" not in modules
 
 
-@pytest.mark.parametrize("package", ["experiment", "parameters", "devices", "analysis", "jobs", "services"])
+@pytest.mark.parametrize(
+    "package", ["experiment", "parameters", "devices", "analysis", "jobs", "services", "shell", "pipeline"]
+)
 def test_lazy_exports_are_the_modules_own_objects(package: str) -> None:
     """Every name a package exports lazily resolves, to the object its module defines."""
     import importlib
