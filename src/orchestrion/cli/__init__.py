@@ -106,6 +106,9 @@ def main() -> None:
     except SystemExit as exc:
         _ending["status"] = exit_status(exc.code)
         raise
+    except BaseException:  # Ctrl-C or a bug after the command's end: Python's own way out
+        _ending["skip_teardown"] = False
+        raise
 
 
 __all__ = ["cli", "main"]

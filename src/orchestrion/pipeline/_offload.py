@@ -342,9 +342,12 @@ def _end_helpers_ahead() -> None:
     with _ahead_lock:
         left = list(_ahead.values())
         _ahead.clear()
-    for process in left:
+    for process in left:  # handed nothing: only imports to cut short
         process.terminate()
         process.wait()
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 class _Helper:
