@@ -6,13 +6,12 @@ from orchestrion._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from ._context import LabContext, activate, active_lab
-    from ._experiment import Analyze, BuildSequence, Experiment
+    from ._experiment import Analyze, BuildSequence, Experiment, ExperimentResult
     from ._library import ExperimentLibrary, LibraryEntry, LibraryError
     from ._plan import experiment_plan
     from ._preprocess import SWITCH_INTERVAL, Preprocessor
     from ._request import RunRequest, first_error
     from ._runner import (
-        ExperimentResult,
         PreparedRun,
         RunEstimate,
         RunLimits,
@@ -30,13 +29,12 @@ if TYPE_CHECKING:
 # stack behind the names it does not use (issue 16).
 _EXPORTS = {
     "._context": ("LabContext", "activate", "active_lab"),
-    "._experiment": ("Analyze", "BuildSequence", "Experiment"),
+    "._experiment": ("Analyze", "BuildSequence", "Experiment", "ExperimentResult"),
     "._library": ("ExperimentLibrary", "LibraryEntry", "LibraryError"),
     "._plan": ("experiment_plan",),
     "._preprocess": ("SWITCH_INTERVAL", "Preprocessor"),
     "._request": ("RunRequest", "first_error"),
     "._runner": (
-        "ExperimentResult",
         "PreparedRun",
         "RunEstimate",
         "RunLimits",

@@ -5,16 +5,12 @@ defaults, no ``*args``) and the same body; only its name and docstring differ, s
 are made here rather than written out once per experiment.
 """
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Generator
+from typing import Any
 
 from ._context import active_lab
-from ._experiment import Experiment
+from ._experiment import Experiment, ExperimentResult
 from ._request import RunRequest
-
-if TYPE_CHECKING:  # the runner imports bluesky and ophyd-async: only when a plan runs
-    from bluesky.utils import MsgGenerator
-
-    from ._runner import ExperimentResult
 
 _PARAMETERS_DOC = """
 Parameters
@@ -48,8 +44,8 @@ def experiment_plan(experiment: Experiment, summary: str, module: str) -> Any:
         repetitions: int = 1,
         pattern: str = "linear",
         md: dict[str, Any] | None = None,
-    ) -> "MsgGenerator[ExperimentResult]":  # a string: the queue server reads the parameters' alone
-        from ._runner import run_experiment
+    ) -> Generator[Any, Any, ExperimentResult]:  # bluesky's MsgGenerator, without importing bluesky
+        from ._runner import run_experiment  # bluesky and ophyd-async: when a plan runs, not when it is listed
 
         request = RunRequest.build(
             experiment=experiment.name,
