@@ -23,8 +23,8 @@ from tiled.queries import Key
 
 from orchestrion.config import OrchestrionConfig
 from orchestrion.experiment import RunRequest
-from orchestrion.pipeline import BUNDLED, DocumentPipeline, build_pipeline, open_embedded_catalog
-from orchestrion.pipeline._offload import ProcessSink
+from orchestrion.pipeline import BUNDLED, DocumentPipeline, _offload, build_pipeline, open_embedded_catalog
+from orchestrion.pipeline._offload import ProcessSink, start_helper
 from orchestrion.session import EmbeddedSession
 
 from .support import free_port, wait_until
@@ -125,6 +125,31 @@ def test_the_helper_process_acknowledges_runs_whatever_its_stage_prints() -> Non
         assert sink.wait_catalogued(timeout=1)  # nothing outstanding
     finally:
         sink.close()
+
+
+def test_a_helper_started_ahead_is_the_one_the_sink_uses() -> None:
+    """`start_helper` (what `orchestrion run` calls first) starts the process a sink adopts."""
+    start_helper(0, ("json",))
+    (ahead,) = _offload._ahead.values()
+    run = compose_run()
+    sink = ProcessSink(functools.partial, print, "echo", preload=("json",))
+    try:
+        assert sink._helper.process is ahead  # adopted: not a second interpreter
+        assert not _offload._ahead
+        sink("start", dict(run.start_doc))
+        sink("stop", dict(run.compose_stop()))
+        assert sink.wait_catalogued(run.start_doc["uid"], timeout=120)
+    finally:
+        sink.close()
+    assert ahead.returncode == 0  # it ended by itself once its input closed
+
+
+def test_a_helper_started_ahead_and_not_adopted_is_ended_at_exit() -> None:
+    start_helper(0, ("json", "csv"))
+    (ahead,) = _offload._ahead.values()
+    _offload._end_helpers_ahead()  # what the exit handler does
+    assert ahead.returncode is not None
+    assert not _offload._ahead
 
 
 def test_a_helper_whose_stage_cannot_be_built_fails_the_run_instead_of_hanging(

@@ -179,7 +179,9 @@ class LabSession:
         # document bus (services mode, `orchestrion.bus.build_bus_pipeline`).
         self._pipeline_factory = pipeline_factory
         self.problems: list[Problem] = []
-        self.RE = run_engine if run_engine is not None else RunEngine({}, call_returns_result=True)
+        # After the helper has started: the RunEngine's constructor imports ophyd 1.x (a
+        # second), which the helper's imports overlap.
+        self.RE = run_engine if run_engine is not None else self._new_run_engine()
         self.RE.scan_id_source = ScanIdCounter(config.home)
         self.library: ExperimentLibrary | None = None
         self.devices: DeviceRegistry | None = None
@@ -193,6 +195,9 @@ class LabSession:
             self.devices = self.attempt("devices", lambda: build_lab_devices(config, strict=False))
         else:
             self.library, self.devices = load_library_and_devices(config)
+
+    def _new_run_engine(self) -> RunEngine:
+        return RunEngine({}, call_returns_result=True)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -339,10 +344,11 @@ class EmbeddedSession(LabSession):
     def __init__(
         self, config: OrchestrionConfig, *, run_engine: RunEngine | None = None, early_pipeline: bool = False
     ) -> None:
-        if run_engine is None:
-            run_engine = RunEngine({}, call_returns_result=True, context_managers=[self._abort_on_signals])
-        super().__init__(config, run_engine=run_engine, early_pipeline=early_pipeline)
         self._signalled: signal.Signals | None = None
+        super().__init__(config, run_engine=run_engine, early_pipeline=early_pipeline)
+
+    def _new_run_engine(self) -> RunEngine:
+        return RunEngine({}, call_returns_result=True, context_managers=[self._abort_on_signals])
 
     def lab_parameters(self) -> ParameterStore:
         """The open lab's parameter store (call `open` first)."""

@@ -7,12 +7,13 @@ imports that a listing command must not pay for the others (issue 16).
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
 
 import click
 
-from ._common import config_from, json_option, print_json, reports_errors
+from ._common import _ending, config_from, end_now, exit_status, json_option, print_json, reports_errors
 
 COMMANDS = {
     "run": "._run:run",
@@ -98,7 +99,16 @@ def shell(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    cli(prog_name="orchestrion")
+    # Registered first, so run last: after every other exit handler (ADR 0813).
+    atexit.register(end_now)
+    try:
+        cli(prog_name="orchestrion")
+    except SystemExit as exc:
+        _ending["status"] = exit_status(exc.code)
+        raise
+    except BaseException:  # Ctrl-C or a bug after the command's end: Python's own way out
+        _ending["skip_teardown"] = False
+        raise
 
 
 __all__ = ["cli", "main"]

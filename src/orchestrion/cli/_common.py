@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -18,6 +20,41 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+
+
+_ending: dict[str, Any] = {"skip_teardown": False, "status": 0}
+
+
+def end_without_teardown() -> None:
+    """Let this process end without tearing down its modules, once the command returns.
+
+    For a command that has closed everything it opened (`orchestrion run`: its session,
+    with its files, stores and post-processing process): what is left at exit is the
+    interpreter's teardown of bluesky's, ophyd's, scipy's, matplotlib's and h5py's
+    modules, a second on a busy machine, that only delays the shell prompt.  The exit
+    handlers still run (`main` ends the process after the last of them); only the
+    teardown is skipped, as a multiprocessing child skips it.  Only under `main` (the
+    console script): a command invoked in-process returns as usual.
+    """
+    _ending["skip_teardown"] = True
+
+
+def exit_status(code: object) -> int:
+    """The status `sys.exit(code)` gives (its message, if any, is printed by then)."""
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
+
+
+def end_now() -> None:
+    """The console script's last exit handler: end here if the command said it may."""
+    if not _ending["skip_teardown"]:
+        return
+    logging.shutdown()  # registered before this handler, so it would run after it
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe: nothing left to flush to
+            stream.flush()
+    os._exit(_ending["status"])
 
 
 def config_from(ctx: click.Context) -> OrchestrionConfig:

@@ -21,10 +21,10 @@ from orchestrion.devices import (
     device_history,
     disable_device,
     enable_device,
+    load_devices,
     load_lab_config,
 )
 from orchestrion.errors import InputError
-from orchestrion.session import EmbeddedSession
 
 from ._common import config_from, json_option, print_json, reports_errors
 from ._jobs import api_available
@@ -32,10 +32,12 @@ from ._jobs import api_available
 
 def _remote(ctx: click.Context) -> Any:
     """The API client when the commands go through the API server; None to work here."""
-    from orchestrion.client import Client
-
     config = config_from(ctx)
-    return Client.local(config) if api_available(config) else None
+    if not api_available(config):
+        return None
+    from orchestrion.client import Client  # httpx: a tenth of a second, for the API alone
+
+    return Client.local(config)
 
 
 def _user() -> str:
@@ -61,10 +63,11 @@ def devices(ctx: click.Context, as_json: bool) -> None:
         with remote:
             listing = remote.devices()
     else:
-        # The session owns the RunEngine whose event loop the devices connect in.
-        session = EmbeddedSession(config_from(ctx))
-        connect_devices(session.devices)
-        listing = describe_devices(session.devices)
+        # Built as a run builds them (strictly) and connected, in a loop of their own: no
+        # RunEngine, whose constructor imports ophyd 1.x, and no experiment library.
+        registry = load_devices(config_from(ctx))
+        connect_devices(registry, own_loop=True)
+        listing = describe_devices(registry)
     if as_json:
         print_json(listing)
         return

@@ -13,7 +13,7 @@ import click
 
 from orchestrion.errors import InputError, one_line, quoted
 
-from ._common import config_from, json_option, print_json, reports_errors
+from ._common import config_from, end_without_teardown, json_option, print_json, reports_errors
 
 
 class SignalInterrupt(BaseException):
@@ -92,6 +92,11 @@ def run(
     Ctrl-C (SIGINT) or SIGTERM aborts the run: its file is closed and marked 'abort',
     one line says so, and the exit status is 130 or 143.
     """
+    # The post-processing process first, before this process imports the session, the
+    # pipeline and bluesky: its own imports (Tiled's server, seconds) overlap them.
+    from orchestrion.pipeline import start_post_processing
+
+    start_post_processing(config_from(ctx))
     # Imported here: the lab, the pipeline and the display are this command's alone.
     from rich.console import Console
 
@@ -131,6 +136,7 @@ def run(
     except SignalInterrupt as exc:  # before the run started, or while its data were finished
         click.echo(f"interrupted by {exc.signal.name}", err=True)
         sys.exit(128 + int(exc.signal))
+    end_without_teardown()  # the session is closed: its files, stores and helper with it
     if as_json:
         print_json(summary.to_dict())
     else:

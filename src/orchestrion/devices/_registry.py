@@ -328,7 +328,9 @@ def _check_arguments(signature: inspect.Signature, kwargs: dict[str, Any], class
             raise DeviceConfigError(f"{where}: args.{key}: required by {class_}")
 
 
-def connect_devices(registry: DeviceRegistry, timeout: float | None = None, *, strict: bool = False) -> None:
+def connect_devices(
+    registry: DeviceRegistry, timeout: float | None = None, *, strict: bool = False, own_loop: bool = False
+) -> None:
     """Connect the ophyd-async devices in the RunEngine's loop, each within its timeout.
 
     A device that does not connect is marked failed with the reason and left out of
@@ -336,6 +338,9 @@ def connect_devices(registry: DeviceRegistry, timeout: float | None = None, *, s
     (`DeviceConnectionError`, naming every such device).  The outcome is kept in the
     lab's switches file (when the registry has one), so a submission can refuse an
     experiment whose device the hardware's process could not reach.
+
+    ``own_loop``: in an event loop of this call instead, for a process that only lists the
+    devices and builds no RunEngine (whose constructor imports ophyd 1.x: a second).
     """
 
     def timeout_of(lab_device: LabDevice) -> float:
@@ -357,7 +362,8 @@ def connect_devices(registry: DeviceRegistry, timeout: float | None = None, *, s
     async def connect_all() -> list[str | None]:
         return list(await asyncio.gather(*(connect_one(d) for d in targets)))
 
-    results = dict(zip((d.name for d in targets), call_in_bluesky_event_loop(connect_all()), strict=True))
+    outcomes = asyncio.run(connect_all()) if own_loop else call_in_bluesky_event_loop(connect_all())
+    results = dict(zip((d.name for d in targets), outcomes, strict=True))
     registry.connected_here = True
     for name, error in results.items():
         lab_device = registry.devices[name]

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from orchestrion.config import OrchestrionConfig
-from orchestrion.devices import DeviceRegistry
 from orchestrion.errors import OrchestrionError
-from orchestrion.parameters import ParameterStore
+
+if TYPE_CHECKING:  # the device registry imports bluesky and ophyd-async; the protocol only names it
+    from orchestrion.config import OrchestrionConfig
+    from orchestrion.devices import DeviceRegistry
+    from orchestrion.parameters import ParameterStore
 
 if TYPE_CHECKING:
     from ._experiment import Experiment

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrion.parameters import ParameterSpec
+from orchestrion.parameters import ParameterSpec, ParameterValue
 from orchestrion.sequence import PulseSequence
 
 from ._scan import ScanAxis, ScanPattern, ScanPoint
@@ -60,3 +60,18 @@ class Experiment:
 
     def spec(self, parameter_id: str) -> ParameterSpec | None:
         return next((p for p in self.parameters if p.id == parameter_id), None)
+
+
+@dataclass
+class ExperimentResult:
+    """What a finished run of an experiment returns to the calling plan.
+
+    Defined here, beside the declaration, so that a plan's signature names it without
+    importing the runner (bluesky, ophyd-async): the queue-server worker evaluates it.
+    """
+
+    run_uid: str
+    points: list[ScanPoint]
+    readings: list[dict[str, Any]]
+    analysis: dict[str, float]
+    parameters_written: dict[str, ParameterValue]

@@ -5,14 +5,12 @@ defaults, no ``*args``) and the same body; only its name and docstring differ, s
 are made here rather than written out once per experiment.
 """
 
+from collections.abc import Generator
 from typing import Any
 
-from bluesky.utils import MsgGenerator
-
 from ._context import active_lab
-from ._experiment import Experiment
+from ._experiment import Experiment, ExperimentResult
 from ._request import RunRequest
-from ._runner import ExperimentResult, run_experiment
 
 _PARAMETERS_DOC = """
 Parameters
@@ -68,7 +66,9 @@ def experiment_plan(experiment: Experiment, summary: str, module: str) -> Any:
         repetitions: int = 1,
         pattern: str = "linear",
         md: dict[str, Any] | None = None,
-    ) -> MsgGenerator[ExperimentResult]:
+    ) -> Generator[Any, Any, ExperimentResult]:  # bluesky's MsgGenerator, without importing bluesky
+        from ._runner import run_experiment  # bluesky and ophyd-async: when a plan runs, not when it is listed
+
         request = plan_request(experiment, scan, parameters, shots, repetitions, pattern, md)
         return (yield from run_experiment(experiment, active_lab(), request))
 

@@ -53,7 +53,7 @@ from orchestrion.sequence import PulseSequence, SequenceError, as_sequence_error
 from orchestrion.times import parse_time
 
 from ._context import LabContext, active_starts
-from ._experiment import Experiment
+from ._experiment import Experiment, ExperimentResult
 from ._preprocess import Preprocessor
 from ._request import RunRequest
 from ._scan import Linspace, Scan, ScanAxis, ScanPattern, ScanPoint
@@ -471,17 +471,6 @@ def flatten_ids(nested: Mapping[str, Any], is_leaf: Callable[[Any], bool]) -> di
 def data_key_suffix(parameter_id: str) -> str:
     """Parameter ids carry dots; event-model data keys should not (`schema.id_to_data_key`)."""
     return id_to_data_key(parameter_id)
-
-
-@dataclass
-class ExperimentResult:
-    """What a finished run of an experiment returns to the calling plan."""
-
-    run_uid: str
-    points: list[ScanPoint]
-    readings: list[dict[str, Any]]
-    analysis: dict[str, float]
-    parameters_written: dict[str, ParameterValue]
 
 
 def read_parameters(experiment: Experiment, lab: LabContext, at: object) -> dict[str, ParameterValue]:

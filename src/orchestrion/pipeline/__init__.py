@@ -8,28 +8,60 @@ Every RunEngine (CLI, shell, queue-server worker) subscribes `build_pipeline(con
 per run what it made durable (`RunOutcome`).
 """
 
+from typing import TYPE_CHECKING
+
+from orchestrion._lazy import lazy_exports
 from orchestrion.schema import BUNDLED, COMPLETE_KEY, POINT_KEY
 
-from ._bundler import Bundler, RunBundler
-from ._checks import DocumentError, RunChecks
-from ._hdf5_files import DEFAULT_FILE_PREFIX, LIBVER, file_name_for
-from ._hdf5_plugins import PLUGIN_GROUP, Hdf5Plugin, InstrumentPlugin, RunDocuments, load_plugins
-from ._pipeline import DocumentPipeline, build_pipeline, build_post_processing, post_processing_imports
-from ._post import PostProcessing, RunOutcome
-from ._recovery import Recovered, recover_file, recover_incomplete, recover_orphans
-from ._repair import RepairResult, repair_catalog
-from ._serializer import FileOutcome, Serializer
-from ._spool import discard_spool
-from ._summary import RunSummary, RunSummaryCollector
-from ._tiled import (
-    CatalogConnection,
-    CatalogOutcome,
-    RunCatalogWriter,
-    connect_catalog,
-    embedded_catalog_paths,
-    how_to_open,
-    open_embedded_catalog,
-)
+if TYPE_CHECKING:
+    from ._bundler import Bundler, RunBundler
+    from ._checks import DocumentError, RunChecks
+    from ._early import post_processing_imports, start_post_processing
+    from ._hdf5_files import DEFAULT_FILE_PREFIX, LIBVER, file_name_for
+    from ._hdf5_plugins import PLUGIN_GROUP, Hdf5Plugin, InstrumentPlugin, RunDocuments, load_plugins
+    from ._pipeline import DocumentPipeline, build_pipeline, build_post_processing
+    from ._post import PostProcessing, RunOutcome
+    from ._recovery import Recovered, recover_file, recover_incomplete, recover_orphans
+    from ._repair import RepairResult, repair_catalog
+    from ._serializer import FileOutcome, Serializer
+    from ._spool import discard_spool
+    from ._summary import RunSummary, RunSummaryCollector
+    from ._tiled import (
+        CatalogConnection,
+        CatalogOutcome,
+        RunCatalogWriter,
+        connect_catalog,
+        embedded_catalog_paths,
+        how_to_open,
+        open_embedded_catalog,
+    )
+
+# Imported when first used (`orchestrion._lazy`): a listing command must not pay for the
+# stack behind the names it does not use (issue 16).
+_EXPORTS = {
+    "._bundler": ("Bundler", "RunBundler"),
+    "._checks": ("DocumentError", "RunChecks"),
+    "._early": ("post_processing_imports", "start_post_processing"),
+    "._hdf5_files": ("DEFAULT_FILE_PREFIX", "LIBVER", "file_name_for"),
+    "._hdf5_plugins": ("PLUGIN_GROUP", "Hdf5Plugin", "InstrumentPlugin", "RunDocuments", "load_plugins"),
+    "._pipeline": ("DocumentPipeline", "build_pipeline", "build_post_processing"),
+    "._post": ("PostProcessing", "RunOutcome"),
+    "._recovery": ("Recovered", "recover_file", "recover_incomplete", "recover_orphans"),
+    "._repair": ("RepairResult", "repair_catalog"),
+    "._serializer": ("FileOutcome", "Serializer"),
+    "._spool": ("discard_spool",),
+    "._summary": ("RunSummary", "RunSummaryCollector"),
+    "._tiled": (
+        "CatalogConnection",
+        "CatalogOutcome",
+        "RunCatalogWriter",
+        "connect_catalog",
+        "embedded_catalog_paths",
+        "how_to_open",
+        "open_embedded_catalog",
+    ),
+}
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 __all__ = [
     "BUNDLED",
@@ -71,4 +103,5 @@ __all__ = [
     "recover_incomplete",
     "recover_orphans",
     "repair_catalog",
+    "start_post_processing",
 ]

@@ -16,6 +16,7 @@ A helper that dies mid-run is replaced, and the new one takes its unfinished run
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import importlib
@@ -46,6 +47,11 @@ MAX_RESUMES = 3  # a run whose helpers keep dying is given up after this many ta
 # The helper's entry module: one the package does not import, so that `-m` does not
 # find it in sys.modules already (runpy warns of that on every start).
 HELPER_MODULE = "orchestrion.pipeline._helper"
+
+# Helper processes started ahead (`start_helper`), by their command line, until a
+# `ProcessSink` with the same command line adopts one.
+_ahead: dict[tuple[str, ...], subprocess.Popen[bytes]] = {}
+_ahead_lock = threading.Lock()
 
 Note = dict[str, Any]
 Report = Callable[[Note], None]
@@ -298,6 +304,52 @@ class ProcessSink:
         self._helper.close()
 
 
+def _helper_command(niceness: int, preload: Sequence[str]) -> tuple[str, ...]:
+    arguments = [argument for module in preload for argument in ("--preload", module)]
+    return (sys.executable, "-m", HELPER_MODULE, "--niceness", str(niceness), *arguments)
+
+
+def _spawn(command: Sequence[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+def start_helper(niceness: int = 0, preload: Sequence[str] = ()) -> None:
+    """Start a helper process now, for the next `ProcessSink` made with these arguments.
+
+    It imports ``preload`` and then waits for its first message, as a held sink's helper
+    does, so a caller can start those seconds of imports before it has imported what
+    makes the sink (ADR 0813).  One that no sink adopts is terminated at exit, having
+    been handed nothing.
+    """
+    command = _helper_command(niceness, preload)
+    with _ahead_lock:
+        if command in _ahead:
+            return
+        _ahead[command] = _spawn(command)
+        if len(_ahead) == 1:
+            atexit.register(_end_helpers_ahead)
+
+
+def _adopt_or_spawn(command: tuple[str, ...]) -> subprocess.Popen[bytes]:
+    with _ahead_lock:
+        process = _ahead.pop(command, None)
+    if process is not None and process.poll() is None:
+        return process
+    return _spawn(command)
+
+
+def _end_helpers_ahead() -> None:
+    with _ahead_lock:
+        left = list(_ahead.values())
+        _ahead.clear()
+    for process in left:  # handed nothing: only imports to cut short
+        process.terminate()
+        process.wait()
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
 class _Helper:
     """One helper process: its pipe, the thread that feeds it and the one that reads its answers.
 
@@ -307,11 +359,8 @@ class _Helper:
 
     def __init__(self, sink: ProcessSink, resuming: list[str] | None = None, hold: bool = False) -> None:
         self.sink = sink
-        preload = [argument for module in sink.preload for argument in ("--preload", module)]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", HELPER_MODULE, "--niceness", str(sink.niceness), *preload],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        )  # fmt: skip
+        # One started ahead (`start_helper`) has only imported: it is what a new one would be.
+        self.process = _adopt_or_spawn(_helper_command(sink.niceness, sink.preload))
         # Documents are handed over in batches: waking the feeder thread for every event
         # cost the RunEngine thread about 0.3 ms an event in GIL hand-offs.
         self._pending: list[Message] = []

@@ -11,6 +11,7 @@ from bluesky import RunEngine
 
 from orchestrion.config import OrchestrionConfig
 
+from ._early import post_processing_imports
 from ._hdf5_files import read_status
 from ._offload import ProcessSink, Report
 from ._post import PostProcessing
@@ -22,18 +23,6 @@ from ._tiled import connect_catalog  # Tiled itself is imported where a catalog 
 logger = logging.getLogger(__name__)
 
 DocumentCallback = Callable[[str, dict[str, Any]], Any]
-
-
-def post_processing_imports(config: OrchestrionConfig) -> tuple[str, ...]:
-    """What the post-processing process imports before it is handed its stage: seconds on
-    a small machine (the embedded catalog's Tiled server above all), spent while the
-    caller sets up."""
-    modules: tuple[str, ...] = ("orchestrion.pipeline",)
-    if config.tiled_enabled:
-        modules += ("tiled.client", "bluesky_tiled_plugins")
-        if not config.tiled_uri:
-            modules += ("tiled.catalog", "tiled.server.app")
-    return modules
 
 
 class CatalogStage(Protocol):

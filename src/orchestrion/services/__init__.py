@@ -6,6 +6,9 @@ requirements and hooks as a `Service` of the stack (`_stack.py`).  Addresses and
 live one layer down, in `orchestrion.addresses`, and are re-exported here.
 """
 
+from typing import TYPE_CHECKING
+
+from orchestrion._lazy import lazy_exports
 from orchestrion.addresses import (
     HOST,
     api_url,
@@ -19,22 +22,45 @@ from orchestrion.addresses import (
     zmq_info_address,
 )
 
-from ._process import Degraded, ServiceError, ServiceStatus, SupervisedProcess
-from ._stack import (
-    SERVICES,
-    Service,
-    down,
-    keep,
-    post_processing_services,
-    restart_dead,
-    service,
-    stack_services,
-    start_order,
-    status,
-    stop_service,
-    tiled_paths,
-    up,
-)
+if TYPE_CHECKING:
+    from ._process import Degraded, ServiceError, ServiceStatus, SupervisedProcess
+    from ._stack import (
+        SERVICES,
+        Service,
+        down,
+        keep,
+        post_processing_services,
+        restart_dead,
+        service,
+        stack_services,
+        start_order,
+        status,
+        stop_service,
+        tiled_paths,
+        up,
+    )
+
+# Imported when first used (`orchestrion._lazy`): a listing command must not pay for the
+# stack behind the names it does not use (issue 16).
+_EXPORTS = {
+    "._process": ("Degraded", "ServiceError", "ServiceStatus", "SupervisedProcess"),
+    "._stack": (
+        "SERVICES",
+        "Service",
+        "down",
+        "keep",
+        "post_processing_services",
+        "restart_dead",
+        "service",
+        "stack_services",
+        "start_order",
+        "status",
+        "stop_service",
+        "tiled_paths",
+        "up",
+    ),
+}
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 __all__ = [
     "HOST",

@@ -39,7 +39,10 @@ from orchestrion.addresses import (
     zmq_info_address,
 )
 from orchestrion.config import OrchestrionConfig
-from orchestrion.jobs import JobStatus, JobStore, Scheduler, read_heartbeat, read_worker_state
+
+# Not the scheduler's module at import: it imports the experiment layer (bluesky), and a
+# listing asks `service('api').pid` here (ADR 0813).
+from orchestrion.jobs import JobStatus, JobStore
 from orchestrion.processes import death
 
 from ._process import Degraded, ServiceError, ServiceStatus, SupervisedProcess
@@ -149,6 +152,8 @@ def _manager_check(config: OrchestrionConfig) -> tuple[bool, str]:
     finally:
         close_api(api)
     environment = "open" if status["worker_environment_exists"] else "closed"
+    from orchestrion.jobs import read_worker_state
+
     worker = read_worker_state(config)
     pid = worker.get("pid") if worker is not None else None
     how = death(pid) if isinstance(pid, int) and status["worker_environment_exists"] else None
@@ -165,6 +170,8 @@ def _manager_check(config: OrchestrionConfig) -> tuple[bool, str]:
 def _open_environment(config: OrchestrionConfig) -> None:
     # The queue stays held: the scheduler starts it once it has looked at the queue and
     # the history (a copy pushed back by a forced stop is decided on before it can run).
+    from orchestrion.jobs import Scheduler
+
     scheduler = Scheduler(config)
     try:
         scheduler.prepare(autostart=False)
@@ -251,6 +258,8 @@ def _scheduler_command(config: OrchestrionConfig) -> list[str]:
 
 
 def _scheduler_check(config: OrchestrionConfig) -> tuple[bool, str]:
+    from orchestrion.jobs import read_heartbeat
+
     beat = read_heartbeat(config)
     if beat is None:
         return False, "no heartbeat yet"
