@@ -362,7 +362,12 @@ def connect_devices(
     async def connect_all() -> list[str | None]:
         return list(await asyncio.gather(*(connect_one(d) for d in targets)))
 
-    outcomes = asyncio.run(connect_all()) if own_loop else call_in_bluesky_event_loop(connect_all())
+    if own_loop:
+        # Left open: channel-access callbacks of PVs that never connected arrive after
+        # the connect gave up, and a closed loop makes each one an error.
+        outcomes = asyncio.new_event_loop().run_until_complete(connect_all())
+    else:
+        outcomes = call_in_bluesky_event_loop(connect_all())
     results = dict(zip((d.name for d in targets), outcomes, strict=True))
     registry.connected_here = True
     for name, error in results.items():

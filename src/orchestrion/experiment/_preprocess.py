@@ -91,6 +91,14 @@ def _install(compile_point: Callable[[ScanPoint], PulseSequence]) -> None:
     # Ctrl-C in a terminal reaches the whole process group: it is the RunEngine's, to
     # pause the run at its next point, not a worker's, whose compilation would fail.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The forking process's threads are not in this child, but what they registered to
+    # run at the interpreter's shutdown is: the embedded catalog's app (a starlette
+    # TestClient) waits there for its portal thread, which a forked worker would do for
+    # ever when it exits (the shell's `exit` hung on its workers).  Nothing of the
+    # parent's is this child's to shut down.
+    inherited = getattr(threading, "_threading_atexits", None)
+    if isinstance(inherited, list):
+        inherited.clear()
 
 
 def _compile_installed(point: ScanPoint) -> PulseSequence:

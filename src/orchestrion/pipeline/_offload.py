@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -310,7 +311,35 @@ def _helper_command(niceness: int, preload: Sequence[str]) -> tuple[str, ...]:
 
 
 def _spawn(command: Sequence[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    _helpers.add(process)
+    return process
+
+
+# A forked child (the pre-processing's worker processes, ADR 0820) inherits every file
+# descriptor, among them this process's ends of its helpers' pipes.  A child that outlived
+# this process would keep a helper's stdin open, and the helper would wait for the end
+# of its input for ever instead of finishing the run (found: `orchestrion run` killed,
+# its compiling workers still alive; the shell's exit waiting on its helper).  In a
+# forked child those descriptors are pointed at /dev/null: not closed, because the file
+# objects that own them stay in the child, and a flush of this process's buffered bytes
+# must not reach the pipe.
+_helpers: weakref.WeakSet[subprocess.Popen[bytes]] = weakref.WeakSet()
+
+
+def _detach_helper_pipes() -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for process in list(_helpers):
+            for pipe in (process.stdin, process.stdout):
+                if pipe is not None and not pipe.closed:
+                    with contextlib.suppress(OSError, ValueError):
+                        os.dup2(null, pipe.fileno())
+    finally:
+        os.close(null)
+
+
+os.register_at_fork(after_in_child=_detach_helper_pipes)
 
 
 def start_helper(niceness: int = 0, preload: Sequence[str] = ()) -> None:
