@@ -64,13 +64,21 @@ def run(lab: Lab, RE: RunEngine, docs: dict[str, list[Any]], kwargs: dict[str, A
     return dict(start)
 
 
-def test_the_next_jobs_start_is_used_when_nothing_changed(
+def first_job_with_second_prepared(
     lab: Lab, RE: RunEngine, docs: dict[str, list[Any]], preparer: AheadPreparer, upcoming: Upcoming
-) -> None:
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Job 1 run with job 2 waiting behind it, until job 2 is prepared: (job 1's start, job 2's arguments)."""
     second = job_kwargs(2)
     upcoming.next = next_run(lab, 2, second)
     first = run(lab, RE, docs, job_kwargs(1))
     wait_until(lambda: preparer.prepared() == 2, what="job 2 prepared")
+    return first, second
+
+
+def test_the_next_jobs_start_is_used_when_nothing_changed(
+    lab: Lab, RE: RunEngine, docs: dict[str, list[Any]], preparer: AheadPreparer, upcoming: Upcoming
+) -> None:
+    first, second = first_job_with_second_prepared(lab, RE, docs, preparer, upcoming)
     stopped = docs["stop"][-1]["time"]
     upcoming.next = None  # job 2 is claimed: nothing waits behind it
     start = run(lab, RE, docs, second)
@@ -84,10 +92,7 @@ def test_the_next_jobs_start_is_used_when_nothing_changed(
 def test_a_parameter_written_after_the_preparation_is_read_at_the_start(
     lab: Lab, RE: RunEngine, docs: dict[str, list[Any]], preparer: AheadPreparer, upcoming: Upcoming
 ) -> None:
-    second = job_kwargs(2)
-    upcoming.next = next_run(lab, 2, second)
-    run(lab, RE, docs, job_kwargs(1))
-    wait_until(lambda: preparer.prepared() == 2, what="job 2 prepared")
+    _, second = first_job_with_second_prepared(lab, RE, docs, preparer, upcoming)
     upcoming.next = None
     written = lab.parameters.set("qubit.frequency", 12.6429e9, source="a calibration")  # as a calibration's end does
     start = run(lab, RE, docs, second)
@@ -99,10 +104,7 @@ def test_a_parameter_written_after_the_preparation_is_read_at_the_start(
 def test_a_write_of_a_parameter_the_job_does_not_read_leaves_the_preparation_usable(
     lab: Lab, RE: RunEngine, docs: dict[str, list[Any]], preparer: AheadPreparer, upcoming: Upcoming
 ) -> None:
-    second = job_kwargs(2)
-    upcoming.next = next_run(lab, 2, second)
-    run(lab, RE, docs, job_kwargs(1))
-    wait_until(lambda: preparer.prepared() == 2, what="job 2 prepared")
+    _, second = first_job_with_second_prepared(lab, RE, docs, preparer, upcoming)
     rabi = lab.library.experiment("rabi_flop")
     unread = next(p for p in rabi.parameter_ids if p.startswith("rabi_flop."))
     spec = lab.parameters.specs()[unread]

@@ -85,11 +85,6 @@ class PointReader:
                 continue
         return None
 
-    def new_points(self) -> list[dict[str, Any]]:
-        """The points written since the last call (each a file name -> value mapping)."""
-        batch = self.new_batch()
-        return [] if batch is None else batch.points
-
     def new_batch(self) -> PointBatch | None:
         """The rows written since the last call, with their data keys; None if there are none."""
         if self.path is None:
@@ -152,10 +147,6 @@ class BusPointReader:
         self._primary: set[str] = set()  # descriptor uids of the primary stream
         self._keys: dict[str, str] = {}
         self._omitted: dict[str, list[int]] = {}
-
-    def new_points(self) -> list[dict[str, Any]]:
-        batch = self.new_batch()
-        return [] if batch is None else batch.points
 
     def new_batch(self) -> PointBatch | None:
         run_uid = self.job.run_uid
