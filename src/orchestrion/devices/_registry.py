@@ -9,6 +9,8 @@ an operator can switch devices off and on again without editing the files.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import importlib
 import inspect
 import logging
@@ -328,6 +330,16 @@ def _check_arguments(signature: inspect.Signature, kwargs: dict[str, Any], class
             raise DeviceConfigError(f"{where}: args.{key}: required by {class_}")
 
 
+@functools.cache
+def _listing_loop() -> asyncio.AbstractEventLoop:
+    """The event loop of a process that connects devices only to list them: one for the
+    process, open until it exits.  Channel-access callbacks of PVs that never connected
+    still arrive after a connect gave up, and a closed loop makes each one an error."""
+    loop = asyncio.new_event_loop()
+    atexit.register(loop.close)
+    return loop
+
+
 def connect_devices(
     registry: DeviceRegistry, timeout: float | None = None, *, strict: bool = False, own_loop: bool = False
 ) -> None:
@@ -363,9 +375,7 @@ def connect_devices(
         return list(await asyncio.gather(*(connect_one(d) for d in targets)))
 
     if own_loop:
-        # Left open: channel-access callbacks of PVs that never connected arrive after
-        # the connect gave up, and a closed loop makes each one an error.
-        outcomes = asyncio.new_event_loop().run_until_complete(connect_all())
+        outcomes = _listing_loop().run_until_complete(connect_all())
     else:
         outcomes = call_in_bluesky_event_loop(connect_all())
     results = dict(zip((d.name for d in targets), outcomes, strict=True))
