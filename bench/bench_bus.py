@@ -77,13 +77,18 @@ class Bench:
         self.home.mkdir()
         self.env = bus_env(self.home, self.redis, self.tiled, ORCHESTRION_BUS_RETENTION="0",
                            ORCHESTRION_BUS_CLAIM_IDLE="5.0", ORCHESTRION_BUS_CONNECTORS="[]")  # fmt: skip
+        # The configuration is read from the environment; what this bench sets is put back
+        # at close, so the benches after it in the same process see the environment they had.
+        self._environ_before = {name: os.environ.get(name) for name in self.env}
         os.environ.update(self.env)
         self.config: OrchestrionConfig = load_config()
         self.client = redis.Redis.from_url(self.redis.url)
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.started: dict[str, float] = {}  # worker name -> when it was last started
 
     def start_workers(self, count: int) -> None:
         for n in range(len(self.workers) + 1, count + 1):
+            self.started[f"post-processing-{n}"] = time.time()
             log = (self.home / f"worker-{n}.log").open("ab")
             self.workers.append(subprocess.Popen(
                 [sys.executable, "-m", "orchestrion.bus", "worker", "--name", f"post-processing-{n}"],
@@ -98,8 +103,15 @@ class Bench:
         self.workers.clear()
 
     def ready(self, name: str) -> bool:
+        """The named worker's heartbeat says ready, and it was written since the worker was started.
+
+        A stopped worker's last heartbeat stays in Redis until it expires: after a restart
+        it would speak for the old, dead process."""
         beat = self.client.get(BusKeys().worker(name))
-        return beat is not None and bool(json.loads(beat).get("ready"))
+        if beat is None:
+            return False
+        heartbeat = json.loads(beat)
+        return bool(heartbeat.get("ready")) and float(heartbeat.get("time", 0)) >= self.started.get(name, 0.0)
 
     def done(self, uid: str) -> bool:
         return read_state(self.client, BusKeys().state(uid)).get("status") == DONE
@@ -109,6 +121,11 @@ class Bench:
         self.client.close()
         self.tiled.stop()
         self.redis.stop()
+        for name, value in self._environ_before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def throughput(bench: Bench) -> dict[str, Any]:
@@ -260,6 +277,7 @@ def measure() -> dict[str, Any]:
                 return results
             bench.stop_workers()
             bench.start_workers(1)
+            wait(lambda: bench.ready("post-processing-1"), 300, "the restarted worker to warm up")
             results["memory"] = memory(bench)
             print(json.dumps(results["memory"], indent=2), file=sys.stderr, flush=True)
         finally:

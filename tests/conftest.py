@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,12 @@ from bluesky import RunEngine
 from orchestrion.config import OrchestrionConfig, load_config
 from orchestrion.lab import Lab, activate, open_lab
 from orchestrion.session import stop_event_loop
+
+# `orchestrion run` leaves a warmed post-processing process behind for the next run of its
+# home (ADR 0814).  Every test has its own home, so none would be adopted and each would
+# wait its ten minutes: off for the suite (and the processes it starts); tests/test_standby.py
+# turns it on.
+os.environ["ORCHESTRION_POST_PROCESSING_STANDBY"] = "0"
 
 # Hardware runs 50 times faster than real time in tests: a 100-shot point takes ~2.4 ms.
 TEST_TIME_SCALE = 0.02

@@ -132,6 +132,11 @@ class OrchestrionConfig(BaseSettings):
         10, ge=0, le=19,
         description="Niceness of the post-processing process (bundler, HDF5, Tiled): the RunEngine comes first",
     )  # fmt: skip
+    post_processing_standby: float = Field(
+        600.0, ge=0, le=86_400,
+        description="Seconds the post-processing process `orchestrion run` leaves behind, imported, waits for the "
+                    "next run to adopt it (0: none)",
+    )  # fmt: skip
     hdf5_buffer_points: int = Field(64, ge=1, le=100_000, description="Points buffered before an HDF5 write")
     hdf5_flush_interval: float = Field(
         1.0, gt=0, le=3600, description="Longest time (s) a point waits in the buffer for HDF5 readers"

@@ -94,7 +94,7 @@ def run(
     """
     # The post-processing process first, before this process imports the session, the
     # pipeline and bluesky: its own imports (Tiled's server, seconds) overlap them.
-    from orchestrion.pipeline import start_post_processing
+    from orchestrion.pipeline import leave_standby, start_post_processing
 
     start_post_processing(config_from(ctx))
     # Imported here: the lab, the pipeline and the display are this command's alone.
@@ -129,6 +129,7 @@ def run(
             finally:
                 session.close()
     except RunInterrupted as exc:
+        leave_standby(config)
         if as_json and exc.summary is not None:
             print_json(exc.summary.to_dict())
         click.echo(one_line(str(exc)), err=True)
@@ -136,6 +137,8 @@ def run(
     except SignalInterrupt as exc:  # before the run started, or while its data were finished
         click.echo(f"interrupted by {exc.signal.name}", err=True)
         sys.exit(128 + int(exc.signal))
+    # The next run adopts this one's successor, imported by then (ADR 0814).
+    leave_standby(config)
     end_without_teardown()  # the session is closed: its files, stores and helper with it
     if as_json:
         print_json(summary.to_dict())

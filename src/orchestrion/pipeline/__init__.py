@@ -16,7 +16,7 @@ from orchestrion.schema import BUNDLED, COMPLETE_KEY, POINT_KEY
 if TYPE_CHECKING:
     from ._bundler import Bundler, RunBundler
     from ._checks import DocumentError, RunChecks
-    from ._early import post_processing_imports, start_post_processing
+    from ._early import leave_standby, post_processing_imports, start_post_processing
     from ._hdf5_files import DEFAULT_FILE_PREFIX, LIBVER, file_name_for
     from ._hdf5_plugins import PLUGIN_GROUP, Hdf5Plugin, InstrumentPlugin, RunDocuments, load_plugins
     from ._pipeline import DocumentPipeline, build_pipeline, build_post_processing
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "._bundler": ("Bundler", "RunBundler"),
     "._checks": ("DocumentError", "RunChecks"),
-    "._early": ("post_processing_imports", "start_post_processing"),
+    "._early": ("leave_standby", "post_processing_imports", "start_post_processing"),
     "._hdf5_files": ("DEFAULT_FILE_PREFIX", "LIBVER", "file_name_for"),
     "._hdf5_plugins": ("PLUGIN_GROUP", "Hdf5Plugin", "InstrumentPlugin", "RunDocuments", "load_plugins"),
     "._pipeline": ("DocumentPipeline", "build_pipeline", "build_post_processing"),
@@ -96,6 +96,7 @@ __all__ = [
     "embedded_catalog_paths",
     "file_name_for",
     "how_to_open",
+    "leave_standby",
     "load_plugins",
     "open_embedded_catalog",
     "post_processing_imports",

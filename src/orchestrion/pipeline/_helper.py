@@ -7,15 +7,28 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
-from ._offload import serve
+from ._offload import preload_modules, serve
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     arguments = argparse.ArgumentParser(description="orchestrion's post-processing helper (internal)")
     arguments.add_argument("--niceness", type=int, default=0)
     arguments.add_argument("--preload", action="append", default=[], help="a module to import at once")
+    arguments.add_argument("--standby", type=Path, help="wait on this socket to be adopted (ADR 0814)")
+    arguments.add_argument("--standby-home", type=Path, help="the standby ends when this directory is gone")
+    arguments.add_argument("--standby-seconds", type=float, default=600.0, help="the standby's longest wait")
     parsed = arguments.parse_args()
+    if parsed.standby is not None:
+        from ._standby import Standby, detach
+
+        detach()
+        # Listening before the imports: a command that comes while they run adopts it.
+        standby = Standby(parsed.standby, parsed.standby_home, parsed.standby_seconds)
+        preload_modules(parsed.preload)
+        if not standby.wait():
+            os._exit(0)  # nobody came: nothing was handed over, nothing to finish
     serve(parsed.niceness, parsed.preload)
     # `serve` returned: its input ended, everything it was given was handled and its stage
     # closed (files and catalog).  What is left is the interpreter's teardown of Tiled's,

@@ -31,7 +31,10 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from ._standby import adopt_standby, exit_status
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +52,24 @@ MAX_RESUMES = 3  # a run whose helpers keep dying is given up after this many ta
 # find it in sys.modules already (runpy warns of that on every start).
 HELPER_MODULE = "orchestrion.pipeline._helper"
 
-# Helper processes started ahead (`start_helper`), by their command line, until a
-# `ProcessSink` with the same command line adopts one.
-_ahead: dict[tuple[str, ...], subprocess.Popen[bytes]] = {}
+
+class HelperProcess(Protocol):
+    """A helper process as `ProcessSink` uses it: a `subprocess.Popen`, or a standby
+    adopted from an earlier command (`orchestrion.pipeline._standby.AdoptedHelper`)."""
+
+    pid: int
+    stdin: IO[bytes] | None
+    stdout: IO[bytes] | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
+# Helper processes started ahead (`start_helper`) or adopted (`adopt_helper`), by their
+# command line, until a `ProcessSink` with the same command line takes one.
+_ahead: dict[tuple[str, ...], HelperProcess] = {}
 _ahead_lock = threading.Lock()
 
 Note = dict[str, Any]
@@ -139,7 +157,7 @@ class ProcessSink:
             if helper.exited or (name == "start" and helper.process.poll() is not None):
                 if self._closing or helper.failed:
                     # A helper whose stage could not be built would fail the same way again.
-                    reason = f"the helper process has exited ({helper.error or helper.process.wait()})"
+                    reason = f"the helper process has exited ({helper.error or _ended(helper.process)})"
                     if name == "start":
                         with self._state:
                             self._lost[str(doc.get("uid"))] = reason
@@ -208,7 +226,7 @@ class ProcessSink:
                     del self._unfinished[uid]
                     self._lost[uid] = f"its post-processing process died {MAX_RESUMES + 1} times"
         logger.warning("%s: the helper process exited (%s); a new one takes over %s", self.label,
-                       dead.process.wait(), ", ".join(runs) or "the next run")  # fmt: skip
+                       _ended(dead.process), ", ".join(runs) or "the next run")  # fmt: skip
         helper = self._helper = _Helper(self, resuming=runs)
         for uid in runs:
             documents = [(index, name, doc) for _, run, index, name, doc in carried if run == uid]
@@ -282,7 +300,7 @@ class ProcessSink:
         for uid, helper in list(self._unfinished.items()):
             if helper.failed or (helper.exited and self._closing):
                 del self._unfinished[uid]
-                self._lost[uid] = helper.error or f"the helper process exited ({helper.process.wait()})"
+                self._lost[uid] = helper.error or f"the helper process exited ({_ended(helper.process)})"
 
     def lost_runs(self) -> dict[str, str]:
         """Runs handed over that will not be finished, with the reason."""
@@ -310,6 +328,12 @@ def _helper_command(niceness: int, preload: Sequence[str]) -> tuple[str, ...]:
     return (sys.executable, "-m", HELPER_MODULE, "--niceness", str(niceness), *arguments)
 
 
+def _ended(process: HelperProcess) -> str:
+    """How ``process`` ended, once it has."""
+    process.wait()
+    return exit_status(process)
+
+
 def _spawn(command: Sequence[str]) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     _helpers.add(process)
@@ -324,7 +348,7 @@ def _spawn(command: Sequence[str]) -> subprocess.Popen[bytes]:
 # forked child those descriptors are pointed at /dev/null: not closed, because the file
 # objects that own them stay in the child, and a flush of this process's buffered bytes
 # must not reach the pipe.
-_helpers: weakref.WeakSet[subprocess.Popen[bytes]] = weakref.WeakSet()
+_helpers: weakref.WeakSet[HelperProcess] = weakref.WeakSet()
 
 
 def _detach_helper_pipes() -> None:
@@ -359,7 +383,30 @@ def start_helper(niceness: int = 0, preload: Sequence[str] = ()) -> None:
             atexit.register(_end_helpers_ahead)
 
 
-def _adopt_or_spawn(command: tuple[str, ...]) -> subprocess.Popen[bytes]:
+def adopt_helper(niceness: int, preload: Sequence[str], home: Path) -> bool:
+    """Adopt the standby helper an earlier command left for these arguments (ADR 0814),
+    for the next `ProcessSink` made with them; False when there is none."""
+    command = _helper_command(niceness, preload)
+    with _ahead_lock:
+        if command in _ahead:
+            return True
+    adopted = adopt_standby(command, home)
+    if adopted is None:
+        return False
+    with _ahead_lock:
+        _ahead[command] = adopted
+        _helpers.add(adopted)
+        if len(_ahead) == 1:
+            atexit.register(_end_helpers_ahead)
+    return True
+
+
+def helper_command(niceness: int, preload: Sequence[str]) -> tuple[str, ...]:
+    """The command line of a helper for these arguments (what a standby is keyed by)."""
+    return _helper_command(niceness, preload)
+
+
+def _adopt_or_spawn(command: tuple[str, ...]) -> HelperProcess:
     with _ahead_lock:
         process = _ahead.pop(command, None)
     if process is not None and process.poll() is None:
@@ -388,8 +435,9 @@ class _Helper:
 
     def __init__(self, sink: ProcessSink, resuming: list[str] | None = None, hold: bool = False) -> None:
         self.sink = sink
-        # One started ahead (`start_helper`) has only imported: it is what a new one would be.
-        self.process = _adopt_or_spawn(_helper_command(sink.niceness, sink.preload))
+        # One started ahead (`start_helper`) or adopted has only imported: it is what a
+        # new one would be.
+        self.process: HelperProcess = _adopt_or_spawn(_helper_command(sink.niceness, sink.preload))
         # Documents are handed over in batches: waking the feeder thread for every event
         # cost the RunEngine thread about 0.3 ms an event in GIL hand-offs.
         self._pending: list[Message] = []
@@ -592,6 +640,16 @@ def _lower_priority(niceness: int) -> None:
             os.setpriority(os.PRIO_PROCESS, thread, niceness)
 
 
+def preload_modules(preload: Sequence[str]) -> None:
+    """Import ``preload``: only a head start, so a module that fails here fails again,
+    reported, in the factory."""
+    for module in preload:
+        try:
+            importlib.import_module(module)
+        except Exception:
+            logger.debug("helper process: preloading %s failed", module, exc_info=True)
+
+
 def serve(niceness: int = 0, preload: Sequence[str] = ()) -> None:
     """The helper's side: build the stage, feed it, acknowledge each stop on stdout.
 
@@ -599,12 +657,7 @@ def serve(niceness: int = 0, preload: Sequence[str] = ()) -> None:
     caller waits for them and no run goes on yet.  The documents are handled at
     ``niceness`` (see `_handle`).
     """
-    for module in preload:
-        # Only a head start: a module that fails here fails again, reported, in the factory.
-        try:
-            importlib.import_module(module)
-        except Exception:
-            logger.debug("helper process: preloading %s failed", module, exc_info=True)
+    preload_modules(preload)
     # Ctrl-C in a terminal reaches the whole process group, and so does the hang-up of a
     # closed terminal: the first is the RunEngine's to handle (pause), and after either
     # this helper must go on writing what it was given until its stdin ends.
