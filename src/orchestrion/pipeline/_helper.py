@@ -24,6 +24,9 @@ if __name__ == "__main__":
         from ._standby import Standby, detach
 
         detach()
+        # Everything a standby does before it is adopted is background work: at the
+        # niceness its documents will be handled at (a niceness cannot be raised back).
+        os.setpriority(os.PRIO_PROCESS, 0, parsed.niceness)
         # Listening before the imports: a command that comes while they run adopts it.
         standby = Standby(parsed.standby, parsed.standby_home, parsed.standby_seconds)
         preload_modules(parsed.preload)
