@@ -21,7 +21,7 @@ from tiled.queries import Key
 from orchestrion.config import OrchestrionConfig
 from orchestrion.pipeline import BUNDLED, build_pipeline, build_post_processing, open_embedded_catalog
 
-from .pipeline_docs import fake_run, whole_run
+from .pipeline_docs import whole_run
 from .support import free_port, stop_process, wait_until
 
 TILED = Path(sys.executable).with_name("tiled")
@@ -199,28 +199,6 @@ def test_the_pipeline_catalogues_into_the_configured_server(tiled_server: TiledS
     assert summary.tiled == f"{tiled_server.uri}/api/v1/metadata/{uid}"
     assert summary.hdf5 is not None
     assert Path(summary.hdf5).parent == (tmp_path / "data").resolve()
-
-
-def test_a_short_runs_points_are_in_the_catalog_while_it_runs(tiled_server: TiledServer, tmp_path: Path) -> None:
-    """A run of few points is written in about eight batches as it goes, not whole at its stop."""
-    config = OrchestrionConfig(home=tmp_path, tiled_uri=tiled_server.uri, tiled_api_key=tiled_server.api_key)  # type: ignore[arg-type]
-    post = PostProcessing(config)
-    run = fake_run(detunings=40, experiment="spectroscopy", job_id="job-live")  # num_points 40
-    uid = run.uid
-    client = from_uri(tiled_server.uri, api_key=tiled_server.api_key)
-    try:
-        for name, doc in [*run.head(), *(d for index in range(40) for d in run.point(index))]:
-            post.stage(name, doc)
-        # Before the stop: all but at most the last batch (of 5) is in the catalog already.
-        rows = client[uid][f"{BUNDLED}/seq_num"].shape[0]
-        assert rows >= 35  # with the configured 500 it was 0
-        for name, doc in run.tail(FIT):
-            post.stage(name, doc)
-        assert post.noted("outcome")[uid]["catalog_rows"] == 40
-        assert client[uid][BUNDLED].read()["point-index"].values.tolist() == list(range(40))
-    finally:
-        client.context.close()
-        post.close()
 
 
 _OPEN_CATALOG = """

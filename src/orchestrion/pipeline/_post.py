@@ -34,7 +34,7 @@ from ._repair import repair_catalog
 from ._routing import RunsRouter, Stage
 from ._serializer import FileOutcome, Serializer
 from ._spool import HDF5_NOTE, SUFFIX, SpoolWriter, read_spool, spool_dir
-from ._tiled import CatalogConnection, CatalogOutcome, RunCatalogWriter, batch_size_for, connect_catalog, delete_run
+from ._tiled import CatalogConnection, CatalogOutcome, RunCatalogWriter, connect_catalog, delete_run
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class RunChain:
         try:
             self.catalog = RunCatalogWriter(
                 connection,
-                batch_size=batch_size_for(doc, self.settings.config.tiled_batch_size),
+                batch_size=self.settings.config.tiled_batch_size,
                 hdf5=str(path) if path else None,
                 data_stream=BUNDLED,
             )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import math
 import sqlite3
 import warnings
 from collections.abc import Mapping
@@ -137,25 +136,6 @@ def _catalog_is_current(path: Path) -> bool:
     except sqlite3.Error:  # no alembic table yet: created but never initialised
         return False
     return bool(stamped == [(REQUIRED_REVISION,)])
-
-
-# A run of few points reaches the catalog in about this many writes while it runs.
-RUN_WRITES = 8
-
-
-def batch_size_for(start: Mapping[str, Any], configured: int) -> int:
-    """Events TiledWriter collects per write for the run that ``start`` opens.
-
-    The configured batch, or a smaller one for a run expected to be shorter than a few
-    batches: with 500 a 31-point run was written whole at its stop (twenty-odd requests
-    of the catalog's, committed one by one, a second or more that the command waited for
-    at the end), and its points were not in the catalog while it ran.  A run whose size
-    is not known gets the configured batch.
-    """
-    points = start.get("num_points")
-    if not isinstance(points, int) or isinstance(points, bool) or points <= 0:
-        return configured
-    return max(1, min(configured, math.ceil(points / RUN_WRITES)))
 
 
 @dataclass
