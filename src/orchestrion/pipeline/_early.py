@@ -24,7 +24,9 @@ def post_processing_imports(config: OrchestrionConfig) -> tuple[str, ...]:
     if config.tiled_enabled:
         modules += ("tiled.client", "bluesky_tiled_plugins")
         if not config.tiled_uri:
-            modules += ("tiled.catalog", "tiled.server.app")
+            # The embedded catalog's server side, and the storage its first run's arrays
+            # and tables go to (imported by Tiled at the first write, otherwise at a stop).
+            modules += ("tiled.catalog", "tiled.server.app", "tiled.adapters.zarr", "tiled.adapters.sql")
     return modules
 
 
