@@ -214,7 +214,9 @@ def merge(group: str, into: str = "latest") -> None:
     """Put the figures of a separate run of ``group`` (RESULTS/group.json) into RESULTS/into.json."""
     target = json.loads((RESULTS / f"{into}.json").read_text())
     source = json.loads((RESULTS / f"{group}.json").read_text())
-    target["figures"] = [f for f in target["figures"] if f["group"] != group] + source["figures"]
+    # A collector may file figures under more than its own group (pipeline's HDF5 bandwidth).
+    replaced = {group} | {f["group"] for f in source["figures"]}
+    target["figures"] = [f for f in target["figures"] if f["group"] not in replaced] + source["figures"]
     target.setdefault("failures", {}).pop(group, None)
     target.setdefault("merged", {})[group] = {"started": source["started"], "machine": source["machine"]}
     (RESULTS / f"{into}.json").write_text(json.dumps(target, indent=2) + "\n")
