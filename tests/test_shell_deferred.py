@@ -30,7 +30,8 @@ def test_a_use_before_the_part_is_made_waits_for_it() -> None:
     user = threading.Thread(target=lambda: got.append(stand_in[-1]))
     user.start()
     user.join(0.2)
-    assert user.is_alive() and not got  # still waiting: the part is being made
+    assert user.is_alive()  # still waiting: the part is being made
+    assert not got
     assert part.made() is None
     release.set()
     user.join(WAIT)
@@ -101,7 +102,10 @@ class _Table:
 
 def test_a_traceback_given_as_a_message_gives_its_error_line() -> None:
     # As Tiled reports a catalog that its set-up process could not initialise.
-    told = "╭── Traceback (most recent call last) ──╮\n│ ... │\nDatabaseError: (sqlite3.DatabaseError) file is not a database\n"
+    told = (
+        "╭── Traceback (most recent call last) ──╮\n│ ... │\n"
+        "DatabaseError: (sqlite3.DatabaseError) file is not a database\n"
+    )
 
     def open_catalog() -> object:
         raise RuntimeError(told)
