@@ -129,3 +129,19 @@ def test_the_stand_in_passes_every_use_on() -> None:
     assert "rows" in dir(stand_in)
     rows = Pending(background.defer("rows", lambda: [7, 8]))
     assert (len(rows), list(rows), 8 in rows, bool(rows), rows[0]) == (2, [7, 8], True, True, 7)
+
+
+def test_a_main_thread_part_is_made_in_the_main_thread_at_its_first_use_there() -> None:
+    made_in: list[str] = []
+    background = Background()
+    part = background.defer("live table", lambda: made_in.append(threading.current_thread().name), main_thread=True)
+    background.start()
+    assert background.join(WAIT)
+    assert not part.done  # not the thread's to make
+    other = threading.Thread(target=part.value, name="RE loop")
+    other.start()
+    other.join(0.2)
+    assert other.is_alive()  # another thread's use waits for the main thread
+    part.value()
+    other.join(WAIT)
+    assert made_in == [threading.main_thread().name]

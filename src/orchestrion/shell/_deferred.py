@@ -36,12 +36,16 @@ class PartUnavailable(OrchestrionError):
 
 
 class Deferred(Generic[T]):
-    """One part of the session, made once by ``make`` in the background thread."""
+    """One part of the session, made once by ``make``: in the background thread, or (with
+    no ``start``) in the main thread at its first use there."""
 
-    def __init__(self, part: str, make: Callable[[], T], start: Callable[[], None]) -> None:
+    def __init__(
+        self, part: str, make: Callable[[], T], start: Callable[[], None] | None, report: Callable[[str, str], Any]
+    ) -> None:
         self.part = part
         self._make = make
         self._start = start
+        self._report = report
         self._made = threading.Event()
         self._value: T | None = None
         self._problem: str | None = None
@@ -59,7 +63,10 @@ class Deferred(Generic[T]):
     def value(self) -> T:
         """The part, made first if it has to be (this waits); raises `PartUnavailable`."""
         if not self._made.is_set():
-            self._start()  # used before the prompt started the thread: start it now
+            if self._start is not None:
+                self._start()  # used before the prompt started the thread: start it now
+            elif threading.current_thread() is threading.main_thread():
+                self.run()
             self._made.wait()
         if self._problem is not None:
             # Not chained to the original error: the message is the one line a user
@@ -76,11 +83,11 @@ class Deferred(Generic[T]):
         self._problem = reason
         self._made.set()
 
-    def run(self) -> str | None:
-        """Make the part (in the background thread); the reason when it cannot be made
-        (None too for a part already known not to be: it has been reported)."""
+    def run(self) -> None:
+        """Make the part; a failure is recorded and reported (a part already known not to
+        be available has been reported: it is not tried)."""
         if self._made.is_set():
-            return None
+            return
         try:
             self._value = self._make()
         except PartUnavailable as exc:  # a part it is made from is missing
@@ -90,7 +97,8 @@ class Deferred(Generic[T]):
             logger.info("session: %s could not be made", self.part, exc_info=True)
             self._problem = _reason(exc)
         self._made.set()
-        return self._problem
+        if self._problem is not None:
+            self._report(self.part, self._problem)
 
 
 _ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception|Failure)\b.*: \S")
@@ -124,9 +132,15 @@ class Background:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def defer(self, part: str, make: Callable[[], T]) -> Deferred[T]:
-        """A part, made after the ones deferred before it (so ``make`` may use them)."""
-        deferred: Deferred[T] = Deferred(part, make, self.start)
+    def defer(self, part: str, make: Callable[[], T], *, main_thread: bool = False) -> Deferred[T]:
+        """A part, made after the ones deferred before it (so ``make`` may use them).
+
+        ``main_thread``: made not by the thread but in the main thread, at its first use
+        there (objects that must belong to it, such as Qt's); another thread's use waits.
+        """
+        if main_thread:
+            return Deferred(part, make, None, self._report)
+        deferred: Deferred[T] = Deferred(part, make, self.start, self._report)
         with self._lock:
             self._parts.append(deferred)
         return deferred
@@ -147,9 +161,7 @@ class Background:
                     return
                 deferred = self._parts[self._next]
                 self._next += 1
-            problem = deferred.run()
-            if problem is not None:
-                self._report(deferred.part, problem)
+            deferred.run()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait (up to ``timeout`` s) for the parts to be made; whether they all are."""

@@ -9,6 +9,7 @@ table's matplotlib) is made in the background once the prompt is up (ADR 0821).
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -171,26 +172,34 @@ class ShellSession:
         self._catalog_connection = connection
         return _runs_catalog(connection.client)
 
-    def _make_table(self) -> BestEffortCallback:
-        """The live table, and its plots when the display can show them (in the background)."""
+    def _make_table(self, display: DisplayCheck) -> BestEffortCallback:
+        """The live table, and its plots when the display can show them."""
         from bluesky.callbacks.best_effort import BestEffortCallback
 
+        self._display = display
+        if display.problem is not None:
+            self.problems.append(Problem("live plots", display.problem))
         table = BestEffortCallback()
         table.disable_baseline()
         table.noplot_streams = list(NOT_PLOTTED)
-        self._display = check_display()
-        if self._display.problem is not None:
-            self.problems.append(Problem("live plots", self._display.problem))
-        if self._display.framework is None:
+        if display.framework is None:
             table.disable_plots()
         return table
 
     def _subscribe_display(self) -> None:
-        self._table = self._background.defer("live table", self._make_table)
+        if display_is_set() or os.environ.get("MPLBACKEND"):
+            # With matplotlib's backend Qt, bluesky's callbacks make a Qt object when they
+            # are made: the table is made in the main thread, at the first line typed
+            # (`settle`, which waits for it so that a run the line starts is plotted);
+            # matplotlib's imports and the display check come before, behind the prompt.
+            plots = self._background.defer("live plots", _check_plots)
+            self._table = self._background.defer(
+                "live table", lambda: self._make_table(plots.value()), main_thread=True
+            )
+            self._plots_pending = True
+        else:
+            self._table = self._background.defer("live table", lambda: self._make_table(DisplayCheck()))
         self._defer("bec", self._table)
-        # With a display, the first cell waits for the plots' set-up (`settle`), so that a
-        # run it starts is plotted.
-        self._plots_pending = display_is_set()
         self.lab_session.subscribe(_WhenMade(self._table))
         progress = ProgressDisplay(self.console)
         self.lab_session.subscribe(progress)
@@ -242,7 +251,7 @@ class ShellSession:
     def _start_plots(self) -> None:
         assert self._table is not None
         try:
-            self._table.value()
+            self._table.value()  # made here, in the main thread
         except PartUnavailable as exc:
             print(f"Not available:\n  {exc.part}: {exc.reason}")
             return
@@ -335,6 +344,14 @@ def _catalog_problem(config: OrchestrionConfig) -> str | None:
     except OSError as exc:
         return f"cannot create the catalog's directory {files} ({exc.strerror or exc})"
     return None
+
+
+def _check_plots() -> DisplayCheck:
+    """Whether live plots can appear; matplotlib's pyplot imported meanwhile (in the
+    background: the import makes no Qt object, the table made from it later does)."""
+    import bluesky.callbacks.best_effort  # noqa: F401
+
+    return check_display()
 
 
 def _tiled_key() -> Any:
