@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -88,8 +89,10 @@ class Deferred(Generic[T]):
         be available has been reported: it is not tried)."""
         if self._made.is_set():
             return
+        started = time.monotonic()
         try:
             self._value = self._make()
+            logger.info("session: %s made in %.2f s", self.part, time.monotonic() - started)
         except PartUnavailable as exc:  # a part it is made from is missing
             self._problem = f"no {exc.part} ({exc.reason})"
         except Exception as exc:
