@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pexpect
@@ -16,9 +17,15 @@ class Session:
     """An `orchestrion shell` in a pseudo-terminal: type lines, wait for output."""
 
     def __init__(
-        self, home: Path, time_scale: float = 0.02, devices_dir: Path | None = None, display: str | None = None
+        self,
+        home: Path,
+        time_scale: float = 0.02,
+        devices_dir: Path | None = None,
+        display: str | None = None,
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
-        """``display``: the X display the session plots on (default: none, no plots)."""
+        """``display``: the X display the session plots on (default: none, no plots);
+        ``extra_env``: more environment variables (``ORCHESTRION_*`` settings)."""
         env = os.environ | {
             "ORCHESTRION_HOME": str(home),
             "ORCHESTRION_SIM_TIME_SCALE": str(time_scale),
@@ -32,6 +39,7 @@ class Session:
             env["DISPLAY"] = display
         if devices_dir is not None:
             env["ORCHESTRION_DEVICES_DIR"] = str(devices_dir)
+        env |= extra_env or {}
         self.child = pexpect.spawn(
             ORCHESTRION,
             ["shell", "--simple-prompt", "--colors=NoColor"],

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from .shell_session import Session
+from .support import free_port
 
 
 @pytest.fixture(scope="module")
@@ -101,5 +102,64 @@ def test_startup_with_a_broken_device_starts_with_what_works(tmp_path: Path) -> 
         assert "has no class 'NoSuchLaser'" in shell.banner
         out = shell.run('RE(spectroscopy(shots=10, scan=["spectroscopy.detuning=0:1e3:2"]))')
         assert re.search(r"spectroscopy run [0-9a-f]{8}: success, 2 points", out), out
+    finally:
+        shell.close()
+
+
+def test_the_catalog_made_after_the_prompt_has_the_run_just_made(tmp_path: Path) -> None:
+    # The catalog, its v1 view and the live table are made behind the prompt (ADR 0821):
+    # the first line typed uses all three, waiting for them if it must.
+    shell = Session(tmp_path / "home")
+    try:
+        assert "Not available" not in shell.banner
+        assert "catalog:" in shell.banner
+        out = shell.run(
+            '_run = RE(rabi_flop(shots=10, scan=["rabi_flop.duration=0:10e-6:4"])); '
+            'print("same run:", catalog[-1].metadata["start"]["uid"] == _run.run_start_uids[0])'
+        )
+        assert "same run: True" in out, out
+        assert "sequencer-bright_fraction" in out  # the live table printed the run
+        assert "4" in shell.run("len(db[-1].table())")
+        # Made by now: the names are the objects themselves, no longer their stand-ins.
+        out = shell.run("print(type(catalog).__name__, type(db).__name__, type(bec).__name__, Key.__name__)")
+        assert "CatalogOfBlueskyRuns Broker BestEffortCallback Key" in out, out
+    finally:
+        shell.close()
+
+
+def test_a_catalog_server_that_does_not_answer_is_in_the_banner_and_named_at_use(tmp_path: Path) -> None:
+    address = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    shell = Session(tmp_path / "home", extra_env={"ORCHESTRION_TILED_URI": address})
+    try:
+        assert f"catalog: no Tiled server answers at {address} (Connection refused)" in shell.banner
+        assert "past runs: catalog[-1]" not in shell.banner
+        why = f"catalog is not available: no Tiled server answers at {address} (Connection refused)"
+        for _ in range(2):
+            out = shell.run("catalog[-1]")
+            said = [line for line in out.splitlines() if line.strip()][1:]  # after the echoed input
+            assert said == [f"error: {why}   (%tb shows the traceback)"], out
+        said = [line for line in shell.run("catalog").splitlines() if line.strip()][1:]
+        assert said == [f"Out[3]: <{why}>"], said
+        out = shell.run("db[-1]")
+        assert "error: db (databroker v1 view) is not available: no catalog (no Tiled server answers" in out, out
+        assert "Traceback" not in out
+    finally:
+        shell.close()
+
+
+def test_a_damaged_catalog_is_named_at_its_first_use(tmp_path: Path) -> None:
+    # Seen only when the catalog is opened, behind the prompt: the first use says why.
+    catalog_file = tmp_path / "home" / "tiled" / "catalog.db"
+    catalog_file.parent.mkdir(parents=True)
+    catalog_file.write_bytes(b"not an sqlite database " * 100)
+    shell = Session(tmp_path / "home")
+    try:
+        assert "catalog:" in shell.banner
+        out = shell.run("catalog[-1]")
+        said = [line for line in out.splitlines() if "catalog is not available" in line]
+        assert len(said) == 1, out
+        assert said[0].startswith("error: catalog is not available: "), out
+        assert "database" in said[0], out
+        assert "catalog: " in shell.run("print(*(p.part + ': ' + p.message for p in session.problems), sep='\\n')")
     finally:
         shell.close()

@@ -61,6 +61,11 @@ class DisplayCheck:
     """Why a display that is set cannot show a plot (e.g. Qt lacks a system library)."""
 
 
+def display_is_set() -> bool:
+    """Whether the environment names a display for live plots (`check_display` tries it)."""
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def check_display(timeout: float = 30.0) -> DisplayCheck:
     """Whether a live plot has somewhere to appear: try one figure in a child process.
 
@@ -68,7 +73,7 @@ def check_display(timeout: float = 30.0) -> DisplayCheck:
     to Agg), or Qt may miss a system library, and then Qt aborts the whole process at
     the first figure. The child takes that abort, so the session reports it instead.
     """
-    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    if not display_is_set():
         return DisplayCheck()
     try:
         probe = subprocess.run(

@@ -19,7 +19,10 @@ def load_ipython_session(shell: Any) -> ShellSession:
     configure_logging(config.home / "logs" / "session.log")
     session = ShellSession.start(config)
     shell.push(session.namespace())
+    shell.events.register("pre_run_cell", lambda info: session.settle(shell.user_ns))
     print(session.banner())
+    # Last: the prompt follows, and the catalog and the live table are made behind it.
+    session.start_background()
     return session
 
 
