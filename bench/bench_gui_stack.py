@@ -33,7 +33,9 @@ drew (all of them, or the figure says so).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import os
 import statistics
 import sys
@@ -453,6 +455,8 @@ def _longest_gap(job: _Job) -> str:
 @collector("gui-stack")
 def figures() -> list[Figure]:
     jobs, info = measure()
+    if dump := os.environ.get("BENCH_GUI_STACK_POINTS"):  # every point's stamps, for a closer look
+        Path(dump).write_text(json.dumps([dataclasses.asdict(j) for j in jobs]))
     load = os.getloadavg()[0]
     lags = [j.lags for j in jobs]
     median_lag = [statistics.median(x) if x else float("nan") for x in lags]
