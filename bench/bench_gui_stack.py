@@ -7,8 +7,8 @@ in a temporary home; the real `MainWindow` drawing offscreen in this process, co
 through `ApiStackClient(URL, KEY)` as `orchestrion gui --url URL --api-key KEY` connects,
 its data page shown and following the latest job; a spectroscopy job submitted over the
 API whose scan goes as fast as the simulated lab goes (50 detunings x 40 repetitions,
-100 shots a point, `sim_time_scale` 0.01).  The event loop is Qt's own (`QEventLoop.exec`,
-as `app.exec()` runs it), not a polling loop.
+100 shots a point, `SIM_TIME_SCALE`: about 200 points/s on a quiet machine).  The event
+loop is Qt's own (`QEventLoop.exec`, as `app.exec()` runs it), not a polling loop.
 
 Every point is stamped, all with this machine's ``time.time()``, at each stage:
 
@@ -26,7 +26,9 @@ Figures, median over `REPEATS` jobs: the lag read -> drawn (median and p99 of th
 points, goal < 0.2 s); the longest gap between two ticks of a 5 ms timer on the GUI
 thread from the job's first point to its last drawn (goal < 50 ms); the points/s the
 stack delivered; each stage's median share; and how many of the job's points the window
-drew (all of them, or the figure says so).
+drew (all of them, or the figure says so).  Where a goal is missed, the note says which
+stage held the slowest points, and what the GUI thread did in its longest gap (its CPU,
+its wait for a core).  ``BENCH_GUI_STACK_POINTS=FILE`` writes every point's stamps.
 
     python -m bench gui-stack
 """
