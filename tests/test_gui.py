@@ -121,8 +121,8 @@ def test_a_running_jobs_shot_histogram_holds_every_shot_of_the_points_received(
     data = window.data
     qtbot.waitUntil(lambda: data.live_job == job.id and data.run is not None, timeout=60_000)  # type: ignore[attr-defined]
     assert data.run is not None
-    # The run's first points come from the catalog with the run's start; the points after
-    # them only from the live stream, which must bring their shots too.
+    # The points come from the live stream (with the run's start, from the bus; from the
+    # catalog when the run is not on it), which must bring their shots too.
     first = data.run.points
 
     def live_histogram_complete() -> bool:

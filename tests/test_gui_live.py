@@ -129,3 +129,30 @@ def test_without_follow_a_new_job_does_not_replace_the_run_shown(qtbot: Any, win
     data.follow.setChecked(True)
     deliver(window, run_documents({"spectroscopy.detuning": [-2e5, 2e5]}), job_id=3).join()
     qtbot.waitUntil(lambda: data.live_job == 3 and data.drawn_points == 2)
+
+
+def test_points_from_the_bus_with_their_runs_start_are_drawn_without_reading_the_catalog(
+    qtbot: Any, window: MainWindow
+) -> None:
+    # The API's live stream sends a run's start and primary descriptor with its first rows
+    # from the bus: the page draws them at once (NoStack fails any read of the catalog),
+    # where it used to wait a second or more for the run's start to reach Tiled.
+    docs = run_documents({"spectroscopy.detuning": list(np.linspace(-1e5, 1e5, 10))}, repetitions=2)
+    (start,), (descriptor,) = ([d for n, d in docs if n == name] for name in ("start", "descriptor"))
+    keys = {key: key for key in descriptor["data_keys"]}
+    rows = [{**d["data"], "time": d["time"], "index": i} for i, d in enumerate(d for n, d in docs if n == "event")]
+    batches = [rows[:3], rows[3:12], rows[12:]]
+    for number, batch in enumerate(batches):
+        document: dict[str, Any] = {"points": batch, "keys": keys}
+        if number == 0:
+            document |= {"start": start, "descriptor": descriptor}
+        window.live_mailbox.put(LiveEvent(kind="points", job_id=5, document=document))
+    data = window.data
+    qtbot.waitUntil(lambda: data.drawn_points == 20)
+    assert data.live_job == 5
+    assert data.run is not None
+    assert data.run.uid == start["uid"]
+    assert data.message.text() == ""
+    assert "20 of 20 points" in data.heading.text()
+    assert data.plot is not None
+    assert data.plot.histograms[0].counts.sum() == 20 * 20

@@ -22,6 +22,7 @@ from orchestrion.pipeline import Serializer
 
 from .bus_support import RedisServer
 from .pipeline_docs import whole_run
+from .support import wait_until
 
 POINTS, SHOTS = 12, 4
 
@@ -101,6 +102,13 @@ def test_points_come_from_the_bus_and_from_the_file_once_the_run_has_left_it(
         assert [p["index"] for p in batch.points] == list(range(POINTS))
         assert batch.keys["sequencer-counts"] == "sequencer-counts"
         assert batch.points[3]["sequencer-counts"] == [3, 4, 5, 6]
+        # The run's start and primary descriptor come with its first points, once: a
+        # client draws them without waiting for the catalog to have the run.
+        assert batch.start is not None
+        assert batch.start["uid"] == run_uid
+        assert batch.descriptor is not None
+        assert batch.descriptor["name"] == "primary"
+        assert batch.to_dict(7)["start"] == batch.start
 
         # The run expires from the bus (`bus_retention`): its file gives the same points.
         follower.client.delete(keys.run(run_uid))
@@ -109,3 +117,33 @@ def test_points_come_from_the_bus_and_from_the_file_once_the_run_has_left_it(
         assert not late.on_bus
         assert [p["index"] for p in from_file.points] == list(range(POINTS))
         assert from_file.points[3]["sequencer_counts"] == [3, 4, 5, 6]
+
+
+def test_a_runs_start_is_sent_once_with_its_descriptor_before_any_point(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    config = OrchestrionConfig(home=tmp_path / "home", bus_redis_url=redis_server.url)  # type: ignore[call-arg]
+    keys = BusKeys(prefix=f"test-live-start-{time.monotonic_ns()}:")
+    docs = documents()
+    run_uid = docs[0][1]["uid"]
+    first_event = next(i for i, (name, _doc) in enumerate(docs) if name == "event")
+    publisher = BusPublisher(config, keys=keys)
+    try:
+        with Follower(config, keys=keys) as follower:
+            reader = BusPointReader(follower, tmp_path, running_job(run_uids=[run_uid]))
+            for name, doc in docs[:first_event]:
+                publisher(name, doc)
+            described = wait_until(reader.new_batch, timeout=10, what="the start on the bus")
+            assert reader.new_batch() is None  # sent once
+            assert described.points == []  # no point yet: the start and descriptor
+            assert described.start is not None
+            assert described.start["uid"] == run_uid
+            assert described.descriptor is not None
+            for name, doc in docs[first_event:]:
+                publisher(name, doc)
+            batches = list(every_batch(reader))
+            assert [p["index"] for b in batches for p in b.points] == list(range(POINTS))
+            assert all(b.start is None and b.descriptor is None for b in batches)
+            assert all("start" not in b.to_dict(7) for b in batches)
+    finally:
+        publisher.close()

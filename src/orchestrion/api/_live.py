@@ -53,9 +53,18 @@ class PointBatch:
     """File name -> event-model data key (the datasets' ``data_key`` attribute)."""
     omitted: dict[str, list[int]]
     """File name -> shape of one row, for the arrays too large to stream."""
+    start: dict[str, Any] | None = None
+    """The run's start document, in the first batch read from the bus: a client draws the
+    run's points at once, without reading its start from the catalog first (which the
+    post-processing worker writes a second or more later)."""
+    descriptor: dict[str, Any] | None = None
+    """The run's primary descriptor (units, hints), with the start."""
 
     def to_dict(self, job_id: int) -> dict[str, Any]:
-        return {"job": job_id, "points": self.points, "keys": self.keys, "omitted": self.omitted}
+        batch = {"job": job_id, "points": self.points, "keys": self.keys, "omitted": self.omitted}
+        if self.start is not None:
+            batch |= {"start": self.start, "descriptor": self.descriptor}
+        return batch
 
 
 class PointReader:
@@ -147,6 +156,8 @@ class BusPointReader:
         self._primary: set[str] = set()  # descriptor uids of the primary stream
         self._keys: dict[str, str] = {}
         self._omitted: dict[str, list[int]] = {}
+        self._start: dict[str, Any] | None = None  # read, not yet sent
+        self._descriptor: dict[str, Any] | None = None
 
     def new_batch(self) -> PointBatch | None:
         run_uid = self.job.run_uid
@@ -158,6 +169,7 @@ class BusPointReader:
             self.run_uid, self.after, self.on_bus, self.sent = run_uid, "0-0", True, 0
             self._primary.clear()
             self._keys, self._omitted = {}, {}
+            self._start = self._descriptor = None
         if not self.on_bus:
             self.file.job, self.file.sent = self.job, max(self.file.sent, self.sent)
             return self.file.new_batch()
@@ -172,8 +184,11 @@ class BusPointReader:
             if not documents:
                 break
             for name, doc in documents:
-                if name == "descriptor" and doc.get("name") == PRIMARY:
+                if name == "start":
+                    self._start = doc
+                elif name == "descriptor" and doc.get("name") == PRIMARY:
                     self._describe(doc)
+                    self._descriptor = doc
                 elif name == "event" and doc.get("descriptor") in self._primary:
                     data = doc.get("data", {})
                     row = {key: data[key] for key in self._keys if key in data}  # JSON values already
@@ -181,9 +196,16 @@ class BusPointReader:
                     points.append(row | {"time": doc.get("time"), "index": self.sent})
                     self.sent += 1
                     budget -= sum(len(v) if isinstance(v, list) else 1 for v in row.values())
-        if not points:
+        # The start goes once, with the primary descriptor (no point comes before it).
+        start, descriptor = self._start, self._descriptor
+        described = start is not None and descriptor is not None
+        if not points and not described:
             return None if self.on_bus else self.new_batch()
-        return PointBatch(points, dict(self._keys), dict(self._omitted))
+        if described:
+            self._start = self._descriptor = None
+        else:
+            start = descriptor = None
+        return PointBatch(points, dict(self._keys), dict(self._omitted), start=start, descriptor=descriptor)
 
     def _describe(self, descriptor: dict[str, Any]) -> None:
         self._primary.add(str(descriptor["uid"]))

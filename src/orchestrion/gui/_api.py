@@ -124,6 +124,8 @@ class _Live:
             self.on_event(LiveEvent(kind="job", job=_job(data)))
         elif event == "points":
             document = {"points": data["points"], "keys": data.get("keys") or {}}
+            if data.get("start") is not None:  # the run's first batch from the bus
+                document |= {"start": data["start"], "descriptor": data.get("descriptor")}
             self.on_event(LiveEvent(kind="points", job_id=int(data["job"]), document=document))
 
     def close(self) -> None:

@@ -201,16 +201,30 @@ class DataPage(QWidget):
             self.run.exit_status = document.get("exit_status")
         self._dirty = True
 
-    def on_points(self, job_id: int, rows: Sequence[Mapping[str, Any]], keys: Mapping[str, str] | None = None) -> None:
-        """Rows of the running job's file (the API's live stream): the run's start comes from Tiled.
+    def on_points(
+        self,
+        job_id: int,
+        rows: Sequence[Mapping[str, Any]],
+        keys: Mapping[str, str] | None = None,
+        *,
+        start: Mapping[str, Any] | None = None,
+        descriptor: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Rows of the running job's run (the API's live stream, from the bus or the job's file).
 
-        ``keys`` names the data key of each file name (the file's own record of it)."""
+        ``keys`` names the data key of each row's name (the file's own record of it).  The
+        run's ``start`` (and primary ``descriptor``) come with its first rows from the bus;
+        without them (rows from the file) the start is read from Tiled, and the rows wait."""
         if self.live_job != job_id:
             if not self.follow.isChecked():
                 return
             self.live_job, self.run, self._pending, self._missing = job_id, None, [], 0
             self._file_keys = {}
         self._file_keys.update(keys or {})
+        if start is not None and (self.run is None or self.run.uid != start.get("uid")):
+            self.run, rows, self._pending = RunData(start=start), [*self._pending, *rows], []
+            if descriptor is not None:
+                self.run.add_descriptor(descriptor)
         if self.run is None:
             self._pending.extend(rows)
             if not self._fetching:
@@ -225,8 +239,8 @@ class DataPage(QWidget):
 
     def _live_run(self, run: RunData | None) -> None:
         self._fetching = False
-        if self.live_job is None:
-            return
+        if self.live_job is None or self.run is not None:
+            return  # the live stream brought the run's start meanwhile
         if run is None:
             self._missing += 1
             job = self.job_lookup(self.live_job)

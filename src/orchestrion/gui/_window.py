@@ -96,7 +96,9 @@ class MainWindow(QMainWindow):
                 if self.data.live_job == event.job.id:
                     self.data.show_run(event.job.run_uid)
         elif event.kind == "points" and event.job_id is not None:
-            self.data.on_points(event.job_id, event.document.get("points", []), event.document.get("keys"))
+            document = event.document
+            self.data.on_points(event.job_id, document.get("points", []), document.get("keys"),
+                                start=document.get("start"), descriptor=document.get("descriptor"))  # fmt: skip
         elif event.kind == "document":
             self.data.on_document(event.job_id, event.name, event.document)
 
