@@ -556,7 +556,11 @@ async def live(who: Reader, request: Request, interval: float = 0.2) -> Streamin
         readers: dict[int, PointReader | BusPointReader],
         reader_of: Callable[[Job], PointReader | BusPointReader],
     ) -> AsyncIterator[str]:
+        clock = asyncio.get_running_loop().time
         while not await request.is_disconnected():
+            # Rounds start every ``interval``: the round's own queries and reads are not
+            # added to it (they were: a point waited up to interval plus a round).
+            next_round = clock() + interval
             now = await call(lab.job_states)
             for job_id in changed_jobs(states, now):
                 yield sse("job", await call(lab.describe_job, await call(lab.job, job_id)))
@@ -570,6 +574,6 @@ async def live(who: Reader, request: Request, interval: float = 0.2) -> Streamin
                     yield sse("points", batch.to_dict(job_id))
                 if job_id not in live and batch is None:
                     del readers[job_id]  # read until nothing is left after its last point was written
-            await asyncio.sleep(interval)
+            await asyncio.sleep(max(0.0, next_round - clock()))
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
