@@ -76,7 +76,8 @@ class PointReader:
         self.path: Path | None = None
         self.sent = 0
 
-    def _find(self) -> Path | None:
+    def find(self) -> Path | None:
+        """The job's file: the one its row names, else the newest whose ``entry/job_id`` is the job's."""
         if self.job.hdf5:
             return Path(self.job.hdf5)
         started = self.job.started or self.job.created
@@ -97,7 +98,7 @@ class PointReader:
     def new_batch(self) -> PointBatch | None:
         """The rows written since the last call, with their data keys; None if there are none."""
         if self.path is None:
-            self.path = self._find()
+            self.path = self.find()
             if self.path is None:
                 return None
         try:
@@ -179,6 +180,13 @@ class BusPointReader:
             try:
                 documents, self.after = self.follower.read(run_uid, self.after)
             except RunNotOnBus:
+                if not points and self.after == "0-0" and not self._file_written():
+                    # Not on the bus *yet*: the publisher hands documents over within
+                    # about 0.1 s of the RunEngine, and a job's run is known to the job
+                    # table first.  Deciding for the file now would give up the bus for
+                    # the whole run.  Asked again at the next call.
+                    return None
+                # Published before the bus was there, or expired: the file has it.
                 self.on_bus = False
                 break
             if not documents:
@@ -206,6 +214,12 @@ class BusPointReader:
         else:
             start = descriptor = None
         return PointBatch(points, dict(self._keys), dict(self._omitted), start=start, descriptor=descriptor)
+
+    def _file_written(self) -> bool:
+        """Whether the job's file exists: in services mode a worker writes it from the bus,
+        so a run that has a file and is not on the bus has left it (or never was there)."""
+        self.file.job = self.job
+        return self.file.find() is not None
 
     def _describe(self, descriptor: dict[str, Any]) -> None:
         self._primary.add(str(descriptor["uid"]))
