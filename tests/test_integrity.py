@@ -38,6 +38,21 @@ def _helper_of(parent: int) -> int | None:
     return None
 
 
+def _compiling_workers_of(parent: int) -> list[int]:
+    """The pre-processing worker processes ``parent`` forked (they share its command line)."""
+    command = Path(f"/proc/{parent}/cmdline").read_bytes()
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and cmdline == command:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def _points_in(data: Path) -> int:
     files = list(data.glob("*.h5"))
     if not files:
@@ -132,9 +147,14 @@ def test_a_killed_orchestrion_run_leaves_file_and_catalog_holding_the_same_point
     try:
         helper = wait_until(lambda: _helper_of(run.pid), timeout=120, what="the post-processing process")
         wait_until(lambda: _points_in(home / "data") >= 20, timeout=240, what="20 points in the run's file")
+        workers = _compiling_workers_of(run.pid)
     finally:
         run.kill()  # SIGKILL: no stop document, no close
         run.wait()
+    # Its pre-processing workers (forked, preprocess_processes) end with it: they
+    # outlived it for ever, waiting on their task pipe.
+    assert workers, "the run compiled in no worker process: nothing tested"
+    wait_until(lambda: not any(_running(pid) for pid in workers), timeout=60, what="the run's compiling workers to end")
     # The helper finishes what it was handed: the file closed "incomplete", the run in
     # the catalog with the same points, its spool gone.
     wait_until(lambda: not _running(helper), timeout=240, what="the orphaned helper to finish")

@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -84,9 +85,10 @@ _installed: Callable[[ScanPoint], PulseSequence] | None = None
 """A worker process's compiler, inherited at its fork (`_install`)."""
 
 
-def _install(compile_point: Callable[[ScanPoint], PulseSequence]) -> None:
+def _install(compile_point: Callable[[ScanPoint], PulseSequence], parent: int) -> None:
     global _installed
     _installed = compile_point
+    _end_with(parent)
     os.nice(WORKER_NICENESS)
     # Ctrl-C in a terminal reaches the whole process group: it is the RunEngine's, to
     # pause the run at its next point, not a worker's, whose compilation would fail.
@@ -99,6 +101,30 @@ def _install(compile_point: Callable[[ScanPoint], PulseSequence]) -> None:
     inherited = getattr(threading, "_threading_atexits", None)
     if isinstance(inherited, list):
         inherited.clear()
+
+
+def _end_with(parent: int) -> None:
+    """End this worker when ``parent``, the process that forked it, ends, however it ends.
+
+    The pool's task pipe gives no end of input when the parent is SIGKILLed (the sibling
+    workers hold its other end too), so its workers waited for ever, orphans of a killed
+    `orchestrion run` (found: two per kill, 100 MB each, still there an hour later).  A
+    pidfd of the parent becomes readable when it exits: a thread here waits for that.
+    """
+    try:
+        watched = os.pidfd_open(parent)
+    except OSError:  # it has ended already (or no pidfds on this system: see below)
+        watched = -1
+    if os.getppid() != parent:  # it ended before it could be watched
+        os._exit(0)
+    if watched < 0:
+        return
+
+    def watch() -> None:
+        select.select([watched], [], [])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="orchestrion-preprocess-parent", daemon=True).start()
 
 
 def _compile_installed(point: ScanPoint) -> PulseSequence:
@@ -163,7 +189,7 @@ class Preprocessor:
             self._compile = _compile_installed
             executor = ProcessPoolExecutor(
                 max_workers=workers, mp_context=multiprocessing.get_context("fork"),
-                initializer=_install, initargs=(compile_point,),
+                initializer=_install, initargs=(compile_point, os.getpid()),
             )  # fmt: skip
         self._executor = executor or ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
         self._futures: dict[int, Future[PulseSequence]] = {}
