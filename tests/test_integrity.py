@@ -25,32 +25,27 @@ from .support import wait_until
 ORCHESTRION = Path(sys.executable).with_name("orchestrion")
 
 
-def _helper_of(parent: int) -> int | None:
-    """The post-processing helper process started by ``parent``."""
+def _children_of(parent: int) -> Iterator[tuple[int, bytes]]:
+    """Process id and command line of each process whose parent is ``parent``."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
             cmdline = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == parent and b"orchestrion.pipeline._helper" in cmdline:
-            return int(stat.parent.name)
-    return None
+        if int(fields[1]) == parent:
+            yield int(stat.parent.name), cmdline
+
+
+def _helper_of(parent: int) -> int | None:
+    """The post-processing helper process started by ``parent``."""
+    return next((pid for pid, cmdline in _children_of(parent) if b"orchestrion.pipeline._helper" in cmdline), None)
 
 
 def _compiling_workers_of(parent: int) -> list[int]:
     """The pre-processing worker processes ``parent`` forked (they share its command line)."""
     command = Path(f"/proc/{parent}/cmdline").read_bytes()
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(fields[1]) == parent and cmdline == command:
-            found.append(int(stat.parent.name))
-    return found
+    return [pid for pid, cmdline in _children_of(parent) if cmdline == command]
 
 
 def _points_in(data: Path) -> int:

@@ -323,7 +323,8 @@ class ProcessSink:
         self._helper.close()
 
 
-def _helper_command(niceness: int, preload: Sequence[str]) -> tuple[str, ...]:
+def helper_command(niceness: int, preload: Sequence[str]) -> tuple[str, ...]:
+    """The command line of a helper for these arguments (what a standby is keyed by)."""
     arguments = [argument for module in preload for argument in ("--preload", module)]
     return (sys.executable, "-m", HELPER_MODULE, "--niceness", str(niceness), *arguments)
 
@@ -374,7 +375,7 @@ def start_helper(niceness: int = 0, preload: Sequence[str] = ()) -> None:
     makes the sink (ADR 0813).  One that no sink adopts is terminated at exit, having
     been handed nothing.
     """
-    command = _helper_command(niceness, preload)
+    command = helper_command(niceness, preload)
     with _ahead_lock:
         if command in _ahead:
             return
@@ -386,7 +387,7 @@ def start_helper(niceness: int = 0, preload: Sequence[str] = ()) -> None:
 def adopt_helper(niceness: int, preload: Sequence[str], home: Path) -> bool:
     """Adopt the standby helper an earlier command left for these arguments (ADR 0814),
     for the next `ProcessSink` made with them; False when there is none."""
-    command = _helper_command(niceness, preload)
+    command = helper_command(niceness, preload)
     with _ahead_lock:
         if command in _ahead:
             return True
@@ -399,11 +400,6 @@ def adopt_helper(niceness: int, preload: Sequence[str], home: Path) -> bool:
         if len(_ahead) == 1:
             atexit.register(_end_helpers_ahead)
     return True
-
-
-def helper_command(niceness: int, preload: Sequence[str]) -> tuple[str, ...]:
-    """The command line of a helper for these arguments (what a standby is keyed by)."""
-    return _helper_command(niceness, preload)
 
 
 def _adopt_or_spawn(command: tuple[str, ...]) -> HelperProcess:
@@ -437,7 +433,7 @@ class _Helper:
         self.sink = sink
         # One started ahead (`start_helper`) or adopted has only imported: it is what a
         # new one would be.
-        self.process: HelperProcess = _adopt_or_spawn(_helper_command(sink.niceness, sink.preload))
+        self.process: HelperProcess = _adopt_or_spawn(helper_command(sink.niceness, sink.preload))
         # Documents are handed over in batches: waking the feeder thread for every event
         # cost the RunEngine thread about 0.3 ms an event in GIL hand-offs.
         self._pending: list[Message] = []
