@@ -20,8 +20,9 @@ from tiled.queries import Key
 
 from orchestrion.config import OrchestrionConfig
 from orchestrion.pipeline import BUNDLED, build_pipeline, build_post_processing, open_embedded_catalog
+from orchestrion.pipeline._tiled import RunCatalogWriter, StreamClosesAnswered, catalog_rows, run_batch_size
 
-from .pipeline_docs import whole_run
+from .pipeline_docs import fake_run, whole_run
 from .support import free_port, stop_process, wait_until
 
 TILED = Path(sys.executable).with_name("tiled")
@@ -256,3 +257,59 @@ def test_a_run_written_while_the_catalog_was_unreachable_is_catalogued_once_it_i
     finally:
         client.context.close()
     assert not Path(outcome["spool"]).exists()
+
+
+class _RequestsSeen:
+    """An ASGI app in front of another, noting each HTTP request that reaches it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.requests = app, []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.requests.append((scope["method"], scope["path"]))
+        await self.app(scope, receive, send)
+
+
+def test_a_run_of_known_length_is_catalogued_while_it_runs_and_its_stop_asks_tiled_no_stream_close(
+    tmp_path: Path,
+) -> None:
+    connection = open_embedded_catalog(tmp_path)
+    try:
+        in_front = connection.client.context.http_client.app
+        assert isinstance(in_front, StreamClosesAnswered)  # the embedded catalog has no live streams
+        seen = in_front.app = _RequestsSeen(in_front.app)
+        run = fake_run(detunings=20)  # num_points 20: written in batches of 5 while it runs
+        writer = RunCatalogWriter(connection, batch_size=500, data_stream="primary")
+        for name, doc in run.head():
+            writer(name, doc)
+        for index in range(20):
+            for name, doc in run.point(index):
+                writer(name, doc)
+        # Every point is in the catalog before the stop: the stop has only the other streams left.
+        assert catalog_rows(connection.client[run.uid], "primary") == 20
+        for name, doc in run.tail(fit=FIT):
+            writer(name, doc)
+        assert writer.verify(20).complete
+        assert connection.client[run.uid].metadata["stop"]["exit_status"] == "success"
+        closes = [path for method, path in seen.requests if path.startswith(StreamClosesAnswered.CLOSE_PREFIX)]
+        assert closes == []
+    finally:
+        connection.close()
+
+
+def test_a_runs_batch_is_a_quarter_of_its_points_unless_they_are_large_or_uncounted() -> None:
+    small = {
+        "x": {"dtype": "number", "shape": [], "source": "s"},
+        "c": {"dtype": "array", "shape": [100], "source": "s"},
+    }
+    image = {"image": {"dtype": "array", "shape": [1 << 17], "dtype_numpy": "<f8", "source": "s"}}
+    frames = {"image": {"dtype": "array", "shape": [1 << 17], "source": "s", "external": "STREAM:"}}
+    descriptor = {"data_keys": small}
+    assert run_batch_size({"num_points": 31}, descriptor, 500) == 8
+    assert run_batch_size({"num_points": 100_000}, descriptor, 500) == 500
+    assert run_batch_size({"num_points": 2}, descriptor, 500) == 1
+    assert run_batch_size({}, descriptor, 500) == 500  # a run of unknown length: the largest batch
+    assert run_batch_size({"num_points": 31}, None, 500) == 500  # no data stream by then
+    assert run_batch_size({"num_points": 30}, {"data_keys": image}, 500) == 500  # 1 MiB points
+    assert run_batch_size({"num_points": 30}, {"data_keys": frames}, 500) == 8  # frames in their own files

@@ -117,11 +117,43 @@ def open_embedded_catalog(home: Path) -> CatalogConnection:
     # on a user's terminal, and so is starlette's deprecation of the test client that
     # tiled 0.2.20 uses to talk to it in-process.
     logging.getLogger("tiled.server.app").setLevel(logging.WARNING)
+    app: Any = build_app(adapter)
+    if not (adapter.context.cache_config or adapter.context.webhook_secret_keys):
+        app = StreamClosesAnswered(app)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
-        context = Context.from_app(build_app(adapter))
+        context = Context.from_app(app)
     client = from_context(context)
     return CatalogConnection(client=client, location=catalog_uri, served=False, _context=context)
+
+
+class StreamClosesAnswered:
+    """Tiled's in-process app, answering a stream's close itself.
+
+    TiledWriter ends each run by closing the live stream of every node it wrote (``DELETE
+    /api/v1/stream/close/PATH``; 12 for a spectroscopy run), which a catalog without a
+    streaming cache or webhooks (the embedded one: neither is configured) does nothing
+    with but look the node up: 10-13 ms each, at every run's stop, while the command waits
+    for the run to be catalogued.  Every other request, and the app's attributes (the
+    client reads its settings from it), go to Tiled's app.
+    """
+
+    CLOSE_PREFIX = "/api/v1/stream/close/"
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "DELETE" and scope["path"].startswith(self.CLOSE_PREFIX):
+            # What Tiled's endpoint answers (it returns nothing): 200, JSON null.
+            headers = [(b"content-type", b"application/json"), (b"content-length", b"4")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"null"})
+            return
+        await self.app(scope, receive, send)
 
 
 def _catalog_is_current(path: Path) -> bool:
@@ -154,21 +186,21 @@ class RunCatalogWriter:
     and the search keys `SEARCH_KEYS` copied to the top level of the run's metadata, so a
     plain Tiled client finds runs by ``Key("experiment")`` and ``Key("job_id")``.
 
+    The batch is chosen per run (`run_batch_size`) when the data stream's descriptor says
+    how large a point is; until then (the start and the first descriptors, moments before
+    the first point) the run's documents are held here.
+
     Made per run by the post-processing router; `verify` reads the run back.
     """
 
     def __init__(
         self, connection: CatalogConnection, *, batch_size: int = 500, hdf5: str | None = None, data_stream: str
     ) -> None:
-        from bluesky_tiled_plugins import TiledWriter
-
         self.connection = connection
         self.data_stream = data_stream
-        # Arrays go to array storage whatever their size: the SQL table storage takes
-        # no list columns (per-shot counts of a few shots failed with HTTP 500).
-        # No normalizer: the documents are current event-model ones already, and its
-        # per-document schema validation was a third of the writer's time.
-        self.writer = TiledWriter(connection.client, batch_size=batch_size, max_array_size=0, normalizer=None)
+        self.batch_size = batch_size  # the largest batch
+        self.writer: Any = None  # TiledWriter, once the batch is chosen
+        self._held: list[tuple[str, dict[str, Any]]] = []
         self.run_uid: str | None = None
         self._node: Any = None
         self._annotations: dict[str, Any] = {"hdf5": hdf5} if hdf5 else {}
@@ -176,6 +208,30 @@ class RunCatalogWriter:
         self.stopped = False
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        if self.writer is None:
+            self._held.append((name, doc))
+            data_descriptor = name == "descriptor" and doc.get("name") == self.data_stream
+            if not (data_descriptor or name == "stop" or len(self._held) >= HELD_DOCUMENTS):
+                return
+            start = self._held[0][1] if self._held[0][0] == "start" else {}
+            batch = run_batch_size(start, doc if data_descriptor else None, self.batch_size)
+            self._start_writer(batch)
+            held, self._held = self._held, []
+            for held_name, held_doc in held:
+                self._write(held_name, held_doc)
+            return
+        self._write(name, doc)
+
+    def _start_writer(self, batch_size: int) -> None:
+        from bluesky_tiled_plugins import TiledWriter
+
+        # Arrays go to array storage whatever their size: the SQL table storage takes
+        # no list columns (per-shot counts of a few shots failed with HTTP 500).
+        # No normalizer: the documents are current event-model ones already, and its
+        # per-document schema validation was a third of the writer's time.
+        self.writer = TiledWriter(self.connection.client, batch_size=batch_size, max_array_size=0, normalizer=None)
+
+    def _write(self, name: str, doc: dict[str, Any]) -> None:
         self.writer(name, doc)
         if name == "start":
             self.run_uid = str(doc["uid"])
@@ -201,6 +257,46 @@ class RunCatalogWriter:
         """Read the run back: its stop recorded, ``expected_rows`` rows in the data stream."""
         assert self.run_uid is not None
         return check_run(self.connection, self.run_uid, self.data_stream, expected_rows)
+
+
+HELD_DOCUMENTS = 1000  # held before the data stream's descriptor at most (a long wait for a first point)
+SMALL_POINT_BYTES = 64 * 1024
+BATCHES_PER_RUN = 4
+
+
+def run_batch_size(start: Mapping[str, Any], descriptor: Mapping[str, Any] | None, largest: int) -> int:
+    """Events per TiledWriter write for a run: a run of known length and small points in
+    about `BATCHES_PER_RUN` writes while it runs, so that its stop (where the command
+    waits to report the run catalogued) has only the last left, and its streams' tables
+    are made (Tiled's first requests of a new app are the slowest) while it runs; points
+    of large arrays (above `SMALL_POINT_BYTES`) in the fewest, largest writes (``largest``):
+    Tiled appends to their array storage in each, and smaller batches of 1 MiB points
+    halved the pipeline's throughput."""
+    points = start.get("num_points")
+    if descriptor is None or not isinstance(points, int) or isinstance(points, bool) or points <= 0:
+        return largest
+    if point_bytes(descriptor.get("data_keys") or {}) > SMALL_POINT_BYTES:
+        return largest
+    return max(1, min(largest, -(-points // BATCHES_PER_RUN)))
+
+
+def point_bytes(data_keys: Mapping[str, Mapping[str, Any]]) -> int:
+    """About how many bytes one event of these data keys carries."""
+    import numpy as np
+
+    total = 0
+    for spec in data_keys.values():
+        if spec.get("external"):
+            continue  # in a file of its own; the event carries a reference
+        elements = 1
+        for extent in spec.get("shape") or []:
+            elements *= max(int(extent or 1), 1)
+        try:
+            itemsize = np.dtype(spec["dtype_numpy"]).itemsize if spec.get("dtype_numpy") else 8
+        except TypeError:
+            itemsize = 8
+        total += elements * itemsize
+    return total
 
 
 def check_run(connection: CatalogConnection, run_uid: str, data_stream: str, expected_rows: int) -> CatalogOutcome:
