@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -107,3 +108,36 @@ def test_addresses_in_the_stack_status_carry_no_credentials() -> None:
     assert without_credentials("http://user:pw@influx:8086") == "http://influx:8086"
     assert without_credentials("tcp://127.0.0.1:60615") == "tcp://127.0.0.1:60615"
     assert without_credentials("embedded (SQLite)") == "embedded (SQLite)"
+
+
+def test_sigterm_stops_the_server_while_a_live_stream_is_open(tmp_path: Path) -> None:
+    """A GUI left open (its live stream) kept uvicorn waiting for the response to end: the
+    stack's stop waited its 30 s and killed the server."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRION_")}
+    env.update(
+        ORCHESTRION_HOME=str(tmp_path / "home"), ORCHESTRION_API_PORT=str(port),
+        ORCHESTRION_ZMQ_CONTROL_PORT=str(free_port()), ORCHESTRION_ZMQ_INFO_PORT=str(free_port()),
+    )  # fmt: skip
+    log = (tmp_path / "api.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "orchestrion.api"], env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: httpx.get(f"{url}/api/orchestrion/health", timeout=2).status_code == 200,
+            timeout=90, what="the API server",
+        )  # fmt: skip
+        key = (tmp_path / "home" / "run" / "api-key").read_text().strip()
+        headers = {"Authorization": f"ApiKey {key}"}
+        with httpx.stream("GET", f"{url}/api/orchestrion/live", headers=headers, timeout=30) as stream:
+            lines = stream.iter_lines()
+            assert next(lines) == "event: hello"
+            process.send_signal(signal.SIGTERM)
+            rest = list(lines)  # the stream ends: the server closed it
+        # uvicorn re-raises the signal it handled once it has stopped: killed by it, cleanly.
+        assert process.wait(timeout=15) == -signal.SIGTERM
+        assert not any(line.startswith("event: points") for line in rest)
+    finally:
+        stop_process(process)
+        log.close()
+    assert "timeout graceful shutdown exceeded" not in (tmp_path / "api.log").read_text()

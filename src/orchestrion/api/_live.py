@@ -44,6 +44,12 @@ LIVE_BATCH_ELEMENTS = 1_000_000
 earlier points over several batches, not in one event of hundreds of megabytes."""
 
 
+SERVER_STOPPING = threading.Event()
+"""Set when this process's API server is asked to stop (`serve`): each live stream ends
+at its next round.  uvicorn waits for every open response to end before it stops, and a
+live stream has no end of its own: one GUI left open kept the server from stopping."""
+
+
 @dataclass(frozen=True)
 class PointBatch:
     """New rows of a job's file: each row by its file name, what the names stand for, what was left out."""

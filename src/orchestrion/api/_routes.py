@@ -35,7 +35,7 @@ from orchestrion.services import run_dir, tiled_api_key, tiled_uri
 
 from ._backend import Backend, Conflict, Forbidden, NotFound
 from ._keys import check_name, create_key, database_uri
-from ._live import BusPointReader, LiveClients, PointReader, changed_jobs, sse
+from ._live import SERVER_STOPPING, BusPointReader, LiveClients, PointReader, changed_jobs, sse
 from ._roles import ROLE_SCOPES, Role, RoleFile, Scope, roles_path
 from ._tiled import Forwarded, TiledDoor, TiledRefusal, query_items, response_headers
 
@@ -557,7 +557,7 @@ async def live(who: Reader, request: Request, interval: float = 0.2) -> Streamin
         reader_of: Callable[[Job], PointReader | BusPointReader],
     ) -> AsyncIterator[str]:
         clock = asyncio.get_running_loop().time
-        while not await request.is_disconnected():
+        while not SERVER_STOPPING.is_set() and not await request.is_disconnected():
             # Rounds start every ``interval``: the round's own queries and reads are not
             # added to it (they were: a point waited up to interval plus a round).
             next_round = clock() + interval

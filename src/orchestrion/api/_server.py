@@ -13,6 +13,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from orchestrion.config import OrchestrionConfig
@@ -21,6 +22,8 @@ from orchestrion.services import run_dir, zmq_control_address, zmq_info_address
 
 from ._keys import create_key, database_uri, write_secret
 from ._roles import PROVIDER, Role, RoleFile, roles_path
+
+GRACEFUL_SHUTDOWN = 5.0  # s uvicorn gives open requests after SIGTERM
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +146,9 @@ def uvicorn_options(config: OrchestrionConfig) -> dict[str, Any]:
         # not logged line by line, errors still are.
         "access_log": False,
         "log_level": "info",
+        # A request still open this long after SIGTERM (a client reading a large array
+        # through the Tiled door, say) is cancelled: the stack's stop does not wait on it.
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN,
     }
     if certificate is not None and key is not None:
         options.update(ssl_certfile=str(certificate), ssl_keyfile=str(key))
@@ -150,9 +156,17 @@ def uvicorn_options(config: OrchestrionConfig) -> dict[str, Any]:
 
 
 def serve(config: OrchestrionConfig) -> None:
-    """Run the API server until SIGTERM."""
+    """Run the API server until SIGTERM (or SIGINT): open live streams end at their next
+    round, other requests get `GRACEFUL_SHUTDOWN` seconds."""
     import uvicorn
+
+    from ._live import SERVER_STOPPING
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            SERVER_STOPPING.set()
+            super().handle_exit(sig, frame)
 
     options = uvicorn_options(config)
     ensure_admin_key(config)
-    uvicorn.run(build_app(config), **options)
+    Server(uvicorn.Config(build_app(config), **options)).run()
