@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml constraints.txt
 # InfluxDB parameter-store tests, PostgreSQL for the Tiled catalog test of the
 # document bus), for the live-plot test (the Xvfb X server) and the
 # shared libraries PySide6's Qt needs to open windows on X (found with ldd on its xcb
-# platform plugin and Qt libraries), and Debian's HDF5 tools (h5dump, h5ls: the HDF5
-# tests read the files with them); installed only when missing.
+# platform plugin and Qt libraries), Debian's HDF5 tools (h5dump, h5ls: the HDF5
+# tests read the files with them) and strace (a test sees a finished file fsynced);
+# installed only when missing.
 QT_X11_PACKAGES := libegl1 libgl1 libfontconfig1 libglib2.0-0 libdbus-1-3 libx11-xcb1 libxkbcommon-x11-0 \
 	libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 \
 	libxcb-shape0 libxcb-sync1 libxcb-xfixes0 libxcb-xkb1
@@ -37,6 +38,7 @@ system-deps:
 	command -v influxd >/dev/null 2>&1 || missing="$$missing influxdb"; \
 	command -v Xvfb >/dev/null 2>&1 || missing="$$missing xvfb"; \
 	command -v h5dump >/dev/null 2>&1 || missing="$$missing hdf5-tools"; \
+	command -v strace >/dev/null 2>&1 || missing="$$missing strace"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	for package in $(QT_X11_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || missing="$$missing $$package"; \

@@ -42,7 +42,7 @@ from ophyd.sim import det, motor
 
 from bench._report import Figure, Goal, collector
 from orchestrion.config import load_config
-from orchestrion.pipeline import DocumentPipeline, Serializer, build_pipeline
+from orchestrion.pipeline import DocumentPipeline, Serializer, build_pipeline, make_durable
 
 POINTS = 1000
 REPEATS = 3
@@ -153,6 +153,9 @@ def plain_h5py_seconds(directory: Path) -> float:
         for index in range(ROWS):
             dataset.resize(index + 1, axis=0)
             dataset[index] = row
+    # The guarantee the Serializer gives a finished file: on disk (fsynced), not only in
+    # the page cache.
+    make_durable(path)
     elapsed = time.perf_counter() - start
     path.unlink()
     return elapsed
@@ -236,8 +239,9 @@ def figures() -> list[Figure]:
                measured["replay_ms"], [1e3 / r for r in bare], "a bare RunEngine event", digits=3),
         Figure("pipeline", "post-processing lag after stop (a lone run written, catalogued)", "s", measured["lags"],
                None, "none: a bare in-process writer is done when the RunEngine returns", digits=3),
-        Figure("hdf5", "HDF5 write bandwidth, 1 MiB points (Serializer, SWMR)", "MiB/s", ours, plain,
-               "plain h5py", goal=Goal.ratio_at_least(0.9), digits=4,
+        Figure("hdf5", "HDF5 write bandwidth, 1 MiB points (Serializer, SWMR, until fsynced)", "MiB/s", ours, plain,
+               "plain h5py, fsynced", goal=Goal.ratio_at_least(0.9), digits=4,
+               note="both until the file is on disk (fsynced, as a run's file is before it is reported written).",
                missed_because="SWMR flushes and the NeXus layout's extra datasets per point."),
     ]  # fmt: skip
 

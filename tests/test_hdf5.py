@@ -547,3 +547,50 @@ def test_a_long_run_is_written_in_bounded_memory(tmp_path: Path) -> None:
         assert entry["sequences/point_sequence"][:].tolist() == [n % 50 for n in range(15_000)]
         assert json.loads(text(entry["sequences/json"][7]))["point"] == 7
         assert "primary" not in entry["streams"]
+
+
+DURABLE_WRITER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, sys.argv[2])
+    from orchestrion.pipeline import Serializer
+    from tests.pipeline_docs import whole_run
+    with Serializer(sys.argv[1]) as serializer:
+        for name, doc in whole_run(12):
+            serializer(name, doc)
+    assert serializer.outcome is not None and not serializer.outcome.problems
+    print(serializer.outcome.path, flush=True)
+    """
+)
+
+
+def test_a_finished_file_and_its_name_are_fsynced_before_the_outcome(tmp_path: Path) -> None:
+    """The file a run reports written survives a power cut: its data and its directory entry
+    (made by a rename) are on disk, each fsynced, before the outcome is known (strace of a
+    real writer process)."""
+    trace = tmp_path / "strace.txt"
+    data = tmp_path / "data"
+    writer = subprocess.run(
+        ["strace", "-f", "-qq", "-e", "trace=openat,fsync,rename,renameat,renameat2", "-o", str(trace),
+         sys.executable, "-c", DURABLE_WRITER, str(data), str(Path(__file__).resolve().parent.parent)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    path = Path(writer.stdout.strip())
+    opened: dict[str, str] = {}  # fd -> the path it was last opened for
+    synced: list[str] = []
+    renamed_at = synced_at = -1
+    for number, line in enumerate(trace.read_text().splitlines()):
+        call = line.split(None, 1)[1] if line[:1].isdigit() else line
+        if call.startswith("openat(") and '"' in call and "= " in call:
+            result = call.rsplit("= ", 1)[1].split()[0]
+            if result.isdigit():
+                opened[result] = call.split('"')[1]
+        elif call.startswith("fsync("):
+            synced.append(opened.get(call[6:].split(")")[0], "?"))
+            if synced[-1] == str(path):
+                synced_at = number
+        elif call.startswith("rename") and f'"{path}"' in call:
+            renamed_at = number
+    assert str(path) in synced, f"the run's file was not fsynced: {synced}"
+    assert str(path.parent) in synced, f"its directory was not fsynced: {synced}"
+    assert synced_at > renamed_at >= 0  # fsynced after it took its name

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ._bundler import Bundler, RunBundler
     from ._checks import DocumentError, RunChecks
     from ._early import leave_standby, post_processing_imports, start_post_processing
-    from ._hdf5_files import DEFAULT_FILE_PREFIX, LIBVER, file_name_for
+    from ._hdf5_files import DEFAULT_FILE_PREFIX, LIBVER, file_name_for, make_durable
     from ._hdf5_plugins import PLUGIN_GROUP, Hdf5Plugin, InstrumentPlugin, RunDocuments, load_plugins
     from ._pipeline import DocumentPipeline, build_pipeline, build_post_processing
     from ._post import PostProcessing, RunOutcome
@@ -42,7 +42,7 @@ _EXPORTS = {
     "._bundler": ("Bundler", "RunBundler"),
     "._checks": ("DocumentError", "RunChecks"),
     "._early": ("leave_standby", "post_processing_imports", "start_post_processing"),
-    "._hdf5_files": ("DEFAULT_FILE_PREFIX", "LIBVER", "file_name_for"),
+    "._hdf5_files": ("DEFAULT_FILE_PREFIX", "LIBVER", "file_name_for", "make_durable"),
     "._hdf5_plugins": ("PLUGIN_GROUP", "Hdf5Plugin", "InstrumentPlugin", "RunDocuments", "load_plugins"),
     "._pipeline": ("DocumentPipeline", "build_pipeline", "build_post_processing"),
     "._post": ("PostProcessing", "RunOutcome"),
@@ -98,6 +98,7 @@ __all__ = [
     "how_to_open",
     "leave_standby",
     "load_plugins",
+    "make_durable",
     "open_embedded_catalog",
     "post_processing_imports",
     "recover_file",

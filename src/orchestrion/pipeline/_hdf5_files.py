@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -142,3 +143,20 @@ def set_aside(path: Path, reason: str) -> Path:
     target.with_name(target.name + ".json").write_text(json.dumps(record, indent=1) + "\n")
     logger.error("set aside %s as %s: %s", path, target, reason)
     return target
+
+
+def make_durable(path: Path) -> None:
+    """``path``'s data and its name on disk: the file, then its directory (the entry a
+    rename made), each fsynced.  Until then a power cut may leave a finished run's file
+    torn or gone after the run was reported written (and, in services mode, after its
+    documents left the bus)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

@@ -47,6 +47,7 @@ from ._hdf5_files import (
     file_name_for,
     hold_lock,
     lock_path,
+    make_durable,
     read_status,
     read_status_elsewhere,
     release_lock,
@@ -313,6 +314,8 @@ class Serializer(DocumentRouter):
             self._publish()
             if not problems:
                 self._write_extras(path, stop, problems)
+            # Reported written (and acknowledged off the bus) only once it is on disk.
+            make_durable(path)
         except Exception as exc:
             logger.exception("run %s: the file %s could not be finished", self.run_uid, path)
             problems.append(f"the file could not be finished: {exc}")
