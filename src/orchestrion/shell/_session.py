@@ -76,7 +76,6 @@ class ShellSession:
     @classmethod
     def start(cls, config: OrchestrionConfig | None = None, console: Console | None = None) -> ShellSession:
         config = config or load_config()
-        extras: dict[str, Any] = {}
         # With the stack up, the session writes to the stack's Tiled server: decide before
         # the pipeline is built.
         if _services_up(config):
@@ -84,7 +83,6 @@ class ShellSession:
         # The post-processing process starts first, held: its imports overlap the lab's (ADR 0810).
         lab_session = LabSession(config, lenient=True, early_pipeline=True)
         session = cls(config=config, lab_session=lab_session, console=console or Console())
-        session.extras.update(extras)
         session._load()
         return session
 
