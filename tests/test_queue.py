@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from orchestrion.cli import cli
 from orchestrion.client import Client, JobHandle
-from orchestrion.config import OrchestrionConfig
+from orchestrion.config import OrchestrionConfig, load_config
 from orchestrion.errors import InputError
 from orchestrion.experiment import RunLimits
 from orchestrion.jobs import JobRequest, JobStatus, JobStore
@@ -476,3 +476,19 @@ def test_the_post_processing_workers_write_the_jobs_runs_from_the_bus(stack: Orc
     assert written["worker"] in rows
     assert written["hdf5"] == job["hdf5"]
     assert Path(written["hdf5"]).is_file()
+
+
+def test_down_stops_the_keeper_first_and_each_service_after_those_that_require_it() -> None:
+    from orchestrion.services._stack import stack_services, start_order, stop_waves
+
+    order = start_order(stack_services(load_config(post_processing_workers=2)))
+    waves = [[svc.name for svc in wave] for wave in stop_waves(order)]
+    assert waves[0] == ["keeper"]  # alone: it would restart what the others stop
+    stopped: set[str] = set()
+    for wave in waves:
+        for svc in (s for s in order if s.name in wave):
+            dependents = {other.name for other in order if svc.name in other.requires}
+            assert dependents <= stopped, f"{svc.name} stops beside or before {dependents - stopped}"
+        stopped.update(wave)
+    assert stopped == {svc.name for svc in order}
+    assert any(len(wave) > 1 for wave in waves)  # the two workers side by side, at least

@@ -240,6 +240,15 @@ class SupervisedProcess:
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
+def reap_exited_children() -> None:
+    """Wait for this interpreter's children that have ended by themselves: a service that
+    died (killed, say) and was started again by the keeper has a new pid, so its first
+    process would otherwise stay a zombie, its `Popen` unwaited for."""
+    for pid, process in list(_children.items()):
+        if process.poll() is not None:
+            _children.pop(pid, None)
+
+
 def _reap(pid: int) -> None:
     process = _children.pop(pid, None)
     if process is not None:
