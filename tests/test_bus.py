@@ -142,7 +142,8 @@ def test_a_late_follower_gets_the_whole_run_raw_and_bundled_and_reads_analysis_b
 
 
 def test_a_detectors_stream_resource_and_datum_documents_reach_the_workers_pipeline(
-    bus: tuple[OrchestrionConfig, redis.Redis, Workers], servers: tuple[RedisServer, TiledServer],
+    bus: tuple[OrchestrionConfig, redis.Redis, Workers],
+    servers: tuple[RedisServer, TiledServer],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, tiled = servers
@@ -172,7 +173,8 @@ def test_a_detectors_stream_resource_and_datum_documents_reach_the_workers_pipel
     with Follower(config) as follower:
         names = [name for name, _ in follower.documents(uid, timeout=5)]
     assert names == emitted
-    assert names.count("stream_resource") == 2 and names.count("stream_datum") == 6
+    assert names.count("stream_resource") == 2
+    assert names.count("stream_datum") == 6
     path = detector_file(config.detectors_dir, f"blob-{config.home.parent.name}")
     with h5py.File(final["hdf5"], "r") as f:
         link = f["entry/external/det"].get("data", getlink=True)

@@ -45,7 +45,8 @@ def test_a_detector_scan_is_linked_in_the_run_file_and_read_from_the_catalog(
     assert summary.hdf5 is not None
     with h5py.File(detector_file(config.detectors_dir), "r") as f:
         frames = f[DATASET][()]
-    assert frames.shape == (3, *FRAME_SHAPE) and frames.any()
+    assert frames.shape == (3, *FRAME_SHAPE)
+    assert frames.any()
     # The run's file reaches the frames through a relative external link (the detectors'
     # directory is below the data directory), from anywhere: not only from its directory.
     monkeypatch.chdir(tmp_path)
@@ -162,9 +163,11 @@ def test_the_bundled_stream_leaves_external_keys_out_and_passes_their_documents_
         bundler("event", dict(descriptor.compose_event(data={"motor": float(n)}, timestamps={"motor": 0.0})))
     bundler("stop", dict(run.compose_stop()))
     names = [name for name, _ in out]
-    assert names.count("stream_resource") == 1 and names.count("stream_datum") == 2
+    assert names.count("stream_resource") == 1
+    assert names.count("stream_datum") == 2
     bundled = next(doc for name, doc in out if name == "descriptor" and doc["name"] == BUNDLED)
-    assert "det" not in bundled["data_keys"] and "motor" in bundled["data_keys"]
+    assert "det" not in bundled["data_keys"]
+    assert "motor" in bundled["data_keys"]
     assert bundled["object_keys"].get("det") is None
     points = [doc for name, doc in out if name == "event" and doc["descriptor"] == bundled["uid"]]
     assert [p["data"].get("det") for p in points] == [None, None]

@@ -75,6 +75,10 @@ return added
 Note = dict[str, Any]
 
 
+# Documents that come once per point: the feeder is woken for them only every BATCH.
+BATCHED = ("event", "event_page", "datum", "datum_page", "stream_datum")
+
+
 class BusPublisher:
     """A RunEngine callback that publishes each run's documents, in order, on the bus.
 
@@ -122,7 +126,7 @@ class BusPublisher:
             sequence = self._sequence.get(run_uid, 0) + 1
             self._sequence[run_uid] = sequence
             self._queue.append((run_uid, sequence, name, doc))
-            if name not in ("event", "event_page", "datum", "datum_page", "stream_datum") or len(self._queue) % BATCH == 0:
+            if name not in BATCHED or len(self._queue) % BATCH == 0:
                 self._state.notify_all()
         if name == "stop":
             self._wait_written(run_uid, sequence)
@@ -141,10 +145,10 @@ class BusPublisher:
         if name == "stream_resource":
             # A detector's file (ADR 0212).  ``run_start`` is optional in the schema (the
             # RunEngine fills it in); without it, the one run open is the only candidate.
-            run_uid = str(doc.get("run_start") or "") or self._only_open_run()
-            if run_uid is not None:
-                self._run_of[str(doc["uid"])] = run_uid
-            return run_uid
+            owner = str(doc.get("run_start") or "") or self._only_open_run()
+            if owner is not None:
+                self._run_of[str(doc["uid"])] = owner
+            return owner
         if name == "stream_datum":
             # Its frames belong to the events of its descriptor's stream.
             return self._run_of.get(str(doc.get("descriptor"))) or self._run_of.get(str(doc.get("stream_resource")))
