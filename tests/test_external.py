@@ -19,11 +19,11 @@ from bluesky.utils import Msg
 from event_model import compose_run
 
 from orchestrion.config import OrchestrionConfig
-from orchestrion.pipeline import BUNDLED, Bundler, build_pipeline, open_embedded_catalog
+from orchestrion.pipeline import BUNDLED, Bundler, build_pipeline, open_embedded_catalog, repair_catalog
 from orchestrion.pipeline._offload import ProcessSink
 
 from .detector_support import DATASET, FRAME_SHAPE, blob_detector, count_then, detector_file
-from .support import wait_until
+from .support import free_port, wait_until
 
 
 def test_a_detector_scan_is_linked_in_the_run_file_and_read_from_the_catalog(
@@ -183,3 +183,28 @@ def test_the_detectors_directory_is_configuration(config: OrchestrionConfig, tmp
         assert load_config().detectors_dir == config.home / "frames"
     finally:
         del os.environ["ORCHESTRION_DETECTOR_DATA_DIR"]
+
+
+def test_catalog_repair_registers_a_detectors_frames_from_the_spool(config: OrchestrionConfig, RE: RunEngine) -> None:
+    detector = blob_detector(config.detectors_dir)
+    unreachable = config.model_copy(update={"tiled_uri": f"http://127.0.0.1:{free_port()}"})
+    pipeline = build_pipeline(unreachable)
+    pipeline.subscribe(RE)
+    try:
+        (uid,) = RE(count_then(detector, 3)).run_start_uids
+        pipeline.wait_catalogued(uid, timeout=240)
+    finally:
+        pipeline.close()
+    summary = pipeline.summaries.runs[uid]
+    assert summary.status == "incomplete"  # not catalogued: its documents are spooled
+    (result,) = repair_catalog(config)
+    assert (result.action, result.rows, result.problems) == ("repaired", 3, [])
+    with h5py.File(detector_file(config.detectors_dir), "r") as f:
+        frames = f[DATASET][()]
+    catalog = open_embedded_catalog(config.home)
+    try:
+        registered = catalog.client[uid]["primary/det"]
+        assert registered.shape[0] == 3
+        np.testing.assert_array_equal(np.asarray(registered[2]).reshape(FRAME_SHAPE), frames[2])
+    finally:
+        catalog.close()
