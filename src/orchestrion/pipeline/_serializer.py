@@ -14,9 +14,9 @@ depend on reopening the file.  What has no shape in advance (other streams, fits
 plugins' layout, the links to detectors' own files) is added after the SWMR handle is
 closed; a live SWMR reader holds a lock that refuses an ordinary reopen, so then the
 file is reopened without HDF5's lock (the SWMR handle is closed and nothing else
-writes it; a reader only misses the new groups until it reopens).  A writer that dies leaves ``status`` at "running":
-`recover_incomplete` marks such files.  `outcome` is what was read back from the file
-once it was closed.
+writes it; a reader only misses the new groups until it reopens).  A writer that dies
+leaves ``status`` at "running": `recover_incomplete` marks such files.  `outcome` is
+what was read back from the file once it was closed.
 """
 
 from __future__ import annotations
