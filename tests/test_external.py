@@ -58,8 +58,12 @@ def test_a_detector_scan_is_linked_in_the_run_file_and_read_from_the_catalog(
         assert group.attrs["NX_class"] == "NXdata"
         assert group.attrs["uri"].endswith("/detectors/blob.h5")
         np.testing.assert_array_equal(group["data"][()], frames)
-        # The bundled points carry no stand-in for the frames.
-        assert "det" not in f["entry/data"]
+        # The bundled points carry no stand-in for the frames; having no number to plot,
+        # the default plot shows the frames, one per point, through the same link.
+        assert f["entry/data/det"].shape == (3, *FRAME_SHAPE)
+        assert f["entry/data"].get("det", getlink=True).filename == "detectors/blob.h5"
+        assert f["entry/data"].attrs["signal"] == "det"
+        assert list(f["entry/data"].attrs["axes"]) == ["seq_num", ".", "."]
     catalog = open_embedded_catalog(config.home)  # a plain Tiled client
     try:
         run = catalog.client[uid]

@@ -169,6 +169,7 @@ class ExternalData:
             if resource.linkable and path is not None and resource.dataset is not None:
                 item.attrs.update({"NX_class": "NXdata", "signal": "data"})
                 item["data"] = h5py.ExternalLink(link_target(path, run_file.parent), resource.dataset)
+                _default_plot(entry, name, resource)
             else:
                 item.attrs["NX_class"] = "NXcollection"
 
@@ -207,6 +208,21 @@ class ExternalData:
             result.problem = (f"the detector file {path} holds {found} of {promised} frames of "
                               f"{resource.data_key} ({resource.dataset})")  # fmt: skip
         return result
+
+
+def _default_plot(entry: h5py.Group, name: str, resource: ExternalResource) -> None:
+    """A run whose points hold no number to plot (a camera's ``bp.count``): its default
+    plot ``/entry/data`` gets the detector's frames as its signal, one frame per point."""
+    data = entry.get("data")
+    if not isinstance(data, h5py.Group) or "signal" in data.attrs or name in data or "seq_num" not in data:
+        return
+    if resource.per_row != 1 or resource.rows != data["seq_num"].shape[0]:
+        return
+    data[name] = entry[f"{EXTERNAL_GROUP}/{name}"].get("data", getlink=True)
+    data.attrs["signal"] = name
+    # One @axes entry per dimension of the signal: the point axis, then "." for the pixels.
+    axes = [str(a) for a in data.attrs.get("axes", ["seq_num"])][:1] or ["seq_num"]
+    data.attrs["axes"] = axes + ["."] * (data[name].ndim - 1)
 
 
 def hdf5_rows(path: Path, dataset: str) -> int:
