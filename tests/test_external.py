@@ -19,7 +19,14 @@ from bluesky.utils import Msg
 from event_model import compose_run
 
 from orchestrion.config import OrchestrionConfig
-from orchestrion.pipeline import BUNDLED, Bundler, build_pipeline, open_embedded_catalog, repair_catalog
+from orchestrion.pipeline import (
+    BUNDLED,
+    Bundler,
+    build_pipeline,
+    build_post_processing,
+    open_embedded_catalog,
+    repair_catalog,
+)
 from orchestrion.pipeline._offload import ProcessSink
 
 from .detector_support import DATASET, FRAME_SHAPE, blob_detector, count_then, detector_file
@@ -212,3 +219,44 @@ def test_catalog_repair_registers_a_detectors_frames_from_the_spool(config: Orch
         np.testing.assert_array_equal(np.asarray(registered[2]).reshape(FRAME_SHAPE), frames[2])
     finally:
         catalog.close()
+
+
+def test_stream_datums_promising_more_than_the_file_or_of_no_resource_make_the_run_incomplete(
+    config: OrchestrionConfig, tmp_path: Path
+) -> None:
+    notes: list[dict[str, Any]] = []
+    post = build_post_processing(config.model_copy(update={"tiled_enabled": False}), notes.append)
+    path = config.detectors_dir / "two.h5"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/frames", data=np.ones((2, 4, 4), dtype=np.uint8))
+    run = compose_run()
+    key = {"source": path.as_uri(), "shape": [1, 4, 4], "dtype": "array", "dtype_numpy": "|u1",
+           "external": "STREAM:"}  # fmt: skip
+    descriptor = run.compose_descriptor(name="primary", data_keys={"cam": key}, object_keys={"cam": ["cam"]})
+    resource = run.compose_stream_resource(
+        mimetype="application/x-hdf5", uri=f"file://localhost{path}", data_key="cam", parameters={"dataset": "/frames"}
+    )
+    sres = dict(resource.stream_resource_doc)
+    del sres["run_start"]  # optional in the schema: the one run open is its run
+    post("start", dict(run.start_doc))
+    post("descriptor", dict(descriptor.descriptor_doc))
+    post("stream_resource", sres)
+    for n in range(3):  # three frames promised, two in the file
+        datum = resource.compose_stream_datum(indices={"start": n, "stop": n + 1},
+                                              seq_nums={"start": n + 1, "stop": n + 2},
+                                              descriptor=descriptor.descriptor_doc)  # fmt: skip
+        post("stream_datum", dict(datum))
+        post("event", dict(descriptor.compose_event(data={}, timestamps={})))
+    orphan = {**datum, "uid": "nowhere/0", "stream_resource": "nowhere"}
+    post("stream_datum", orphan)
+    post("stop", dict(run.compose_stop()))
+    (outcome,) = [note["outcome"] for note in notes if "outcome" in note]
+    assert outcome["status"] == "incomplete"
+    assert outcome["points"] == 3
+    assert outcome["file_complete"] is True  # the run's own file holds every point
+    assert any("holds 2 of 3 frames of cam (/frames)" in p for p in outcome["problems"]), outcome["problems"]
+    assert any("1 stream_datum documents refer to no stream_resource" in p for p in outcome["problems"])
+    with h5py.File(outcome["hdf5"], "r") as f:
+        assert f["entry/external/cam/data"].shape == (2, 4, 4)
+        assert f["entry/external/cam"].attrs["rows_promised"] == 3

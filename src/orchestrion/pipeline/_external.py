@@ -102,6 +102,7 @@ class ExternalData:
     """
 
     resources: dict[str, ExternalResource] = field(default_factory=dict)
+    orphans: int = 0  # StreamDatums of no StreamResource seen: frames nobody can find
     _streams: dict[str, str] = field(default_factory=dict)  # descriptor uid -> stream name
     _shapes: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # descriptor uid -> key -> shape
 
@@ -120,7 +121,8 @@ class ExternalData:
             ))  # fmt: skip
         elif name == "stream_datum":
             resource = self.resources.get(str(doc["stream_resource"]))
-            if resource is None:  # the checks of the run's documents report it
+            if resource is None:
+                self.orphans += 1  # reported by `check`
                 return
             descriptor = str(doc.get("descriptor") or "")
             if resource.stream is None:
@@ -132,7 +134,7 @@ class ExternalData:
             resource.rows = max(resource.rows, int(doc["indices"]["stop"]))
 
     def __bool__(self) -> bool:
-        return bool(self.resources)
+        return bool(self.resources) or self.orphans > 0
 
     def promised(self) -> dict[str, int]:
         """Events' worth of rows promised per ``STREAM/DATA_KEY`` (what the catalog should hold)."""
@@ -186,6 +188,9 @@ class ExternalData:
         while any(r.problem for r in results) and time.monotonic() < deadline:
             time.sleep(CHECK_POLL)
             results = [self._check(resource) for resource in self.resources.values() if resource.datums]
+        if self.orphans:
+            results.append(ExternalCheck("", None, "", 0, None, f"{self.orphans} stream_datum documents refer to "
+                                         "no stream_resource of the run: their frames cannot be found"))  # fmt: skip
         return results
 
     @staticmethod
