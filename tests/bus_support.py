@@ -83,13 +83,19 @@ class TiledServer:
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def detectors(self) -> Path:
+        """Readable storage of the server: where tests' detectors write their files."""
+        return self.root / "detectors"
+
     def start(self) -> None:
         (self.root / "data").mkdir(parents=True, exist_ok=True)
+        self.detectors.mkdir(parents=True, exist_ok=True)
         log = (self.root / "tiled.log").open("ab")
         catalog = self.catalog_uri or str(self.root / "catalog.db")
         self.process = subprocess.Popen(
             [str(TILED), "serve", "catalog", catalog, "--init", "-w", str(self.root / "data"),
-             "-w", f"sqlite:///{self.root / 'tables.db'}", "--api-key", self.api_key,
+             "-w", f"sqlite:///{self.root / 'tables.db'}", "-r", str(self.detectors), "--api-key", self.api_key,
              "--host", "127.0.0.1", "--port", str(self.port)],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip

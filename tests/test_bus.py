@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import h5py
+import numpy as np
 import pytest
 import redis
 from bluesky import RunEngine
@@ -26,6 +28,7 @@ from .bus_support import (
     state,
     tiled_points,
 )  # fmt: skip
+from .detector_support import FRAME_SHAPE, blob_detector, count_then, detector_file
 from .support import wait_until
 
 pytestmark = pytest.mark.stack
@@ -136,3 +139,51 @@ def test_a_late_follower_gets_the_whole_run_raw_and_bundled_and_reads_analysis_b
         follower.publish_analysis(uid, {"center": 12.0}, producer="test-fit")
         results = list(follower.analysis(uid))
         assert [(r["producer"], r["result"]) for r in results] == [("test-fit", {"center": 12.0})]
+
+
+def test_a_detectors_stream_resource_and_datum_documents_reach_the_workers_pipeline(
+    bus: tuple[OrchestrionConfig, redis.Redis, Workers],
+    servers: tuple[RedisServer, TiledServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, tiled = servers
+    # The detector writes where the served catalog may read (its readable storage),
+    # outside the home's data directory: the run's file links it by its absolute path.
+    monkeypatch.setenv("ORCHESTRION_DETECTOR_DATA_DIR", str(tiled.detectors))
+    _, client, workers = bus
+    config = load_config()
+    assert config.detectors_dir == tiled.detectors
+    workers.env["ORCHESTRION_DETECTOR_DATA_DIR"] = str(tiled.detectors)
+    workers.env["ORCHESTRION_BUS_RETENTION"] = "60"  # the run's stream stays to be read back
+    workers.start("post-processing-1")
+    RE = RunEngine({}, call_returns_result=True)
+    detector = blob_detector(config.detectors_dir, file_name=f"blob-{config.home.parent.name}")
+    emitted: list[str] = []
+    RE.subscribe(lambda name, doc: emitted.append(name))
+    pipeline = build_bus_pipeline(config)
+    pipeline.subscribe(RE)
+    uid = RE(count_then(detector, 3)).run_start_uids[0]
+    assert pipeline.wait_catalogued(uid, timeout=120), state(client, uid)
+    pipeline.close()
+    final = state(client, uid)
+    assert final["status"] == DONE
+    outcome = json.loads(final["outcome"])
+    assert outcome["status"] == "success", outcome["problems"]
+    assert {(e["data_key"], e["found"]) for e in outcome["external"]} == {("det", 3), ("det-sum", 3)}
+    with Follower(config) as follower:
+        names = [name for name, _ in follower.documents(uid, timeout=5)]
+    assert names == emitted
+    assert names.count("stream_resource") == 2
+    assert names.count("stream_datum") == 6
+    path = detector_file(config.detectors_dir, f"blob-{config.home.parent.name}")
+    with h5py.File(final["hdf5"], "r") as f:
+        link = f["entry/external/det"].get("data", getlink=True)
+        assert link.filename == str(path)
+        frames = f["entry/external/det/data"][()]
+    assert frames.shape == (3, *FRAME_SHAPE)
+    catalog = tiled.client()
+    try:
+        frame = np.asarray(catalog[uid]["primary/det"][2]).reshape(FRAME_SHAPE)
+    finally:
+        catalog.context.close()
+    np.testing.assert_array_equal(frame, frames[2])

@@ -17,6 +17,9 @@ from orchestrion.errors import InputError
 _SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
+DETECTORS_SUBDIR = "detectors"  # under the data directory: the run files link their frames relatively
+
+
 def _default_dir(name: str) -> Path:
     for candidate in (Path.cwd() / name, _SOURCE_ROOT / name):
         if candidate.is_dir():
@@ -141,6 +144,11 @@ class OrchestrionConfig(BaseSettings):
     hdf5_flush_interval: float = Field(
         1.0, gt=0, le=3600, description="Longest time (s) a point waits in the buffer for HDF5 readers"
     )
+    detector_data_dir: Path | None = Field(
+        None,
+        description="Where file-writing detectors (ophyd-async StandardDetector) write their frames: the run's "
+                    "file links them and the catalog may read them (relative: under home; unset: home/data/detectors)",
+    )  # fmt: skip
     hdf5_file_prefix: str = Field(
         "{date}_scan{scan_id}_{experiment}_{uid8}",
         description="HDF5 file name template: date, scan_id, experiment, uid, uid8, start[KEY]",
@@ -189,6 +197,18 @@ class OrchestrionConfig(BaseSettings):
     @property
     def data_dir(self) -> Path:
         return self.home / "data"
+
+    @property
+    def detectors_dir(self) -> Path:
+        """Where detectors write their own files (`detector_data_dir`, under home when relative)."""
+        return detectors_dir(self.home, self.detector_data_dir)
+
+
+def detectors_dir(home: Path, configured: Path | None = None) -> Path:
+    """The detectors' directory of ``home``: ``configured`` (under ``home`` when relative), else home/data/detectors."""
+    if configured is None:
+        return home / "data" / DETECTORS_SUBDIR
+    return configured if configured.is_absolute() else home / configured
 
 
 def load_config(**overrides: Any) -> OrchestrionConfig:

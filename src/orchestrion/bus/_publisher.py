@@ -75,6 +75,10 @@ return added
 Note = dict[str, Any]
 
 
+# Documents that come once per point: the feeder is woken for them only every BATCH.
+BATCHED = ("event", "event_page", "datum", "datum_page", "stream_datum")
+
+
 class BusPublisher:
     """A RunEngine callback that publishes each run's documents, in order, on the bus.
 
@@ -122,7 +126,7 @@ class BusPublisher:
             sequence = self._sequence.get(run_uid, 0) + 1
             self._sequence[run_uid] = sequence
             self._queue.append((run_uid, sequence, name, doc))
-            if name not in ("event", "event_page", "datum", "datum_page") or len(self._queue) % BATCH == 0:
+            if name not in BATCHED or len(self._queue) % BATCH == 0:
                 self._state.notify_all()
         if name == "stop":
             self._wait_written(run_uid, sequence)
@@ -138,13 +142,26 @@ class BusPublisher:
             return self._run_of.get(str(doc.get("descriptor")))
         if name in ("datum", "datum_page"):
             return self._run_of.get(str(doc.get("resource")))
-        if name in ("stream_resource",):
-            return str(doc.get("run_start") or "") or None
+        if name == "stream_resource":
+            # A detector's file (ADR 0212).  ``run_start`` is optional in the schema (the
+            # RunEngine fills it in); without it, the one run open is the only candidate.
+            owner = str(doc.get("run_start") or "") or self._only_open_run()
+            if owner is not None:
+                self._run_of[str(doc["uid"])] = owner
+            return owner
+        if name == "stream_datum":
+            # Its frames belong to the events of its descriptor's stream.
+            return self._run_of.get(str(doc.get("descriptor"))) or self._run_of.get(str(doc.get("stream_resource")))
         if name == "stop":
             run_uid = str(doc["run_start"])
             self._run_of = {k: v for k, v in self._run_of.items() if v != run_uid}
             return run_uid
         return None
+
+    def _only_open_run(self) -> str | None:
+        with self._state:
+            runs = list(self._sequence)  # runs whose stop is not written yet
+        return runs[0] if len(runs) == 1 else None
 
     def _wait_written(self, run_uid: str, sequence: int) -> None:
         deadline = time.monotonic() + HANDOVER_TIMEOUT

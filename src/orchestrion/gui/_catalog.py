@@ -163,4 +163,4 @@ def open_catalog(config: OrchestrionConfig) -> CatalogConnection:
         door = tiled_door(url)
         client = from_uri(door, api_key=key)
         return CatalogConnection(client=client, location=door, served=True, _context=client.context)
-    return open_embedded_catalog(config.home)
+    return open_embedded_catalog(config.home, config.detector_data_dir)

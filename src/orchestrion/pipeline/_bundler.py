@@ -39,6 +39,7 @@ from event_model import unpack_event_page
 from orchestrion.schema import ANALYSIS, BASELINE, BUNDLED, COMPLETE_KEY, POINT_KEY, PRIMARY, SEQUENCES
 
 from ._checks import DocumentError, RecentKeys, RunChecks, SeenNumbers
+from ._external import internal_keys
 from ._routing import RunsRouter
 
 logger = logging.getLogger(__name__)
@@ -209,8 +210,12 @@ class RunBundler:
     def _descriptor(self, run: _RunBundle, doc: Mapping[str, Any]) -> None:
         stream = str(doc.get("name", PRIMARY))
         run.streams[doc["uid"]] = stream
+        # Data kept outside the events (a detector's frames in its own file) stay in
+        # their own stream, where the StreamDatum documents point: a bundled point
+        # carries no stand-in for them (ADR 0212).
+        inline = internal_keys(doc["data_keys"])
         # Several descriptors of one stream: the keys are merged.
-        run.data_keys.setdefault(stream, {}).update(doc["data_keys"])
+        run.data_keys.setdefault(stream, {}).update(inline)
         run.object_keys.setdefault(stream, {}).update(doc.get("object_keys") or {})
         if run.kind(stream) == "async":
             if run.descriptor is not None and stream not in run.late_async:
@@ -219,7 +224,7 @@ class RunBundler:
                     "run %s: async stream %r began after the first bundled point; it is not joined",
                     run.uid, stream,
                 )  # fmt: skip
-            for key in doc["data_keys"]:
+            for key in inline:
                 run.async_keys.setdefault(key, _AsyncKey(stream))
 
     def _event(self, run: _RunBundle, event: Mapping[str, Any]) -> None:
@@ -293,8 +298,9 @@ class RunBundler:
             for key, spec in run.data_keys.get(stream, {}).items():
                 data_keys.setdefault(key, dict(spec))
             for obj, keys in run.object_keys.get(stream, {}).items():
-                object_keys.setdefault(obj, [])
-                object_keys[obj].extend(k for k in keys if k not in object_keys[obj])
+                inline = [k for k in keys if k in data_keys and k not in object_keys.get(obj, [])]
+                if inline:
+                    object_keys.setdefault(obj, []).extend(inline)
         for key, history in run.async_keys.items():
             if history.stream in run.late_async or key in data_keys:
                 continue

@@ -15,6 +15,10 @@ Layout (``/entry`` is an NXentry with ``definition`` NXscan, its default plot
                            the run says), attributes id, timestamp, source
     /entry/analysis        NXprocess: fit results (the run's "analysis" stream)
     /entry/streams/NAME    NXcollection: the other streams (baseline, monitors)
+    /entry/external/KEY    per StreamResource of a detector that writes its own file: an
+                           NXdata whose ``data`` is an external link to the detector's
+                           dataset (HDF5), or an NXcollection; uri, mimetype, parameters
+                           as attributes (`ExternalData.write_links`, ADR 0212)
     /entry/metadata        start and stop documents as JSON
 
 Every item name is a NeXus name (`orchestrion.schema.nexus_name`: no dots or dashes);

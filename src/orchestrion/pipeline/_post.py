@@ -29,6 +29,7 @@ from orchestrion.schema import BUNDLED, PRIMARY
 
 from ._bundler import RunBundler
 from ._checks import DocumentError, RunChecks
+from ._external import ExternalData
 from ._hdf5_files import STATUS_ERROR, STATUS_RUNNING
 from ._repair import repair_catalog
 from ._routing import RunsRouter, Stage
@@ -62,7 +63,10 @@ class RunOutcome:
     ``file_complete``: the file is closed with its final status and every bundled point;
     ``catalog_complete``: the catalog holds the run's stop and every bundled point (None
     without a catalog).  A transport decides on these two: a bus worker acknowledges a
-    run only when both hold (ADR 0610).
+    run only when both hold (ADR 0610).  ``external``: each detector file the run's
+    StreamResources name, read back at the stop (`ExternalCheck.to_dict`: data key,
+    uri, frames promised and found); a file short of frames makes the run "incomplete"
+    (ADR 0212).
     """
 
     run: str
@@ -77,6 +81,7 @@ class RunOutcome:
     spool: str | None = None
     file_complete: bool = False
     catalog_complete: bool | None = None
+    external: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,6 +103,7 @@ class RunChain:
         self.run_uid = str(start["uid"])
         self.settings = settings
         self.checks = RunChecks(self.run_uid)
+        self.external = ExternalData()  # detectors' own files, read back at the stop
         self.spool: SpoolWriter | None = None
         # Spooled with or without a catalog: a post-processing process that dies mid-run
         # is replaced, and its successor rebuilds the run from the spool (ADR 0812).
@@ -136,6 +142,8 @@ class RunChain:
         except DocumentError as exc:
             self._broken(str(exc))
             return
+        if name in ("descriptor", "stream_resource", "stream_datum"):
+            self.external.add(name, doc)
         if self.bundling.failure is None:
             self.bundling(name, doc)
         else:  # unbundled, the raw streams still reach the catalog
@@ -211,6 +219,13 @@ class RunChain:
             if stage is not None and stage.failure is not None and stage.failure not in problems:
                 problems.append(stage.failure)
         bundled = self.bundler.bundled_points
+        # The frames detectors wrote to their own files: each file holds what its
+        # StreamDatums promised, or the run is incomplete (as for a missing point).
+        external = self.external.check() if self.external else []
+        for check in external:
+            if check.problem is not None and check.problem not in self.problems:
+                self.problems.append(check.problem)
+                problems.append(check.problem)
         catalog = self._catalog_outcome(bundled, problems)
         durable = file.status is not None and file.points >= bundled and not file.problems
         spool_kept: str | None = None
@@ -243,6 +258,7 @@ class RunChain:
             spool=spool_kept,
             file_complete=durable and file.status not in UNFINISHED,
             catalog_complete=in_catalog if self.settings.config.tiled_enabled else None,
+            external=[check.to_dict() for check in external],
         )
         if outcome.status == STATUS_INCOMPLETE:
             logger.error("run %s is incomplete: %s", self.run_uid, "; ".join(problems) or "unknown")
@@ -257,7 +273,7 @@ class RunChain:
         if self.tiled.failure is not None or not self.catalog.stopped:
             return CatalogOutcome(None, False, 0, [])
         try:
-            catalog = self.catalog.verify(bundled)
+            catalog = self.catalog.verify(bundled, self.external.promised())
         except Exception as exc:
             logger.exception("run %s: the catalog could not be read back", self.run_uid)
             problems.append(f"the catalog could not be read back: {exc}")

@@ -22,6 +22,7 @@ from orchestrion.config import OrchestrionConfig
 from orchestrion.schema import BUNDLED
 
 from ._bundler import RunBundler
+from ._external import ExternalData
 from ._spool import HDF5_NOTE, SUFFIX, claim, read_spool, spool_dir, spooled_runs
 from ._tiled import CatalogConnection, RunCatalogWriter, check_run, connect_catalog, delete_run
 
@@ -86,11 +87,13 @@ def _replay(
 ) -> RepairResult:
     # The bundled points the run had, to compare with what the catalog holds.
     counter = RunBundler(documents[0][1], lambda name, doc: None)
+    external = ExternalData()  # and the detectors' frames it registers (ADR 0212)
     for name, doc in documents:
         if name not in ("start", HDF5_NOTE):
             counter(name, doc)
+            external.add(name, doc)
     expected = counter.bundled_points
-    present = check_run(connection, uid, BUNDLED, expected)
+    present = check_run(connection, uid, BUNDLED, expected, external.promised())
     if present.complete:
         return RepairResult(uid, "complete", present.rows, present.address)
     delete_run(connection, uid)
@@ -106,5 +109,5 @@ def _replay(
             "reason": "incomplete: the run's documents ended before its stop; catalogued by repair",
             "num_events": {},
         })  # fmt: skip
-    done = writer.verify(bundler.bundled_points)
+    done = writer.verify(bundler.bundled_points, external.promised())
     return RepairResult(uid, "repaired" if done.complete else "failed", done.rows, done.address, done.problems)

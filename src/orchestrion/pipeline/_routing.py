@@ -90,6 +90,30 @@ class RunsRouter(RunRouter):
             raise DocumentError(f"{name} arrived before the run's start document", uid)
         return uid
 
+    def stream_resource(self, doc: Any) -> None:
+        # ``run_start`` is optional in the schema (the RunEngine fills it in); without it
+        # the one run open is the only candidate.  The router itself would raise KeyError.
+        uid = str(doc.get("run_start") or "")
+        if not uid and len(self._open) == 1:
+            uid = next(iter(self._open))
+            doc = {**doc, "run_start": uid}
+        if uid not in self._open:
+            raise DocumentError(f"stream_resource {doc.get('uid')} names no open run", uid or None)
+        super().stream_resource(doc)
+
+    def stream_datum(self, doc: Any) -> None:
+        if doc["stream_resource"] in self._stream_resources:
+            super().stream_datum(doc)
+            return
+        # A datum of no resource seen: its run (by the descriptor) is told, so the frames
+        # it promises are reported missing there, not dropped unsaid.
+        run_uid = self._descriptor_to_start.get(doc.get("descriptor"))
+        if run_uid is None:
+            raise DocumentError(f"stream_datum {doc.get('uid')} refers to unknown stream_resource "
+                                f"{doc['stream_resource']} and descriptor {doc.get('descriptor')}", None)  # fmt: skip
+        for callback in self._factory_cbs_by_start.get(run_uid, []):
+            callback("stream_datum", doc)
+
     def event(self, doc: Event) -> Event:
         # Routed as a page of one, without unpacking it again (the default does).
         self.event_page(pack_event_page(doc))
@@ -101,6 +125,9 @@ class RunsRouter(RunRouter):
             super().stop(doc)
         finally:
             del self._open[uid]
+            # The router keeps its runs' resources for ever: bounded here, run by run.
+            for resource in [r for r, run in self._stream_resources.items() if run == uid]:
+                del self._stream_resources[resource]
 
     def track(self, run_uid: str, callback: DocumentCallback) -> None:
         """Remember ``callback`` of ``run_uid`` for `close` (factories call this)."""

@@ -11,12 +11,12 @@ not written.
 At the stop document the last points, ``status``, ``reason``, ``end_time`` and the
 stop document go into that same SWMR handle: the points and the run's outcome never
 depend on reopening the file.  What has no shape in advance (other streams, fits,
-plugins' layout) is added after the SWMR handle is closed; a live SWMR reader holds a
-lock that refuses an ordinary reopen, so then the file is reopened without HDF5's
-lock (the SWMR handle is closed and nothing else writes it; a reader only misses the
-new groups until it reopens).  A writer that dies leaves ``status`` at "running":
-`recover_incomplete` marks such files.  `outcome` is what was read back from the file
-once it was closed.
+plugins' layout, the links to detectors' own files) is added after the SWMR handle is
+closed; a live SWMR reader holds a lock that refuses an ordinary reopen, so then the
+file is reopened without HDF5's lock (the SWMR handle is closed and nothing else
+writes it; a reader only misses the new groups until it reopens).  A writer that dies
+leaves ``status`` at "running": `recover_incomplete` marks such files.  `outcome` is
+what was read back from the file once it was closed.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ from typing import IO, Any
 import h5py
 import numpy as np
 from event_model import DocumentRouter
-from event_model.documents import Event, EventDescriptor, RunStart, RunStop
+from event_model.documents import Event, EventDescriptor, RunStart, RunStop, StreamDatum, StreamResource
 
 from orchestrion.schema import ANALYSIS, POINT_SEQUENCE_KEY_MD, PRIMARY, SEQUENCE_HASH_KEY, SEQUENCE_JSON_KEY, SEQUENCES
 
+from ._external import ExternalData, internal_keys
 from ._hdf5_columns import Columns, text
 from ._hdf5_files import (
     DEFAULT_FILE_PREFIX,
@@ -117,6 +118,8 @@ class Serializer(DocumentRouter):
         self._descriptors: dict[str, list[Mapping[str, Any]]] = {}
         self._data: Columns | None = None
         self._others: dict[str, Columns] = {}
+        # Detectors' own files (StreamResource / StreamDatum): linked at the stop.
+        self.external = ExternalData()
         # Per run, only what is not in the file yet: the points' rows, their sequence
         # rows, new sequences' hashes and texts.  What stays is one row number per
         # distinct sequence (each sequence is written once).
@@ -178,19 +181,30 @@ class Serializer(DocumentRouter):
         stream = str(doc.get("name", PRIMARY))
         self._stream_of[doc["uid"]] = stream
         self._descriptors.setdefault(stream, []).append(doc)
+        self.external.add("descriptor", doc)
+        # The events carry no values of external keys: they are linked, not columns.
+        data_keys = internal_keys(doc["data_keys"])
         if stream == self.data_stream:
             if self._data is None:
-                self._data = Columns(doc["data_keys"])
+                self._data = Columns(data_keys)
                 self._open_file()
                 self._create_live_layout()
                 self._publish()
-            elif set(doc["data_keys"]) - set(self._data.specs):
+            elif set(data_keys) - set(self._data.specs):
                 logger.warning("run %s: a later %r descriptor adds data keys; they are not written",
                                self.run_uid, stream)  # fmt: skip
         elif stream in self._others:
-            self._others[stream].add_keys(doc["data_keys"])
+            self._others[stream].add_keys(data_keys)
         else:
-            self._others[stream] = Columns(doc["data_keys"])
+            self._others[stream] = Columns(data_keys)
+        return doc
+
+    def stream_resource(self, doc: StreamResource) -> StreamResource:
+        self.external.add("stream_resource", doc)
+        return doc
+
+    def stream_datum(self, doc: StreamDatum) -> StreamDatum:
+        self.external.add("stream_datum", doc)
         return doc
 
     def event(self, doc: Event) -> Event:
@@ -372,6 +386,11 @@ class Serializer(DocumentRouter):
             except Exception as exc:
                 logger.exception("run %s: the other streams and fits could not be written to %s", self.run_uid, path)
                 problems.append(f"the other streams and fits could not be written: {exc}")
+            try:
+                self.external.write_links(entry, path)
+            except Exception as exc:
+                logger.exception("run %s: the detectors' files could not be linked in %s", self.run_uid, path)
+                problems.append(f"the detectors' files could not be linked: {exc}")
             documents = RunDocuments(start=self._start_doc or {}, stop=stop, descriptors=self._descriptors)
             self._run_plugins("stop", entry, documents)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrion.config import OrchestrionConfig
+from orchestrion.config import OrchestrionConfig, detectors_dir
 from orchestrion.schema import ANALYSIS, CATALOG_MD, EXPERIMENT_MD, JOB_ID_KEY, fit_name
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def how_to_open(address: str) -> str | None:
         f'orchestrion shell, then catalog["{run_uid}"]; in Python: '
         f'orchestrion.pipeline.open_embedded_catalog(Path("{home}")).client["{run_uid}"]; '
         f"or serve it: tiled serve catalog {database} -w {home / 'tiled' / 'data'} "
-        f"-w sqlite:///{home / 'tiled' / 'tables.db'}"
+        f"-w sqlite:///{home / 'tiled' / 'tables.db'} -r {detectors_dir(home)}"
     )
 
 
@@ -90,17 +90,24 @@ def connect_catalog(config: OrchestrionConfig) -> CatalogConnection:
         api_key = config.tiled_api_key.get_secret_value() if config.tiled_api_key else None
         client = from_uri(config.tiled_uri, api_key=api_key)
         return CatalogConnection(client=client, location=config.tiled_uri, served=True, _context=client.context)
-    return open_embedded_catalog(config.home)
+    return open_embedded_catalog(config.home, config.detector_data_dir)
 
 
-def open_embedded_catalog(home: Path) -> CatalogConnection:
-    """A persistent catalog under ``home/tiled``, served in this process."""
+def open_embedded_catalog(home: Path, detector_data_dir: Path | None = None) -> CatalogConnection:
+    """A persistent catalog under ``home/tiled``, served in this process.
+
+    The detectors' directory (``detector_data_dir``, see `OrchestrionConfig.detector_data_dir`)
+    is readable storage: the frames that file-writing detectors write there are the catalog's
+    external assets, read where they are (Tiled refuses a ``file:`` asset outside it).
+    """
     from tiled.catalog import from_uri as catalog_from_uri
     from tiled.client import Context, from_context
     from tiled.server.app import build_app
 
     paths = embedded_catalog_paths(home)
     paths["files"].mkdir(parents=True, exist_ok=True)
+    detectors = detectors_dir(home, detector_data_dir)
+    detectors.mkdir(parents=True, exist_ok=True)
     catalog_uri = f"sqlite:///{paths['catalog']}"
     # One process at a time: two that open a new catalog together both create its
     # tables, and the second fails ("table nodes_closure already exists").
@@ -109,6 +116,7 @@ def open_embedded_catalog(home: Path) -> CatalogConnection:
         adapter = catalog_from_uri(
             catalog_uri,
             writable_storage=[str(paths["files"]), f"sqlite:///{paths['tables']}"],
+            readable_storage=[str(detectors)],
             # Tiled checks and initialises a catalog in a child interpreter of its own
             # (seconds of imports, at every open): only for one not yet at its revision.
             init_if_not_exists=not _catalog_is_current(paths["catalog"]),
@@ -253,10 +261,11 @@ class RunCatalogWriter:
         client's copy of the metadata may predate the previous update."""
         self._node.update_metadata(metadata={**top, CATALOG_MD: dict(self._annotations)}, drop_revision=True)
 
-    def verify(self, expected_rows: int) -> CatalogOutcome:
-        """Read the run back: its stop recorded, ``expected_rows`` rows in the data stream."""
+    def verify(self, expected_rows: int, external: Mapping[str, int] | None = None) -> CatalogOutcome:
+        """Read the run back: its stop recorded, ``expected_rows`` rows in the data stream,
+        and the ``external`` arrays (``STREAM/KEY``: rows) registered from detectors' files."""
         assert self.run_uid is not None
-        return check_run(self.connection, self.run_uid, self.data_stream, expected_rows)
+        return check_run(self.connection, self.run_uid, self.data_stream, expected_rows, external)
 
 
 HELD_DOCUMENTS = 1000  # held before the data stream's descriptor at most (a long wait for a first point)
@@ -299,8 +308,15 @@ def point_bytes(data_keys: Mapping[str, Mapping[str, Any]]) -> int:
     return total
 
 
-def check_run(connection: CatalogConnection, run_uid: str, data_stream: str, expected_rows: int) -> CatalogOutcome:
-    """What the catalog holds of ``run_uid``: is its stop there, and how many data rows."""
+def check_run(
+    connection: CatalogConnection,
+    run_uid: str,
+    data_stream: str,
+    expected_rows: int,
+    external: Mapping[str, int] | None = None,
+) -> CatalogOutcome:
+    """What the catalog holds of ``run_uid``: is its stop there, how many data rows, and
+    (``external``: ``STREAM/KEY`` -> rows) the detectors' arrays it registered."""
     problems: list[str] = []
     try:
         node = connection.client[run_uid]
@@ -311,6 +327,14 @@ def check_run(connection: CatalogConnection, run_uid: str, data_stream: str, exp
     rows = catalog_rows(node, data_stream)
     if rows < expected_rows:
         problems.append(f"the catalog holds {rows} of {expected_rows} points")
+    for path, promised in (external or {}).items():
+        # The external asset's shape is metadata (from the StreamDatums): no frame is read.
+        try:
+            registered = int(node[path].shape[0])
+        except (KeyError, IndexError, TypeError):
+            registered = 0
+        if registered < promised:
+            problems.append(f"the catalog registers {registered} of {promised} frames of {path}")
     return CatalogOutcome(connection.run_address(run_uid), not problems, rows, problems)
 
 

@@ -55,10 +55,13 @@ def main() -> int:
 
     config = load_config()
     catalog, data, tables = tiled_paths(config)
+    config.detectors_dir.mkdir(parents=True, exist_ok=True)
     # A lab that outgrows SQLite names a PostgreSQL catalog (tiled_catalog_uri).
     tree = from_uri(
         config.tiled_catalog_uri or f"sqlite:///{catalog}",
         writable_storage=[str(data), f"sqlite:///{tables}"],
+        # Detectors' own files (StreamResource documents) are registered, not copied.
+        readable_storage=[str(config.detectors_dir)],
         init_if_not_exists=True,
     )
     app = build_app(tree, Authentication(single_user_api_key=os.environ["TILED_SINGLE_USER_API_KEY"]))
