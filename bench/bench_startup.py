@@ -96,7 +96,12 @@ class Tree:
         summary = json.loads(done.stdout)
         if summary["status"] != "success" or not summary["tiled"]:
             raise RuntimeError(f"orchestrion run did not write its run to the catalog: {summary}")
-        return wall, float(summary["duration"]), _children_cpu() - used
+        cpu = _children_cpu() - used
+        if standby:
+            # The standby this run left imports for seconds: the next command timed would
+            # share the cores with it (a user types the next command seconds later).
+            _wait_standby_imported(self.home)
+        return wall, float(summary["duration"]), cpu
 
     def shell_seconds(self) -> tuple[float, float, float]:
         """From starting ``orchestrion shell`` to IPython's first prompt, and to the answer
@@ -125,6 +130,29 @@ def _process_cpu(pid: int) -> float:
     """CPU seconds (user and system) of a running process so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_standby_imported(home: Path, timeout: float = 120.0) -> None:
+    """Until the standby post-processing processes of ``home`` use no more CPU (their
+    imports done: each waits, idle, to be adopted)."""
+    marker = f"--standby-home\0{home.resolve()}\0".encode()
+    deadline = time.monotonic() + timeout
+    last: dict[int, float] | None = None
+    while time.monotonic() < deadline:
+        now: dict[int, float] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    now[int(entry.name)] = _process_cpu(int(entry.name))
+            except (OSError, IndexError):
+                continue  # ended meanwhile
+        if now == last:  # idle over a sample (or none left: nothing to wait for)
+            return
+        last = now
+        time.sleep(0.5)  # a CPU-time sample: unchanged over half a second is idle
+    raise RuntimeError(f"the standby of {home} was still importing after {timeout:.0f} s")
 
 
 def _children_cpu() -> float:
