@@ -4,7 +4,10 @@ real embedded catalog (ADR 0212)."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -260,3 +263,50 @@ def test_stream_datums_promising_more_than_the_file_or_of_no_resource_make_the_r
     with h5py.File(outcome["hdf5"], "r") as f:
         assert f["entry/external/cam/data"].shape == (2, 4, 4)
         assert f["entry/external/cam"].attrs["rows_promised"] == 3
+
+
+CAMERA_LAB = Path(__file__).resolve().parent.parent / "devices" / "camera-example"
+
+
+def _orchestrion_run(home: Path, devices: Path) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {
+        "ORCHESTRION_HOME": str(home), "ORCHESTRION_DEVICES_DIR": str(devices),
+        "ORCHESTRION_SIM_TIME_SCALE": "0.02", "ORCHESTRION_SIM_SEED": "5",
+    }  # fmt: skip
+    command = [str(Path(sys.executable).with_name("orchestrion")), "run", "spectroscopy",
+               "--scan", "spectroscopy.detuning=-50e3:50e3:5", "--shots", "10", "--json"]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=180, check=False)
+
+
+def test_the_camera_example_lab_runs_from_the_cli_its_frames_readable_by_plain_readers(tmp_path: Path) -> None:
+    """`devices/camera-example`: a file-writing ophyd-async camera configured in YAML (its
+    path provider a resource writing under the detectors' directory), read at every point.
+    The camera is staged around the run, so its file is closed when the command returns:
+    a plain h5py reader (no SWMR) follows the run file's link to the frames."""
+    home = tmp_path / "home"
+    done = _orchestrion_run(home, CAMERA_LAB)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["status"] == "success"
+    with h5py.File(summary["hdf5"], "r") as f:
+        shape, last = f["entry/external/camera/data"].shape, f["entry/external/camera/data"][4]
+    assert shape[0] == 5
+    assert last.any()
+    connection = open_embedded_catalog(home)
+    try:
+        frame = connection.client[summary["run_uid"]]["primary/camera"][4]
+        assert np.asarray(frame).any()
+    finally:
+        connection.close()
+
+
+def test_a_camera_that_cannot_write_its_file_fails_the_run_naming_it(tmp_path: Path) -> None:
+    devices = tmp_path / "devices"
+    devices.mkdir()
+    text = (CAMERA_LAB / "camera.yaml").read_text().replace("../lab.yaml", str(CAMERA_LAB.parent / "lab.yaml"))
+    (devices / "lab.yaml").write_text(text.replace("${detectors_dir}", "/proc/orchestrion-nowhere"))
+    done = _orchestrion_run(tmp_path / "home", devices)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert "device 'camera' failed at point 0" in lines[-1], done.stderr
+    assert "Traceback" not in done.stderr

@@ -61,7 +61,17 @@ def cli(ctx: click.Context, verbose: int) -> None:
     """Orchestrion: run and schedule experiments on the lab."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_without_runengine_tracebacks)
     ctx.ensure_object(dict)
+
+
+def _without_runengine_tracebacks(record: logging.LogRecord) -> bool:
+    """bluesky logs every failed run as "Run aborted" with the plan's traceback; the
+    command says in one line why its run failed (a device that failed at a point, named):
+    the traceback is shown with ``-v``."""
+    return not (record.name == "bluesky" and record.getMessage() == "Run aborted")
 
 
 @cli.command("config")

@@ -210,8 +210,12 @@ class DeviceRegistry:
                 if address and address in text:
                     return lab_device.name
         for lab_device in self:
-            if lab_device.device is not None and (f"{lab_device.name}-" in text or f"{lab_device.name}:" in text):
-                return lab_device.name
+            name = lab_device.name
+            # Its signals' names ("camera-acquire"), or an ophyd-async status of it
+            # ("<WatchableAsyncStatus, device: camera, ...>": a trigger that failed).
+            cited = f"{name}-" in text or f"{name}:" in text or f"device: {name}," in text
+            if lab_device.device is not None and cited:
+                return name
         return None
 
 

@@ -819,6 +819,11 @@ def run_experiment(
     # The baseline and monitor wrappers act on the open_run/close_run messages, so they
     # must wrap the run, not the plan inside it.
     plan: MsgGenerator[str] = bpp.run_wrapper(points_plan(), md=start_md)
+    # Staged around the run, as bluesky's plans stage their detectors: a file-writing
+    # detector (ophyd-async StandardDetector) opens its file when it is staged or first
+    # triggered and closes it only when unstaged; left staged, its file stayed open for
+    # writing and no plain reader could open it.  Devices that do not stage are skipped.
+    plan = bpp.stage_wrapper(plan, lab.devices.with_role(ReadoutRole.MONITORED))
     baseline = lab.devices.with_role(ReadoutRole.BASELINE)
     if baseline:
         plan = baseline_readings(plan, baseline, lab.devices.blame)
