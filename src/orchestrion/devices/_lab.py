@@ -29,9 +29,6 @@ def load_devices(config: OrchestrionConfig, *, strict: bool = True, connection_r
     that list or submit without connecting (the API server): devices that the last
     process to connect them could not reach are then failed here too, with its reason.
     """
-    # Made before any detector opens a file there (the catalog, which also makes it, opens
-    # in the post-processing process, perhaps later).
-    config.detectors_dir.mkdir(parents=True, exist_ok=True)
     registry = build_devices(
         load_lab_config(config.devices_dir),
         # The settings, and where file-writing detectors write (a path provider's directory).

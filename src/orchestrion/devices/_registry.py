@@ -197,6 +197,8 @@ class DeviceRegistry:
         texts: list[str] = []
         current: BaseException | None = error
         while current is not None and len(texts) < 10:
+            if isinstance(current, asyncio.CancelledError):
+                return None  # a status cancelled by an abort or a stop: no device failed
             texts.append(str(current))
             texts.extend(str(sub) for sub in getattr(current, "exceptions", ()))
             current = current.__cause__ or current.__context__

@@ -16,7 +16,7 @@ from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
-from bluesky.protocols import Location, Triggerable
+from bluesky.protocols import Location, Triggerable, WritesStreamAssets
 from bluesky.utils import Msg, MsgGenerator, all_safe_rewind, separate_devices
 from ophyd_async.core import SignalR, StandardReadable, StandardReadableFormat, soft_signal_r_and_setter
 from ophyd_async.plan_stubs import ensure_connected
@@ -819,11 +819,18 @@ def run_experiment(
     # The baseline and monitor wrappers act on the open_run/close_run messages, so they
     # must wrap the run, not the plan inside it.
     plan: MsgGenerator[str] = bpp.run_wrapper(points_plan(), md=start_md)
-    # Staged around the run, as bluesky's plans stage their detectors: a file-writing
-    # detector (ophyd-async StandardDetector) opens its file when it is staged or first
-    # triggered and closes it only when unstaged; left staged, its file stayed open for
-    # writing and no plain reader could open it.  Devices that do not stage are skipped.
-    plan = bpp.stage_wrapper(plan, lab.devices.with_role(ReadoutRole.MONITORED))
+    # File-writing detectors (ophyd-async StandardDetector) staged around the run, as
+    # bluesky's plans stage their detectors: one opens its file when first triggered and
+    # closes it only when unstaged; never unstaged, its file stayed open for writing and
+    # no plain reader could follow the run file's link to it.  Only those: staging a
+    # StandardReadable (the sequencer) would make its signals serve cached values.
+    writers = [d for d in lab.devices.with_role(ReadoutRole.MONITORED) if isinstance(d, WritesStreamAssets)]
+    if writers:
+        # Where they write (their path providers' `${detectors_dir}`), made before the
+        # first opens a file; the catalog, which makes it too, opens in the post-processing
+        # process, perhaps later.
+        lab.config.detectors_dir.mkdir(parents=True, exist_ok=True)
+        plan = bpp.stage_wrapper(plan, writers)
     baseline = lab.devices.with_role(ReadoutRole.BASELINE)
     if baseline:
         plan = baseline_readings(plan, baseline, lab.devices.blame)
