@@ -196,9 +196,9 @@ class DeviceRegistry:
         """The device an error during a run came from: the one whose PV or name it cites."""
         texts: list[str] = []
         current: BaseException | None = error
+        cancelled = False  # a status cancelled (an abort, a stop, or a timeout's own wait)
         while current is not None and len(texts) < 10:
-            if isinstance(current, asyncio.CancelledError):
-                return None  # a status cancelled by an abort or a stop: no device failed
+            cancelled = cancelled or isinstance(current, asyncio.CancelledError)
             texts.append(str(current))
             texts.extend(str(sub) for sub in getattr(current, "exceptions", ()))
             current = current.__cause__ or current.__context__
@@ -213,9 +213,11 @@ class DeviceRegistry:
                     return lab_device.name
         for lab_device in self:
             name = lab_device.name
-            # Its signals' names ("camera-acquire"), or an ophyd-async status of it
-            # ("<WatchableAsyncStatus, device: camera, ...>": a trigger that failed).
-            cited = f"{name}-" in text or f"{name}:" in text or f"device: {name}," in text
+            # Its signals' names ("camera-acquire"), or an ophyd-async status of it that
+            # failed by itself ("<WatchableAsyncStatus, device: camera, ...>": a trigger
+            # that raised), not one an abort cancelled.
+            status = not cancelled and f"device: {name}," in text
+            cited = f"{name}-" in text or f"{name}:" in text or status
             if lab_device.device is not None and cited:
                 return name
         return None
