@@ -298,3 +298,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 __all__ = ["RESULTS", "Figure", "Goal", "collector", "collectors", "machine", "markdown", "merge", "run"]
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user and system) of a running process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -34,7 +34,6 @@ run's RunEngine call returning to the run written.
 from __future__ import annotations
 
 import contextlib
-import os
 import statistics
 import subprocess
 import sys
@@ -51,7 +50,7 @@ from bluesky import RunEngine
 from event_model import compose_run
 from ophyd.sim import det, motor
 
-from bench._report import Figure, Goal, collector
+from bench._report import Figure, Goal, collector, process_cpu
 from orchestrion.config import load_config
 from orchestrion.pipeline import DocumentPipeline, Serializer, build_pipeline, make_durable
 
@@ -87,17 +86,12 @@ def busy_core() -> Iterator[None]:
     process = subprocess.Popen(["nice", "-n", "10", sys.executable, "-c", "while True: pass"])
     try:
         deadline = time.monotonic() + 10
-        while _cpu_seconds(process.pid) < 0.05 and time.monotonic() < deadline:
+        while process_cpu(process.pid) < 0.05 and time.monotonic() < deadline:
             time.sleep(0.01)  # until it runs
         yield
     finally:
         process.kill()
         process.wait()
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def catalog_lag_seconds(RE: RunEngine, pipeline: DocumentPipeline) -> float:

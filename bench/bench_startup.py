@@ -35,7 +35,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench._report import Figure, Goal, collector
+from bench._report import Figure, Goal, collector, process_cpu
 
 REPEATS = int(os.environ.get("BENCH_STARTUP_REPEATS", "3"))
 GROUPS = ("listings", "run", "shell")
@@ -118,18 +118,12 @@ class Tree:
             child.sendline("len(catalog)")
             child.expect(r"Out\[1\]: \d+")
             catalog = time.perf_counter() - start
-            cpu = _process_cpu(child.pid)
+            cpu = process_cpu(child.pid)
             child.sendline("exit")
             child.expect(pexpect.EOF)
         finally:
             child.close(force=True)
         return prompt, catalog, cpu
-
-
-def _process_cpu(pid: int) -> float:
-    """CPU seconds (user and system) of a running process so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_standby_imported(home: Path, timeout: float = 120.0) -> None:
@@ -145,7 +139,7 @@ def _wait_standby_imported(home: Path, timeout: float = 120.0) -> None:
                 continue
             try:
                 if marker in (entry / "cmdline").read_bytes():
-                    now[int(entry.name)] = _process_cpu(int(entry.name))
+                    now[int(entry.name)] = process_cpu(int(entry.name))
             except (OSError, IndexError):
                 continue  # ended meanwhile
         if now == last:  # idle over a sample (or none left: nothing to wait for)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import ssl
@@ -35,30 +36,36 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-@pytest.fixture
-def tls_server(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
-    cert, key = self_signed(tmp_path)
+@contextlib.contextmanager
+def api_server(tmp_path: Path, **settings: str) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    """`python -m orchestrion.api` alone (nothing listens on its queue-server ports: these
+    tests need only the HTTP side), in a fresh home; its process, port and home."""
     home = tmp_path / "home"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRION_")}
     env.update(
-        ORCHESTRION_HOME=str(home), ORCHESTRION_API_PORT=str(port), ORCHESTRION_API_TLS_CERTFILE=str(cert),
-        ORCHESTRION_API_TLS_KEYFILE=str(key), ORCHESTRION_API_MAX_BODY_BYTES="2048",
-        # Nothing listens there: these tests need only the HTTP side.
-        ORCHESTRION_ZMQ_CONTROL_PORT=str(free_port()), ORCHESTRION_ZMQ_INFO_PORT=str(free_port()),
+        ORCHESTRION_HOME=str(home), ORCHESTRION_API_PORT=str(port),
+        ORCHESTRION_ZMQ_CONTROL_PORT=str(free_port()), ORCHESTRION_ZMQ_INFO_PORT=str(free_port()), **settings,
     )  # fmt: skip
-    log = (tmp_path / "api.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "orchestrion.api"], env=env, stdout=log, stderr=log)
-    url = f"https://127.0.0.1:{port}"
-    try:
+    with (tmp_path / "api.log").open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "orchestrion.api"], env=env, stdout=log, stderr=log)
+        try:
+            yield process, port, home
+        finally:
+            stop_process(process)
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
+    cert, key = self_signed(tmp_path)
+    tls = {"ORCHESTRION_API_TLS_CERTFILE": str(cert), "ORCHESTRION_API_TLS_KEYFILE": str(key)}
+    with api_server(tmp_path, ORCHESTRION_API_MAX_BODY_BYTES="2048", **tls) as (_, port, home):
+        url = f"https://127.0.0.1:{port}"
         wait_until(
             lambda: httpx.get(f"{url}/api/orchestrion/health", verify=trust(cert), timeout=2).status_code == 200,
             timeout=90, what="the API server over TLS",
         )  # fmt: skip
         yield url, cert, home
-    finally:
-        stop_process(process)
-        log.close()
 
 
 def test_the_server_serves_tls_makes_an_admin_key_0600_and_limits_bodies(tls_server: tuple[str, Path, Path]) -> None:
@@ -113,22 +120,13 @@ def test_addresses_in_the_stack_status_carry_no_credentials() -> None:
 def test_sigterm_stops_the_server_while_a_live_stream_is_open(tmp_path: Path) -> None:
     """A GUI left open (its live stream) kept uvicorn waiting for the response to end: the
     stack's stop waited its 30 s and killed the server."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRION_")}
-    env.update(
-        ORCHESTRION_HOME=str(tmp_path / "home"), ORCHESTRION_API_PORT=str(port),
-        ORCHESTRION_ZMQ_CONTROL_PORT=str(free_port()), ORCHESTRION_ZMQ_INFO_PORT=str(free_port()),
-    )  # fmt: skip
-    log = (tmp_path / "api.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "orchestrion.api"], env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with api_server(tmp_path) as (process, port, home):
+        url = f"http://127.0.0.1:{port}"
         wait_until(
             lambda: httpx.get(f"{url}/api/orchestrion/health", timeout=2).status_code == 200,
             timeout=90, what="the API server",
         )  # fmt: skip
-        key = (tmp_path / "home" / "run" / "api-key").read_text().strip()
-        headers = {"Authorization": f"ApiKey {key}"}
+        headers = {"Authorization": f"ApiKey {(home / 'run' / 'api-key').read_text().strip()}"}
         with httpx.stream("GET", f"{url}/api/orchestrion/live", headers=headers, timeout=30) as stream:
             lines = stream.iter_lines()
             assert next(lines) == "event: hello"
@@ -137,7 +135,4 @@ def test_sigterm_stops_the_server_while_a_live_stream_is_open(tmp_path: Path) ->
         # uvicorn re-raises the signal it handled once it has stopped: killed by it, cleanly.
         assert process.wait(timeout=15) == -signal.SIGTERM
         assert not any(line.startswith("event: points") for line in rest)
-    finally:
-        stop_process(process)
-        log.close()
     assert "timeout graceful shutdown exceeded" not in (tmp_path / "api.log").read_text()
