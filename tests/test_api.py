@@ -84,6 +84,8 @@ def settled(request: pytest.FixtureRequest) -> Iterator[None]:
         wait_until(lambda: api.status(reload=True)["manager_state"] == "idle", timeout=60, what="an idle manager")
         if api.status(reload=True)["items_in_queue"]:
             api.queue_clear()
+            # A clear racing the autostart may hold the manager until the scheduler restarts it.
+            wait_until(lambda: api.status(reload=True)["manager_state"] == "idle", timeout=60, what="an idle manager")
     finally:
         close_api(api)
 

@@ -426,3 +426,24 @@ def test_up_refuses_a_port_that_another_program_holds(config: OrchestrionConfig)
         ):
             up(taken)
     assert {s.health for s in status(taken)} == {"down"}  # nothing left half-started
+
+
+@pytest.mark.parametrize(
+    ("manager", "re", "worker", "running", "stuck"),
+    [
+        ("executing_queue", "idle", "idle", "uid", "has not moved on from a finished item"),
+        ("executing_queue", "running", "executing_plan", "uid", None),
+        ("starting_queue", "idle", "idle", None, "did not start the item that left its queue as it started it"),
+        ("starting_queue", "idle", "idle", "uid", None),  # it got as far as running it
+        ("idle", "idle", "idle", None, None),
+        ("paused", "paused", "idle", "uid", None),
+    ],
+)
+def test_a_manager_looks_stuck_only_in_the_states_it_never_leaves(
+    manager: str, re: str, worker: str, running: str | None, stuck: str | None
+) -> None:
+    from orchestrion.jobs._scheduler import manager_stuck
+
+    status = {"manager_state": manager, "re_state": re, "worker_environment_state": worker, "running_item_uid": running}
+    found = manager_stuck(status)
+    assert (found[0] if found else None) == stuck

@@ -351,6 +351,24 @@ def test_a_failed_job_is_recorded_failed_and_the_next_job_runs(client: Client, a
     assert failed.finished <= after.refresh()["started"]
 
 
+def test_an_item_removed_as_the_queue_starts_it_does_not_hold_the_queue(
+    client: Client, api: Any, store: JobStore
+) -> None:
+    # bluesky-queueserver 0.0.25: an item that leaves the queue while the manager starts
+    # it (a clear, a cancel or a plain `item_remove` racing the autostart) leaves the
+    # manager 'starting_queue' for good; nothing ran, and nothing would run again.  Adding
+    # and clearing at once loses that race almost every time; the scheduler restarts it.
+    for _ in range(2):
+        wait_until(lambda: api.status(reload=True)["manager_state"] == "idle", timeout=60, what="an idle manager")
+        api.item_add(BPlan("spectroscopy", **SHORT))
+        api.queue_clear()
+        wait_until(
+            lambda: api.status(reload=True)["manager_state"] == "idle" and api.status()["items_in_queue"] == 0,
+            timeout=60, what="the manager idle again after the clear",
+        )  # fmt: skip
+    assert client.submit("spectroscopy", **SHORT).wait(timeout=60)["status"] == JobStatus.DONE
+
+
 def test_a_group_without_permission_is_refused_and_nothing_is_queued(stack: OrchestrionConfig, api: Any) -> None:
     # The API server submits as its roles' groups; the queue server's own check is the
     # submission code's, exercised here with the groups it knows.

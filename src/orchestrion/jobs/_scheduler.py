@@ -150,28 +150,25 @@ class Scheduler:
         self._last_status = None
         return reason
 
-    def check_manager(self, status: Mapping[str, Any], *, patience: float = 5.0) -> bool:
-        """If the manager has sat on a finished item for ``patience`` s: restart it; True if so.
+    def check_manager(self, status: Mapping[str, Any]) -> bool:
+        """If the manager has been stuck (see `manager_stuck`) for a while: restart it; True if so.
 
-        A manager whose bookkeeping request failed (its Redis restarted under it) keeps
-        reporting the item running while its worker is idle, and never moves on.  Its own
-        watchdog starts a new manager, which files the item (exit status 'unknown'); what
-        the worker recorded of its runs then says how it really ended (`_finish`).
+        Its own watchdog starts a new manager, which reads the queue, the history and the
+        autostart mode back from Redis and files an item it was running (exit status
+        'unknown'); what the worker recorded of its runs then says how it really ended
+        (`_finish`).
         """
-        stuck = (
-            status["manager_state"] == "executing_queue"
-            and status.get("re_state") == "idle"
-            and status.get("worker_environment_state") == "idle"
-        )
-        if not stuck:
+        stuck = manager_stuck(status)
+        if stuck is None:
             self._stuck_since = None
             return False
+        why, patience = stuck
         now = time.monotonic()
         if self._stuck_since is None:
             self._stuck_since = now
         if now - self._stuck_since < patience:
             return False
-        logger.error("the queue server's manager has not moved on from a finished item: restarting it")
+        logger.error("the queue server's manager %s: restarting it", why)
         self._stuck_since = None
         with contextlib.suppress(Exception):  # it exits without answering
             self.api.send_request(method="manager_kill")
@@ -509,6 +506,30 @@ class Scheduler:
                 _write_heartbeat(heartbeat, now)
                 last_beat = now
             stop.wait(self.config.scheduler_poll_interval)
+
+
+def manager_stuck(status: Mapping[str, Any]) -> tuple[str, float] | None:
+    """How the queue server's manager looks stuck, and after how many seconds it surely is.
+
+    From one look at its status; None if it does not look stuck.
+
+    bluesky-queueserver 0.0.25's manager gets stuck in two ways, both with an idle worker:
+    - it keeps reporting an item running that its worker finished, when a bookkeeping
+      request failed (its Redis restarted under it);
+    - it stays 'starting_queue' when the item it was starting left the queue first (a
+      cancel, a `queue_clear` or an `item_remove` racing its autostart: the start task
+      dies on an IndexError and nothing sets the manager idle again).
+    Neither ever moves on by itself.  Starting an item takes one request to the worker
+    (milliseconds); filing a finished one takes a few Redis requests, longer under load.
+    """
+    if status.get("re_state") != "idle" or status.get("worker_environment_state") != "idle":
+        return None
+    state = status["manager_state"]
+    if state == "executing_queue":
+        return "has not moved on from a finished item", 5.0
+    if state == "starting_queue" and not status.get("running_item_uid"):
+        return "did not start the item that left its queue as it started it", 2.0
+    return None
 
 
 def _write_heartbeat(path: Path, now: float) -> None:
