@@ -131,6 +131,11 @@ class OrchestrionConfig(BaseSettings):
     tiled_batch_size: int = Field(
         500, ge=1, le=100_000, description="Events TiledWriter collects per write (and at each stop)"
     )
+    tiled_register_arrays: bool = Field(
+        True,
+        description="Arrays above 64 KiB a point are registered in the catalog from the run's HDF5 file, not "
+                    "copied into it (false: copied; for a catalog server that cannot read data_dir)",
+    )  # fmt: skip
     post_processing_niceness: int = Field(
         10, ge=0, le=19,
         description="Niceness of the post-processing process (bundler, HDF5, Tiled): the RunEngine comes first",

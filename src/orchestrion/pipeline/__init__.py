@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         embedded_catalog_paths,
         how_to_open,
         open_embedded_catalog,
+        readable_storage,
     )
 
 # Imported when first used (`orchestrion._lazy`): a listing command must not pay for the
@@ -59,6 +60,7 @@ _EXPORTS = {
         "embedded_catalog_paths",
         "how_to_open",
         "open_embedded_catalog",
+        "readable_storage",
     ),
 }
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
@@ -101,6 +103,7 @@ __all__ = [
     "make_durable",
     "open_embedded_catalog",
     "post_processing_imports",
+    "readable_storage",
     "recover_file",
     "recover_incomplete",
     "recover_orphans",

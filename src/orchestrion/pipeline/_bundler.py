@@ -184,6 +184,11 @@ class RunBundler:
         self._run = _RunBundle(start, monitored_streams, point_key, output_stream)
 
     @property
+    def monitored_streams(self) -> tuple[str, ...]:
+        """The streams each point has a reading of (the start's ``bundle`` may name them)."""
+        return self._run.monitored
+
+    @property
     def bundled_points(self) -> int:
         """Points bundled so far."""
         return self._run.seq_num

@@ -35,7 +35,7 @@ from ._repair import repair_catalog
 from ._routing import RunsRouter, Stage
 from ._serializer import FileOutcome, Serializer
 from ._spool import HDF5_NOTE, SUFFIX, SpoolWriter, read_spool, spool_dir
-from ._tiled import CatalogConnection, CatalogOutcome, RunCatalogWriter, connect_catalog, delete_run
+from ._tiled import CatalogConnection, CatalogOutcome, FileArrays, RunCatalogWriter, connect_catalog, delete_run
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +185,7 @@ class RunChain:
                 batch_size=self.settings.config.tiled_batch_size,
                 hdf5=str(path) if path else None,
                 data_stream=BUNDLED,
+                file_arrays=self._file_arrays(path),
             )
         except Exception as exc:
             logger.exception("run %s: the catalog writer could not be made", self.run_uid)
@@ -194,6 +195,17 @@ class RunChain:
         self.tiled("start", doc)
         if self.tiled.failure is None:
             report({"run": self.run_uid, "tiled": connection.run_address(self.run_uid)})
+
+    def _file_arrays(self, path: Path | None) -> FileArrays | None:
+        """The points' large arrays registered in the catalog from the run's file (ADR 0215)."""
+        if path is None or not self.settings.config.tiled_register_arrays:
+            return None
+        monitored = self.bundler.monitored_streams
+        return FileArrays(str(path), self._dataset_in_file, BUNDLED, monitored[0] if len(monitored) == 1 else None)
+
+    def _dataset_in_file(self, key: str) -> str | None:
+        """Where the run's file holds a data key's rows, while the HDF5 stage writes them."""
+        return self.serializer.data_dataset(key) if self.hdf5.failure is None else None
 
     def close(self) -> None:
         """The run's documents ended before its stop: what came is finished, "incomplete"."""

@@ -37,13 +37,14 @@ from event_model.documents import Event, EventDescriptor, RunStart, RunStop, Str
 from orchestrion.schema import ANALYSIS, POINT_SEQUENCE_KEY_MD, PRIMARY, SEQUENCE_HASH_KEY, SEQUENCE_JSON_KEY, SEQUENCES
 
 from ._external import ExternalData, internal_keys
-from ._hdf5_columns import Columns, text
+from ._hdf5_columns import Columns, column_type, text
 from ._hdf5_files import (
     DEFAULT_FILE_PREFIX,
     LIBVER,
     STATUS_ERROR,
     STATUS_INCOMPLETE,
     STATUS_RUNNING,
+    STR,
     creating_path,
     file_name_for,
     hold_lock,
@@ -137,6 +138,18 @@ class Serializer(DocumentRouter):
     @property
     def artifacts(self) -> dict[str, list[Path]]:
         return {"stream_data": [self.path]} if self.path is not None else {}
+
+    def data_dataset(self, key: str) -> str | None:
+        """The dataset holding data key ``key`` of the data stream, a row per point in point
+        order (the points' own values, not JSON text); None before the data stream's
+        descriptor, for keys of other streams, and for keys stored otherwise."""
+        data = self._data
+        if data is None or key not in data.specs:
+            return None
+        dtype, _, as_json = column_type(data.specs[key])
+        if as_json or dtype is STR or np.dtype(dtype).kind not in "iufc":
+            return None
+        return f"/entry/data/{data.names[key]}"
 
     def __enter__(self) -> Serializer:
         return self

@@ -14,12 +14,13 @@ top level.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import logging
 import sqlite3
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def how_to_open(address: str) -> str | None:
         f'orchestrion shell, then catalog["{run_uid}"]; in Python: '
         f'orchestrion.pipeline.open_embedded_catalog(Path("{home}")).client["{run_uid}"]; '
         f"or serve it: tiled serve catalog {database} -w {home / 'tiled' / 'data'} "
-        f"-w sqlite:///{home / 'tiled' / 'tables.db'} -r {detectors_dir(home)}"
+        f"-w sqlite:///{home / 'tiled' / 'tables.db'} -r {home / 'data'}"
     )
 
 
@@ -96,9 +97,11 @@ def connect_catalog(config: OrchestrionConfig) -> CatalogConnection:
 def open_embedded_catalog(home: Path, detector_data_dir: Path | None = None) -> CatalogConnection:
     """A persistent catalog under ``home/tiled``, served in this process.
 
-    The detectors' directory (``detector_data_dir``, see `OrchestrionConfig.detector_data_dir`)
-    is readable storage: the frames that file-writing detectors write there are the catalog's
-    external assets, read where they are (Tiled refuses a ``file:`` asset outside it).
+    The runs' HDF5 files (``home/data``) and the detectors' directory (``detector_data_dir``,
+    see `OrchestrionConfig.detector_data_dir`) are readable storage: the points' large
+    arrays (`FileArrays`) and the frames that file-writing detectors write are the
+    catalog's external assets, read where they are (Tiled refuses a ``file:`` asset
+    outside it).
     """
     from tiled.catalog import from_uri as catalog_from_uri
     from tiled.client import Context, from_context
@@ -116,7 +119,7 @@ def open_embedded_catalog(home: Path, detector_data_dir: Path | None = None) -> 
         adapter = catalog_from_uri(
             catalog_uri,
             writable_storage=[str(paths["files"]), f"sqlite:///{paths['tables']}"],
-            readable_storage=[str(detectors)],
+            readable_storage=readable_storage(home / "data", detectors),
             # Tiled checks and initialises a catalog in a child interpreter of its own
             # (seconds of imports, at every open): only for one not yet at its revision.
             init_if_not_exists=not _catalog_is_current(paths["catalog"]),
@@ -133,6 +136,14 @@ def open_embedded_catalog(home: Path, detector_data_dir: Path | None = None) -> 
         context = Context.from_app(app)
     client = from_context(context)
     return CatalogConnection(client=client, location=catalog_uri, served=False, _context=context)
+
+
+def readable_storage(data_dir: Path, detectors: Path) -> list[str]:
+    """The directories a catalog reads assets from: the runs' files and the detectors' (once
+    when the detectors write under the runs' directory, as by default)."""
+    if detectors.resolve().is_relative_to(data_dir.resolve()):
+        return [str(data_dir)]
+    return [str(data_dir), str(detectors)]
 
 
 class StreamClosesAnswered:
@@ -202,9 +213,17 @@ class RunCatalogWriter:
     """
 
     def __init__(
-        self, connection: CatalogConnection, *, batch_size: int = 500, hdf5: str | None = None, data_stream: str
+        self,
+        connection: CatalogConnection,
+        *,
+        batch_size: int = 500,
+        hdf5: str | None = None,
+        data_stream: str,
+        file_arrays: FileArrays | None = None,
     ) -> None:
         self.connection = connection
+        # Large arrays of the points, registered from the run's file (ADR 0215).
+        self.registered = file_arrays
         self.data_stream = data_stream
         self.batch_size = batch_size  # the largest batch
         self.writer: Any = None  # TiledWriter, once the batch is chosen
@@ -222,6 +241,8 @@ class RunCatalogWriter:
             if not (data_descriptor or name == "stop" or len(self._held) >= HELD_DOCUMENTS):
                 return
             start = self._held[0][1] if self._held[0][0] == "start" else {}
+            if data_descriptor and self.registered is not None:
+                self.registered.plan(doc)  # before the held documents of the stream it mirrors
             batch = run_batch_size(start, doc if data_descriptor else None, self.batch_size)
             self._start_writer(batch)
             held, self._held = self._held, []
@@ -240,7 +261,11 @@ class RunCatalogWriter:
         self.writer = TiledWriter(self.connection.client, batch_size=batch_size, max_array_size=0, normalizer=None)
 
     def _write(self, name: str, doc: dict[str, Any]) -> None:
-        self.writer(name, doc)
+        if self.registered is None:
+            self.writer(name, doc)
+        else:
+            for written_name, written in self.registered.translate(name, doc):
+                self.writer(written_name, written)
         if name == "start":
             self.run_uid = str(doc["uid"])
             self._node = self.connection.client[doc["uid"]]
@@ -265,7 +290,181 @@ class RunCatalogWriter:
         """Read the run back: its stop recorded, ``expected_rows`` rows in the data stream,
         and the ``external`` arrays (``STREAM/KEY``: rows) registered from detectors' files."""
         assert self.run_uid is not None
-        return check_run(self.connection, self.run_uid, self.data_stream, expected_rows, external)
+        outcome = check_run(self.connection, self.run_uid, self.data_stream, expected_rows, external)
+        if self.registered is not None and outcome.address is not None:
+            problems = self.registered.check(self.connection.client[self.run_uid], expected_rows)
+            outcome.problems.extend(problems)
+            outcome.complete = outcome.complete and not problems
+        return outcome
+
+
+class FileArrays:
+    """The large arrays of a run's points as its HDF5 file holds them, for TiledWriter.
+
+    A point's array above `SMALL_POINT_BYTES` is in the run's file already (the HDF5 stage
+    writes each document before the catalog's stage sees it); copying it into Tiled's
+    array storage as well, once for the bundled points and once for the raw stream they
+    came from, cost 95 % of the pipeline's throughput for 1 MiB points.  So each such key
+    becomes what a file-writing detector's is: its data key says ``external: "STREAM:"``,
+    a StreamResource names the run's file and the key's dataset, the events carry no
+    value of it, and a StreamDatum per event says which row of the dataset is that point.
+    TiledWriter registers the dataset (no byte is copied); the catalog reads the arrays
+    from the file (ADR 0215).
+
+    ``dataset_of(key)`` is the dataset of a data key of the data stream in the file, or
+    None (not a numeric row-per-point column: copied as before).  ``mirrored``, the one
+    stream the points are bundled from (None when there are several), gets its large
+    keys registered from the same datasets: its event ``k`` is bundled point ``k``, which
+    each point confirms (the bundled value is the very object the raw event carried);
+    a point that breaks it is a problem `check` reports, so the run is catalogued again
+    by ``orchestrion catalog repair``, with the arrays copied.
+    """
+
+    def __init__(
+        self, path: str, dataset_of: Callable[[str], str | None], data_stream: str, mirrored: str | None = None
+    ) -> None:
+        self.uri = "file://localhost" + str(Path(path).resolve())
+        self.dataset_of = dataset_of
+        self.data_stream = data_stream
+        self.mirrored = mirrored
+        self.planned = False
+        self.datasets: dict[str, str] = {}  # data key -> its dataset, for the keys registered
+        self.descriptor: str | None = None  # uid of the data stream's first descriptor
+        self.resources: dict[str, str] = {}  # data key -> the data stream's StreamResource uid
+        self.mirror_descriptor: str | None = None
+        self.mirror_resources: dict[str, str] = {}  # data key -> the mirrored stream's StreamResource uid
+        self.rows = 0  # events of the data stream so far: the next point's row in the file
+        self.pending: dict[str, collections.deque[tuple[int, Any]]] = {}  # mirrored (seq_num, value) not yet a row
+        self.mirror_rows = 0
+        self.broken: str | None = None  # why the mirrored stream's rows are not the points'
+        self._last: dict[str, Any] = {}  # the last point's value of each key, for `check`
+        self._run_uid = ""
+
+    def plan(self, descriptor: Mapping[str, Any]) -> None:
+        """Which keys of the data stream's (first) descriptor are registered from the file."""
+        self.planned = True
+        for key, spec in (descriptor.get("data_keys") or {}).items():
+            shape = spec.get("shape") or []
+            if spec.get("external") or spec.get("dtype") != "array" or not shape or None in shape:
+                continue
+            if point_bytes({key: spec}) <= SMALL_POINT_BYTES:
+                continue
+            dataset = self.dataset_of(key)
+            if dataset is not None:
+                self.datasets[key] = dataset
+
+    def translate(self, name: str, doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """The documents TiledWriter gets for one of the run's documents."""
+        if name == "start":
+            self._run_uid = str(doc["uid"])
+        elif name == "descriptor" and doc.get("name") == self.data_stream and self.descriptor is None:
+            if not self.planned:
+                self.plan(doc)
+            self.descriptor = str(doc["uid"])
+            return self._registered("descriptor", doc, self.resources)
+        elif name == "descriptor" and doc.get("name") == self.mirrored and self.mirror_descriptor is None:
+            self.mirror_descriptor = str(doc["uid"])
+            # A mirrored stream seen before the plan (no data stream yet) keeps its copies.
+            return self._registered("descriptor", doc, self.mirror_resources) if self.planned else [(name, doc)]
+        elif name in ("event", "event_page") and doc["descriptor"] == self.descriptor and self.resources:
+            return [item for event in _events(name, doc) for item in self._point(event)]
+        elif name in ("event", "event_page") and doc["descriptor"] == self.mirror_descriptor and self.mirror_resources:
+            return [("event", self._mirror_event(event)) for event in _events(name, doc)]
+        return [(name, doc)]
+
+    def _registered(
+        self, name: str, doc: dict[str, Any], resources: dict[str, str]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """A descriptor with its planned keys external, and their StreamResources."""
+        data_keys = dict(doc.get("data_keys") or {})
+        documents: list[tuple[str, dict[str, Any]]] = []
+        for key, dataset in self.datasets.items():
+            spec = data_keys.get(key)
+            if spec is None or spec.get("external"):
+                continue
+            uid = resources[key] = f"{doc['uid']}-{key}"
+            data_keys[key] = {**spec, "external": "STREAM:"}
+            documents.append(("stream_resource", {
+                "uid": uid, "run_start": self._run_uid, "data_key": key, "mimetype": "application/x-hdf5",
+                "uri": self.uri, "parameters": {"dataset": dataset, "swmr": True},
+            }))  # fmt: skip
+        return [(name, {**doc, "data_keys": data_keys} if documents else doc), *documents]
+
+    def _mirror_event(self, doc: dict[str, Any]) -> dict[str, Any]:
+        data, timestamps = dict(doc["data"]), dict(doc.get("timestamps") or {})
+        for key in self.mirror_resources:
+            self.pending.setdefault(key, collections.deque()).append((int(doc["seq_num"]), data.pop(key, None)))
+            timestamps.pop(key, None)
+        return {**doc, "data": data, "timestamps": timestamps}
+
+    def _point(self, doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        row, seq_num = self.rows, int(doc["seq_num"])
+        self.rows += 1
+        data, timestamps = dict(doc["data"]), dict(doc.get("timestamps") or {})
+        for key in self.resources:
+            self._last[key] = data.pop(key, None)
+            timestamps.pop(key, None)
+        documents: list[tuple[str, dict[str, Any]]] = [("event", {**doc, "data": data, "timestamps": timestamps})]
+        for resource in self.resources.values():
+            documents.append(_datum(resource, self.descriptor, row, seq_num))
+        if self.mirror_resources and self.broken is None:
+            documents.extend(self._mirror_rows_of(row))
+        return documents
+
+    def _mirror_rows_of(self, row: int) -> list[tuple[str, dict[str, Any]]]:
+        """The mirrored stream's StreamDatums for point ``row``: its next event's, if it is the point's."""
+        heads = {key: self.pending[key][0] if self.pending.get(key) else None for key in self.mirror_resources}
+        if any(head is None or head[1] is not self._last.get(key) for key, head in heads.items()):
+            self.broken = f"point {row + 1} is not {self.mirrored} event {self.mirror_rows + 1}"
+            return []
+        self.mirror_rows += 1
+        datums = []
+        for key, resource in self.mirror_resources.items():
+            seq_num, _ = self.pending[key].popleft()
+            datums.append(_datum(resource, self.mirror_descriptor, row, seq_num))
+        return datums
+
+    def check(self, node: Any, expected_rows: int) -> list[str]:
+        """Each registered key: ``expected_rows`` rows (the mirrored stream's: one per event),
+        and its last row read back through the catalog (from the file) equal to the last point's."""
+        import numpy as np
+
+        problems: list[str] = []
+        if self.mirror_resources:
+            unmatched = max((len(queue) for queue in self.pending.values()), default=0)
+            if self.broken or unmatched:
+                why = self.broken or f"{unmatched} {self.mirrored} events were never bundled"
+                problems.append(f"the catalog's {self.mirrored} arrays are not the run's points ({why})")
+        wanted = [(self.data_stream, key, expected_rows) for key in self.resources]
+        wanted += [(str(self.mirrored), key, self.mirror_rows) for key in self.mirror_resources]
+        for stream, key, rows_expected in wanted:
+            path = f"{stream}/{key}"
+            try:
+                array = node[path]
+                rows = int(array.shape[0])
+                if rows < rows_expected:
+                    problems.append(f"the catalog registers {rows} of {rows_expected} rows of {path} (the run's file)")
+                    continue
+                if rows and key in self._last and not np.array_equal(array[rows - 1], np.asarray(self._last[key])):
+                    problems.append(f"the catalog reads another last row of {path} than the run measured")
+            except Exception as exc:  # the catalog cannot read the run's file: no client will
+                problems.append(f"the catalog cannot read {path} from the run's file: {type(exc).__name__}: {exc}")
+        return problems
+
+
+def _events(name: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    if name == "event":
+        return [doc]
+    from event_model import unpack_event_page
+
+    return [dict(event) for event in unpack_event_page(doc)]  # type: ignore[arg-type]
+
+
+def _datum(resource: str, descriptor: str | None, row: int, seq_num: int) -> tuple[str, dict[str, Any]]:
+    return ("stream_datum", {
+        "uid": f"{resource}/{row}", "stream_resource": resource, "descriptor": descriptor,
+        "indices": {"start": row, "stop": row + 1}, "seq_nums": {"start": seq_num, "stop": seq_num + 1},
+    })  # fmt: skip
 
 
 HELD_DOCUMENTS = 1000  # held before the data stream's descriptor at most (a long wait for a first point)

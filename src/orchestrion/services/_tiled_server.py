@@ -53,6 +53,8 @@ def main() -> int:
     from tiled.config import Authentication
     from tiled.server.app import build_app
 
+    from orchestrion.pipeline import readable_storage
+
     config = load_config()
     catalog, data, tables = tiled_paths(config)
     config.detectors_dir.mkdir(parents=True, exist_ok=True)
@@ -60,8 +62,9 @@ def main() -> int:
     tree = from_uri(
         config.tiled_catalog_uri or f"sqlite:///{catalog}",
         writable_storage=[str(data), f"sqlite:///{tables}"],
-        # Detectors' own files (StreamResource documents) are registered, not copied.
-        readable_storage=[str(config.detectors_dir)],
+        # The runs' files (their large arrays) and detectors' own files (StreamResource
+        # documents) are registered, not copied.
+        readable_storage=readable_storage(config.data_dir, config.detectors_dir),
         init_if_not_exists=True,
     )
     app = build_app(tree, Authentication(single_user_api_key=os.environ["TILED_SINGLE_USER_API_KEY"]))
