@@ -3,16 +3,19 @@ order, by whichever worker claims them; followed live; trimmed when acknowledged
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bluesky.plans as bp
 import h5py
 import numpy as np
 import pytest
 import redis
 from bluesky import RunEngine
+from ophyd.sim import SynSignal
 
 from orchestrion.bus import DONE, BusKeys, BusPublisher, Follower, build_bus_pipeline
 from orchestrion.config import OrchestrionConfig, load_config
@@ -27,6 +30,7 @@ from .bus_support import (
     run_files,
     state,
     tiled_points,
+    wait_status,
 )  # fmt: skip
 from .detector_support import FRAME_SHAPE, blob_detector, count_then, detector_file
 from .support import wait_until
@@ -187,3 +191,78 @@ def test_a_detectors_stream_resource_and_datum_documents_reach_the_workers_pipel
     finally:
         catalog.context.close()
     np.testing.assert_array_equal(frame, frames[2])
+
+
+def array_plan(points: int) -> Iterator[Any]:
+    """``bp.count`` of 128 KiB arrays (above SMALL_POINT_BYTES), point ``k`` all ``k``."""
+    counter = itertools.count()
+    image = SynSignal(func=lambda: np.full(1 << 14, float(next(counter))), name="image", labels={"detectors"})
+    return bp.count([image], num=points)  # type: ignore[no-any-return]
+
+
+def run_arrays(config: OrchestrionConfig, client: redis.Redis, points: int) -> tuple[str, dict[str, Any]]:
+    RE = RunEngine({}, call_returns_result=True)
+    pipeline = build_bus_pipeline(config)
+    pipeline.subscribe(RE)
+    uid = RE(array_plan(points)).run_start_uids[0]
+    pipeline.wait_catalogued(uid, timeout=120)
+    pipeline.close()
+    final = wait_status(client, uid, (DONE,))
+    return uid, json.loads(final["outcome"])
+
+
+def test_a_workers_large_arrays_are_registered_from_its_file_where_the_catalog_server_reads_it(
+    servers: tuple[RedisServer, TiledServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redis_server, tiled = servers
+    # The worker's home inside the served catalog's readable storage: its files are readable.
+    home = tiled.detectors / "worker-home"
+    home.mkdir()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    env = bus_env(home, redis_server, tiled, ORCHESTRION_BUS_RETENTION="0")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    workers = Workers(home, env)
+    try:
+        workers.start("post-processing-1")
+        uid, outcome = run_arrays(load_config(), client, 3)
+        assert outcome["status"] == "success", outcome["problems"]
+        catalog = tiled.client()
+        try:
+            for stream in ("bundled", "primary"):
+                node = catalog[uid][f"{stream}/image"]
+                assert node.data_sources()[0].management == "external"
+                assert [float(row[0]) for row in node.read()] == [1.0, 2.0, 3.0]  # describe() read 0
+        finally:
+            catalog.context.close()
+    finally:
+        workers.stop()
+        client.close()
+
+
+def test_a_catalog_server_that_cannot_read_the_workers_files_gets_the_arrays_copied(
+    bus: tuple[OrchestrionConfig, redis.Redis, Workers], servers: tuple[RedisServer, TiledServer]
+) -> None:
+    config, client, workers = bus
+    _, tiled = servers
+    workers.start("post-processing-1")
+    # Registered, read back: the server cannot read the worker's file; written again, copied.
+    uid, outcome = run_arrays(config, client, 3)
+    assert outcome["status"] == "success", outcome["problems"]
+    assert "catalogued again with its arrays copied" in workers.log("post-processing-1")
+    workers.stop()
+    # Where that is known, the arrays are copied from the start.
+    workers.env["ORCHESTRION_TILED_REGISTER_ARRAYS"] = "false"
+    workers.start("post-processing-2")
+    second, copied = run_arrays(config, client, 3)
+    assert copied["status"] == "success", copied["problems"]
+    assert "catalogued again" not in workers.log("post-processing-2")
+    catalog = tiled.client()
+    try:
+        for run in (uid, second):
+            node = catalog[run]["bundled/image"]
+            assert node.data_sources()[0].management != "external"
+            assert [float(row[0]) for row in node.read()] == [1.0, 2.0, 3.0]
+    finally:
+        catalog.context.close()

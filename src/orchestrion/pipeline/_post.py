@@ -31,7 +31,7 @@ from ._bundler import RunBundler
 from ._checks import DocumentError, RunChecks
 from ._external import ExternalData
 from ._hdf5_files import STATUS_ERROR, STATUS_RUNNING
-from ._repair import repair_catalog
+from ._repair import repair_catalog, rewrite_run
 from ._routing import RunsRouter, Stage
 from ._serializer import FileOutcome, Serializer
 from ._spool import HDF5_NOTE, SUFFIX, SpoolWriter, read_spool, spool_dir
@@ -286,12 +286,27 @@ class RunChain:
             return CatalogOutcome(None, False, 0, [])
         try:
             catalog = self.catalog.verify(bundled, self.external.promised())
+            arrays = self.catalog.registered
+            if not catalog.complete and arrays is not None and arrays.problems:
+                catalog = self._catalogued_with_copies(catalog, arrays.problems)
         except Exception as exc:
             logger.exception("run %s: the catalog could not be read back", self.run_uid)
             problems.append(f"the catalog could not be read back: {exc}")
             return None
         problems.extend(catalog.problems)
         return catalog
+
+    def _catalogued_with_copies(self, registered: CatalogOutcome, why: list[str]) -> CatalogOutcome:
+        """The run written into the catalog again from its spool, its arrays copied: what a
+        catalog that cannot read the run's file (or rows that are not the points) needs."""
+        spool, connection = self.spool, self.settings.connection
+        if spool is None or spool.failure is not None or connection is None:
+            return registered
+        logger.warning("run %s: %s; catalogued again with its arrays copied (tiled_register_arrays false "
+                       "skips the attempt)", self.run_uid, "; ".join(why))  # fmt: skip
+        result = rewrite_run(self.settings.config, connection, self.run_uid, read_spool(spool.path))
+        return CatalogOutcome(result.address if not result.problems else None, not result.problems,
+                              result.rows, list(result.problems))  # fmt: skip
 
 
 class PostProcessing(RunsRouter):

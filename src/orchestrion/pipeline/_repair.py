@@ -82,9 +82,22 @@ def _repair_one(config: OrchestrionConfig, connection: CatalogConnection, path: 
     return result
 
 
-def _replay(
+def rewrite_run(
     config: OrchestrionConfig, connection: CatalogConnection, uid: str, documents: list[tuple[str, dict[str, Any]]]
 ) -> RepairResult:
+    """Write a run's catalog entry again whole from its documents, every array copied (its
+    entry, whatever it holds, removed first)."""
+    return _replay(config, connection, uid, documents, check_first=False)
+
+
+def _replay(
+    config: OrchestrionConfig,
+    connection: CatalogConnection,
+    uid: str,
+    documents: list[tuple[str, dict[str, Any]]],
+    check_first: bool = True,
+) -> RepairResult:
+    """``check_first``: leave an entry the catalog reads back complete as it is."""
     # The bundled points the run had, to compare with what the catalog holds.
     counter = RunBundler(documents[0][1], lambda name, doc: None)
     external = ExternalData()  # and the detectors' frames it registers (ADR 0212)
@@ -93,9 +106,10 @@ def _replay(
             counter(name, doc)
             external.add(name, doc)
     expected = counter.bundled_points
-    present = check_run(connection, uid, BUNDLED, expected, external.promised())
-    if present.complete:
-        return RepairResult(uid, "complete", present.rows, present.address)
+    if check_first:
+        present = check_run(connection, uid, BUNDLED, expected, external.promised())
+        if present.complete:
+            return RepairResult(uid, "complete", present.rows, present.address)
     delete_run(connection, uid)
     hdf5 = next((str(doc["path"]) for name, doc in documents if name == HDF5_NOTE), None)
     writer = RunCatalogWriter(connection, batch_size=config.tiled_batch_size, hdf5=hdf5, data_stream=BUNDLED)

@@ -337,6 +337,7 @@ class FileArrays:
         self.pending: dict[str, collections.deque[tuple[int, Any]]] = {}  # mirrored (seq_num, value) not yet a row
         self.mirror_rows = 0
         self.broken: str | None = None  # why the mirrored stream's rows are not the points'
+        self.problems: list[str] = []  # what `check` found
         self._last: dict[str, Any] = {}  # the last point's value of each key, for `check`
         self._run_uid = ""
 
@@ -449,6 +450,7 @@ class FileArrays:
                     problems.append(f"the catalog reads another last row of {path} than the run measured")
             except Exception as exc:  # the catalog cannot read the run's file: no client will
                 problems.append(f"the catalog cannot read {path} from the run's file: {type(exc).__name__}: {exc}")
+        self.problems = problems
         return problems
 
 
