@@ -291,7 +291,7 @@ class RunCatalogWriter:
         and the ``external`` arrays (``STREAM/KEY``: rows) registered from detectors' files."""
         assert self.run_uid is not None
         outcome = check_run(self.connection, self.run_uid, self.data_stream, expected_rows, external)
-        if self.registered is not None and outcome.address is not None:
+        if self.registered is not None and self.registered.registers and outcome.address is not None:
             problems = self.registered.check(self.connection.client[self.run_uid], expected_rows)
             outcome.problems.extend(problems)
             outcome.complete = outcome.complete and not problems
@@ -340,6 +340,11 @@ class FileArrays:
         self.problems: list[str] = []  # what `check` found
         self._last: dict[str, Any] = {}  # the last point's value of each key, for `check`
         self._run_uid = ""
+
+    @property
+    def registers(self) -> bool:
+        """Whether any key of the run is registered from its file."""
+        return bool(self.resources or self.mirror_resources)
 
     def plan(self, descriptor: Mapping[str, Any]) -> None:
         """Which keys of the data stream's (first) descriptor are registered from the file."""
@@ -549,12 +554,15 @@ def catalog_rows(node: Any, stream: str) -> int:
     """Rows of ``stream`` in a run's catalog entry (0 when it has none)."""
     # One request for the column (Tiled walks a path in one lookup; asking the run for
     # the stream, then the stream for the column, took four at each run's stop), and
-    # its shape is metadata: no row is read.
-    try:
-        column = node[f"{stream}/seq_num"]
-    except KeyError:
-        return 0
-    return int(column.shape[0])
+    # its shape is metadata: no row is read.  TiledWriter keeps a stream's columns in
+    # its table ``internal``: named by its own path, the column is one request, not the
+    # two that the stream's flattened view of it takes.
+    for path in (f"{stream}/internal/seq_num", f"{stream}/seq_num"):
+        try:
+            return int(node[path].shape[0])
+        except KeyError:
+            continue
+    return 0
 
 
 def delete_run(connection: CatalogConnection, run_uid: str) -> None:
