@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Generator
@@ -132,10 +133,14 @@ def test_a_run_with_a_detector_taken_over_from_a_killed_helper_is_linked_whole(
             stage = pipeline.catalog_stage
             assert isinstance(stage, ProcessSink)
             helper = stage._helper.process
+            # Frozen first, so that the third point's documents (its stream_datum among
+            # them) are handed to a helper that never confirms them: the successor has
+            # them only from this process, and must place them after the spool's.
+            os.kill(helper.pid, signal.SIGSTOP)
+            yield from bps.trigger_and_read([detector])
             helper.kill()
             helper.wait()
-            for _ in range(2):
-                yield from bps.trigger_and_read([detector])
+            yield from bps.trigger_and_read([detector])
 
         return (yield from inner())
 

@@ -594,3 +594,28 @@ def test_a_finished_file_and_its_name_are_fsynced_before_the_outcome(tmp_path: P
     assert str(path) in synced, f"the run's file was not fsynced: {synced}"
     assert str(path.parent) in synced, f"its directory was not fsynced: {synced}"
     assert synced_at > renamed_at >= 0  # fsynced after it took its name
+
+
+def test_a_run_missing_a_point_the_runengine_made_is_not_a_success(tmp_path: Path) -> None:
+    # A point lost between the RunEngine and the writer (found: a take-over that dropped a
+    # detector's point) leaves a file that is consistent in itself; only the stop
+    # document's num_events tells that it is short.
+    writer = PostProcessing(tmp_path)
+    run = fake_run()
+    for name, doc in run.head():
+        writer(name, doc)
+    for index in range(5):
+        for name, doc in run.point(index):
+            if not (index == 2 and name == "event"):
+                writer(name, doc)
+    for name, doc in run.tail():
+        writer(name, doc)
+    writer.close()
+    outcome = writer.outcome(run.uid)
+    assert (outcome["status"], outcome["points"]) == ("incomplete", 4)
+    (problem,) = [p for p in outcome["problems"] if "lost on the way" in p]
+    assert "stream 'primary' has 4 of its 5 events" in problem
+    with h5py.File(writer.files[run.uid], "r") as f:  # the file says so to any reader
+        assert f["entry/points"][()] == 4
+        assert text(f["entry/status"][()]) == "incomplete"
+        assert "stream 'primary' has 4 of its 5 events" in text(f["entry/reason"][()])

@@ -111,6 +111,13 @@ class RunChecks:
         self._seq_nums: dict[str, SeenNumbers] = {}  # stream -> the seq_nums of its events
         self._recent = RecentKeys(RECENT_UIDS)
         self._stopped = False
+        # What arrived, to hold against the stop document's ``num_events``: the events of
+        # each stream, and the rows each external data key's stream_datum documents cover.
+        self._events: dict[str, int] = {}  # stream -> events
+        self._data_key_of: dict[str, str] = {}  # stream_resource uid -> its data key
+        self._rows: dict[tuple[str, str], int] = {}  # (stream, data key) -> rows
+        self.count_problem: str | None = None
+        """Set at the stop when fewer (or more) points arrived than the RunEngine made."""
 
     def check(self, name: str, doc: Mapping[str, Any]) -> None:
         if self._stopped:
@@ -127,12 +134,42 @@ class RunChecks:
         elif name == "event_page":
             for uid, seq_num in zip(doc["uid"], doc.get("seq_num") or [None] * len(doc["uid"]), strict=True):
                 self._event(uid, doc.get("descriptor"), seq_num)
+        elif name == "stream_resource":
+            self._data_key_of[str(doc.get("uid"))] = str(doc.get("data_key"))
+        elif name == "stream_datum":
+            datum_stream = self._descriptors.get(str(doc.get("descriptor")))
+            key = self._data_key_of.get(str(doc.get("stream_resource")))
+            seq_nums = doc.get("seq_nums") or {}
+            if datum_stream is not None and key is not None:
+                covered = int(seq_nums.get("stop", 0)) - int(seq_nums.get("start", 0))
+                self._rows[datum_stream, key] = self._rows.get((datum_stream, key), 0) + covered
         elif name == "stop":
             self._stopped = True
             self._seq_nums.clear()
+            self.count_problem = self._counted(doc.get("num_events") or {})
+
+    def _counted(self, num_events: Mapping[str, Any]) -> str | None:
+        """What differs between the points the RunEngine made (``num_events``) and those
+        that arrived: a document lost on the way would otherwise leave a shorter run that
+        reads as whole."""
+        differences = []
+        for stream, made in sorted(num_events.items()):
+            if not isinstance(made, int):
+                continue
+            arrived = self._events.get(stream)
+            if arrived is not None and arrived != made:
+                differences.append(f"stream {stream!r} has {arrived} of its {made} events")
+            for (rows_stream, key), rows in sorted(self._rows.items()):
+                if rows_stream == stream and rows != made:
+                    differences.append(f"data key {key!r} of stream {stream!r} has {rows} of its {made} rows")
+        if not differences:
+            return None
+        return "documents were lost on the way: " + "; ".join(differences) + " (by the stop document's num_events)"
 
     def _event(self, uid: str, descriptor: Any, seq_num: Any) -> None:
         stream = self._descriptors.get(str(descriptor))
+        if stream is not None:
+            self._events[stream] = self._events.get(stream, 0) + 1
         seen = self._seq_nums.get(stream) if stream is not None else None
         if not self._recent.add(uid):
             raise DocumentError(f"event uid {uid} is used twice", self.run_uid)

@@ -174,15 +174,24 @@ class ProcessSink:
 
     def _place(self, name: str, doc: dict[str, Any]) -> tuple[str | None, int]:
         """The run ``doc`` belongs to (None: no run known) and its index among the run's documents."""
-        if name in ("start", "stop", "descriptor", "resource"):
+        # Every kind of document a run has is placed: the successor's replay lines the
+        # kept documents up with the run's spool by these indices, so a kind left out
+        # here would be dropped from a take-over, and the documents after it misplaced
+        # (found: a detector's stream_datum documents, one point lost, the run "success").
+        run: str | None
+        if name in ("start", "stop", "descriptor", "resource", "stream_resource"):
             run = str(doc.get("uid") if name == "start" else doc.get("run_start"))
-            if name in ("descriptor", "resource"):
+            if name != "start" and doc.get("run_start") is None and len(self._counts) == 1:
+                run = next(iter(self._counts))  # a resource that does not name its run: the open one
+            if name in ("descriptor", "resource", "stream_resource"):
                 self._run_of_ref[str(doc.get("uid"))] = run
                 self._refs.setdefault(run, []).append(str(doc.get("uid")))
         elif name in ("event", "event_page"):
-            run = self._run_of_ref.get(str(doc.get("descriptor")))  # type: ignore[assignment]
+            run = self._run_of_ref.get(str(doc.get("descriptor")))
         elif name in ("datum", "datum_page"):
-            run = self._run_of_ref.get(str(doc.get("resource")))  # type: ignore[assignment]
+            run = self._run_of_ref.get(str(doc.get("resource")))
+        elif name == "stream_datum":
+            run = self._run_of_ref.get(str(doc.get("stream_resource")))
         else:
             run = None
         if run is None:

@@ -142,6 +142,9 @@ class RunChain:
         except DocumentError as exc:
             self._broken(str(exc))
             return
+        if name == "stop" and self.checks.count_problem is not None:
+            self.problems.append(self.checks.count_problem)
+            self.serializer.mark_short(self.checks.count_problem)
         if name in ("descriptor", "stream_resource", "stream_datum"):
             self.external.add(name, doc)
         if self.bundling.failure is None:

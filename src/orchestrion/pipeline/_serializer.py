@@ -132,6 +132,7 @@ class Serializer(DocumentRouter):
         self._last_flush = time.monotonic()
         self._flushed = 0  # points the file counted at its last flush that succeeded
         self._closed = False
+        self._short: str | None = None  # why the run is shorter than its RunEngine made it
 
     # -- the suitcase interface ---------------------------------------------------------
 
@@ -240,9 +241,17 @@ class Serializer(DocumentRouter):
             self._others[stream].append(doc)
         return doc
 
+    def mark_short(self, reason: str) -> None:
+        """The run lacks documents its RunEngine made: its stop closes it "incomplete",
+        with ``reason`` beside the stop's own, so a reader of the file is told."""
+        self._short = reason
+
     def stop(self, doc: RunStop) -> RunStop:
         self._closed = True
-        self._finish(doc, str(doc.get("exit_status", "")), str(doc.get("reason", "") or ""))
+        status, reason = str(doc.get("exit_status", "")), str(doc.get("reason", "") or "")
+        if self._short is not None:
+            status, reason = STATUS_INCOMPLETE, "; ".join(part for part in (reason, self._short) if part)
+        self._finish(doc, status, reason)
         return doc
 
     # -- writing --------------------------------------------------------------------------
