@@ -26,6 +26,7 @@ from orchestrion.config import OrchestrionConfig
 from orchestrion.pipeline import (
     BUNDLED,
     Bundler,
+    RunPlacer,
     build_pipeline,
     build_post_processing,
     open_embedded_catalog,
@@ -315,3 +316,20 @@ def test_a_camera_that_cannot_write_its_file_fails_the_run_naming_it(tmp_path: P
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert "device 'camera' failed at point 0" in lines[-1], done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_every_document_of_a_detector_scan_is_placed_in_its_run(config: OrchestrionConfig, RE: RunEngine) -> None:
+    # What the helper's feeder and the bus's publisher carry per run: a kind of document
+    # placed nowhere is a document dropped from a take-over or from the bus.
+    detector = blob_detector(config.detectors_dir)
+    documents: list[tuple[str, dict[str, Any]]] = []
+    RE.subscribe(lambda name, doc: documents.append((name, doc)))
+    (first,) = RE(count_then(detector, 2)).run_start_uids
+    (second,) = RE(count_then(detector, 1)).run_start_uids
+    placer = RunPlacer()
+    placed = [(name, placer.place(name, doc)) for name, doc in documents]
+    assert {"stream_resource", "stream_datum", "event", "descriptor"} <= {name for name, _ in placed}
+    uids = [run for _, run in placed]
+    assert None not in uids, [name for name, run in placed if run is None]
+    assert uids == sorted(uids, key=[first, second].index)  # each run's documents in its own
+    assert placer.open_runs == []  # nothing kept of a stopped run

@@ -36,6 +36,7 @@ from typing import Any
 import redis
 
 from orchestrion.config import OrchestrionConfig
+from orchestrion.pipeline import RunPlacer
 
 from ._codec import encode
 from ._connection import RedisClient, connect
@@ -107,7 +108,7 @@ class BusPublisher:
         self._queue: deque[tuple[str, int, str, dict[str, Any]]] = deque()
         self._sequence: dict[str, int] = {}  # run uid -> documents queued
         self._written: dict[str, int] = {}  # run uid -> documents in Redis
-        self._run_of: dict[str, str] = {}  # descriptor or resource uid -> run uid
+        self._placer = RunPlacer()  # which run each document is of
         self._closing = False
         self._unreachable_since: float | None = None
         self._feeder = threading.Thread(target=self._feed, name="orchestrion-bus-publisher", daemon=True)
@@ -116,7 +117,7 @@ class BusPublisher:
     # -- the RunEngine's side -----------------------------------------------------------
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
-        run_uid = self._run(name, doc)
+        run_uid = self._placer.place(name, doc)
         if run_uid is None:
             logger.warning("bus: a %s document of no known run is not published", name)
             return
@@ -130,38 +131,6 @@ class BusPublisher:
                 self._state.notify_all()
         if name == "stop":
             self._wait_written(run_uid, sequence)
-
-    def _run(self, name: str, doc: dict[str, Any]) -> str | None:
-        if name == "start":
-            return str(doc["uid"])
-        if name in ("descriptor", "resource"):
-            run_uid = str(doc["run_start"])
-            self._run_of[str(doc["uid"])] = run_uid
-            return run_uid
-        if name in ("event", "event_page"):
-            return self._run_of.get(str(doc.get("descriptor")))
-        if name in ("datum", "datum_page"):
-            return self._run_of.get(str(doc.get("resource")))
-        if name == "stream_resource":
-            # A detector's file (ADR 0212).  ``run_start`` is optional in the schema (the
-            # RunEngine fills it in); without it, the one run open is the only candidate.
-            owner = str(doc.get("run_start") or "") or self._only_open_run()
-            if owner is not None:
-                self._run_of[str(doc["uid"])] = owner
-            return owner
-        if name == "stream_datum":
-            # Its frames belong to the events of its descriptor's stream.
-            return self._run_of.get(str(doc.get("descriptor"))) or self._run_of.get(str(doc.get("stream_resource")))
-        if name == "stop":
-            run_uid = str(doc["run_start"])
-            self._run_of = {k: v for k, v in self._run_of.items() if v != run_uid}
-            return run_uid
-        return None
-
-    def _only_open_run(self) -> str | None:
-        with self._state:
-            runs = list(self._sequence)  # runs whose stop is not written yet
-        return runs[0] if len(runs) == 1 else None
 
     def _wait_written(self, run_uid: str, sequence: int) -> None:
         deadline = time.monotonic() + HANDOVER_TIMEOUT

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ._hdf5_files import DEFAULT_FILE_PREFIX, LIBVER, file_name_for, make_durable
     from ._hdf5_plugins import PLUGIN_GROUP, Hdf5Plugin, InstrumentPlugin, RunDocuments, load_plugins
     from ._pipeline import DocumentPipeline, build_pipeline, build_post_processing
+    from ._placing import RunPlacer
     from ._post import PostProcessing, RunOutcome
     from ._recovery import Recovered, recover_file, recover_incomplete, recover_orphans
     from ._repair import RepairResult, repair_catalog
@@ -46,6 +47,7 @@ _EXPORTS = {
     "._hdf5_files": ("DEFAULT_FILE_PREFIX", "LIBVER", "file_name_for", "make_durable"),
     "._hdf5_plugins": ("PLUGIN_GROUP", "Hdf5Plugin", "InstrumentPlugin", "RunDocuments", "load_plugins"),
     "._pipeline": ("DocumentPipeline", "build_pipeline", "build_post_processing"),
+    "._placing": ("RunPlacer",),
     "._post": ("PostProcessing", "RunOutcome"),
     "._recovery": ("Recovered", "recover_file", "recover_incomplete", "recover_orphans"),
     "._repair": ("RepairResult", "repair_catalog"),
@@ -88,6 +90,7 @@ __all__ = [
     "RunChecks",
     "RunDocuments",
     "RunOutcome",
+    "RunPlacer",
     "RunSummary",
     "RunSummaryCollector",
     "Serializer",

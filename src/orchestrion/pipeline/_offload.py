@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from ._placing import RunPlacer
 from ._standby import adopt_standby, exit_status
 
 logger = logging.getLogger(__name__)
@@ -132,8 +133,7 @@ class ProcessSink:
         self._unfinished: dict[str, _Helper] = {}
         self._lost: dict[str, str] = {}  # run uid -> why it was not written
         # Which run each document belongs to, and its index there: what a successor needs.
-        self._run_of_ref: dict[str, str] = {}  # descriptor or resource uid -> run uid
-        self._refs: dict[str, list[str]] = {}  # run uid -> its descriptors and resources
+        self._placer = RunPlacer()
         self._counts: dict[str, int] = {}  # run uid -> documents so far
         self._resumes: dict[str, int] = {}  # run uid -> take-overs so far
         self._switch = threading.Lock()  # a document is put, or the helper replaced
@@ -173,34 +173,17 @@ class ProcessSink:
             self._wait_handed_over(helper, ticket, str(doc.get("run_start")))
 
     def _place(self, name: str, doc: dict[str, Any]) -> tuple[str | None, int]:
-        """The run ``doc`` belongs to (None: no run known) and its index among the run's documents."""
-        # Every kind of document a run has is placed: the successor's replay lines the
-        # kept documents up with the run's spool by these indices, so a kind left out
-        # here would be dropped from a take-over, and the documents after it misplaced
-        # (found: a detector's stream_datum documents, one point lost, the run "success").
-        run: str | None
-        if name in ("start", "stop", "descriptor", "resource", "stream_resource"):
-            run = str(doc.get("uid") if name == "start" else doc.get("run_start"))
-            if name != "start" and doc.get("run_start") is None and len(self._counts) == 1:
-                run = next(iter(self._counts))  # a resource that does not name its run: the open one
-            if name in ("descriptor", "resource", "stream_resource"):
-                self._run_of_ref[str(doc.get("uid"))] = run
-                self._refs.setdefault(run, []).append(str(doc.get("uid")))
-        elif name in ("event", "event_page"):
-            run = self._run_of_ref.get(str(doc.get("descriptor")))
-        elif name in ("datum", "datum_page"):
-            run = self._run_of_ref.get(str(doc.get("resource")))
-        elif name == "stream_datum":
-            run = self._run_of_ref.get(str(doc.get("stream_resource")))
-        else:
-            run = None
+        """The run ``doc`` belongs to (None: no run known) and its index among the run's documents.
+
+        A successor's replay lines the kept documents up with the run's spool by these
+        indices: every kind of document the spool holds must be placed (`RunPlacer`).
+        """
+        run = self._placer.place(name, doc)
         if run is None:
             return None, 0
         index = self._counts.get(run, 0)
-        if name == "stop":  # no more of this run: its bookkeeping goes
+        if name == "stop":  # no more of this run
             self._counts.pop(run, None)
-            for ref in self._refs.pop(run, []):
-                self._run_of_ref.pop(ref, None)
         else:
             self._counts[run] = index + 1
         return run, index
