@@ -329,6 +329,11 @@ def test_seen_numbers_answer_as_a_set_would_whatever_the_order(numbers: list[int
         assert seen.add(number) == (number not in reference)
         reference.add(number)
         assert all((n in seen) == (n in reference) for n in range(-22, 63))
+    # What a stop's count is held against: the numbers of a range never seen.
+    for first, last in ((-22, 62), (1, 40), (5, 4), (30, 30)):
+        unseen = [n for first_, last_ in seen.missing(first, last) for n in range(first_, last_ + 1)]
+        assert unseen == [n for n in range(first, last + 1) if n not in reference]
+    assert seen.highest == (max(reference) if reference else None)
 
 
 def test_numbers_in_order_leave_no_gap() -> None:

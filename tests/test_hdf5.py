@@ -614,8 +614,8 @@ def test_a_run_missing_a_point_the_runengine_made_is_not_a_success(tmp_path: Pat
     outcome = writer.outcome(run.uid)
     assert (outcome["status"], outcome["points"]) == ("incomplete", 4)
     (problem,) = [p for p in outcome["problems"] if "lost on the way" in p]
-    assert "stream 'primary' has 4 of its 5 events" in problem
+    assert "stream 'primary' has 4 of its 5 events (seq_num 3 never arrived)" in problem
     with h5py.File(writer.files[run.uid], "r") as f:  # the file says so to any reader
         assert f["entry/points"][()] == 4
         assert text(f["entry/status"][()]) == "incomplete"
-        assert "stream 'primary' has 4 of its 5 events" in text(f["entry/reason"][()])
+        assert "stream 'primary' has 4 of its 5 events (seq_num 3 never arrived)" in text(f["entry/reason"][()])

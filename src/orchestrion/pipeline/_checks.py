@@ -66,6 +66,18 @@ class SeenNumbers:
         at = bisect.bisect_right(self._gaps, (number, self._high + 1)) - 1
         return at < 0 or self._gaps[at][1] < number
 
+    def missing(self, first: int, last: int) -> list[tuple[int, int]]:
+        """The ranges of numbers from ``first`` to ``last`` not seen."""
+        if self._low is None:
+            return [(first, last)] if first <= last else []
+        ranges = [(first, min(last, self._low - 1)), *self._gaps, (max(first, self._high + 1), last)]
+        return [(max(a, first), min(b, last)) for a, b in ranges if max(a, first) <= min(b, last)]
+
+    @property
+    def highest(self) -> int | None:
+        """The highest number seen (None: none yet)."""
+        return None if self._low is None else self._high
+
     @property
     def gaps(self) -> int:
         """Ranges of numbers not seen between the lowest and the highest: what memory it holds."""
@@ -112,8 +124,8 @@ class RunChecks:
         self._recent = RecentKeys(RECENT_UIDS)
         self._stopped = False
         # What arrived, to hold against the stop document's ``num_events``: the events of
-        # each stream, and the rows each external data key's stream_datum documents cover.
-        self._events: dict[str, int] = {}  # stream -> events
+        # each stream (their seq_nums, above), and the rows each external data key's
+        # stream_datum documents cover.
         self._data_key_of: dict[str, str] = {}  # stream_resource uid -> its data key
         self._rows: dict[tuple[str, str], int] = {}  # (stream, data key) -> rows
         self.count_problem: str | None = None
@@ -145,8 +157,8 @@ class RunChecks:
                 self._rows[datum_stream, key] = self._rows.get((datum_stream, key), 0) + covered
         elif name == "stop":
             self._stopped = True
-            self._seq_nums.clear()
             self.count_problem = self._counted(doc.get("num_events") or {})
+            self._seq_nums.clear()
 
     def _counted(self, num_events: Mapping[str, Any]) -> str | None:
         """What differs between the points the RunEngine made (``num_events``) and those
@@ -156,9 +168,17 @@ class RunChecks:
         for stream, made in sorted(num_events.items()):
             if not isinstance(made, int):
                 continue
-            arrived = self._events.get(stream)
-            if arrived is not None and arrived != made:
-                differences.append(f"stream {stream!r} has {arrived} of its {made} events")
+            seen = self._seq_nums.get(stream)
+            highest = seen.highest if seen is not None else None
+            if seen is not None and highest is not None:  # the stream had events (bluesky numbers them 1..made)
+                missing = seen.missing(1, made)
+                if missing:
+                    lacking = sum(last - first + 1 for first, last in missing)
+                    numbers = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in missing)
+                    differences.append(f"stream {stream!r} has {made - lacking} of its {made} events "
+                                       f"(seq_num {numbers} never arrived)")  # fmt: skip
+                if highest > made:
+                    differences.append(f"stream {stream!r} has events past its {made} (seq_num {highest})")
             for (rows_stream, key), rows in sorted(self._rows.items()):
                 if rows_stream == stream and rows != made:
                     differences.append(f"data key {key!r} of stream {stream!r} has {rows} of its {made} rows")
@@ -168,8 +188,6 @@ class RunChecks:
 
     def _event(self, uid: str, descriptor: Any, seq_num: Any) -> None:
         stream = self._descriptors.get(str(descriptor))
-        if stream is not None:
-            self._events[stream] = self._events.get(stream, 0) + 1
         seen = self._seq_nums.get(stream) if stream is not None else None
         if not self._recent.add(uid):
             raise DocumentError(f"event uid {uid} is used twice", self.run_uid)
