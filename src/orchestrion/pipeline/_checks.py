@@ -184,7 +184,7 @@ class RunChecks:
                     differences.append(f"data key {key!r} of stream {stream!r} has {rows} of its {made} rows")
         if not differences:
             return None
-        return "documents were lost on the way: " + "; ".join(differences) + " (by the stop document's num_events)"
+        return "documents were lost on the way (held against the stop document's num_events): " + "; ".join(differences)
 
     def _event(self, uid: str, descriptor: Any, seq_num: Any) -> None:
         stream = self._descriptors.get(str(descriptor))
