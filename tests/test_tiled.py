@@ -20,7 +20,8 @@ from tiled.queries import Key
 
 from orchestrion.config import OrchestrionConfig
 from orchestrion.pipeline import BUNDLED, build_pipeline, build_post_processing, open_embedded_catalog
-from orchestrion.pipeline._tiled import RunCatalogWriter, StreamClosesAnswered, catalog_rows, run_batch_size
+from orchestrion.pipeline._tiled import RunCatalogWriter, catalog_rows, run_batch_size
+from orchestrion.pipeline._tiled_app import StreamClosesAnswered
 
 from .pipeline_docs import fake_run, whole_run
 from .support import free_port, stop_process, wait_until

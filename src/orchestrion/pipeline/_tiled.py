@@ -28,6 +28,8 @@ from typing import Any
 from orchestrion.config import OrchestrionConfig, detectors_dir
 from orchestrion.schema import ANALYSIS, CATALOG_MD, EXPERIMENT_MD, JOB_ID_KEY, fit_name
 
+from ._tiled_app import StreamClosesAnswered, keep_response_models, resolve_dependency_overrides
+
 logger = logging.getLogger(__name__)
 
 SEARCH_KEYS = (EXPERIMENT_MD, JOB_ID_KEY, "scan_id", "plan_name")
@@ -129,6 +131,8 @@ def open_embedded_catalog(home: Path, detector_data_dir: Path | None = None) -> 
     # tiled 0.2.20 uses to talk to it in-process.
     logging.getLogger("tiled.server.app").setLevel(logging.WARNING)
     app: Any = build_app(adapter)
+    resolve_dependency_overrides(app)
+    keep_response_models()
     if not (adapter.context.cache_config or adapter.context.webhook_secret_keys):
         app = StreamClosesAnswered(app)
     with warnings.catch_warnings():
@@ -144,35 +148,6 @@ def readable_storage(data_dir: Path, detectors: Path) -> list[str]:
     if detectors.resolve().is_relative_to(data_dir.resolve()):
         return [str(data_dir)]
     return [str(data_dir), str(detectors)]
-
-
-class StreamClosesAnswered:
-    """Tiled's in-process app, answering a stream's close itself.
-
-    TiledWriter ends each run by closing the live stream of every node it wrote (``DELETE
-    /api/v1/stream/close/PATH``; 12 for a spectroscopy run), which a catalog without a
-    streaming cache or webhooks (the embedded one: neither is configured) does nothing
-    with but look the node up: 10-13 ms each, at every run's stop, while the command waits
-    for the run to be catalogued.  Every other request, and the app's attributes (the
-    client reads its settings from it), go to Tiled's app.
-    """
-
-    CLOSE_PREFIX = "/api/v1/stream/close/"
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.app, name)
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "DELETE" and scope["path"].startswith(self.CLOSE_PREFIX):
-            # What Tiled's endpoint answers (it returns nothing): 200, JSON null.
-            headers = [(b"content-type", b"application/json"), (b"content-length", b"4")]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": b"null"})
-            return
-        await self.app(scope, receive, send)
 
 
 def _catalog_is_current(path: Path) -> bool:
