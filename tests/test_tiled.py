@@ -280,7 +280,7 @@ def test_a_run_of_known_length_is_catalogued_while_it_runs_and_its_stop_asks_til
         in_front = connection.client.context.http_client.app
         assert isinstance(in_front, StreamClosesAnswered)  # the embedded catalog has no live streams
         seen = in_front.app = _RequestsSeen(in_front.app)
-        run = fake_run(detunings=20)  # num_points 20: written in batches of 5 while it runs
+        run = fake_run(detunings=20)  # num_points 20: written in batches of 10 while it runs
         writer = RunCatalogWriter(connection, batch_size=500, data_stream="primary")
         for name, doc in run.head():
             writer(name, doc)
@@ -299,7 +299,7 @@ def test_a_run_of_known_length_is_catalogued_while_it_runs_and_its_stop_asks_til
         connection.close()
 
 
-def test_a_runs_batch_is_a_quarter_of_its_points_unless_they_are_large_or_uncounted() -> None:
+def test_a_runs_batch_is_half_of_its_points_unless_they_are_large_or_uncounted() -> None:
     small = {
         "x": {"dtype": "number", "shape": [], "source": "s"},
         "c": {"dtype": "array", "shape": [100], "source": "s"},
@@ -307,10 +307,10 @@ def test_a_runs_batch_is_a_quarter_of_its_points_unless_they_are_large_or_uncoun
     image = {"image": {"dtype": "array", "shape": [1 << 17], "dtype_numpy": "<f8", "source": "s"}}
     frames = {"image": {"dtype": "array", "shape": [1 << 17], "source": "s", "external": "STREAM:"}}
     descriptor = {"data_keys": small}
-    assert run_batch_size({"num_points": 31}, descriptor, 500) == 8
+    assert run_batch_size({"num_points": 31}, descriptor, 500) == 16
     assert run_batch_size({"num_points": 100_000}, descriptor, 500) == 500
     assert run_batch_size({"num_points": 2}, descriptor, 500) == 1
     assert run_batch_size({}, descriptor, 500) == 500  # a run of unknown length: the largest batch
     assert run_batch_size({"num_points": 31}, None, 500) == 500  # no data stream by then
     assert run_batch_size({"num_points": 30}, {"data_keys": image}, 500) == 500  # 1 MiB points
-    assert run_batch_size({"num_points": 30}, {"data_keys": frames}, 500) == 8  # frames in their own files
+    assert run_batch_size({"num_points": 30}, {"data_keys": frames}, 500) == 15  # frames in their own files

@@ -49,7 +49,7 @@ UNITS_MD = "units"
 EXPERIMENT_MD = "experiment"
 """The experiment a run ran (searchable in the catalog at the run's top level)."""
 CATALOG_MD = "orchestrion"
-"""The run's catalog metadata written by Orchestrion: hdf5 path, fits, status, search keys."""
+"""The run's catalog metadata written by Orchestrion: hdf5 path and fits (the search keys are at the top)."""
 
 
 def fit_key(name: str) -> str:

@@ -6,10 +6,10 @@ storage ``tables.db``: TiledWriter needs the SQL storage for event tables), serv
 in-process.  Services: the Tiled server at ``tiled_uri`` with ``tiled_api_key``.
 
 Besides what TiledWriter stores (the start and stop documents as metadata, each stream
-as a table), each run's metadata gets ``orchestrion: {hdf5: PATH, analysis: {fits},
-status}`` (the path from its start on, the fits and status at its stop), so its HDF5
+as a table), each run's metadata gets ``orchestrion: {hdf5: PATH, analysis: {fits}}``
+(the path from its start on, the fits at its stop, when the run made any), so its HDF5
 file is reachable from its catalog entry, and the search keys (`SEARCH_KEYS`) at its
-top level.
+top level.  The run's exit status is the stop document's (``stop.exit_status``).
 """
 
 from __future__ import annotations
@@ -253,8 +253,8 @@ class RunCatalogWriter:
             self._annotations["analysis"] = _fit_values(data)
         elif name == "stop":
             self.stopped = True
-            self._annotations["status"] = doc.get("exit_status")
-            self._annotate({})
+            if "analysis" in self._annotations:  # else nothing new since the start: no request
+                self._annotate({})
 
     def _annotate(self, top: dict[str, Any]) -> None:
         """Record Orchestrion's metadata of the run: the whole entry each time, since the
@@ -457,7 +457,7 @@ def _datum(resource: str, descriptor: str | None, row: int, seq_num: int) -> tup
 CHECKED_ELEMENTS = 512  # of a registered array's last row, read back at the stop
 HELD_DOCUMENTS = 1000  # held before the data stream's descriptor at most (a long wait for a first point)
 SMALL_POINT_BYTES = 64 * 1024
-BATCHES_PER_RUN = 4
+BATCHES_PER_RUN = 2
 
 
 def run_batch_size(start: Mapping[str, Any], descriptor: Mapping[str, Any] | None, largest: int) -> int:
