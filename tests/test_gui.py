@@ -63,9 +63,18 @@ def open_window(qtbot: object, url: str, key: str) -> MainWindow:
     window = MainWindow(ApiStackClient(url, key))
     qtbot.addWidget(window)  # type: ignore[attr-defined]
     window.start()
-    qtbot.waitUntil(  # type: ignore[attr-defined]
-        lambda: window.status is not None and bool(window.experiments.experiments), timeout=60_000
-    )
+    try:
+        qtbot.waitUntil(  # type: ignore[attr-defined]
+            lambda: window.status is not None and bool(window.experiments.experiments), timeout=60_000
+        )
+    except Exception as exc:
+        # What the window was still waiting for; and its threads and connections end here,
+        # not in a later test's garbage collection.
+        library = f"{len(window.experiments.experiments)} experiments ({window.experiments.message.text()!r})"
+        seen = f"status {window.status!r}; library: {library}; services: {window.services_label.text()!r}"
+        window.shutdown()
+        window.client.close()
+        raise AssertionError(f"the window did not load: {seen}") from exc
     return window
 
 
@@ -284,3 +293,24 @@ def test_a_device_is_disabled_and_enabled_from_the_devices_page(
     page.enable_button.click()
     qtbot.waitUntil(lambda: page.devices["rf"].enabled, timeout=30_000)  # type: ignore[attr-defined]
     assert next(d for d in admin.devices() if d["name"] == "rf")["enabled"] is True
+
+
+def test_a_library_the_api_server_could_not_give_is_asked_for_again_until_it_can(
+    qtbot: object, stack: OrchestrionConfig
+) -> None:
+    url, key = local_credentials(stack)
+    stop_service(stack, "api")  # as a window opened while the stack starts finds it
+    window = MainWindow(ApiStackClient(url, key))
+    qtbot.addWidget(window)  # type: ignore[attr-defined]
+    try:
+        window.start()
+        page = window.experiments
+        qtbot.waitUntil(lambda: "asking again" in page.message.text(), timeout=30_000)  # type: ignore[attr-defined]
+        assert page.experiments == {}
+        up(stack)
+        qtbot.waitUntil(lambda: "spectroscopy" in page.experiments, timeout=60_000)  # type: ignore[attr-defined]
+        assert page.message.text() == ""
+    finally:
+        up(stack)
+        window.shutdown()
+        window.client.close()

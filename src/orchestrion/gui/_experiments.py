@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from qtpy.QtCore import QSettings, Qt
+from qtpy.QtCore import QSettings, Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -43,6 +43,7 @@ MODES = ("range", "list", "centre")
 PATTERNS = ("linear", "shuffled", "centred")
 ERROR_STYLE = "border: 2px solid #d62728; background: #fde8e8;"
 SETTINGS_GROUP = "experiment-editor"
+LIBRARY_RETRY_MS = 5_000  # after the library could not be read
 
 
 def format_value(value: Any) -> str:
@@ -200,6 +201,11 @@ class ExperimentsPage(QWidget):
         self.submit_button = QPushButton("Submit")
         self.submit_button.clicked.connect(self.submit)
         self.message = QLabel()
+        self.library_retry = QTimer(self)
+        self.library_retry.setSingleShot(True)
+        self.library_retry.setInterval(LIBRARY_RETRY_MS)
+        self.library_retry.timeout.connect(self.refresh)
+        self.library_unread = False  # the message says the library could not be read
         self.message.setWordWrap(True)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
@@ -238,9 +244,20 @@ class ExperimentsPage(QWidget):
     # -- loading ------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        self.background.call(self.client.experiments, self.show_experiments, self._report)
+        self.background.call(self.client.experiments, self.show_experiments, self._library_failed)
+
+    def _library_failed(self, error: Exception) -> None:
+        """The library could not be read (an API server still starting, a plan that does not
+        import): said on the page, and asked again until it can be."""
+        self._report(error)
+        self.message.setText(f"{self.message.text()} (asking again in {LIBRARY_RETRY_MS // 1000} s)")
+        self.library_unread = True
+        self.library_retry.start()
 
     def show_experiments(self, experiments: Sequence[ExperimentInfo]) -> None:
+        if self.library_unread:
+            self.library_unread = False
+            self.message.clear()
         chosen = self.current.name if self.current else None
         self.experiments = {e.name: e for e in experiments}
         self.tree.clear()

@@ -172,6 +172,7 @@ class MainWindow(QMainWindow):
     def shutdown(self) -> None:
         self.status_timer.stop()
         self.jobs_timer.stop()
+        self.experiments.library_retry.stop()
         self.data.timer.stop()
         self.live_mailbox.stop()
         if self.subscription is not None:
