@@ -34,7 +34,7 @@ from orchestrion.pipeline import BUNDLED, open_embedded_catalog
 from orchestrion.services import down, up
 from orchestrion.session import EmbeddedSession
 
-from .support import free_port, stop_process, wait_until
+from .support import free_port, stack_config, stop_process, wait_until
 
 pytestmark = pytest.mark.epics
 
@@ -253,14 +253,9 @@ def test_a_pv_that_does_not_exist_leaves_its_device_out_with_the_reason(
 @pytest.fixture
 def epics_stack(ioc: subprocess.Popen[str], tmp_path: Path) -> Iterator[OrchestrionConfig]:
     """The services stack (queue server, Tiled, ...) on the example EPICS lab."""
-    ports: set[int] = set()
-    while len(ports) < 4:
-        ports.add(free_port())
-    redis_port, control_port, info_port, tiled_port = sorted(ports)
-    config = load_config(
-        home=tmp_path / "home", devices_dir=EXAMPLE, sim_time_scale=0.02, sim_seed=1234,
-        redis_port=redis_port, zmq_control_port=control_port, zmq_info_port=info_port, tiled_port=tiled_port,
-    )  # fmt: skip
+    # Every port the stack listens on, the API server's too, chosen free (`stack_config`):
+    # one left at its default collided with another process on the machine.
+    config = stack_config(tmp_path / "home", devices_dir=EXAMPLE)
     try:
         up(config)  # the worker inherits this process's EPICS_* variables
         yield config

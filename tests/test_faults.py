@@ -18,7 +18,7 @@ from tiled.client import from_uri
 from tiled.queries import Key
 
 from orchestrion.client import Client, JobHandle
-from orchestrion.config import OrchestrionConfig, load_config
+from orchestrion.config import OrchestrionConfig
 from orchestrion.jobs import Job, JobStatus, JobStore, read_worker_state
 from orchestrion.schema import EXECUTOR_PLAN
 from orchestrion.services import (
@@ -34,7 +34,7 @@ from orchestrion.services import (
     up,
 )
 
-from .support import free_port, running_stack, wait_until
+from .support import free_port, running_stack, stack_config, wait_until
 
 # Long enough to be caught mid-run with its file open (the job no longer waits for its
 # data at the stop, so the run itself must last: about 10-20 s), short enough to finish.
@@ -332,15 +332,8 @@ def test_a_killed_manager_is_replaced_by_the_watchdog_and_the_job_table_stays_tr
 
 @pytest.mark.stack
 def test_up_with_influxdb_unreachable_says_why_as_soon_as_the_worker_knows(tmp_path: Path) -> None:
-    ports: set[int] = set()
-    while len(ports) < 5:
-        ports.add(free_port())
-    redis_port, control_port, info_port, tiled_port, influx_port = sorted(ports)
-    config = load_config(
-        home=tmp_path / "home", sim_time_scale=0.02, redis_port=redis_port, zmq_control_port=control_port,
-        zmq_info_port=info_port, tiled_port=tiled_port, influx_url=f"http://127.0.0.1:{influx_port}",
-        influx_timeout=1.0,
-    )  # fmt: skip
+    influx_port = free_port()  # nothing listens there
+    config = stack_config(tmp_path / "home", influx_url=f"http://127.0.0.1:{influx_port}", influx_timeout=1.0)
     try:
         # The worker's own reason, not a timeout of waiting for an environment that never opens.
         with pytest.raises(ServiceError, match=rf"InfluxDB at http://127\.0\.0\.1:{influx_port} is unreachable"):
