@@ -14,7 +14,12 @@ from tiled.server import schemas
 from tiled.server.settings import get_settings
 
 from orchestrion.pipeline import CatalogConnection, open_embedded_catalog
-from orchestrion.pipeline._tiled_app import ResolvedOverrides, StreamClosesAnswered, route_dependants
+from orchestrion.pipeline._tiled_app import (
+    ResolvedOverrides,
+    StreamClosesAnswered,
+    resolve_dependency_overrides,
+    route_dependants,
+)
 
 
 @pytest.fixture
@@ -76,3 +81,18 @@ def test_the_response_models_tiled_parametrizes_per_request_survive_garbage_coll
         model = weakref.ref(schemas.Resource[schemas.NodeAttributes, links, schemas.EmptyDict])
         gc.collect()
         assert model() is not None
+
+
+def test_overrides_no_route_depends_on_are_left_as_they_were() -> None:
+    # A real FastAPI app whose override reaches no route this walk knows: nothing is
+    # resolved, so the override must keep working the ordinary (per-request) way.
+    from fastapi import FastAPI
+
+    def setting() -> str:
+        return "default"
+
+    app = FastAPI()
+    app.dependency_overrides[setting] = lambda: "overridden"
+    assert resolve_dependency_overrides(app) == 0
+    assert not isinstance(app.dependency_overrides, ResolvedOverrides)
+    assert app.dependency_overrides  # FastAPI still applies it at each request

@@ -249,8 +249,8 @@ class ExperimentsPage(QWidget):
     def _library_failed(self, error: Exception) -> None:
         """The library could not be read (an API server still starting, a plan that does not
         import): said on the page, and asked again until it can be."""
-        self._report(error)
-        self.message.setText(f"{self.message.text()} (asking again in {LIBRARY_RETRY_MS // 1000} s)")
+        self.message.setText(f"<font color='#d62728'>cannot read the library: {error} "
+                             f"(asking again in {LIBRARY_RETRY_MS // 1000} s)</font>")  # fmt: skip
         self.library_unread = True
         self.library_retry.start()
 
@@ -548,6 +548,3 @@ class ExperimentsPage(QWidget):
         self._may_write = may
         self.submit_button.setEnabled(may)
         self.submit_button.setToolTip("" if may else "an observer key may not submit")
-
-    def _report(self, error: Exception) -> None:
-        self.message.setText(f"<font color='#d62728'>cannot read the library: {error}</font>")

@@ -124,10 +124,10 @@ class RunChecks:
         self._recent = RecentKeys(RECENT_UIDS)
         self._stopped = False
         # What arrived, to hold against the stop document's ``num_events``: the events of
-        # each stream (their seq_nums, above), and the rows each external data key's
+        # each stream (their seq_nums, above), and the events each external data key's
         # stream_datum documents cover.
         self._data_key_of: dict[str, str] = {}  # stream_resource uid -> its data key
-        self._rows: dict[tuple[str, str], int] = {}  # (stream, data key) -> rows
+        self._rows: dict[tuple[str, str], int] = {}  # (stream, data key) -> events its stream_datums cover
         self.count_problem: str | None = None
         """Set at the stop when fewer (or more) points arrived than the RunEngine made."""
 
@@ -181,7 +181,8 @@ class RunChecks:
                     differences.append(f"stream {stream!r} has events past its {made} (seq_num {highest})")
             for (rows_stream, key), rows in sorted(self._rows.items()):
                 if rows_stream == stream and rows != made:
-                    differences.append(f"data key {key!r} of stream {stream!r} has {rows} of its {made} rows")
+                    differences.append(f"the stream_datum documents of data key {key!r} of stream {stream!r} "
+                                       f"cover {rows} of its {made} events")  # fmt: skip
         if not differences:
             return None
         return "documents were lost on the way (held against the stop document's num_events): " + "; ".join(differences)

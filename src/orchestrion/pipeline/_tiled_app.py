@@ -50,9 +50,9 @@ def resolve_dependency_overrides(app: Any) -> int:
     Each dependency on an overridden callable becomes the dependant FastAPI makes of its
     override at each request (`fastapi.dependencies.utils.solve_dependencies`: the same
     path, name, OAuth scopes, scope and concurrency); then ``app.dependency_overrides``
-    is a `ResolvedOverrides`.  The routes of included routers are their effective route
-    contexts (FastAPI builds them at the first request, or here), which are what serve
-    requests.
+    is a `ResolvedOverrides`, unless nothing was replaced (then it is left as it was).
+    The routes of included routers are their effective route contexts (FastAPI builds
+    them at the first request, or here), which are what serve requests.
     """
     from fastapi.dependencies.utils import get_dependant
 
@@ -83,7 +83,10 @@ def resolve_dependency_overrides(app: Any) -> int:
 
     for dependant in route_dependants(app.router):
         substitute(dependant)
-    app.dependency_overrides = ResolvedOverrides(overrides)
+    if replaced:
+        app.dependency_overrides = ResolvedOverrides(overrides)
+    # else no route this walk knows depends on an override (another FastAPI's layout,
+    # say): the overrides stay as they were, so each request still gets them, the slow way.
     return replaced
 
 
