@@ -105,3 +105,13 @@ def test_debians_hdf5_tools_read_every_file(files: dict[str, Path]) -> None:
         assert listing.returncode == 0, f"{experiment}: {listing.stderr[-2000:]}"
         assert "*ERROR*" not in listing.stdout
         assert "/entry/data/point_index" in listing.stdout
+
+
+@pytest.mark.skipif(shutil.which("h5dump") is None, reason="Debian's hdf5-tools are not installed (make system-deps)")
+def test_hdf5_tools_show_the_status_as_the_word_it_is(files: dict[str, Path]) -> None:
+    for experiment, path in files.items():
+        dump = subprocess.run(["h5dump", "-d", "/entry/status", str(path)], capture_output=True, text=True,
+                              timeout=120, check=False)  # fmt: skip
+        assert dump.returncode == 0, f"{experiment}: {dump.stderr[-2000:]}"
+        assert '(0): "success"' in dump.stdout, dump.stdout
+        assert "\\000" not in dump.stdout

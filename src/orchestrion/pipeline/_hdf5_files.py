@@ -33,7 +33,24 @@ SET_ASIDE_DIR = ".unrecoverable"
 STATUS_RUNNING = "running"
 STATUS_ERROR = "error"
 STATUS_INCOMPLETE = "incomplete"
-STATUS_DTYPE = "S32"
+STATUS_SIZE = 32  # bytes, the terminating NUL included
+
+
+def create_status(group: h5py.Group, status: str) -> h5py.Dataset:
+    """``group/status``: a fixed-length string, so that the stop can overwrite it in an SWMR
+    handle, NUL-terminated, so that HDF5's tools show ``"success"`` and not the padding
+    (h5py's fixed-length strings are NUL-padded: h5dump prints every ``\\000``)."""
+    string = h5py.h5t.C_S1.copy()
+    string.set_size(STATUS_SIZE)
+    string.set_strpad(h5py.h5t.STR_NULLTERM)
+    dataset = h5py.Dataset(h5py.h5d.create(group.id, b"status", string, h5py.h5s.create(h5py.h5s.SCALAR)))
+    write_status(dataset, status)
+    return dataset
+
+
+def write_status(dataset: h5py.Dataset, status: str) -> None:
+    dataset[()] = status.encode()[: STATUS_SIZE - 1]
+
 
 # The v110 format: what SWMR needs, and what the HDF5 1.10 tools of current Linux
 # distributions read (files in the 1.14 format made Debian's h5dump fail).

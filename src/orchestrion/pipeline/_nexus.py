@@ -39,7 +39,7 @@ import orchestrion
 from orchestrion.schema import POINT_KEY, UNITS_MD, fit_name, nexus_name
 
 from ._hdf5_columns import Columns, column_type, plain, scalar
-from ._hdf5_files import STATUS_DTYPE, STATUS_RUNNING, STR, iso_time
+from ._hdf5_files import STATUS_RUNNING, STR, create_status, iso_time, write_status
 
 DEFINITION = "NXscan"
 
@@ -62,7 +62,7 @@ def write_entry(f: h5py.File, start: Mapping[str, Any], file_name: str) -> h5py.
     }.items():  # fmt: skip
         entry.create_dataset(key, data=value, dtype=STR)
     entry.create_dataset("scan_id", data=int(start.get("scan_id") or 0))
-    entry.create_dataset("status", data=STATUS_RUNNING, dtype=STATUS_DTYPE)
+    create_status(entry, STATUS_RUNNING)
     entry.create_dataset("points", data=0, dtype=np.int64)
     metadata = entry.create_group("metadata")
     metadata.attrs["NX_class"] = "NXcollection"
@@ -140,7 +140,7 @@ def choose_signal_and_axes(data: Columns, start: Mapping[str, Any], signal: str 
 def write_stop(entry: h5py.Group, stop: Mapping[str, Any] | None, status: str, reason: str, points: int) -> None:
     """The run's end, into datasets made at the start: possible in an SWMR handle."""
     entry["points"][()] = points
-    entry["status"][()] = status.encode()[:32]
+    write_status(entry["status"], status)
     entry["reason"][()] = reason
     entry["end_time"][()] = iso_time(stop.get("time") if stop else datetime.now(UTC).timestamp())
     if stop is not None:

@@ -27,10 +27,10 @@ import h5py
 from ._hdf5_files import (
     LIBVER,
     LOCK_DIR,
-    STATUS_DTYPE,
     STATUS_INCOMPLETE,
     STATUS_RUNNING,
     STR,
+    create_status,
     creating_path,
     read_status,
     set_aside,
@@ -68,7 +68,7 @@ def recover_file(path: Path, reason: str = "the writer stopped before the run en
             for name in ("status", "reason", "points"):
                 if name in entry:
                     del entry[name]
-            entry.create_dataset("status", data=STATUS_INCOMPLETE, dtype=STATUS_DTYPE)
+            create_status(entry, STATUS_INCOMPLETE)
             entry.create_dataset("points", data=points)
             why = reason if not lost else f"{reason}; unreadable, left out: {', '.join(lost)}"
             entry.create_dataset("reason", data=why, dtype=STR)
