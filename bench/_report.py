@@ -162,12 +162,21 @@ def machine() -> dict[str, Any]:
 
 
 def _commit() -> str:
+    """HEAD's short hash, and whether the code measured differs from it: a figure stamped
+    with a commit that did not hold the code measured is a claim nobody can check."""
+    where = Path(__file__).parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).parent)  # fmt: skip
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=where).stdout.strip()  # fmt: skip
+        # What the bench rewrites itself (its results, the README's table) is not the code.
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", ":/src", ":/bench", ":/plans", ":/devices", ":/pyproject.toml",
+             ":(exclude,top)bench/results"],
+            capture_output=True, text=True, check=True, cwd=where,
+        ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return out.stdout.strip()
+    return f"{head} with uncommitted changes" if changed else head
 
 
 def run(names: Sequence[str], stem: str) -> dict[str, Any]:
